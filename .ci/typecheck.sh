@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# mypy --strict and import-linter over the package as installed: folders mapped under flexnpu/ (see setup.py).
+# Both tools read packages from disk, so they get a staged tree of links rather than the editable install.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$(dirname "$(command -v python)")
+[ -x "$bin/mypy" ] || bin=/work/venv/bin
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir "$stage/flexnpu"
+for f in "$root"/flexnpu/*; do ln -s "$f" "$stage/flexnpu/"; done
+for d in protos deviceplugin extender operator shim bench; do ln -s "$root/$d" "$stage/flexnpu/$d"; done
+cd "$stage"
+"$bin/mypy" -p flexnpu --config-file "$root/pyproject.toml" --cache-dir "$stage/.mypy_cache"
+"$bin/lint-imports" --config "$root/.importlinter" --no-cache

@@ -1,0 +1,44 @@
+"""``flexnpu bench NAME``: run one benchmark of DESIGN.md section 13 by name."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "share": "achieved vs target device-time share (virtual and real time), flexnpu vs ungated vs seed ops",
+    "priority": "latency-critical p99 beside a saturating batch tenant, over its solo p99",
+    "overhead": "one tenant gated vs ungated throughput",
+    "idle": "work conservation: batch throughput while the critical tenant idles (share_in_idle=true)",
+    "grant": "grant round trip p50/p99 and daemon CPU",
+    "placement": "openb trace replay: unallocated %% at 100%% and 130%% arrival vs published FGD",
+    "extender": "filter+prioritize+bind latency per pod on 5,000 nodes x 8 cards, pods/s",
+    "deviceplugin": "Allocate latency and re-registration time after a kubelet restart",
+    "operator": "claims registered per second and create-to-Registered p99",
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in BENCHMARKS)
+    lines = ["usage: flexnpu bench NAME [--json] [--out FILE] [options]", "", "benchmarks:"]
+    lines += [f"  {n:<{width}}  {d.replace('%%', '%')}" for n, d in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"flexnpu bench: unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"flexnpu.bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"flexnpu.bench.{name}":
+            raise
+        print(f"flexnpu bench {name}: not implemented yet in this build", file=sys.stderr)
+        return 2
+    result: int = module.main(rest)
+    return result

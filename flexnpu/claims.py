@@ -1,0 +1,126 @@
+"""The VNpuClaim custom resource's spec and status, as typed values (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+from flexnpu._decode import as_mapping, get_int, get_str
+from flexnpu.errors import ValidationError
+from flexnpu.priority import Priority, parse_priority
+from flexnpu.registration import MAX_AICORE_ALLOC, MAX_MEMORY_MIB
+
+
+class ClaimPhase(enum.StrEnum):
+    PENDING = "Pending"
+    REGISTERED = "Registered"
+    FAILED = "Failed"
+    RELEASING = "Releasing"
+
+
+class PodRefPayload(TypedDict):
+    name: str
+    uid: str
+
+
+class ClaimSpecPayload(TypedDict):
+    nodeName: str
+    npu: int
+    chip: int
+    aicoreAlloc: int
+    memoryMiB: int
+    priority: str
+    entity: str
+    podRef: NotRequired[PodRefPayload]
+
+
+@dataclass(frozen=True)
+class PodRef:
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """What a VNpuClaim asks for: a share of card ``npu`` on ``node_name``."""
+
+    node_name: str
+    npu: int
+    aicore_alloc: int
+    memory_mib: int
+    chip: int = 0
+    priority: Priority = Priority.NORMAL
+    entity: str = ""
+    pod_ref: PodRef | None = None
+
+    def to_payload(self) -> ClaimSpecPayload:
+        payload: ClaimSpecPayload = {
+            "nodeName": self.node_name, "npu": self.npu, "chip": self.chip, "aicoreAlloc": self.aicore_alloc,
+            "memoryMiB": self.memory_mib, "priority": self.priority.value, "entity": self.entity,
+        }
+        if self.pod_ref is not None:
+            payload["podRef"] = {"name": self.pod_ref.name, "uid": self.pod_ref.uid}
+        return payload
+
+
+def parse_claim_spec(raw: object) -> ClaimSpec:
+    """Validate a claim's ``spec``; errors name the field as ``spec.<key>``."""
+    spec: Mapping[str, Any] = as_mapping(raw, "spec")
+    pod_ref = None
+    if spec.get("podRef") is not None:
+        ref = as_mapping(spec["podRef"], "spec.podRef")
+        pod_ref = PodRef(name=get_str(ref, "name", "spec.podRef."), uid=get_str(ref, "uid", "spec.podRef."))
+    return ClaimSpec(
+        node_name=get_str(spec, "nodeName", "spec."),
+        npu=get_int(spec, "npu", "spec.", lo=0, hi=63),
+        chip=get_int(spec, "chip", "spec.", lo=0, hi=7, default=0),
+        aicore_alloc=get_int(spec, "aicoreAlloc", "spec.", lo=1, hi=MAX_AICORE_ALLOC),
+        memory_mib=get_int(spec, "memoryMiB", "spec.", lo=0, hi=MAX_MEMORY_MIB),
+        priority=parse_priority(spec.get("priority"), "spec.priority"),
+        entity=get_str(spec, "entity", "spec.", default="", allow_empty=True),
+        pod_ref=pod_ref,
+    )
+
+
+class ConditionPayload(TypedDict):
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: str
+
+
+class ClaimStatusPayload(TypedDict, total=False):
+    phase: str
+    flexnpuId: str
+    message: str
+    conditions: list[ConditionPayload]
+    observedGeneration: int
+    lastSyncTime: str
+
+
+@dataclass(frozen=True)
+class ClaimStatus:
+    phase: ClaimPhase = ClaimPhase.PENDING
+    flexnpu_id: str = ""
+    message: str = ""
+    observed_generation: int = 0
+    last_sync_time: str = ""
+
+    def to_payload(self) -> ClaimStatusPayload:
+        payload: ClaimStatusPayload = {"phase": self.phase.value, "message": self.message,
+                                       "observedGeneration": self.observed_generation}
+        if self.flexnpu_id:
+            payload["flexnpuId"] = self.flexnpu_id
+        if self.last_sync_time:
+            payload["lastSyncTime"] = self.last_sync_time
+        return payload
+
+
+def parse_claim_phase(value: object) -> ClaimPhase:
+    try:
+        return ClaimPhase(str(value))
+    except ValueError:
+        raise ValidationError("status.phase", value, "must be Pending, Registered, Failed or Releasing") from None

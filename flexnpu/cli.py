@@ -1,0 +1,96 @@
+"""The ``flexnpu`` command: one entry point, every component a subcommand (DESIGN.md section 14).
+
+Each subcommand lives in its component's package as ``main(argv) -> int`` and owns its flags; this module only
+dispatches, so importing it stays cheap and a component's dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flexnpu import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    usage: str
+    summary: str
+    issue: int
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command("flexnpu.shim.demo", "[--json] [--seconds N] [--plot FILE.png]",
+                    "run a simulated 910B3 node with two batch tenants (2:8) and a latency-critical one", 3),
+    "daemon": Command("flexnpu.shim.daemon.main", "--config flexnpud.conf",
+                      "the node daemon flexnpud: registrations, slice scheduler, grant socket", 3),
+    "deviceplugin": Command("flexnpu.deviceplugin.main",
+                            "[--kubelet-dir DIR] [--node-name NAME] [--npu-smi CMD | --inventory FILE] "
+                            "[--units-per-card U]",
+                            "the kubelet device plugin advertising huawei.com/vnpu units", 4),
+    "extender": Command("flexnpu.extender.main", "[--listen ADDR] [--policy NAME]",
+                        "the kube-scheduler extender placing pods on nodes and cards", 5),
+    "operator": Command("flexnpu.operator.main", "[kopf options]",
+                        "the operator reconciling VNpuClaims into node-daemon registrations", 6),
+    "shim": Command("flexnpu.shim.cli", "run -- CMD...", "run a command under the in-pod time-slicing runtime", 3),
+    "simnpu": Command("flexnpu.shim.simnpu.main", "[--socket PATH] [--model 910B3]",
+                      "a simulated NPU that separate processes share", 3),
+    "bench": Command("flexnpu.bench.cli", "NAME [--json] [--out FILE]",
+                     "run one benchmark (share, priority, overhead, idle, grant, placement, extender, "
+                     "deviceplugin, operator)", 3),
+    "status": Command("flexnpu.shim.status", "[--node NAME]",
+                      "per card: units, memory, tenants, achieved share, wait p99", 3),
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"usage: flexnpu [--version] COMMAND [ARGS...]  (flexnpu {__version__})", "",
+             "Share Ascend 910B NPUs between Kubernetes pods.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += ["", "Run 'flexnpu COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"flexnpu {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        print(f"flexnpu: unknown command {name!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    return run(name, command, rest)
+
+
+def run(name: str, command: Command, rest: list[str]) -> int:
+    try:
+        module = importlib.import_module(command.module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not command.module.startswith(exc.name):
+            raise
+        return not_ready(name, command, rest)
+    result: int = module.main(rest)
+    return result
+
+
+def not_ready(name: str, command: Command, rest: list[str]) -> int:
+    """A command whose component is not in this build: say so in one line, never fake success."""
+    if "-h" in rest or "--help" in rest:
+        print(f"usage: flexnpu {name} {command.usage}\n\n{command.summary}\n\n"
+              f"(not implemented yet in this build: issue #{command.issue})")
+        return 0
+    print(f"flexnpu {name}: not implemented yet in this build (issue #{command.issue})", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Every name the components agree on: resource names, annotation keys, the CRD, environment variables.
+
+One place defines each name; no other module spells a resource name or annotation key.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DOMAIN: Final = "flexnpu.io"
+
+# Extended resources advertised to kubelet and requested in pod specs.
+RESOURCE_VNPU: Final = "huawei.com/vnpu"
+RESOURCE_VNPU_MEMORY: Final = "huawei.com/vnpu-memory"
+
+# Node annotation written by the device plugin.
+ANNOTATION_INVENTORY: Final = f"{DOMAIN}/inventory"
+
+# Pod annotations: user input.
+ANNOTATION_PRIORITY: Final = f"{DOMAIN}/priority"
+ANNOTATION_CARD_MODEL: Final = f"{DOMAIN}/card-model"
+
+# Pod annotations: the bind handshake (extender -> device plugin).
+ANNOTATION_ASSIGNED: Final = f"{DOMAIN}/assigned"
+ANNOTATION_BIND_PHASE: Final = f"{DOMAIN}/bind-phase"
+ANNOTATION_BIND_TIME: Final = f"{DOMAIN}/bind-time"
+ANNOTATION_BIND_REASON: Final = f"{DOMAIN}/bind-reason"
+
+# Labels.
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_CLAIM_POD_UID: Final = f"{DOMAIN}/pod-uid"
+
+# The VNpuClaim custom resource.
+CRD_GROUP: Final = DOMAIN
+CRD_VERSION: Final = "v1alpha1"
+CRD_KIND: Final = "VNpuClaim"
+CRD_PLURAL: Final = "vnpuclaims"
+CRD_SINGULAR: Final = "vnpuclaim"
+CRD_SHORT_NAME: Final = "vnc"
+CRD_NAME: Final = f"{CRD_PLURAL}.{CRD_GROUP}"
+CLAIM_FINALIZER: Final = f"{DOMAIN}/deregister"
+
+# Device plugin.
+DEVICE_PLUGIN_API_VERSION: Final = "v1beta1"
+KUBELET_DEVICE_PLUGIN_DIR: Final = "/var/lib/kubelet/device-plugins"
+KUBELET_SOCKET_NAME: Final = "kubelet.sock"
+PLUGIN_SOCKET_NAME: Final = "flexnpu-vnpu.sock"
+CDI_KIND: Final = "huawei.com/npu"
+
+# Environment variables injected by Allocate and read by the in-pod runtime.
+ENV_ASCEND_VISIBLE_DEVICES: Final = "ASCEND_VISIBLE_DEVICES"
+ENV_ASCEND_RT_VISIBLE_DEVICES: Final = "ASCEND_RT_VISIBLE_DEVICES"
+ENV_CARD: Final = "FLEXNPU_CARD"
+ENV_CARD_INDEX: Final = "FLEXNPU_CARD_INDEX"
+ENV_UNITS: Final = "FLEXNPU_UNITS"
+ENV_UNITS_PER_CARD: Final = "FLEXNPU_UNITS_PER_CARD"
+ENV_SHARE: Final = "FLEXNPU_SHARE"
+ENV_MEMORY_MIB: Final = "FLEXNPU_MEMORY_MIB"
+ENV_PRIORITY: Final = "FLEXNPU_PRIORITY"
+ENV_CLAIM: Final = "FLEXNPU_CLAIM"
+ENV_SOCKET: Final = "FLEXNPU_SOCKET"
+ENV_DEVICE: Final = "FLEXNPU_DEVICE"
+ENV_SHIM_DISABLE: Final = "FLEXNPU_SHIM_DISABLE"
+
+# Paths on the node and in the pod.
+SHIM_SOCKET_DIR: Final = "/var/run/flexnpu"
+SHIM_SOCKET_NAME: Final = "grant.sock"
+SHIM_RUNTIME_HOST_DIR: Final = "/var/lib/flexnpu/runtime"
+SHIM_RUNTIME_POD_DIR: Final = "/usr/local/flexnpu/runtime"
+
+ASCEND_DEVICE_NODES: Final = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
+ASCEND_DRIVER_MOUNTS: Final = (
+    "/usr/local/Ascend/driver/lib64",
+    "/usr/local/Ascend/driver/version.info",
+    "/usr/local/dcmi",
+    "/usr/local/bin/npu-smi",
+)

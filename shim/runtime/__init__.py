@@ -1,0 +1,1 @@
+"""The in-pod runtime: standard library only, Python 3.9+ (injected into containers we do not control)."""
