@@ -104,7 +104,7 @@ def _positive_int(value: object, field: str) -> int:
     return value
 
 
-_DEVICE_ID = re.compile(r"^(?P<uuid>[A-Za-z0-9][A-Za-z0-9._:]*)-(?P<k>\d+)$")
+_DEVICE_ID = re.compile(r"^(?P<uuid>[A-Za-z0-9][A-Za-z0-9._:-]*)-(?P<k>\d+)$")
 
 
 def device_id(card_uuid: str, k: int) -> str:

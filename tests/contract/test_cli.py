@@ -1,0 +1,55 @@
+"""The ``flexnpu`` entry point: every subcommand of DESIGN.md section 14, each with --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flexnpu.cli import COMMANDS, main
+
+DESIGN_COMMANDS = {"demo", "daemon", "deviceplugin", "extender", "operator", "shim", "simnpu", "bench", "status"}
+
+
+def test_every_design_command_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(COMMANDS) == DESIGN_COMMANDS
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in DESIGN_COMMANDS:
+        assert f"  {name} " in out
+
+
+@pytest.mark.parametrize("name", sorted(DESIGN_COMMANDS))
+def test_every_command_has_help(name: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "flexnpu.cli", name, "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout.lower()
+
+
+def test_unknown_command_fails_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "frobnicate" in err and err.count("\n") == 1
+
+
+def test_no_arguments_prints_usage_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_operator_subpackage_does_not_shadow_stdlib() -> None:
+    code = "import flexnpu.operator, operator; assert operator.add(2, 3) == 5; print(flexnpu.operator.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "flexnpu.operator"
+
+
+def test_bench_lists_every_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("share", "priority", "overhead", "idle", "grant", "placement", "extender", "deviceplugin",
+                 "operator"):
+        assert name in out
+    assert main(["bench", "nope"]) == 2
