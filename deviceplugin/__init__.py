@@ -1,1 +1,7 @@
-"""flexnpu.deviceplugin"""
+"""The kubelet device plugin advertising ``huawei.com/vnpu`` units (DESIGN.md sections 3 and 4).
+
+Shaped as a small framework: ``discovery`` backends only scan cards; ``server`` owns every kubelet/gRPC detail
+(serve, register, re-register, ListAndWatch); ``kube`` is the one Kubernetes API adapter; ``plugin`` ties them
+to the pure decisions in ``core`` (npu-smi parsing, units, best fit, pod matching, the Allocate response).
+``kubeletstub`` and ``kubeemulator`` are the fakes tests and the benchmark run it against.
+"""

@@ -1,0 +1,163 @@
+"""Placement on the node, as pure functions: which pod an Allocate is for, and which card(s) it gets.
+
+Kubelet's Allocate does not say which pod it serves (DESIGN.md section 4). The pod is found among the pods bound
+to this node: those in bind-phase ``allocating`` whose unit request matches, oldest bind-time first; then pods
+no extender placed (no bind-phase), oldest first. A pod the extender placed gets exactly its assigned cards. A pod
+nobody placed is packed here: a fraction on the healthy card with the fewest free units that still fit (best
+fit, so large holes stay open), whole cards on fully free cards, on one HCCS ring when one has enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from flexnpu.annotations import BindPhase, CardAssignment
+from flexnpu.cards import Card, hccs_ring
+from flexnpu.deviceplugin.core.devices import ids_by_card, unit_order
+from flexnpu.errors import FlexnpuError
+from flexnpu.priority import DEFAULT_PRIORITY, Priority
+from flexnpu.units import UnitsConfig, VnpuRequest, default_memory_mib, parse_vnpu_request
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class AllocationError(FlexnpuError):
+    """No card on this node can take the request; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class PendingPod:
+    """A pod bound to this node that may be waiting for its Allocate, as the Kubernetes adapter read it."""
+
+    ref: PodRef
+    unit_requests: tuple[int, ...]
+    """``huawei.com/vnpu`` of each container that asks for it (kubelet allocates per container)."""
+    memory_mib: int | None = None
+    priority: Priority = DEFAULT_PRIORITY
+    phase: BindPhase | None = None
+    bind_time: datetime | None = None
+    created: datetime = _EPOCH
+    assignment: tuple[CardAssignment, ...] = field(default=())
+
+    @property
+    def placed_by_extender(self) -> bool:
+        return self.phase is BindPhase.ALLOCATING and bool(self.assignment)
+
+
+def match_pod(pods: Iterable[PendingPod], units: int) -> PendingPod | None:
+    """The pod an Allocate of ``units`` device IDs is for: allocating pods by bind time, then unplaced pods."""
+    candidates = [p for p in pods if units in p.unit_requests]
+    allocating = [p for p in candidates if p.phase is BindPhase.ALLOCATING]
+    if allocating:
+        return min(allocating, key=lambda p: (p.bind_time or _EPOCH, p.created, str(p.ref)))
+    unplaced = [p for p in candidates if p.phase is None]
+    if unplaced:
+        return min(unplaced, key=lambda p: (p.created, str(p.ref)))
+    return None
+
+
+def free_units(available_ids: Iterable[str], cards: Sequence[Card]) -> dict[str, int]:
+    """Free units per card uuid, from the device IDs kubelet still has available."""
+    return {uuid: len(ids) for uuid, ids in ids_by_card(available_ids, cards).items()}
+
+
+def best_fit_card(cards: Sequence[Card], free: Mapping[str, int], units: int) -> Card | None:
+    """The healthy card with the fewest free units that still holds ``units``; ties go to the lower index."""
+    fitting = [c for c in cards if c.healthy and free.get(c.uuid, 0) >= units]
+    return min(fitting, key=lambda c: (free[c.uuid], c.index, c.chip), default=None)
+
+
+def choose_whole_cards(cards: Sequence[Card], free: Mapping[str, int], count: int, units: UnitsConfig) -> list[Card]:
+    """``count`` fully free healthy cards, all on one HCCS ring when a ring has enough (the fullest such ring)."""
+    empty = sorted((c for c in cards if c.healthy and free.get(c.uuid, 0) >= units.advertised_per_card),
+                   key=lambda c: (c.index, c.chip))
+    if len(empty) < count:
+        raise AllocationError(f"{count} whole card(s) requested, {len(empty)} fully free healthy card(s) on the node")
+    rings: dict[int, list[Card]] = {}
+    for card in empty:
+        rings.setdefault(hccs_ring(card.index), []).append(card)
+    one_ring = [r for r, members in rings.items() if len(members) >= count]
+    if one_ring:
+        ring = min(one_ring, key=lambda r: (len(rings[r]), r))
+        return rings[ring][:count]
+    spread = [c for _, members in sorted(rings.items(), key=lambda kv: (-len(kv[1]), kv[0])) for c in members]
+    return spread[:count]
+
+
+def best_fit_placement(cards: Sequence[Card], free: Mapping[str, int], request: VnpuRequest,
+                       units: UnitsConfig) -> tuple[CardAssignment, ...]:
+    """Where a pod no extender placed goes, given the free units per card."""
+    if request.is_fraction:
+        card = best_fit_card(cards, free, request.units)
+        if card is None:
+            most = max(free.values(), default=0)
+            raise AllocationError(f"{request.units} unit(s) requested, the freest healthy card has {most}")
+        return (_assignment(card, request, units),)
+    return tuple(_assignment(c, request, units) for c in choose_whole_cards(cards, free, request.whole_cards, units))
+
+
+def placement_from_ids(cards: Sequence[Card], ids: Sequence[str], request: VnpuRequest,
+                       units: UnitsConfig) -> tuple[CardAssignment, ...]:
+    """The card(s) holding most of the device IDs kubelet allocated (when no pod could be matched)."""
+    counts = free_units(ids, cards)
+    ranked = sorted((c for c in cards if c.uuid in counts), key=lambda c: (-counts[c.uuid], c.index, c.chip))
+    if len(ranked) < request.cards:
+        raise AllocationError(f"device IDs {sorted(ids)} name {len(ranked)} card(s) of this node, "
+                              f"the request needs {request.cards}")
+    return tuple(_assignment(c, request, units) for c in ranked[:request.cards])
+
+
+def _assignment(card: Card, request: VnpuRequest, units: UnitsConfig) -> CardAssignment:
+    return CardAssignment(uuid=card.uuid, index=card.index, units=request.units_per_touched_card(units.units_per_card),
+                          memory_mib=default_memory_mib(request, card.hbm_mib, units.units_per_card))
+
+
+def preferred_ids(placement: Sequence[CardAssignment], available: Sequence[str], must_include: Sequence[str],
+                  size: int, cards: Sequence[Card]) -> list[str]:
+    """``size`` IDs for kubelet: the must-include ones, then units of the placed cards, then any available.
+
+    The filler only matters when kubelet's free IDs disagree with the placement; kubelet needs ``size`` IDs.
+    """
+    chosen = list(dict.fromkeys(must_include))
+    remaining = sorted(set(available) - set(chosen), key=unit_order)
+    by_card = ids_by_card(remaining, cards)
+    for assigned in placement:
+        wanted = assigned.units - _on_card(chosen, assigned.uuid, cards)
+        chosen += by_card.get(assigned.uuid, [])[:max(0, wanted)]
+    taken = set(chosen)
+    chosen += [did for did in remaining if did not in taken]
+    return chosen[:size]
+
+
+def _on_card(ids: Sequence[str], uuid: str, cards: Sequence[Card]) -> int:
+    return len(ids_by_card(ids, cards).get(uuid, []))
+
+
+def request_of(pod: PendingPod | None, units: int, config: UnitsConfig) -> VnpuRequest:
+    """The validated request behind an Allocate of ``units`` IDs, with the pod's memory when it names one."""
+    return parse_vnpu_request(units, config, None if pod is None else pod.memory_mib)
+
+
+def assignment_on_node(assignment: Sequence[CardAssignment], cards: Sequence[Card]) -> list[str]:
+    """Problems with an extender's assignment on this node: unknown cards or unhealthy ones."""
+    known = {c.uuid: c for c in cards}
+    problems = []
+    for a in assignment:
+        card = known.get(a.uuid)
+        if card is None:
+            problems.append(f"card {a.uuid} (npu {a.index}) is not on this node")
+        elif not card.healthy:
+            problems.append(f"card {a.uuid} (npu {a.index}) is {card.health.value}")
+    return problems

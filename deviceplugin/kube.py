@@ -1,0 +1,95 @@
+"""The device plugin's only Kubernetes API adapter: read the pods bound to this node, write the handshake.
+
+Pods are read as raw JSON (no client models: they are slow to build and must not reach the core). Every
+client error leaves this module as KubeError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError
+
+from flexnpu import names
+from flexnpu.annotations import BindPhase, CardAssignment, Inventory, encode_assignment, encode_inventory
+from flexnpu.deviceplugin.core.allocation import PodRef
+from flexnpu.deviceplugin.core.pods import NodePod, read_node_pods
+from flexnpu.errors import FlexnpuError
+
+log = logging.getLogger(__name__)
+_TIMEOUT = 5.0
+
+
+class KubeError(FlexnpuError):
+    """The Kubernetes API could not be reached or refused a request."""
+
+
+class KubeApi:
+    """Pods and the node object of one node, through one API client."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, node_name: str) -> None:
+        self._client = api_client
+        self._core = kubernetes.client.CoreV1Api(api_client)
+        self.node_name = node_name
+
+    @classmethod
+    def connect(cls, node_name: str, kubeconfig: Path | None = None) -> KubeApi:
+        """A client from ``kubeconfig``, or from the pod's service account when None."""
+        try:
+            if kubeconfig is not None:
+                client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+                return cls(client, node_name)
+            configuration = kubernetes.client.Configuration()
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+            return cls(kubernetes.client.ApiClient(configuration), node_name)
+        except (ConfigException, OSError, ValueError) as exc:
+            raise KubeError(f"cannot configure the Kubernetes client ({exc})") from exc
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    def node_pods(self) -> list[NodePod]:
+        """The unfinished pods bound to this node that ask for units."""
+        selector = f"spec.nodeName={self.node_name}"
+        body = self._call("list pods", self._core.list_pod_for_all_namespaces, field_selector=selector,
+                          _preload_content=False)
+        items: list[Mapping[str, Any]] = json.loads(body.data).get("items") or []
+        return read_node_pods(items, self.node_name)
+
+    def record_allocation(self, pod: PodRef, assignment: Sequence[CardAssignment]) -> None:
+        """The handshake's last step: the cards the pod got, bind-phase ``allocated``."""
+        self._patch_pod(pod, {names.ANNOTATION_ASSIGNED: encode_assignment(assignment),
+                              names.ANNOTATION_BIND_PHASE: BindPhase.ALLOCATED.value,
+                              names.ANNOTATION_BIND_REASON: None})
+
+    def record_failure(self, pod: PodRef, reason: str) -> None:
+        self._patch_pod(pod, {names.ANNOTATION_BIND_PHASE: BindPhase.FAILED.value,
+                              names.ANNOTATION_BIND_REASON: reason})
+
+    def publish_inventory(self, inventory: Inventory) -> None:
+        """The node's ``flexnpu.io/inventory`` annotation, read by the extender."""
+        body = {"metadata": {"annotations": {names.ANNOTATION_INVENTORY: encode_inventory(inventory)}}}
+        self._call("patch node", self._core.patch_node, self.node_name, body,
+                   _content_type="application/merge-patch+json")
+
+    def _patch_pod(self, pod: PodRef, annotations: Mapping[str, str | None]) -> None:
+        body = {"metadata": {"annotations": dict(annotations)}}
+        self._call(f"patch pod {pod}", self._core.patch_namespaced_pod, pod.name, pod.namespace, body,
+                   _content_type="application/merge-patch+json")
+
+    def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, _request_timeout=_TIMEOUT, **kwargs)
+        except ApiException as exc:
+            raise KubeError(f"{what}: HTTP {exc.status} {exc.reason}") from exc
+        except (HTTPError, OSError, ValueError) as exc:
+            raise KubeError(f"{what}: {exc}") from exc

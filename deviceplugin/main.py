@@ -1,0 +1,122 @@
+"""``flexnpu deviceplugin``: advertise huawei.com/vnpu units to kubelet and allocate the cards pods were given.
+
+Settings come from flags > FLEXNPU_DEVICEPLUGIN_* variables > ``--config`` file, are validated once and
+logged. A bad setting or a first scan that finds no card exits non-zero with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from flexnpu.deviceplugin.core.response import NodeLayout
+from flexnpu.deviceplugin.discovery import DiscoveryError, scanner_for
+from flexnpu.deviceplugin.kube import KubeApi
+from flexnpu.deviceplugin.metrics import Metrics
+from flexnpu.deviceplugin.plugin import VnpuPlugin
+from flexnpu.deviceplugin.server import PluginServer
+from flexnpu.deviceplugin.settings import DEFAULT_NPU_SMI, ENV_PREFIX, DevicePluginSettings
+from flexnpu.errors import FlexnpuError
+from flexnpu.settings import describe, load_settings
+
+log = logging.getLogger("flexnpu.deviceplugin")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        """One line naming the problem, not argparse's usage block."""
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="flexnpu deviceplugin", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, help="YAML/JSON settings file (flags and env override it)")
+    p.add_argument("--kubelet-dir", type=Path, help="kubelet's device-plugin directory")
+    p.add_argument("--node-name", help="this node's name (default: env FLEXNPU_DEVICEPLUGIN_NODE_NAME)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--npu-smi", metavar="CMD", help=f"command printing 'npu-smi info' ({DEFAULT_NPU_SMI!r})")
+    source.add_argument("--inventory", type=Path, metavar="FILE", help="JSON/YAML card list instead of npu-smi")
+    source.add_argument("--dev-root", type=Path, metavar="DIR", help="scan DIR/davinci<N> (with --card-model)")
+    p.add_argument("--card-model", help="model of cards found by --dev-root (910B1..910B4)")
+    p.add_argument("--units-per-card", type=int, metavar="U", help="units per card (1..1000, default 10)")
+    p.add_argument("--oversubscription", type=float, metavar="F", help="advertise floor(F*U) units per card")
+    p.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster service account)")
+    p.add_argument("--no-kubernetes", dest="kubernetes", action="store_const", const=False,
+                   help="no API server: no pod handshake, no node annotation (cards from device IDs only)")
+    p.add_argument("--cdi", action="store_const", const=True, help="answer Allocate with CDI device names")
+    p.add_argument("--scan-interval", type=float, metavar="S", help="seconds between discovery scans")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (0: off; default 9401)")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    return p
+
+
+def load(argv: Sequence[str]) -> DevicePluginSettings:
+    args = vars(parser().parse_args(argv))
+    config = args.pop("config")
+    return load_settings(DevicePluginSettings, flags=args, env=os.environ, file=config, env_prefix=ENV_PREFIX)
+
+
+def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
+    scanner = scanner_for(settings.npu_smi, settings.inventory, settings.dev_root, settings.card_model,
+                          DEFAULT_NPU_SMI)
+    kube = KubeApi.connect(settings.node_name, settings.kubeconfig) if settings.kubernetes else None
+    layout = NodeLayout(units_per_card=settings.units_per_card, use_cdi=settings.cdi,
+                        inject_shim=settings.inject_shim, shim_socket_dir=settings.shim_socket_dir,
+                        shim_runtime_dir=settings.shim_runtime_dir)
+    plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics())
+    return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
+
+
+def run(settings: DevicePluginSettings, stop: threading.Event) -> int:
+    plugin, server = build(settings)
+    plugin.rescan()
+    plugin.metrics.serve(settings.metrics_host, settings.metrics_port)
+    server.start()
+    try:
+        while not stop.wait(settings.scan_interval):
+            _rescan(plugin)
+    finally:
+        server.stop()
+        plugin.metrics.close()
+        if plugin.kube is not None:
+            plugin.kube.close()
+    return 0
+
+
+def _rescan(plugin: VnpuPlugin) -> None:
+    try:
+        plugin.rescan()
+        plugin.refresh_usage()
+    except DiscoveryError as exc:
+        # Keep the last known cards: a transient npu-smi failure must not take units away from running pods.
+        log.error("discovery: %s", exc)
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        settings = load(argv)
+    except FlexnpuError as exc:
+        print(f"flexnpu deviceplugin: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("settings: %s", describe(settings))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return run(settings, stop)
+    except (FlexnpuError, OSError) as exc:
+        print(f"flexnpu deviceplugin: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,71 @@
+"""The device plugin's one settings object, built once at start (flags > FLEXNPU_DEVICEPLUGIN_* env > file)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flexnpu import names
+from flexnpu.cards import card_model
+from flexnpu.errors import ConfigError, ValidationError
+from flexnpu.settings import setting
+from flexnpu.units import DEFAULT_OVERSUBSCRIPTION, DEFAULT_UNITS_PER_CARD, UnitsConfig
+
+ENV_PREFIX = "FLEXNPU_DEVICEPLUGIN_"
+DEFAULT_NPU_SMI = "npu-smi info"
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePluginSettings:
+    """Where kubelet is, how cards are found and cut, and what Allocate injects."""
+
+    node_name: str = setting("", "this node's name (the Downward API's spec.nodeName)")
+    kubelet_dir: Path = setting(Path(names.KUBELET_DEVICE_PLUGIN_DIR), "kubelet's device-plugin directory")
+    socket_name: str = setting(names.PLUGIN_SOCKET_NAME, "name of this plugin's socket in kubelet_dir")
+    npu_smi: str = setting("", f"command whose output is 'npu-smi info' (default discovery: {DEFAULT_NPU_SMI!r})")
+    inventory: Path | None = setting(None, "JSON/YAML card list instead of npu-smi (tests, simulated nodes)")
+    dev_root: Path | None = setting(None, "scan <dev_root>/davinci<N> instead of npu-smi (needs card_model)")
+    card_model: str = setting("910B3", "model of the cards found by the /dev scan")
+    units_per_card: int = setting(DEFAULT_UNITS_PER_CARD, "units U per card (1..1000)")
+    oversubscription: float = setting(DEFAULT_OVERSUBSCRIPTION, "each card advertises floor(f*U) units (1..16)")
+    scan_interval: float = setting(5.0, "seconds between discovery scans (health changes, cards gone)")
+    kubeconfig: Path | None = setting(None, "kubeconfig file; empty: in-cluster service account")
+    kubernetes: bool = setting(True, "use the Kubernetes API (pod handshake, node inventory); false: IDs only")
+    cdi: bool = setting(False, f"answer Allocate with CDI names ({names.CDI_KIND}=<index>) instead of devices")
+    inject_shim: bool = setting(True, "mount the in-pod runtime and set FLEXNPU_* variables")
+    shim_socket_dir: str = setting(names.SHIM_SOCKET_DIR, "host directory of the node daemon's grant socket")
+    shim_runtime_dir: str = setting(names.SHIM_RUNTIME_HOST_DIR, "host directory holding the in-pod runtime")
+    metrics_port: int = setting(9401, "port of the Prometheus /metrics endpoint (0: off)")
+    metrics_host: str = setting("0.0.0.0", "address of the /metrics endpoint")
+    log_level: str = setting("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        sources = [s for s in (self.npu_smi, self.inventory, self.dev_root) if s]
+        if len(sources) > 1:
+            raise ConfigError("npu_smi/inventory/dev_root", [str(s) for s in sources], "choose one discovery source")
+        if self.dev_root is not None:
+            card_model(self.card_model, "card_model")
+        self.units  # noqa: B018  (validates units_per_card and oversubscription)
+        if self.scan_interval <= 0:
+            raise ConfigError("scan_interval", self.scan_interval, "must be > 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port", self.metrics_port, "must be a port (0: off)")
+        if self.kubernetes and not self.node_name:
+            raise ConfigError("node_name", self.node_name, "is required with the Kubernetes API (or kubernetes=false)")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level", self.log_level, "must be debug, info, warning or error")
+
+    @property
+    def units(self) -> UnitsConfig:
+        try:
+            return UnitsConfig(self.units_per_card, self.oversubscription)
+        except ValidationError as exc:
+            raise ConfigError(exc.field, exc.value, exc.reason) from exc
+
+    @property
+    def socket_path(self) -> Path:
+        return self.kubelet_dir / self.socket_name
+
+    @property
+    def kubelet_socket(self) -> Path:
+        return self.kubelet_dir / names.KUBELET_SOCKET_NAME

@@ -1,0 +1,132 @@
+"""Placement verdicts for every node, kept current incrementally, so a filter over 5,000 nodes stays cheap.
+
+kube-scheduler sends every candidate node with every pod. Evaluating 5,000 nodes of 8 cards through the placement
+core costs tens of milliseconds, but between two pods only the node of the last bind changes. So for each pod
+*shape* (the demand without its priority, which does not change where it fits) and policy, this index keeps the
+core's verdict (fit or refusal) and placement cost per node, and refreshes only the nodes the state's change log
+names. A request then reduces to set lookups over the names it carries. The decisions themselves are the core's
+(:func:`fit_node`, :func:`evaluate`): this module only remembers them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from flexnpu.extender.core.model import NodeState, PodDemand
+from flexnpu.extender.core.placement import MAX_SCORE, EvaluationMemo, NodeFit, Refusal, RefusalKind, evaluate, fit_node
+from flexnpu.extender.state import ClusterState
+from flexnpu.priority import Priority
+
+# Refusals that evicting pods cannot cure: kube-scheduler skips these nodes when it looks for preemption.
+UNRESOLVABLE: Final = frozenset({RefusalKind.REQUEST, RefusalKind.NO_CARDS, RefusalKind.TOO_FEW_CARDS,
+                                 RefusalKind.MODEL, RefusalKind.UNHEALTHY})
+DEFAULT_MAX_SHAPES: Final = 256
+
+
+def no_inventory_reason(node: str) -> str:
+    return f"node {node}: has no flexnpu cards (no readable flexnpu.io/inventory annotation)"
+
+
+@dataclass
+class _Verdicts:
+    """One shape's view of the cluster as of state sequence ``seen``."""
+
+    seen: int = -1
+    costs: dict[str, float] = field(default_factory=dict)  # fitting nodes
+    refusals: dict[str, Refusal] = field(default_factory=dict)  # the others
+
+
+@dataclass(frozen=True)
+class FilterVerdict:
+    fits: list[str]
+    failed: dict[str, str]
+    unresolvable: dict[str, str]
+    refusals: list[Refusal]
+
+
+class PlacementIndex:
+    """Verdicts per (shape, policy) over a :class:`ClusterState`; not thread-safe (the event loop owns it)."""
+
+    def __init__(self, state: ClusterState, policy: str, *, max_shapes: int = DEFAULT_MAX_SHAPES) -> None:
+        self.state = state
+        self.policy = policy
+        self.memo = EvaluationMemo()
+        self._max_shapes = max_shapes
+        self._shapes: OrderedDict[PodDemand, _Verdicts] = OrderedDict()
+
+    def filter(self, demand: PodDemand, names: list[str]) -> FilterVerdict:
+        verdicts = self._current(demand)
+        costs, refusals = verdicts.costs, verdicts.refusals
+        fits = [n for n in names if n in costs]
+        if len(fits) == len(names):
+            return FilterVerdict(fits, {}, {}, [])
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        refused: list[Refusal] = []
+        for name in names:
+            if name in costs:
+                continue
+            refusal = refusals.get(name)
+            if refusal is None:
+                unresolvable[name] = no_inventory_reason(name)
+                continue
+            refused.append(refusal)
+            (unresolvable if refusal.kind in UNRESOLVABLE else failed)[name] = refusal.reason
+        return FilterVerdict(fits, failed, unresolvable, refused)
+
+    def scores(self, demand: PodDemand, names: list[str]) -> dict[str, int]:
+        """0..10 per fitting node among ``names`` (the cheapest get 10), as :func:`score_nodes` scales them.
+
+        Nodes share few distinct costs (most are in one of a handful of states), so each distinct cost is scaled
+        once and the per-node work is two C-level lookups.
+        """
+        costs = self._current(demand).costs
+        mine = [c for c in map(costs.get, names) if c is not None]
+        if not mine:
+            return {}
+        best, worst = min(mine), max(mine)
+        by_cost = {c: _scale(c, best, worst) for c in set(mine)}
+        return {n: by_cost[c] for n, c in zip(names, map(costs.get, names), strict=True) if c is not None}
+
+    def _current(self, demand: PodDemand) -> _Verdicts:
+        shape = replace(demand, priority=Priority.NORMAL)
+        verdicts = self._shapes.get(shape)
+        if verdicts is None:
+            verdicts = self._shapes[shape] = _Verdicts()
+            if len(self._shapes) > self._max_shapes:
+                self._shapes.popitem(last=False)
+                self.memo.clear()  # the core's memo would otherwise keep every shape ever seen
+        else:
+            self._shapes.move_to_end(shape)
+        sequence = self.state.sequence
+        if verdicts.seen == sequence:
+            return verdicts
+        changed = self.state.changed_since(verdicts.seen) if verdicts.seen >= 0 else None
+        if changed is None:
+            verdicts.costs.clear()
+            verdicts.refusals.clear()
+            changed = set(self.state.node_names())
+        for name in changed:
+            self._judge(shape, name, self.state.node(name), verdicts)
+        verdicts.seen = sequence
+        return verdicts
+
+    def _judge(self, shape: PodDemand, name: str, node: NodeState | None, verdicts: _Verdicts) -> None:
+        verdicts.costs.pop(name, None)
+        verdicts.refusals.pop(name, None)
+        if node is None:
+            return
+        verdict = fit_node(shape, node)
+        if isinstance(verdict, NodeFit):
+            verdicts.costs[name] = evaluate(shape, verdict, self.policy, memo=self.memo).cost
+        else:
+            verdicts.refusals[name] = verdict
+
+
+def _scale(cost: float, best: float, worst: float) -> int:
+    """The core's scaling (:func:`score_nodes`): 10 for the cheapest, the others by distance from the worst."""
+    if cost <= best:
+        return MAX_SCORE
+    return min(MAX_SCORE - 1, int(MAX_SCORE * (worst - cost) / (worst - best)))

@@ -1,0 +1,106 @@
+"""Keep :class:`ClusterState` in step with the API server: list, then watch, nodes and pods; re-list on any break.
+
+Nodes contribute their ``flexnpu.io/inventory`` annotation (decoded with the shared contract; a node without one,
+or with one that does not parse, has no flexnpu cards). Pods contribute their ``flexnpu.io/assigned`` annotation,
+node and phase. The loops only translate API events into state calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flexnpu.annotations import Inventory, decode_inventory
+from flexnpu.errors import ValidationError
+from flexnpu.extender.kube import KubeApi, KubeApiError
+from flexnpu.extender.pods import pod_facts, pod_key
+from flexnpu.extender.state import ClusterState
+from flexnpu.names import ANNOTATION_INVENTORY
+
+log = logging.getLogger(__name__)
+
+NODES_PATH = "/api/v1/nodes"
+PODS_PATH = "/api/v1/pods"
+
+
+def node_inventory(node: Mapping[str, Any]) -> Inventory | None:
+    """The node's decoded inventory, or None (logged) when it has none or it does not parse."""
+    meta = node.get("metadata") or {}
+    text = (meta.get("annotations") or {}).get(ANNOTATION_INVENTORY)
+    if not text:
+        return None
+    try:
+        return decode_inventory(text)
+    except ValidationError as exc:
+        log.warning("node %s: ignoring its %s: %s", meta.get("name"), ANNOTATION_INVENTORY, exc)
+        return None
+
+
+class Informers:
+    """Runs the node and pod watches into ``state`` until cancelled; ``synced`` is set after both first lists."""
+
+    def __init__(self, api: KubeApi, state: ClusterState, *, retry_s: float = 1.0) -> None:
+        self.api = api
+        self.state = state
+        self.retry_s = retry_s
+        self.synced = asyncio.Event()
+        self._nodes_synced = asyncio.Event()
+        self._pods_synced = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._loop(NODES_PATH, self._relist_nodes, self._node_event, self._nodes_synced))
+            group.create_task(self._loop(PODS_PATH, self._relist_pods, self._pod_event, self._pods_synced))
+            group.create_task(self._mark_synced())
+
+    async def _mark_synced(self) -> None:
+        await self._nodes_synced.wait()
+        await self._pods_synced.wait()
+        self.synced.set()
+
+    async def _loop(self, path: str, relist: Callable[[list[dict[str, Any]]], None],
+                    on_event: Callable[[str, dict[str, Any]], None], synced: asyncio.Event) -> None:
+        while True:
+            try:
+                items, version = await self.api.list(path)
+                relist(items)
+                synced.set()
+                await self._follow(path, version, on_event)
+            except KubeApiError as exc:
+                log.warning("watch %s: %s; listing again in %.1fs", path, exc, self.retry_s)
+            await asyncio.sleep(self.retry_s)
+
+    async def _follow(self, path: str, version: str, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        async for kind, obj in self.api.watch(path, version):
+            on_event(kind, obj)
+
+    def _relist_nodes(self, items: list[dict[str, Any]]) -> None:
+        inventories = {}
+        for node in items:
+            inventory = node_inventory(node)
+            if inventory is not None:
+                inventories[str(node["metadata"]["name"])] = inventory
+        self.state.replace_nodes(inventories)
+
+    def _relist_pods(self, items: list[dict[str, Any]]) -> None:
+        self.state.replace_pods(pod_facts(pod) for pod in items)
+
+    def _node_event(self, kind: str, node: dict[str, Any]) -> None:
+        name = str((node.get("metadata") or {}).get("name") or "")
+        if not name or kind == "BOOKMARK":
+            return
+        if kind == "DELETED":
+            self.state.remove_node(name)
+        else:
+            self.state.set_node(name, node_inventory(node))
+
+    def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "BOOKMARK":
+            return
+        if kind == "DELETED":
+            self.state.forget_pod(pod_key(pod).uid)
+        else:
+            self.state.observe_pod(pod_facts(pod))
+

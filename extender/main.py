@@ -1,0 +1,121 @@
+"""``flexnpu extender``: the kube-scheduler extender process (DESIGN.md sections 9 and 14).
+
+Builds the settings once (flags > FLEXNPU_EXTENDER_* environment > --config file), connects to the API server,
+starts the node and pod watches and the leader election, and serves the extender verbs until SIGTERM. A bad flag
+or setting exits 2 with one line naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from flexnpu.errors import ConfigError
+from flexnpu.extender.informers import Informers
+from flexnpu.extender.kube import KubeApi, KubeConfig, KubeWriter, in_cluster_config, load_kubeconfig
+from flexnpu.extender.leader import ElectionConfig, LeaderElector
+from flexnpu.extender.server import make_app
+from flexnpu.extender.service import ExtenderService, Leadership, SoleReplica
+from flexnpu.extender.settings import ENV_PREFIX, ExtenderSettings, parse_listen
+from flexnpu.extender.state import ClusterState
+from flexnpu.settings import describe, load_settings
+
+log = logging.getLogger("flexnpu.extender")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flexnpu extender", description="The kube-scheduler extender: places pods "
+                                "requesting huawei.com/vnpu on a node and a card (filter, prioritize, bind, preempt).")
+    p.add_argument("--config", type=Path, help="YAML/JSON settings file (keys as the long flags)")
+    p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8888)")
+    p.add_argument("--policy", help="placement policy: binpack, spread, bestfit, fgd, default")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    p.add_argument("--api-server", help="API server URL without authentication (tests)")
+    p.add_argument("--node-cache-capable", default=None, help="true|false, as in KubeSchedulerConfiguration")
+    p.add_argument("--lease-name", help="the Lease the replicas elect a leader with")
+    p.add_argument("--namespace", help="namespace of the Lease")
+    p.add_argument("--identity", help="this replica's name in the Lease (default: hostname-pid)")
+    p.add_argument("--leader-elect", default=None, help="true|false (default true)")
+    p.add_argument("--max-body-bytes", help="largest request body accepted")
+    p.add_argument("--units-per-card", help="U, units per card (default 10)")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
+    try:
+        settings = load_settings(ExtenderSettings, flags=flags, env=os.environ, file=args.config,
+                                 env_prefix=ENV_PREFIX)
+        kube = kube_config(settings, os.environ)
+    except ConfigError as exc:
+        print(f"flexnpu extender: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("settings: %s", describe(settings))
+    asyncio.run(serve(settings, kube))
+    return 0
+
+
+def kube_config(settings: ExtenderSettings, env: Mapping[str, str]) -> KubeConfig:
+    if settings.api_server:
+        return KubeConfig(server=settings.api_server.rstrip("/"), namespace=settings.namespace or "default")
+    if settings.kubeconfig is not None:
+        return load_kubeconfig(settings.kubeconfig)
+    return in_cluster_config(env)
+
+
+def identity(settings: ExtenderSettings) -> str:
+    return settings.identity or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def serve(settings: ExtenderSettings, kube: KubeConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT when not given)."""
+    stop = stop or _signal_event()
+    me = identity(settings)
+    async with KubeApi(kube) as api:
+        state = ClusterState()
+        elector = LeaderElector(api, ElectionConfig(
+            namespace=settings.namespace or kube.namespace, name=settings.lease_name, identity=me,
+            lease_duration_s=int(settings.lease_duration), renew_deadline_s=settings.renew_deadline,
+            retry_period_s=settings.retry_period)) if settings.leader_elect else None
+        leadership: Leadership = elector if elector is not None else SoleReplica()
+        service = ExtenderService(state, KubeWriter(api), policy=settings.policy, units=settings.units,
+                                  leadership=leadership, identity=me)
+        runner = web.AppRunner(make_app(service, max_body_bytes=settings.max_body_bytes))
+        await runner.setup()
+        host, port = parse_listen(settings.listen)
+        await web.TCPSite(runner, host, port).start()
+        log.info("serving the extender on %s:%d as %s", host, port, me)
+        tasks = [asyncio.create_task(Informers(api, state).run())]
+        if elector is not None:
+            tasks.append(asyncio.create_task(elector.run()))
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await service.drain()
+            await runner.cleanup()
+
+
+def _signal_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,154 @@
+"""The extender's HTTP adapter (aiohttp): POST filter, prioritize, bind, preempt; GET /healthz, /readyz, /metrics.
+
+It only translates: read the body (bounded), decode JSON, check its shape with :mod:`flexnpu.extender.wire`,
+call :class:`ExtenderService`, encode the answer. A body that is too large, not JSON, or of the wrong shape gets a
+JSON ``{"Error": ...}`` with 413 or 400; an unexpected failure gets 500 with a JSON ``Error`` too, never a bare
+500. Refusals of a well-formed request are answers, not HTTP errors: 200 with ``Error`` or ``FailedNodes``, as
+kube-scheduler expects.
+
+``/readyz`` answers 200 only on the replica that may bind (the leader), so a Service in front of the replicas can
+route kube-scheduler to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from flexnpu.errors import ValidationError
+from flexnpu.extender import wire
+from flexnpu.extender.metrics import ExtenderMetrics
+from flexnpu.extender.service import ExtenderService
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVICE_KEY = web.AppKey("service", ExtenderService)
+METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
+LIMIT_KEY = web.AppKey("max_body_bytes", int)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class _Encoded(str):
+    """An answer already encoded as JSON text."""
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    text = body if isinstance(body, _Encoded) else _dumps(body)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+async def _read_json(request: web.Request, limit: int) -> object:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(413, f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyError(413, f"request body exceeds the limit of {limit} bytes") from exc
+    if len(raw) > limit:
+        raise BodyError(413, f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise BodyError(400, f"request body is not valid JSON: {exc}") from exc
+
+
+def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
+        started = time.perf_counter()
+        status = 500
+        try:
+            body = await _read_json(request, request.app[LIMIT_KEY])
+            answer = await call(service, body)
+            status = 200
+            response = _json(answer)
+            # The standard Server-Timing header: the time spent in the extender, without the network.
+            response.headers["Server-Timing"] = f"extender;dur={(time.perf_counter() - started) * 1000:.3f}"
+            return response
+        except BodyError as exc:
+            status = exc.status
+            return _json({"Error": str(exc)}, exc.status)
+        except ValidationError as exc:
+            status = 400
+            return _json({"Error": f"malformed {name} request: {exc}"}, 400)
+        except Exception as exc:  # the scheduler must get a JSON answer whatever happens
+            log.exception("%s failed", name)
+            return _json({"Error": f"internal error in {name}: {type(exc).__name__}: {exc}"}, 500)
+        finally:
+            metrics.observe(name, status, time.perf_counter() - started)
+    return handle
+
+
+async def _filter(service: ExtenderService, body: object) -> object:
+    return service.filter(wire.read_extender_args(body))
+
+
+async def _prioritize(service: ExtenderService, body: object) -> object:
+    return _Encoded(wire.encode_host_priorities(service.prioritize(wire.read_extender_args(body))))
+
+
+async def _bind(service: ExtenderService, body: object) -> object:
+    return await service.bind(wire.read_binding_args(body))
+
+
+async def _preempt(service: ExtenderService, body: object) -> object:
+    return service.preempt(wire.read_preemption_args(body))
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    if service.leadership.is_leader:
+        return web.Response(text="leader")
+    return web.Response(text=f"standby; leader is {service.leadership.leader or 'unknown'}", status=503)
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    body, content_type = request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Routing errors (unknown verb, GET on a verb) as JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"Error": f"{request.method} {request.path}: {exc.reason}"}, exc.status)
+
+
+def make_app(service: ExtenderService, *, max_body_bytes: int, metrics: ExtenderMetrics | None = None,
+             prefix: str = "") -> web.Application:
+    # aiohttp's own limit sits above ours so that the handler, not aiohttp, words the 413.
+    app = web.Application(client_max_size=max_body_bytes + 1, middlewares=[_json_errors])
+    app[SERVICE_KEY] = service
+    app[METRICS_KEY] = metrics or ExtenderMetrics(service)
+    app[LIMIT_KEY] = max_body_bytes
+    verbs: dict[str, Callable[[ExtenderService, Any], Awaitable[object]]] = {
+        "filter": _filter, "prioritize": _prioritize, "bind": _bind, "preempt": _preempt}
+    for name, call in verbs.items():
+        app.router.add_post(f"{prefix}/{name}", _verb(name, call))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app

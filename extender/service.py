@@ -1,0 +1,297 @@
+"""The extender's four verbs over typed payloads: filter, prioritize, bind and preempt.
+
+The HTTP adapter decodes a request into a payload of :mod:`flexnpu.extender.wire` and calls one method here; this
+module asks the placement core (through :class:`PlacementIndex`) and the preemption decision, keeps the state's
+reservations, and gathers the bind's writes. Pods that ask for no flexnpu resource pass through untouched.
+
+``prioritize`` lists only the nodes it scores above 0: kube-scheduler adds each listed host's score and nothing
+for a host it does not list, so leaving out the zeros changes no decision and saves most of the answer on a large
+cluster.
+
+Every refusal a user could wonder about becomes a Kubernetes Event on the pod (sent in the background, so the
+scheduler never waits for it, and at most once a minute per pod and message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from flexnpu.annotations import CardAssignment
+from flexnpu.errors import FlexnpuError, ValidationError
+from flexnpu.extender import wire, writes
+from flexnpu.extender.core.model import PodDemand
+from flexnpu.extender.core.placement import PlacementError, Refusal, choose
+from flexnpu.extender.index import PlacementIndex
+from flexnpu.extender.informers import node_inventory
+from flexnpu.extender.pods import Interest, PodKey, interest, pod_demand, pod_key
+from flexnpu.extender.preemption import Occupant, victims_for
+from flexnpu.extender.state import ClusterState, ReservationConflict
+from flexnpu.names import ANNOTATION_INVENTORY
+from flexnpu.units import UnitsConfig
+
+log = logging.getLogger(__name__)
+
+EVENT_UNSCHEDULABLE: Final = "FlexnpuUnschedulable"
+EVENT_INVALID: Final = "FlexnpuInvalidRequest"
+EVENT_BIND_REFUSED: Final = "FlexnpuBindRefused"
+EVENT_BIND_FAILED: Final = "FlexnpuBindFailed"
+EVENT_CLAIM_FAILED: Final = "FlexnpuClaimFailed"
+EVENT_ASSIGNED: Final = "FlexnpuAssigned"
+_PENDING_PODS: Final = 10_000  # pods seen by filter, kept for their bind
+_EVENT_REPEAT_S: Final = 60.0
+
+
+class Leadership(Protocol):
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader(self) -> str: ...
+
+
+@dataclass
+class SoleReplica:
+    """Leadership when election is off: this replica always binds."""
+
+    is_leader: bool = True
+    leader: str = "this replica"
+
+
+@dataclass
+class Counters:
+    """Plain counts the metrics endpoint exports."""
+
+    binds: Counter[str] = field(default_factory=Counter)  # by outcome
+    conflicts: int = 0
+    events: int = 0
+    event_failures: int = 0
+
+
+class ExtenderService:
+    def __init__(self, state: ClusterState, writer: writes.ClusterWriter, *, policy: str,
+                 units: UnitsConfig | None = None, leadership: Leadership | None = None,
+                 identity: str = "", clock: Callable[[], datetime] | None = None) -> None:
+        self.state = state
+        self.writer = writer
+        self.policy = policy
+        self.units = units or UnitsConfig()
+        self.index = PlacementIndex(state, policy)
+        self.leadership: Leadership = leadership or SoleReplica()
+        self.identity = identity
+        self.counters = Counters()
+        self._clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._node_notes: dict[str, str] = {}
+        self._events_sent: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- filter and prioritize --------------------------------------------------------------------------------
+
+    def filter(self, args: wire.ExtenderArgs) -> wire.ExtenderFilterResult:
+        pod = args["Pod"]
+        names = wire.node_names_of(args)
+        if args["Nodes"] is not None:
+            self._learn_nodes(args["Nodes"]["items"])
+        if interest(pod) is Interest.NONE:
+            return wire.filter_result(args, names, {}, {})
+        key = pod_key(pod)
+        try:
+            demand = pod_demand(pod, self.units)
+        except ValidationError as exc:
+            self._event(key, EVENT_INVALID, str(exc))
+            return wire.filter_result(args, [], {}, dict.fromkeys(names, str(exc)))
+        self._remember(key, pod)
+        verdict = self.index.filter(demand, names)
+        if not verdict.fits and names:
+            self._event(key, EVENT_UNSCHEDULABLE, unschedulable_message(len(names), verdict.refusals))
+        return wire.filter_result(args, verdict.fits, verdict.failed, verdict.unresolvable)
+
+    def prioritize(self, args: wire.ExtenderArgs) -> wire.HostPriorityList:
+        pod = args["Pod"]
+        names = wire.node_names_of(args)
+        if interest(pod) is Interest.NONE:
+            return []
+        try:
+            demand = pod_demand(pod, self.units)
+        except ValidationError:
+            return []
+        scores = self.index.scores(demand, names)
+        return [{"Host": n, "Score": s} for n, s in scores.items() if s]
+
+    # -- preempt ----------------------------------------------------------------------------------------------
+
+    def preempt(self, args: wire.ExtenderPreemptionArgs) -> wire.ExtenderPreemptionResult:
+        proposed = wire.victim_uids(args)
+        pdbs = wire.pdb_violations(args)
+        pod = args["Pod"]
+        if interest(pod) is Interest.NONE:
+            return {"NodeNameToMetaVictims": {n: wire.meta_victims(u, pdbs.get(n, 0)) for n, u in proposed.items()}}
+        try:
+            demand = pod_demand(pod, self.units)
+        except ValidationError:
+            return {"NodeNameToMetaVictims": {}}
+        out: dict[str, wire.MetaVictims] = {}
+        for node, uids in proposed.items():
+            victims = self._victims_on(demand, node, frozenset(uids))
+            if victims is not None:
+                out[node] = wire.meta_victims(list(victims), pdbs.get(node, 0))
+        return {"NodeNameToMetaVictims": out}
+
+    def _victims_on(self, demand: PodDemand, node: str, already: frozenset[str]) -> tuple[str, ...] | None:
+        state = self.state.node(node)
+        if state is None:
+            return None
+        occupants = [Occupant(h.key.uid, h.priority_rank, h.assignments) for h in self.state.holdings_on(node)]
+        return victims_for(demand, state, occupants, already)
+
+    # -- bind -------------------------------------------------------------------------------------------------
+
+    async def bind(self, args: wire.ExtenderBindingArgs) -> wire.ExtenderBindingResult:
+        leadership = self.leadership
+        if not leadership.is_leader:
+            leader = leadership.leader or "unknown (election in progress)"
+            self.counters.binds["not-leader"] += 1
+            return {"Error": f"this extender replica ({self.identity}) is not the leader; the leader is {leader}"}
+        key = PodKey(args["PodNamespace"], args["PodName"], args["PodUID"])
+        try:
+            error = await self._bind(key, args["Node"])
+        except FlexnpuError as exc:
+            error = f"bind {key.entity} to {args['Node']}: {exc}"
+        self.counters.binds["error" if error else "bound"] += 1
+        return {"Error": error}
+
+    async def _bind(self, key: PodKey, node: str) -> str:
+        pod = self._pending.pop(key.uid, None) if key.uid else None
+        if pod is None:
+            pod = await self.writer.get_pod(key.namespace, key.name)
+            key = PodKey(key.namespace, key.name, key.uid or pod_key(pod).uid)
+        if interest(pod) is Interest.NONE:
+            await self.writer.bind_pod(key, node)
+            return ""
+        try:
+            demand = pod_demand(pod, self.units)
+        except ValidationError as exc:
+            return self._refuse(key, EVENT_INVALID, str(exc))
+        assignments = self._reserve(key, node, demand)
+        if isinstance(assignments, str):
+            return assignments
+        return await self._write(key, node, demand, assignments)
+
+    def _reserve(self, key: PodKey, node: str, demand: PodDemand) -> tuple[CardAssignment, ...] | str:
+        """Choose the cards and reserve them; a reservation race is retried once against the fresh state."""
+        for attempt in range(2):
+            state = self.state.node(node)
+            if state is None:
+                return self._refuse(key, EVENT_BIND_REFUSED, f"node {node}: has no flexnpu cards")
+            try:
+                assignments = choose(demand, state, self.policy, memo=self.index.memo)
+                self.state.reserve(key, node, assignments, demand.priority.rank)
+                return assignments
+            except PlacementError as exc:
+                return self._refuse(key, EVENT_BIND_REFUSED, exc.refusal.reason)
+            except ReservationConflict as exc:
+                self.counters.conflicts += 1
+                if attempt:
+                    return self._refuse(key, EVENT_BIND_REFUSED, str(exc))
+        raise AssertionError("unreachable")
+
+    async def _write(self, key: PodKey, node: str, demand: PodDemand, assignments: tuple[CardAssignment, ...]) -> str:
+        """Annotations, then the Binding, then the claims; a failure before the Binding gives the cards back."""
+        try:
+            await self.writer.patch_pod_annotations(key.namespace, key.name,
+                                                    writes.assigned_annotations(assignments, self._clock()))
+            await self.writer.bind_pod(key, node)
+        except FlexnpuError as exc:
+            self.state.release(key.uid)
+            reason = f"bind to node {node} failed: {exc}"
+            self._spawn(self._undo(key, reason))
+            return self._refuse(key, EVENT_BIND_FAILED, reason)
+        try:
+            for body in writes.claims(key, node, assignments, demand.priority):
+                await self.writer.create_claim(key.namespace, body)
+        except FlexnpuError as exc:
+            # The pod is bound and its cards are its own; only the node daemon registration is missing.
+            self._event(key, EVENT_CLAIM_FAILED, f"pod bound to {node}, but its VNpuClaim failed: {exc}")
+        cards = ", ".join(f"card {a.index} ({a.uuid}): {a.units} units, {a.memory_mib} MiB" for a in assignments)
+        self._event(key, EVENT_ASSIGNED, f"node {node}, {cards}", warning=False)
+        return ""
+
+    async def _undo(self, key: PodKey, reason: str) -> None:
+        try:
+            await self.writer.patch_pod_annotations(key.namespace, key.name, writes.failed_annotations(reason))
+        except FlexnpuError as exc:
+            log.warning("pod %s: could not mark the failed bind: %s", key.entity, exc)
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _refuse(self, key: PodKey, reason: str, message: str) -> str:
+        self._event(key, reason, message)
+        return message
+
+    def _remember(self, key: PodKey, pod: dict[str, Any]) -> None:
+        if not key.uid:
+            return
+        self._pending[key.uid] = pod
+        self._pending.move_to_end(key.uid)
+        if len(self._pending) > _PENDING_PODS:
+            self._pending.popitem(last=False)
+
+    def _learn_nodes(self, items: list[dict[str, Any]]) -> None:
+        """nodeCacheCapable false: nodes in the request refresh the inventories the watch has not delivered yet."""
+        for item in items:
+            meta = item.get("metadata") or {}
+            name, text = str(meta.get("name")), str((meta.get("annotations") or {}).get(ANNOTATION_INVENTORY, ""))
+            if text and self._node_notes.get(name) != text:
+                self._node_notes[name] = text
+                self.state.set_node(name, node_inventory(item))
+
+    def _event(self, key: PodKey, reason: str, message: str, *, warning: bool = True) -> None:
+        now = time.monotonic()
+        sent = self._events_sent.get((key.uid, message))
+        if sent is not None and now - sent < _EVENT_REPEAT_S:
+            return
+        self._events_sent[(key.uid, message)] = now
+        while len(self._events_sent) > _PENDING_PODS:
+            self._events_sent.popitem(last=False)
+        body = writes.event(key, reason, message, warning=warning, instance=self.identity)
+        self._spawn(self._send_event(key.namespace, body))
+
+    async def _send_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        try:
+            await self.writer.create_event(namespace, body)
+            self.counters.events += 1
+        except FlexnpuError as exc:
+            self.counters.event_failures += 1
+            log.warning("event %s: %s", body.get("reason"), exc)
+
+    def _spawn(self, work: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # called outside a loop (a thread in tests): nothing to send the event with
+            work.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for the background Events (at shutdown, and in tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def unschedulable_message(nodes: int, refusals: list[Refusal]) -> str:
+    """One line for the pod's Event: how many nodes refused for which reason, and the closest miss."""
+    kinds = Counter(r.kind.value for r in refusals)
+    if nodes > len(refusals):
+        kinds["no-inventory"] += nodes - len(refusals)
+    parts = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+    closest = min(refusals, key=lambda r: (r.missing_units, r.missing_memory_mib), default=None)
+    tail = f"; closest: {closest.reason}" if closest is not None else ""
+    return f"0/{nodes} nodes can take the pod ({parts}){tail}"

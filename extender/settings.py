@@ -1,0 +1,60 @@
+"""The extender's one settings object, built once at start (flags > FLEXNPU_EXTENDER_* env > file) and logged."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from flexnpu.errors import ConfigError
+from flexnpu.extender.core.placement import DEFAULT_POLICY, policy
+from flexnpu.settings import setting
+from flexnpu.units import UnitsConfig
+
+ENV_PREFIX = "FLEXNPU_EXTENDER_"
+MIB = 1024 * 1024
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::]:PORT`` for IPv6) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("listen", value, "must be HOST:PORT, e.g. 0.0.0.0:8888")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtenderSettings:
+    """Where the extender listens, how it places pods, and how it reaches the API server and elects a leader."""
+
+    listen: str = setting("0.0.0.0:8888", "HOST:PORT of the extender's HTTP server (verbs, /metrics, /healthz)")
+    policy: str = setting(DEFAULT_POLICY, "placement policy: binpack, spread, bestfit, fgd or default")
+    kubeconfig: Path | None = setting(None, "kubeconfig file; empty: the in-cluster service account")
+    api_server: str = setting("", "Kubernetes API URL without auth (tests, benchmarks); overrides kubeconfig")
+    node_cache_capable: bool = setting(True, "kube-scheduler's nodeCacheCapable: true sends node names only; "
+                                             "false sends full nodes, whose inventories then refresh the cache")
+    lease_name: str = setting("flexnpu-extender", "name of the coordination.k8s.io/v1 Lease the replicas share")
+    namespace: str = setting("", "namespace of the Lease; empty: the kubeconfig's or service account's")
+    identity: str = setting("", "this replica's name in the Lease; empty: hostname and process id")
+    leader_elect: bool = setting(True, "elect a leader among replicas (only the leader binds)")
+    lease_duration: float = setting(15.0, "seconds a Lease stays valid without renewal")
+    renew_deadline: float = setting(10.0, "seconds a leader keeps binding without a successful renewal")
+    retry_period: float = setting(2.0, "seconds between Lease renewals and acquisition attempts")
+    max_body_bytes: int = setting(64 * MIB, "largest request body accepted (a NodeList of 5,000 nodes is ~50 MB)")
+    units_per_card: int = setting(10, "U: units per card, as the device plugin advertises (1..1000)")
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen)
+        policy(self.policy)
+        UnitsConfig(units_per_card=self.units_per_card)
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes", self.max_body_bytes, "must be at least 1024")
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ConfigError("retry_period/renew_deadline/lease_duration",
+                              (self.retry_period, self.renew_deadline, self.lease_duration),
+                              "must satisfy 0 < retry_period < renew_deadline < lease_duration")
+        if not self.lease_name:
+            raise ConfigError("lease_name", self.lease_name, "must not be empty")
+
+    @property
+    def units(self) -> UnitsConfig:
+        return UnitsConfig(units_per_card=self.units_per_card)

@@ -1,0 +1,232 @@
+"""The extender's in-memory model of the cluster: every flexnpu node's cards and what pods hold or reserve on them.
+
+Fed by the node and pod watches (:mod:`flexnpu.extender.informers`) and by binds. A bind *reserves* its cards here
+before it writes anything to the API server, under one lock, so two concurrent binds can never take the same units
+(no node locks, no annotations used as locks: the leader is the only binder). The reservation is released when
+the write fails, and replaced by the observed pod once the watch shows the pod carrying its assignment. Pods that
+finish or are deleted give their share back.
+
+For speed the state keeps one ready :class:`NodeState` per node, rebuilt only when that node changes, and a change
+log (node names in order of change) so that caches of placement decisions can refresh only the nodes that moved.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from flexnpu.annotations import CardAssignment, Inventory
+from flexnpu.errors import FlexnpuError
+from flexnpu.extender.core.model import NodeState, node_state
+from flexnpu.extender.pods import TERMINAL_PHASES, PodFacts, PodKey
+
+# When the change log grows past this many entries beyond what any reader needs, it is compacted.
+_LOG_COMPACT_AT = 100_000
+
+
+class ReservationConflict(FlexnpuError):
+    """The cards a bind wants are no longer free (another bind or a watch event took them first)."""
+
+    def __init__(self, node: str, reason: str) -> None:
+        self.node = node
+        self.reason = reason
+        super().__init__(f"node {node}: {reason}")
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One pod's shares on one node: observed from the watch, or reserved by a bind in flight."""
+
+    key: PodKey
+    node: str
+    assignments: tuple[CardAssignment, ...]
+    reserved: bool
+    priority_rank: int = 1
+
+
+class ClusterState:
+    """Thread-safe: every method takes the lock, so binds from threads and watch callbacks may interleave."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inventories: dict[str, Inventory] = {}
+        self._nodes: dict[str, NodeState] = {}
+        self._holdings: dict[str, Holding] = {}  # by pod uid
+        self._on_node: dict[str, set[str]] = {}  # node -> pod uids
+        self._log: list[str] = []
+        self._log_base = 0  # sequence number of _log[0]
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    @property
+    def sequence(self) -> int:
+        """Grows by one with every change of any node; a cache that saw sequence s refreshes changed_since(s)."""
+        return self._log_base + len(self._log)
+
+    def changed_since(self, sequence: int) -> set[str] | None:
+        """Names of nodes changed after ``sequence``; None when the log no longer reaches back that far."""
+        with self._lock:
+            if sequence < self._log_base:
+                return None
+            return set(self._log[sequence - self._log_base:])
+
+    def node(self, name: str) -> NodeState | None:
+        return self._nodes.get(name)
+
+    def node_names(self) -> list[str]:
+        with self._lock:
+            return list(self._nodes)
+
+    def nodes(self) -> dict[str, NodeState]:
+        """A consistent snapshot of every node (the dict is a copy; the NodeStates are immutable)."""
+        with self._lock:
+            return dict(self._nodes)
+
+    def holding(self, uid: str) -> Holding | None:
+        return self._holdings.get(uid)
+
+    def holdings_on(self, node: str) -> list[Holding]:
+        with self._lock:
+            return [self._holdings[uid] for uid in self._on_node.get(node, ())]
+
+    # -- nodes -----------------------------------------------------------------------------------------------
+
+    def set_node(self, name: str, inventory: Inventory | None) -> None:
+        """A node's inventory appeared or changed; None removes it (no or unreadable inventory)."""
+        with self._lock:
+            if inventory is None:
+                self._drop_node(name)
+                return
+            if self._inventories.get(name) == inventory:
+                return
+            self._inventories[name] = inventory
+            self._rebuild(name)
+
+    def remove_node(self, name: str) -> None:
+        with self._lock:
+            self._drop_node(name)
+
+    def replace_nodes(self, inventories: dict[str, Inventory]) -> None:
+        """After a re-list: exactly these nodes exist."""
+        for name in set(self._inventories) - set(inventories):
+            self.remove_node(name)
+        for name, inventory in inventories.items():
+            self.set_node(name, inventory)
+
+    # -- pods ------------------------------------------------------------------------------------------------
+
+    def observe_pod(self, pod: PodFacts) -> None:
+        """A watched pod's current facts. It holds its cards while assigned, placed and not finished."""
+        with self._lock:
+            current = self._holdings.get(pod.key.uid)
+            if not pod.holds_cards:
+                # A reservation outlives watch events that do not show the assignment yet (the bind is writing it),
+                # but not the pod finishing or going away.
+                if current is not None and (not current.reserved or pod.deleting or pod.phase in TERMINAL_PHASES):
+                    self._forget(pod.key.uid)
+                return
+            if pod.node_name:
+                holding = Holding(pod.key, pod.node_name, pod.assignments, reserved=False,
+                                  priority_rank=pod.priority.rank)
+                self._put(holding)
+            elif current is not None and not current.reserved:
+                self._forget(pod.key.uid)
+            # An assigned pod not bound yet holds cards only through a bind in flight: without one, its annotation
+            # is left over from a failed bind and the scheduler will place it again.
+
+    def forget_pod(self, uid: str) -> None:
+        """The pod is gone: its share (observed or reserved) is free again."""
+        with self._lock:
+            self._forget(uid)
+
+    def replace_pods(self, pods: Iterable[PodFacts]) -> None:
+        """After a re-list: exactly these pods exist (reservations in flight are kept)."""
+        seen = set()
+        for pod in pods:
+            seen.add(pod.key.uid)
+            self.observe_pod(pod)
+        with self._lock:
+            stale = [uid for uid, h in self._holdings.items() if uid not in seen and not h.reserved]
+            for uid in stale:
+                self._forget(uid)
+
+    # -- binds -----------------------------------------------------------------------------------------------
+
+    def reserve(self, key: PodKey, node: str, assignments: Sequence[CardAssignment], priority_rank: int = 1) -> None:
+        """Take ``assignments`` on ``node`` for the pod, or raise ReservationConflict naming what is missing."""
+        with self._lock:
+            state = self._nodes.get(node)
+            if state is None:
+                raise ReservationConflict(node, "has no flexnpu inventory")
+            if key.uid in self._holdings:
+                held = self._holdings[key.uid].node
+                raise ReservationConflict(node, f"pod {key.entity} already holds cards on {held}")
+            self._check_room(state, assignments)
+            self._put(Holding(key, node, tuple(assignments), reserved=True, priority_rank=priority_rank))
+
+    def release(self, uid: str) -> None:
+        """A bind failed: give back its reservation (an observed holding is left alone)."""
+        with self._lock:
+            current = self._holdings.get(uid)
+            if current is not None and current.reserved:
+                self._forget(uid)
+
+    # -- internals (lock held) -------------------------------------------------------------------------------
+
+    def _check_room(self, state: NodeState, assignments: Sequence[CardAssignment]) -> None:
+        wanted: dict[str, tuple[int, int]] = {}
+        for a in assignments:
+            units, memory = wanted.get(a.uuid, (0, 0))
+            wanted[a.uuid] = (units + a.units, memory + a.memory_mib)
+        cards = {c.uuid: c for c in state.cards}
+        for uuid, (units, memory) in wanted.items():
+            card = cards.get(uuid)
+            if card is None:
+                raise ReservationConflict(state.name, f"has no card {uuid}")
+            if not card.healthy:
+                raise ReservationConflict(state.name, f"card {card.index} ({uuid}) is unhealthy")
+            if card.units_free < units:
+                raise ReservationConflict(state.name, f"card {card.index} ({uuid}) has {card.units_free} free "
+                                                      f"units, {units} needed")
+            if card.memory_free_mib < memory:
+                raise ReservationConflict(state.name, f"card {card.index} ({uuid}) has {card.memory_free_mib} MiB "
+                                                      f"free memory, {memory} MiB needed")
+
+    def _put(self, holding: Holding) -> None:
+        old = self._holdings.get(holding.key.uid)
+        if old == holding:
+            return
+        if old is not None:
+            self._on_node.get(old.node, set()).discard(holding.key.uid)
+            if old.node != holding.node:
+                self._rebuild(old.node)
+        self._holdings[holding.key.uid] = holding
+        self._on_node.setdefault(holding.node, set()).add(holding.key.uid)
+        self._rebuild(holding.node)
+
+    def _forget(self, uid: str) -> None:
+        old = self._holdings.pop(uid, None)
+        if old is not None:
+            self._on_node.get(old.node, set()).discard(uid)
+            self._rebuild(old.node)
+
+    def _drop_node(self, name: str) -> None:
+        self._inventories.pop(name, None)
+        if self._nodes.pop(name, None) is not None:
+            self._changed(name)
+
+    def _rebuild(self, name: str) -> None:
+        inventory = self._inventories.get(name)
+        if inventory is None:
+            return
+        assignments = [a for uid in self._on_node.get(name, ()) for a in self._holdings[uid].assignments]
+        self._nodes[name] = node_state(name, inventory, assignments)
+        self._changed(name)
+
+    def _changed(self, name: str) -> None:
+        self._log.append(name)
+        if len(self._log) > _LOG_COMPACT_AT:
+            drop = len(self._log) // 2
+            self._log = self._log[drop:]
+            self._log_base += drop

@@ -1,0 +1,66 @@
+"""What a VNpuClaim means to its node daemon: the registration id and body the claim asks for.
+
+The id is derived once from the claim's identity and then kept in ``status.flexnpuId``, so that a claim
+always finds its own registration again (after an operator restart, or if the derivation ever changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from flexnpu.claims import ClaimSpec
+from flexnpu.registration import Registration
+
+ID_PREFIX = "vnc."
+"""Every registration the operator makes starts with this, so that it can tell its own orphans from
+registrations that a person or another tool made with register.sh."""
+
+MAX_ID_LENGTH = 253
+_UID_CHARS = 8
+
+
+@dataclass(frozen=True)
+class ClaimRef:
+    """Who a claim is: enough to derive its registration id and to name it in messages."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def derive_flexnpu_id(ref: ClaimRef) -> str:
+    """``vnc.<namespace>.<name>.<uid[:8]>``; a too long one keeps its head and ends in a digest instead.
+
+    The uid part keeps a claim re-created under the same name from colliding with a stale registration that a
+    lost node could still hold.
+    """
+    uid = ref.uid.replace("-", "")[:_UID_CHARS]
+    text = f"{ID_PREFIX}{ref.namespace}.{ref.name}" + (f".{uid}" if uid else "")
+    if len(text) <= MAX_ID_LENGTH:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{text[:MAX_ID_LENGTH - len(digest) - 1]}.{digest}"
+
+
+def claim_flexnpu_id(ref: ClaimRef, recorded: str) -> str:
+    """The id a claim registers under: the one already in its status, else a derived one."""
+    return recorded or derive_flexnpu_id(ref)
+
+
+def desired_registration(spec: ClaimSpec, flexnpu_id: str) -> Registration:
+    """The daemon body for a claim; the entity defaults to the claim's id so that flexnpu-info names it."""
+    return Registration(
+        flexnpu_id=flexnpu_id,
+        entity=spec.entity or flexnpu_id,
+        npu=spec.npu,
+        chip=spec.chip,
+        aicore_alloc=spec.aicore_alloc,
+        memory_alloc=spec.memory_mib,
+        priority=spec.priority,
+        pod_uid=spec.pod_ref.uid if spec.pod_ref is not None else "",
+    )

@@ -1,0 +1,89 @@
+"""``flexnpu operator``: runs the kopf operator that reconciles VNpuClaims into node-daemon registrations.
+
+Options are kopf's own (``--standalone``, ``--namespace``/``-n``, ``--all-namespaces``/``-A``, ``--peering``,
+``--priority``, ``--liveness``, ``--log-format``, ``--verbose``, ``--debug``, ``--quiet``) plus ``--config`` (a
+YAML/JSON settings file) and the few settings tests and benchmarks set from the command line; every setting
+also reads ``FLEXNPU_OPERATOR_<NAME>`` from the environment. Several replicas coordinate through kopf peering
+(KopfPeering / ClusterKopfPeering named ``--peering``, default ``flexnpu``): one handles claims, the others wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import kopf
+
+from flexnpu import names
+from flexnpu.errors import FlexnpuError
+from flexnpu.operator.handlers import Runtime, build_registry
+from flexnpu.operator.settings import ENV_PREFIX, OperatorSettings
+from flexnpu.settings import describe, load_settings
+
+log = logging.getLogger("flexnpu.operator")
+PEERING_NAME = "flexnpu"
+
+
+def parser(prog: str = "flexnpu operator") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Reconcile VNpuClaims into flexnpud registrations (kopf).")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="settings file (YAML or JSON)")
+    p.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                   help="watch this namespace (repeatable; globs as kopf allows); default: all")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
+    p.add_argument("--standalone", action="store_true", help="no peering: ignore other replicas")
+    p.add_argument("--peering", default=None, metavar="NAME",
+                   help=f"kopf peering object to coordinate replicas (default: {PEERING_NAME}, used if present)")
+    p.add_argument("--priority", type=int, default=None, help="peering priority of this replica")
+    p.add_argument("--liveness", default=None, metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--log-format", choices=[f.name.lower() for f in kopf.LogFormat], default="full",
+                   help="kopf's log format (json for structured logs)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-d", "--debug", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--api-server", default=None, metavar="URL", help="Kubernetes API URL without auth (tests)")
+    p.add_argument("--daemon-url-template", default=None, metavar="URL",
+                   help="static daemon URL, {node} replaced by the node name (skips the pod lookup)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--resync-interval", type=float, default=None, metavar="SECONDS",
+                   help="seconds between re-checks of every claim")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.namespace and args.all_namespaces:
+        print("flexnpu operator: --namespace and --all-namespaces exclude each other", file=sys.stderr)
+        return 2
+    flags = {"api_server": args.api_server, "daemon_url_template": args.daemon_url_template,
+             "metrics_port": args.metrics_port, "resync_interval": args.resync_interval}
+    try:
+        settings = load_settings(OperatorSettings, flags=flags, env=os.environ, file=args.config,
+                                 env_prefix=ENV_PREFIX)
+    except FlexnpuError as exc:
+        print(f"flexnpu operator: {exc}", file=sys.stderr)
+        return 2
+    kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet,
+                   log_format=kopf.LogFormat[args.log_format.upper()])
+    log.info("settings: %s", describe(settings))
+    kopf.run(registry=build_registry(Runtime(settings)), settings=kopf_settings(peering=args.peering),
+             standalone=args.standalone or None, priority=args.priority, peering_name=args.peering,
+             liveness_endpoint=args.liveness, clusterwide=not args.namespace, namespaces=args.namespace)
+    return 0
+
+
+def kopf_settings(*, peering: str | None = None) -> kopf.OperatorSettings:
+    """kopf's settings for this operator: our finalizer, state kept in flexnpu.io annotations, quiet Events."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = names.CLAIM_FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.DOMAIN)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.DOMAIN, key="last-handled-configuration")
+    settings.peering.name = peering or PEERING_NAME
+    settings.posting.reporting_component = "flexnpu-operator"
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME", "flexnpu-operator")
+    settings.posting.level = logging.WARNING  # the handlers post their own Events; kopf's would repeat them
+    return settings

@@ -1,0 +1,379 @@
+"""The slice scheduler of one card: who may use the device now, for how long, and who must stop.
+
+flexnpud keeps one ``CardScheduler`` per card; the grant server (real time) and ``flexnpu.shim.core.virtual``
+(virtual time) drive the same object, so the figures of the virtual-time benchmarks are those of the real code.
+Everything here is pure: time is an ``int`` of microseconds passed in by the caller, which must not go backwards
+(an earlier ``now_us`` is treated as the latest one seen); no clock, thread or I/O.
+
+Public API (stable names; things may be added):
+
+- ``SlicePolicy``: frozen settings of the scheduler, validated on construction (``ConfigError`` names the key).
+- ``Tenant(tenant_id, aicore_alloc, priority)``: one registration on the card.
+- ``Grant(tenant_id, budget_us, ops)``: the tenant may launch work for ``budget_us`` of device time from now
+  (``ops`` = how many operators it may dispatch, ``None`` in ``share`` mode).
+- ``Decision(grant, revoke, wake_at_us)``: grant to hand out now (or None), tenant to ask to stop at its next
+  launch boundary (or None), and when to call ``decide`` again at the latest (or None: on the next event).
+- ``CardScheduler(policy, tenants=())`` with ``set_tenants``, ``want``, ``release``, ``extend``, ``decide``,
+  ``holders``, ``owed_us`` (alias ``tokens_us``), ``rate`` and ``wants`` (introspection for metrics).
+
+Protocol for a caller: call ``want`` when a tenant has work queued, ``release`` when its grant ended (budget
+spent or revoked; after draining its in-flight work; ``used_us`` = device time it consumed, measured by the
+runtime), and after every event call ``decide(now)`` until it returns no grant (``share`` mode hands out one grant
+at a time, so the loop ends after one; ``ops`` mode may grant several tenants at once). Deliver ``revoke`` to
+that tenant's runtime; it stops launching, drains and releases. Call ``decide`` again at ``wake_at_us``.
+
+Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
+
+- A tenant's rate is ``aicore_alloc / max(quota, busy sum)`` (busy sum = sum of ``aicore_alloc`` over the
+  tenants that want or hold the card, so with oversubscription the values act as weights). Shares are kept over
+  a sliding window of ``window_us`` (default 1 s): a tenant is *entitled* while the device time charged to it in
+  the last ``window_us`` is below ``rate * window_us``. Each release (and extension) charges the ``used_us`` it
+  reports, stamped at ``now - used_us`` (when that use began).
+- Entitled tenants are served first: higher priority first, then the one owed most per unit of
+  ``aicore_alloc`` (so equals interleave slice by slice). A grant lasts ``slice_us``, shortened to what the
+  tenant is still owed in the window (but not below a quarter slice) so that a cap is not overshot.
+- ``share_in_idle=false``: nobody else is served, the card idles (hard cap): over any interval of
+  ``window_us`` a tenant uses at most ``rate * window_us`` plus one slice and the in-flight work it drains.
+  ``wake_at_us`` says when the first waiting tenant becomes entitled again. Within a window a tenant may burst:
+  one that was idle may run at the full card until it reaches its share (what a bursty latency-critical tenant
+  needs); a shorter ``window_us`` paces it more finely.
+- ``share_in_idle=true``: when no waiting tenant is entitled, the card goes to the backlogged anyway (a *bonus*
+  grant, not charged to the window, so it never costs a later guarantee): higher priority first, then by
+  weighted fair queueing over ``aicore_alloc`` among equals, so idle time is shared by weight inside the highest
+  busy priority level.
+- Revoke: the holder is asked to stop at its next launch boundary when a waiting tenant of higher priority is
+  entitled, or when the holder runs on a bonus grant. A guaranteed share is never cut for a bonus.
+- Refinement: ``extend(tenant, used_us, now)`` renews the holder's grant without a drain when the scheduler would
+  pick it again anyway (nobody else entitled or of higher priority waits); the runtime calls it when its budget
+  runs out, and drains and releases only when it returns None. This is what keeps one busy tenant at native
+  throughput.
+
+``ops`` mode (the seed's policy, kept for comparison): each round of ``ticker_interval_us`` every tenant may
+dispatch ``aicore_alloc`` operators; several tenants hold grants at once and their work interleaves on the device.
+A grant's budget runs to the end of the round; ``release(..., ops_used=n)`` reports the dispatched operators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from flexnpu.errors import ConfigError, FlexnpuError
+from flexnpu.priority import Priority
+
+Mode = Literal["share", "ops"]
+MODES: tuple[Mode, ...] = ("share", "ops")
+
+
+class UnknownTenantError(FlexnpuError, KeyError):
+    """A tenant id the scheduler does not know (never registered on this card, or removed)."""
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        super().__init__(f"tenant {tenant_id!r} is not registered on this card")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class SlicePolicy:
+    """How one card is shared; built by flexnpud from its INI config (key names in the errors)."""
+
+    quota: int = 10
+    """``[ticker] quota``: the units of one card (a tenant's share is ``aicore_alloc / quota``)."""
+    share_in_idle: bool = False
+    """``[flexnpu] share_in_idle``: false = hard cap at the share, true = idle time to the backlogged."""
+    slice_us: int = 2000
+    """``[flexnpu] schedule_cycle``: the length of one grant, microseconds."""
+    mode: Mode = "share"
+    """``share`` (device-time shares) or ``ops`` (the seed's operator counting)."""
+    ticker_interval_us: int = 10000
+    """``[ticker] ticker_interval``: the round of the ``ops`` mode, microseconds."""
+    oversubscription: float = 1.0
+    """Factor f >= 1: shares may sum to f * quota and then act as weights."""
+    window_us: int = 1_000_000
+    """The sliding window over which shares are guaranteed (and capped), microseconds."""
+
+    def __post_init__(self) -> None:
+        _check_int("[ticker] quota", self.quota, 1, 1000)
+        _check_int("[flexnpu] schedule_cycle", self.slice_us, 50, 10_000_000)
+        _check_int("[ticker] ticker_interval", self.ticker_interval_us, 100, 100_000_000)
+        if not isinstance(self.share_in_idle, bool):
+            raise ConfigError("[flexnpu] share_in_idle", self.share_in_idle, "must be true or false")
+        if self.mode not in MODES:
+            raise ConfigError("mode", self.mode, f"must be one of {', '.join(MODES)}")
+        f = self.oversubscription
+        if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f) or not 1.0 <= f <= 100.0:
+            raise ConfigError("oversubscription", f, "must be a number from 1 to 100")
+        _check_int("window_us", self.window_us, 2 * self.slice_us, 3_600_000_000)
+
+
+def _check_int(key: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(key, value, f"must be an integer from {low} to {high}")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One registration on the card."""
+
+    tenant_id: str
+    aicore_alloc: int
+    priority: Priority = Priority.NORMAL
+
+    def __post_init__(self) -> None:
+        if not self.tenant_id:
+            raise ConfigError("flexnpu_id", self.tenant_id, "must not be empty")
+        if isinstance(self.aicore_alloc, bool) or not isinstance(self.aicore_alloc, int) or self.aicore_alloc < 1:
+            raise ConfigError("aicore_alloc", self.aicore_alloc, "must be a positive integer")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``tenant_id`` may launch work for ``budget_us`` of device time (and ``ops`` operators in ``ops`` mode)."""
+
+    tenant_id: str
+    budget_us: int
+    ops: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the caller must do now: hand out ``grant``, ask ``revoke`` to stop, call again at ``wake_at_us``."""
+
+    grant: Grant | None = None
+    revoke: str | None = None
+    wake_at_us: int | None = None
+
+
+@dataclass
+class _State:
+    tenant: Tenant
+    charges: deque[tuple[int, int]] = field(default_factory=deque)  # (when, used_us) inside the window
+    window_used: int = 0
+    wants: bool = False
+    vtime: float = 0.0  # device time used per unit of aicore_alloc: weighted fair queueing of bonus time
+    ops_left: int = 0
+    bonus: bool = False  # the current grant was handed out of idle time, not charged to the bucket
+    grant_round: int = -1  # ops mode: the round of the current grant, whose ops are reserved at grant time
+    granted_ops: int = 0
+
+    @property
+    def rank(self) -> int:
+        return self.tenant.priority.rank
+
+    @property
+    def weight(self) -> int:
+        return self.tenant.aicore_alloc
+
+
+class CardScheduler:
+    """The slice scheduler of one card (see the module docstring for protocol and semantics)."""
+
+    def __init__(self, policy: SlicePolicy, tenants: Iterable[Tenant] = ()) -> None:
+        self.policy = policy
+        self._states: dict[str, _State] = {}
+        self._holders: set[str] = set()
+        self._now = 0
+        self._round = -1
+        self.set_tenants(tenants, 0)
+
+    # ----- events -------------------------------------------------------------------------------------------
+
+    def set_tenants(self, tenants: Iterable[Tenant], now_us: int) -> None:
+        """Replace the tenant set; known tenants keep their state, removed holders lose their grant."""
+        self._advance(now_us)
+        wanted = {t.tenant_id: t for t in tenants}
+        for tenant_id in list(self._states):
+            if tenant_id not in wanted:
+                del self._states[tenant_id]
+                self._holders.discard(tenant_id)
+        for tenant_id, tenant in wanted.items():
+            state = self._states.get(tenant_id)
+            if state is None:
+                self._states[tenant_id] = _State(tenant, vtime=self._min_vtime(), ops_left=tenant.aicore_alloc)
+            else:
+                state.tenant = tenant
+
+    def want(self, tenant_id: str, now_us: int) -> None:
+        """``tenant_id`` has work queued and asks for the device."""
+        self._advance(now_us)
+        state = self._state(tenant_id)
+        if not state.wants and tenant_id not in self._holders:
+            # A tenant back from idle must not claim the fair-queueing time it did not use meanwhile.
+            state.vtime = max(state.vtime, self._min_vtime(exclude=tenant_id))
+        state.wants = True
+
+    def release(self, tenant_id: str, used_us: int, now_us: int, still_wants: bool, ops_used: int = 0) -> None:
+        """The grant of ``tenant_id`` ended after it consumed ``used_us`` of device time (drained)."""
+        self._advance(now_us)
+        state = self._state(tenant_id)
+        self._charge(state, used_us)
+        if tenant_id in self._holders and state.grant_round == self._round:
+            state.ops_left = max(0, state.granted_ops - max(0, ops_used))
+        state.wants = still_wants
+        state.bonus = False
+        self._holders.discard(tenant_id)
+
+    def extend(self, tenant_id: str, used_us: int, now_us: int) -> Grant | None:
+        """The holder's budget ran out with ``used_us`` consumed so far: a new grant if it would be picked anyway.
+
+        On None the tenant keeps the card until it drains and calls ``release`` with the rest of its usage.
+        """
+        self._advance(now_us)
+        state = self._state(tenant_id)
+        if self.policy.mode != "share" or tenant_id not in self._holders:
+            return None
+        self._charge(state, used_us)
+        pick = self._pick_share(exclude_holder=False)
+        if pick is None or pick[0] is not state:
+            return None
+        state.bonus = pick[1]
+        return Grant(tenant_id, self._budget(state))
+
+    def decide(self, now_us: int) -> Decision:
+        """Whom to grant now if the card is free, whom to revoke, when to call again."""
+        self._advance(now_us)
+        if self.policy.mode == "ops":
+            return self._decide_ops()
+        return self._decide_share()
+
+    # ----- introspection ------------------------------------------------------------------------------------
+
+    @property
+    def holders(self) -> frozenset[str]:
+        """Tenants holding a grant now."""
+        return frozenset(self._holders)
+
+    def owed_us(self, tenant_id: str) -> float:
+        """Device time the tenant may still use in the current window (negative when it ran ahead)."""
+        return self._owed(self._state(tenant_id))
+
+    tokens_us = owed_us
+
+    def rate(self, tenant_id: str) -> float:
+        """The fraction of the card the tenant is entitled to under the current busy set."""
+        return self._rate(self._state(tenant_id))
+
+    def wants(self, tenant_id: str) -> bool:
+        return self._state(tenant_id).wants
+
+    # ----- share mode ---------------------------------------------------------------------------------------
+
+    def _decide_share(self) -> Decision:
+        if self._holders:
+            holder = self._states[next(iter(self._holders))]
+            if self._should_revoke(holder):
+                return Decision(revoke=holder.tenant.tenant_id)
+            return Decision(wake_at_us=self._next_entitled_us(above_rank=-1 if holder.bonus else holder.rank))
+        pick = self._pick_share(exclude_holder=True)
+        if pick is None:
+            return Decision(wake_at_us=self._next_entitled_us(above_rank=-1))
+        state, bonus = pick
+        state.bonus = bonus
+        self._holders.add(state.tenant.tenant_id)
+        return Decision(grant=Grant(state.tenant.tenant_id, self._budget(state)))
+
+    def _pick_share(self, exclude_holder: bool) -> tuple[_State, bool] | None:
+        """The tenant to serve next and whether it would run on a bonus grant."""
+        waiting = [s for s in self._states.values()
+                   if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)]
+        entitled = [s for s in waiting if self._owed(s) > 0]
+        if entitled:
+            return max(entitled, key=lambda s: (s.rank, self._owed(s) / s.weight, s.tenant.tenant_id)), False
+        if self.policy.share_in_idle and waiting:
+            return min(waiting, key=lambda s: (-s.rank, s.vtime, s.tenant.tenant_id)), True
+        return None
+
+    def _budget(self, state: _State) -> int:
+        """A slice, shortened to what the tenant is still owed so that a hard cap is not overshot."""
+        if state.bonus:
+            return self.policy.slice_us
+        shortest = max(50, self.policy.slice_us // 4)
+        return max(shortest, min(self.policy.slice_us, math.ceil(self._owed(state))))
+
+    def _should_revoke(self, holder: _State) -> bool:
+        for state in self._states.values():
+            if state is holder or not state.wants:
+                continue
+            if self._owed(state) > 0 and (state.rank > holder.rank or holder.bonus):
+                return True
+        return False
+
+    def _next_entitled_us(self, above_rank: int) -> int | None:
+        """When the first waiting tenant of rank > ``above_rank`` becomes entitled, if any is not yet."""
+        times = [self._entitled_again_us(s) for s in self._states.values()
+                 if s.wants and s.rank > above_rank and s.tenant.tenant_id not in self._holders
+                 and self._owed(s) <= 0]
+        return min(times) if times else None
+
+    def _entitled_again_us(self, state: _State) -> int:
+        """When enough of the tenant's charges leave the window for it to be owed time again."""
+        excess = -self._owed(state)
+        for when, used in state.charges:
+            excess -= used
+            if excess < 0:
+                return when + self.policy.window_us
+        return self._now + self.policy.window_us
+
+    # ----- ops mode -----------------------------------------------------------------------------------------
+
+    def _decide_ops(self) -> Decision:
+        interval = self.policy.ticker_interval_us
+        round_end = (self._now // interval + 1) * interval
+        for state in sorted(self._states.values(), key=lambda s: (-s.rank, s.tenant.tenant_id)):
+            tenant_id = state.tenant.tenant_id
+            if state.wants and state.ops_left > 0 and tenant_id not in self._holders:
+                self._holders.add(tenant_id)
+                state.grant_round, state.granted_ops, state.ops_left = self._round, state.ops_left, 0
+                return Decision(grant=Grant(tenant_id, round_end - self._now, state.granted_ops))
+        starving = any(s.wants and s.ops_left == 0 and s.tenant.tenant_id not in self._holders
+                       for s in self._states.values())
+        return Decision(wake_at_us=round_end if starving else None)
+
+    # ----- accounting ---------------------------------------------------------------------------------------
+
+    def _advance(self, now_us: int) -> None:
+        now = max(now_us, self._now)
+        horizon = now - self.policy.window_us
+        for state in self._states.values():
+            while state.charges and state.charges[0][0] <= horizon:
+                state.window_used -= state.charges.popleft()[1]
+        self._now = now
+        current_round = now // self.policy.ticker_interval_us
+        if current_round != self._round:
+            self._round = current_round
+            for state in self._states.values():
+                state.ops_left = state.tenant.aicore_alloc
+
+    def _rate(self, state: _State) -> float:
+        busy = sum(s.weight for s in self._states.values()
+                   if s.wants or s.tenant.tenant_id in self._holders or s is state)
+        return state.weight / max(self.policy.quota, busy)
+
+    def _charge(self, state: _State, used_us: int) -> None:
+        used = max(0, used_us)
+        if not state.bonus and used:
+            # Stamped when the use began: a window then never holds more than its own length of charges, so
+            # tenants whose shares fill the card are never all over their caps at once (no idle at 100%).
+            state.charges.append((self._now - used, used))
+            state.window_used += used
+        state.vtime += used / state.weight
+
+    def _owed(self, state: _State) -> float:
+        return self._rate(state) * self.policy.window_us - state.window_used
+
+    def _min_vtime(self, exclude: str | None = None) -> float:
+        active = [s.vtime for s in self._states.values()
+                  if (s.wants or s.tenant.tenant_id in self._holders) and s.tenant.tenant_id != exclude]
+        return min(active) if active else 0.0
+
+    def _state(self, tenant_id: str) -> _State:
+        try:
+            return self._states[tenant_id]
+        except KeyError:
+            raise UnknownTenantError(tenant_id) from None

@@ -1,0 +1,142 @@
+"""The registration API of flexnpud over HTTP/JSON (aiohttp): handlers decode, call DaemonService, encode.
+
+Endpoints (the seed daemon's names):
+
+- ``POST /device/register`` body ``{"flexnpu_id", "entity", "npu", "chip", "aicore_alloc", "memory_alloc"}``
+  plus optional ``priority`` and ``pod_uid``. 200 ``{"result": "created"|"updated"|"unchanged",
+  "registration": {...}}``; the same id with another body is an update when it fits. 400 ``{"error", "field"}``
+  for bad input (malformed JSON, missing/negative/huge numbers, unknown npu or chip); 409 ``{"error"}`` when
+  the card's aicore sum would pass quota*oversubscription or its memory would pass HBM.
+- ``POST /device/unregister`` ``{"flexnpu_id"}``: 200 ``{"result": "removed", "registration"}``, 404 when unknown.
+- ``GET /device/flexnpu-info``: ``{"quota", "oversubscription", "registrations": [...]}`` with live figures
+  (``target_share``, ``achieved_share``, ``device_time_us``, ``grants``, ``wait_p99_us``).
+- ``GET /device/physical-info``: ``{"quota", "oversubscription", "cards": [...]}`` with what is registered on each.
+- ``GET /service/health``: ``{"status": "ok"}``, never behind the token.
+- ``GET /metrics``: Prometheus text format.
+
+When a token is configured every other request needs ``Authorization: Bearer <token>`` (401 without it).
+Every error, including unknown paths and methods, is a JSON object with an ``error`` key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from aiohttp import web
+
+from flexnpu.errors import ValidationError
+from flexnpu.shim.core.admission import Outcome
+from flexnpu.shim.daemon.metrics import CONTENT_TYPE, metrics_registry, render
+from flexnpu.shim.daemon.service import DaemonService, RefusedError, UnknownRegistrationError
+from flexnpu.shim.daemon.store import StoreError
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH: Final = "/service/health"
+MAX_BODY_BYTES: Final = 64 * 1024
+
+SERVICE_KEY: Final = web.AppKey("service", DaemonService)
+TOKEN_KEY: Final = web.AppKey("token", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(service: DaemonService, token: str = "") -> web.Application:
+    """The daemon's aiohttp application; with a ``token``, every request but the health check must carry it."""
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY_BYTES)
+    app[SERVICE_KEY] = service
+    app[TOKEN_KEY] = token
+    registry = metrics_registry(service)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=render(registry), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_post("/device/register", register)
+    app.router.add_post("/device/unregister", unregister)
+    app.router.add_get("/device/flexnpu-info", flexnpu_info)
+    app.router.add_get("/device/physical-info", physical_info)
+    app.router.add_get(HEALTH_PATH, health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def error(status: int, message: str, field: str = "", **headers: str) -> web.Response:
+    body: dict[str, str] = {"error": message}
+    if field:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Our exceptions to status codes; aiohttp's own errors (404, 405, 413) to JSON bodies."""
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        return error(400, str(exc), exc.field)
+    except RefusedError as exc:
+        decision = exc.decision
+        if decision.outcome is Outcome.INVALID:
+            return error(400, decision.reason, decision.field)
+        return error(409, decision.reason)
+    except UnknownRegistrationError as exc:
+        return error(404, str(exc), "flexnpu_id")
+    except StoreError as exc:
+        log.error("%s", exc)
+        return error(503, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[TOKEN_KEY]
+    if token and request.path != HEALTH_PATH and not _authorized(request.headers.get("Authorization", ""), token):
+        return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+def _authorized(header: str, token: str) -> bool:
+    scheme, _, presented = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+async def _json_body(request: web.Request) -> Any:
+    text = await request.text()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValidationError("body", text[:40], f"is not valid JSON ({exc})") from exc
+
+
+async def register(request: web.Request) -> web.Response:
+    outcome, registration = request.app[SERVICE_KEY].register(await _json_body(request))
+    return web.json_response({"result": outcome.value, "registration": registration.to_body()})
+
+
+async def unregister(request: web.Request) -> web.Response:
+    removed = request.app[SERVICE_KEY].unregister(await _json_body(request))
+    return web.json_response({"result": "removed", "registration": removed.to_body()})
+
+
+async def flexnpu_info(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    return web.json_response({**_capacity(service), "registrations": service.registration_views()})
+
+
+async def physical_info(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    return web.json_response({**_capacity(service), "cards": service.card_views()})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _capacity(service: DaemonService) -> dict[str, float]:
+    return {"quota": service.capacity.quota, "oversubscription": service.capacity.oversubscription}

@@ -1,0 +1,301 @@
+"""``flexnpu demo``: a simulated 910B3 node sharing one card between three tenants, in real time, no hardware.
+
+It starts, as separate processes: the simulated NPU (``flexnpu simnpu``), the node daemon (``flexnpu daemon``
+with ``devices = sim:910B3x1``), and three tenants activated the way a pod is (``sitecustomize`` on PYTHONPATH and
+the FLEXNPU_* variables): two batch tenants registered 2 and 8 units that keep the card busy with kernels of
+mixed lengths, and one high-priority latency-critical tenant that serves a request (a short model step, one
+grant) every few milliseconds. The critical tenant first runs alone (its solo latency), then beside the batch
+tenants. Shares come from the simulated NPU's ground truth, never from the scheduler's own figures.
+
+The three registrations sum to 12 units on a 10-unit card, so the card is oversubscribed (f = 1.2) and the
+units act as weights (DESIGN.md section 3): the critical tenant is served first at each launch boundary, and the
+batch tenants split the rest 2:8. Every child process is stopped on exit, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flexnpu.shim.simnpu.node import (
+    Node,
+    NodeConfig,
+    NodeError,
+    register,
+    simulated_node,
+    start_worker,
+    tenant_env,
+    wait_until,
+    wait_worker,
+)
+
+QUOTA = 10
+OVERSUBSCRIPTION = 1.2
+SLICE_US = 2000
+BATCH_KERNELS_US = (100, 250, 500, 1000, 2000)
+CRITICAL_PERIOD_S = 0.020
+CRITICAL_STEP_US = (300, 300, 300, 300)
+SAMPLE_S = 0.1
+# Time the tenant processes get to start and connect before the measurement begins.
+STARTUP_S = 2.0
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    name: str
+    units: int
+    priority: str
+    role: str  # batch | critical
+
+
+TENANTS = (TenantSpec("batch-2", 2, "normal", "batch"), TenantSpec("batch-8", 8, "normal", "batch"),
+           TenantSpec("critical", 2, "high", "critical"))
+
+
+DemoError = NodeError
+
+
+# ----- the tenants (run as separate processes) ----------------------------------------------------------------
+
+
+def _runtime() -> Any:
+    from flexnpu.shim.runtime.activation import active
+
+    runtime = active()
+    if runtime is None or runtime.simnpu is None:
+        raise DemoError("the runtime was not activated by sitecustomize (FLEXNPU_* variables missing?)")
+    return runtime
+
+
+def batch_worker(begin: float, until: float, out: Path) -> None:
+    device = _runtime().simnpu
+    rng = random.Random(out.name)
+    wait_until(begin)
+    while time.monotonic() < until:
+        device.launch(rng.choice(BATCH_KERNELS_US))
+    device.finish()
+    out.write_text(json.dumps({"slices": device.slicer.slices}), encoding="utf-8")
+
+
+def critical_worker(begin: float, until: float, out: Path) -> None:
+    device = _runtime().simnpu
+    samples: list[tuple[float, float]] = []
+    next_at = begin
+    while next_at < until:
+        wait_until(next_at)
+        arrived = max(next_at, time.monotonic())
+        with device.step():
+            for kernel_us in CRITICAL_STEP_US:
+                device.launch(kernel_us)
+        samples.append((arrived, (time.monotonic() - arrived) * 1e3))
+        next_at += CRITICAL_PERIOD_S
+    device.finish()
+    out.write_text(json.dumps({"samples": samples}), encoding="utf-8")
+
+
+# ----- measurement ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """Ground-truth samples of the simulated NPU: (time s, busy µs by tenant, kernels by tenant)."""
+
+    points: list[tuple[float, dict[str, float], dict[str, float]]] = field(default_factory=list)
+
+    def add(self, stats: dict[str, dict[str, float]]) -> None:
+        self.points.append((time.monotonic(), {n: s["busy_us"] for n, s in stats.items()},
+                            {n: s["kernels"] for n, s in stats.items()}))
+
+    def share(self, name: str, start: int = 0, end: int = -1) -> float:
+        (t0, b0, _), (t1, b1, _) = self.points[start], self.points[end]
+        return (b1.get(name, 0.0) - b0.get(name, 0.0)) / max(1e-9, (t1 - t0) * 1e6)
+
+    def rate(self, name: str, start: int = 0, end: int = -1) -> float:
+        (t0, _, k0), (t1, _, k1) = self.points[start], self.points[end]
+        return (k1.get(name, 0.0) - k0.get(name, 0.0)) / max(1e-9, t1 - t0)
+
+
+def observe(node: Node, until: float) -> Series:
+    from flexnpu.shim.runtime.simnpu_client import SimNpuClient
+
+    series = Series()
+    with SimNpuClient(node.sim_socket, name="demo-observer") as observer:
+        while True:
+            series.add(observer.stats())
+            if time.monotonic() >= until:
+                return series
+            time.sleep(min(SAMPLE_S, max(0.0, until - time.monotonic())))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_tenant(node: Node, tenant: TenantSpec, begin: float, until: float) -> subprocess.Popen[bytes]:
+    env = tenant_env(node, tenant.name, tenant.units, tenant.priority)
+    out = node.workdir / f"{tenant.name}.json"
+    return start_worker(node, "flexnpu.shim.demo", ["--worker", tenant.role, "--begin", repr(begin),
+                                                    "--until", repr(until), "--out", str(out)], env)
+
+
+def run_demo(seconds: float) -> tuple[dict[str, Any], Series, float]:
+    solo_s = max(1.0, seconds / 4)
+    config = NodeConfig(quota=QUOTA, oversubscription=OVERSUBSCRIPTION, share_in_idle=True, slice_us=SLICE_US)
+    with simulated_node(config) as node:
+        for tenant in TENANTS:
+            register(node, tenant.name, tenant.units, tenant.priority)
+        solo_from = time.monotonic() + STARTUP_S
+        shared_from = solo_from + solo_s
+        end = shared_from + seconds
+        workers = [start_tenant(node, t, solo_from if t.role == "critical" else shared_from, end) for t in TENANTS]
+        observe(node, solo_from)
+        solo = observe(node, shared_from)
+        series = observe(node, end)
+        for proc in workers:
+            wait_worker(proc)
+        outputs = {t.name: json.loads((node.workdir / f"{t.name}.json").read_text()) for t in TENANTS}
+    return summarize(solo, series, outputs, shared_from + 0.3), series, shared_from
+
+
+def summarize(solo: Series, series: Series, outputs: dict[str, Any], settled_at: float) -> dict[str, Any]:
+    first = next((i for i, p in enumerate(series.points) if p[0] >= settled_at), 0)
+    samples = [(t, lat) for t, lat in outputs["critical"]["samples"]]
+    solo_lat = [lat for t, lat in samples[1:] if t < solo.points[-1][0]]
+    shared_lat = [lat for t, lat in samples if t >= series.points[first][0]]
+    critical_share = series.share("critical", first)
+    rest = max(0.0, 1.0 - critical_share)
+    batch_units = sum(t.units for t in TENANTS if t.role == "batch")
+    tenants = []
+    for tenant in TENANTS:
+        if tenant.role == "batch":
+            target = rest * tenant.units / batch_units
+            entry: dict[str, Any] = {"throughput": series.rate(tenant.name, first)}
+        else:
+            target = min(solo.share("critical"), tenant.units / QUOTA)
+            entry = {"throughput": len(shared_lat) / max(1e-9, series.points[-1][0] - series.points[first][0]),
+                     "p50_ms": _percentile(shared_lat, 0.50), "p99_ms": _percentile(shared_lat, 0.99),
+                     "solo_p50_ms": _percentile(solo_lat, 0.50), "solo_p99_ms": _percentile(solo_lat, 0.99)}
+        tenants.append({"name": tenant.name, "units": tenant.units, "priority": tenant.priority,
+                        "target_share": round(target, 4), "achieved_share": round(series.share(tenant.name, first),
+                                                                                  4), **entry})
+    units = sum(t.units for t in TENANTS)
+    return {"card": "910B3 (simulated, real time)", "quota": QUOTA, "registered_units": units,
+            "oversubscribed": units > QUOTA, "oversubscription": OVERSUBSCRIPTION,
+            "measured_seconds": round(series.points[-1][0] - series.points[first][0], 2),
+            "card_busy": round(sum(series.share(t.name, first) for t in TENANTS), 4), "tenants": tenants}
+
+
+# ----- output -----------------------------------------------------------------------------------------------------
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = [["tenant", "units", "priority", "target", "achieved", "throughput", "p50 ms", "p99 ms", "solo p99 ms"]]
+    for t in result["tenants"]:
+        unit = "kernels/s" if "p99_ms" not in t else "req/s"
+        rows.append([t["name"], str(t["units"]), t["priority"], f"{t['target_share']:.1%}",
+                     f"{t['achieved_share']:.1%}", f"{t['throughput']:.0f} {unit}",
+                     *(f"{t[k]:.2f}" if k in t else "-" for k in ("p50_ms", "p99_ms", "solo_p99_ms"))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    units, quota = result["registered_units"], result["quota"]
+    verdict = (f"the card is oversubscribed: {units} units registered on a {quota}-unit card (f = "
+               f"{result['oversubscription']}), so units act as weights among busy tenants and the high-priority "
+               f"tenant is served first" if result["oversubscribed"] else
+               f"the quota leaves room: {units} of {quota} units registered")
+    critical = next(t for t in result["tenants"] if "p99_ms" in t)
+    head = (f"flexnpu demo: {result['card']}, {result['measured_seconds']} s measured (real time; shares are the "
+            f"simulated NPU's ground truth), card busy {result['card_busy']:.1%}")
+    tail = (f"critical tenant p99 {critical['p99_ms']:.2f} ms shared vs {critical['solo_p99_ms']:.2f} ms solo "
+            f"({critical['p99_ms'] / max(1e-9, critical['solo_p99_ms']):.2f}x)")
+    return "\n".join([head, verdict, "", *lines, "", tail])
+
+
+def plot(series: Series, shared_from: float, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise DemoError("--plot needs matplotlib (pip install 'flexnpu[plot]')") from exc
+    fig, ax = plt.subplots(figsize=(8, 4))
+    times = [p[0] - shared_from for p in series.points[1:]]
+    for tenant in TENANTS:
+        shares = [series.share(tenant.name, i, i + 1) for i in range(len(series.points) - 1)]
+        ax.plot(times, shares, label=f"{tenant.name} ({tenant.units} units, {tenant.priority})")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel(f"share of the card per {SAMPLE_S * 1000:.0f} ms")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("flexnpu demo: simulated 910B3, ground-truth device time")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flexnpu demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of shared measurement (default 10)")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the shares over time into FILE.png")
+    parser.add_argument("--worker", choices=("batch", "critical"), help=argparse.SUPPRESS)
+    parser.add_argument("--begin", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--until", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    if args.worker:
+        return _worker_main(args)
+    if not 1.0 <= args.seconds <= 600:
+        print(f"flexnpu demo: --seconds={args.seconds}: must be in 1..600", file=sys.stderr)
+        return 2
+    if args.plot:
+        _check_plot_target(args.plot)
+    try:
+        result, series, shared_from = run_demo(args.seconds)
+        if args.plot:
+            plot(series, shared_from, args.plot)
+    except DemoError as exc:
+        print(f"flexnpu demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("flexnpu demo: interrupted; every process stopped", file=sys.stderr)
+        return 130
+    print(json.dumps(result, sort_keys=True) if args.json else render(result))
+    return 0
+
+
+def _check_plot_target(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise SystemExit(f"flexnpu demo: --plot={path}: directory {parent} does not exist")
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the demo stops its tenants itself
+    try:
+        (batch_worker if args.worker == "batch" else critical_worker)(args.begin, args.until, args.out)
+    except Exception as exc:
+        print(f"flexnpu demo tenant: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The directory the device plugin puts on PYTHONPATH: its ``sitecustomize`` activates the runtime."""

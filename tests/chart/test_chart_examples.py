@@ -1,0 +1,78 @@
+"""deploy/examples: valid objects that the chart's defaults and the shared contract accept as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate
+import pytest
+from chart_support import EXAMPLES_DIR, KUBE_VERSIONS, Manifest, load_yaml_docs, only
+
+from flexnpu import names
+from flexnpu.cards import CARD_MODELS
+from flexnpu.claims import parse_claim_spec
+from flexnpu.priority import Priority, parse_priority
+from flexnpu.units import UnitsConfig, VnpuRequest, parse_vnpu_request
+
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+
+
+def pod_specs(doc: Manifest) -> list[Manifest]:
+    return [doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]]
+
+
+def pod_metadata(doc: Manifest) -> Manifest:
+    return dict(doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"])
+
+
+def vnpu_request(doc: Manifest) -> VnpuRequest:
+    [container] = pod_specs(doc)[0]["containers"]
+    limits = container["resources"]["limits"]
+    return parse_vnpu_request(limits[names.RESOURCE_VNPU], UnitsConfig(),
+                              limits.get(names.RESOURCE_VNPU_MEMORY))
+
+
+def test_all_examples_are_present() -> None:
+    assert {p.name for p in EXAMPLES} == {"pod-vnpu.yaml", "vnpuclaim.yaml", "vllm-shared-card.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_examples_are_valid(path: Path, kube_version: str, chart_crds: list[Manifest]) -> None:
+    crd_schema = only(chart_crds, "CustomResourceDefinition")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for doc in load_yaml_docs(path):
+        if doc["kind"] == names.CRD_KIND:
+            # Our own kind: kubernetes-validate has no schema for it, so check it against the chart's CRD.
+            jsonschema.validate(doc, crd_schema)
+            parse_claim_spec(doc["spec"])
+        else:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+def test_pod_example_asks_for_three_units_and_16_gib(chart_values: dict[str, Any]) -> None:
+    [pod] = load_yaml_docs(EXAMPLES_DIR / "pod-vnpu.yaml")
+    assert vnpu_request(pod) == VnpuRequest(units=3, whole_cards=0, memory_mib=16384)
+    assert parse_priority(pod["metadata"]["annotations"][names.ANNOTATION_PRIORITY]) is Priority.HIGH
+    assert pod["spec"]["schedulerName"] == chart_values["scheduler"]["schedulerName"]
+
+
+def test_vllm_pair_shares_one_card_two_to_eight(chart_values: dict[str, Any]) -> None:
+    small, large = load_yaml_docs(EXAMPLES_DIR / "vllm-shared-card.yaml")
+    requests = [vnpu_request(small), vnpu_request(large)]
+    assert [r.units for r in requests] == [2, 8]
+    assert sum(r.units for r in requests) == chart_values["units"]["unitsPerCard"]
+    assert all(r.is_fraction for r in requests)
+    # Memory is never oversubscribed: both caps must fit the HBM of the smallest 64 GiB 910B together.
+    assert sum(r.memory_mib or 0 for r in requests) <= CARD_MODELS["910B3"].hbm_mib
+    for doc in (small, large):
+        assert pod_specs(doc)[0]["schedulerName"] == chart_values["scheduler"]["schedulerName"]
+        parse_priority(pod_metadata(doc)["annotations"][names.ANNOTATION_PRIORITY])
+
+
+def test_claim_example_is_a_registration() -> None:
+    [claim] = load_yaml_docs(EXAMPLES_DIR / "vnpuclaim.yaml")
+    spec = parse_claim_spec(claim["spec"])
+    assert (spec.aicore_alloc, spec.memory_mib, spec.priority) == (2, 16384, Priority.NORMAL)
+    assert claim["apiVersion"] == f"{names.CRD_GROUP}/{names.CRD_VERSION}"

@@ -1,0 +1,125 @@
+"""The node DaemonSet: device plugin and flexnpud see the host paths the handshake relies on, and the rendered
+flexnpud.conf is accepted by the daemon's own configuration loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_support import Manifest, Render, containers, only
+
+from flexnpu import names
+from flexnpu.shim.daemon.config import load_config
+
+
+def host_paths(daemonset: Manifest) -> dict[str, str]:
+    """Volume name -> host path of a DaemonSet's hostPath volumes."""
+    return {str(v["name"]): str(v["hostPath"]["path"]) for v in daemonset["spec"]["template"]["spec"]["volumes"]
+            if "hostPath" in v}
+
+
+def mounts(container: Manifest) -> dict[str, Manifest]:
+    """Mount path -> volume mount of a container."""
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def host_mount(daemonset: Manifest, container: Manifest, host_path: str) -> Manifest:
+    """The mount of ``host_path`` in ``container`` (found by the volume, whatever the mount path)."""
+    volume = {path: name for name, path in host_paths(daemonset).items()}[host_path]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume]
+    return dict(mount)
+
+
+@pytest.fixture(scope="module")
+def daemonset(default_manifests: list[Manifest]) -> Manifest:
+    return only(default_manifests, "DaemonSet", "node")
+
+
+def test_device_plugin_mounts_the_kubelet_dir(daemonset: Manifest) -> None:
+    plugin = containers(daemonset)["device-plugin"]
+    mount = host_mount(daemonset, plugin, names.KUBELET_DEVICE_PLUGIN_DIR)
+    assert mount["mountPath"] == names.KUBELET_DEVICE_PLUGIN_DIR and not mount.get("readOnly")
+    assert f"--kubelet-dir={names.KUBELET_DEVICE_PLUGIN_DIR}" in plugin["args"]
+    assert plugin["livenessProbe"]["exec"]["command"][-1].endswith("/" + names.PLUGIN_SOCKET_NAME)
+
+
+def test_daemon_mounts_the_socket_dir_at_the_host_path(daemonset: Manifest) -> None:
+    # Allocate mounts the host directory into pods, so the daemon must create its socket at the same host path.
+    daemon = containers(daemonset)["flexnpud"]
+    mount = host_mount(daemonset, daemon, names.SHIM_SOCKET_DIR)
+    assert mount["mountPath"] == names.SHIM_SOCKET_DIR and not mount.get("readOnly")
+
+
+def test_init_container_fills_the_runtime_dir(daemonset: Manifest) -> None:
+    [installer] = daemonset["spec"]["template"]["spec"]["initContainers"]
+    mount = host_mount(daemonset, installer, names.SHIM_RUNTIME_HOST_DIR)
+    assert installer["command"][-1] == mount["mountPath"]
+    assert installer["command"][1] == "/opt/flexnpu/install_runtime.py"
+
+
+def test_driver_and_devices_for_npu_smi(daemonset: Manifest) -> None:
+    for container in containers(daemonset).values():
+        assert host_mount(daemonset, container, "/dev")["mountPath"] == "/dev"
+        for path in ("/usr/local/Ascend/driver", "/usr/local/bin/npu-smi", "/usr/local/dcmi"):
+            assert host_mount(daemonset, container, path)["readOnly"] is True
+        assert container["securityContext"]["privileged"] is True
+
+
+def test_without_host_driver_nothing_of_it_is_mounted(custom_manifests: list[Manifest]) -> None:
+    daemonset = only(custom_manifests, "DaemonSet", "node")
+    assert "/usr/local/Ascend/driver" not in host_paths(daemonset).values()
+    for container in containers(daemonset).values():
+        assert "LD_LIBRARY_PATH" not in {e["name"] for e in container.get("env", [])}
+
+
+def test_ascend_node_selector_and_tolerations(daemonset: Manifest, custom_manifests: list[Manifest]) -> None:
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]["accelerator"] == "huawei-Ascend910"
+    assert {t["key"] for t in spec["tolerations"]} >= {names.RESOURCE_VNPU}
+    custom = only(custom_manifests, "DaemonSet", "node")["spec"]["template"]["spec"]
+    assert custom["nodeSelector"] == {"kubernetes.io/os": "linux", "node.example.com/npu": "910b"}
+    assert "tolerations" not in custom
+
+
+def test_units_reach_the_device_plugin(custom_manifests: list[Manifest]) -> None:
+    plugin = containers(only(custom_manifests, "DaemonSet", "node"))["device-plugin"]
+    assert "--units-per-card=100" in plugin["args"]
+    assert "--inventory=/etc/flexnpu/inventory.yaml" in plugin["args"]
+    assert not any(a.startswith("--npu-smi") for a in plugin["args"])
+
+
+def rendered_daemon_config(manifests: list[Manifest], tmp_path: Path) -> Any:
+    conf = tmp_path / "flexnpud.conf"
+    conf.write_text(only(manifests, "ConfigMap", "node")["data"]["flexnpud.conf"], encoding="utf-8")
+    settings, warnings = load_config(conf)
+    assert warnings == []
+    return settings
+
+
+def test_daemon_config_is_accepted_by_the_daemon(daemonset: Manifest, default_manifests: list[Manifest],
+                                                 tmp_path: Path) -> None:
+    settings = rendered_daemon_config(default_manifests, tmp_path)
+    assert settings.socket_dir == names.SHIM_SOCKET_DIR
+    assert (settings.host, settings.quota, settings.oversubscription) == ("0.0.0.0", 10, 1.0)
+    daemon = containers(daemonset)["flexnpud"]
+    assert daemon["ports"][0]["containerPort"] == settings.port
+    assert daemon["args"] == ["daemon", "--config", "/etc/flexnpu/flexnpud.conf"]
+    # The token file and the registrations live on mounts: the Secret, and host state surviving restarts.
+    assert Path(settings.token_file).parent.as_posix() in mounts(daemon)
+    state = mounts(daemon)[settings.persistent_file_dir]
+    assert state["name"] in host_paths(daemonset)
+
+
+def test_custom_daemon_config(custom_manifests: list[Manifest], tmp_path: Path) -> None:
+    settings = rendered_daemon_config(custom_manifests, tmp_path)
+    assert (settings.quota, settings.oversubscription, settings.policy) == (16, 2.5, "ops")
+    assert (settings.devices, settings.share_in_idle, settings.host) == ("sim:910B3x2", True, "127.0.0.1")
+    assert settings.token_file.endswith("/bearer")
+
+
+def test_config_change_rolls_the_daemonset(render: Render) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        annotations = only(render(values), "DaemonSet", "node")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/config"])
+    assert checksum({}) != checksum({"node": {"daemon": {"quota": 8}}})

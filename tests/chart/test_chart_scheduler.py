@@ -1,0 +1,91 @@
+"""The scheduler configuration the chart renders is the one DESIGN.md sections 3, 9 and 10 describe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from chart_support import NAMESPACE, Manifest, Render, containers, find, only
+
+from flexnpu import names
+
+CONFIG_KEY = "scheduler-config.yaml"
+
+
+def scheduler_config(manifests: list[Manifest]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(only(manifests, "ConfigMap", "scheduler")["data"][CONFIG_KEY])
+    return config
+
+
+def extender_entry(manifests: list[Manifest]) -> dict[str, Any]:
+    config = scheduler_config(manifests)
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    [entry] = config["extenders"]
+    return dict(entry)
+
+
+@pytest.mark.parametrize("manifests_name", ["default_manifests", "custom_manifests"])
+def test_extender_verbs_and_resources(manifests_name: str, request: pytest.FixtureRequest) -> None:
+    entry = extender_entry(request.getfixturevalue(manifests_name))
+    verbs = {k: entry[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")}
+    assert verbs == {"filterVerb": "filter", "prioritizeVerb": "prioritize", "bindVerb": "bind",
+                     "preemptVerb": "preempt"}
+    assert entry["enableHTTPS"] is False
+    assert entry["weight"] > 0
+    managed = {r["name"]: r["ignoredByScheduler"] for r in entry["managedResources"]}
+    # Kubelet counts units; memory is the extender's alone, so the scheduler must not check it against capacity.
+    assert managed == {names.RESOURCE_VNPU: False, names.RESOURCE_VNPU_MEMORY: True}
+
+
+def test_node_cache_capable_follows_values(default_manifests: list[Manifest],
+                                           custom_manifests: list[Manifest]) -> None:
+    assert extender_entry(default_manifests)["nodeCacheCapable"] is True
+    assert extender_entry(custom_manifests)["nodeCacheCapable"] is False
+    assert extender_entry(custom_manifests)["ignorable"] is True
+
+
+@pytest.mark.parametrize("manifests_name", ["default_manifests", "custom_manifests"])
+def test_url_prefix_reaches_the_extender(manifests_name: str, request: pytest.FixtureRequest) -> None:
+    manifests: list[Manifest] = request.getfixturevalue(manifests_name)
+    service = only(manifests, "Service", "extender")
+    [port] = service["spec"]["ports"]
+    name = service["metadata"]["name"]
+    assert extender_entry(manifests)["urlPrefix"] == f"http://{name}.{NAMESPACE}.svc:{port['port']}"
+    args = containers(only(manifests, "Deployment", "extender"))["extender"]["args"]
+    assert f"--listen=0.0.0.0:{port['port']}" in args
+
+
+def test_url_prefix_override(render: Render) -> None:
+    url = "http://10.96.0.50:8888"
+    entry = extender_entry(render({"scheduler": {"extender": {"urlPrefix": url}}}))
+    assert entry["urlPrefix"] == url
+
+
+@pytest.mark.parametrize("manifests_name", ["default_manifests", "custom_manifests"])
+def test_second_scheduler_runs_the_rendered_configuration(manifests_name: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    manifests: list[Manifest] = request.getfixturevalue(manifests_name)
+    values_name = "flexnpu-scheduler" if manifests_name == "default_manifests" else "npu-scheduler"
+    config = scheduler_config(manifests)
+    assert [p["schedulerName"] for p in config["profiles"]] == [values_name]
+    assert config["leaderElection"] == {"leaderElect": True, "resourceName": values_name,
+                                        "resourceNamespace": NAMESPACE}
+    deployment = only(manifests, "Deployment", "scheduler")
+    scheduler = containers(deployment)["kube-scheduler"]
+    assert scheduler["image"].startswith("registry.k8s.io/kube-scheduler:v1.")
+    [config_flag] = [a for a in scheduler["command"] if a.startswith("--config=")]
+    [mount] = scheduler["volumeMounts"]
+    assert config_flag == f"--config={mount['mountPath']}/{CONFIG_KEY}"
+    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["configMap"]["name"] == only(manifests, "ConfigMap", "scheduler")["metadata"]["name"]
+
+
+def test_default_scheduler_mode_renders_only_the_configuration(render: Render) -> None:
+    manifests = render({"scheduler": {"mode": "default"}})
+    assert find(manifests, "Deployment", "scheduler") == []
+    config = scheduler_config(manifests)
+    assert [p["schedulerName"] for p in config["profiles"]] == ["default-scheduler"]
+    assert config["clientConnection"]["kubeconfig"] == "/etc/kubernetes/scheduler.conf"
+    assert extender_entry(manifests)["bindVerb"] == "bind"

@@ -1,0 +1,198 @@
+"""The plugin against a kubelet stub speaking v1beta1 over unix sockets, with kmock as the API server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dp_fakes import NODE, KubeEmulator, eight_cards, write_inventory
+
+from flexnpu import names
+from flexnpu.annotations import CardAssignment, decode_assignment, decode_inventory, encode_assignment
+from flexnpu.deviceplugin.kube import KubeApi
+from flexnpu.deviceplugin.kubeletstub import StubKubelet
+from flexnpu.units import UnitsConfig, card_uuid_from_bus_id, parse_device_id
+
+CARD = {i: card_uuid_from_bus_id(f"0000:{0xC1 + i:02X}:00.0") for i in range(8)}
+
+
+def cards_of(ids: list[str]) -> set[str]:
+    return {parse_device_id(i)[0] for i in ids}
+
+
+def allocating(card: int, units: int, memory: int, bind_time: str = "2026-01-01T00:00:01.000000Z") -> dict[str, str]:
+    return {names.ANNOTATION_BIND_PHASE: "allocating", names.ANNOTATION_BIND_TIME: bind_time,
+            names.ANNOTATION_ASSIGNED: encode_assignment([CardAssignment(CARD[card], card, units, memory)])}
+
+
+def test_registers_after_serving(kubelet: StubKubelet, run_plugin: Any) -> None:
+    running = run_plugin()
+    request = kubelet.wait_for_registration()
+    assert (request.version, request.resource_name) == ("v1beta1", "huawei.com/vnpu")
+    assert request.endpoint == names.PLUGIN_SOCKET_NAME
+    assert request.options.get_preferred_allocation_available
+    assert kubelet.options is not None and kubelet.options.get_preferred_allocation_available
+    assert not kubelet.options.pre_start_required
+    assert running.server.socket_path.is_socket()
+
+
+def test_reregisters_after_kubelet_restart(kubelet: StubKubelet, run_plugin: Any) -> None:
+    run_plugin()
+    kubelet.wait_for_registration()
+    for restart in (2, 3):
+        kubelet.restart()
+        request = kubelet.wait_for_registration(restart, timeout=5)
+        assert request.resource_name == "huawei.com/vnpu"
+        assert len(kubelet.devices) == 80
+
+
+def test_list_and_watch_lists_units_of_every_card(kubelet: StubKubelet, run_plugin: Any) -> None:
+    run_plugin(units=UnitsConfig(units_per_card=10, oversubscription=1.5))
+    kubelet.wait_for_registration()
+    devices = kubelet.devices
+    assert len(devices) == 8 * 15
+    assert {d.health for d in devices} == {"Healthy"}
+    assert [d.ID for d in devices[:2]] == [f"{CARD[0]}-0", f"{CARD[0]}-1"]
+    assert {parse_device_id(d.ID)[0] for d in devices} == set(CARD.values())
+    assert all(len(d.ID) <= 63 for d in devices)
+
+
+def test_health_transitions_follow_the_card(kubelet: StubKubelet, run_plugin: Any, tmp_path: Path) -> None:
+    running = run_plugin()
+    kubelet.wait_for_registration()
+    write_inventory(tmp_path / "inventory.yaml", eight_cards({3: "Unhealthy"}))
+    assert running.plugin.rescan()
+
+    def card3(health: str) -> Any:
+        return lambda devices: {d.health for d in devices if d.ID.startswith(CARD[3] + "-")} == {health}
+
+    devices = kubelet.wait_for_devices(card3("Unhealthy"))
+    assert sum(d.health == "Healthy" for d in devices) == 70
+    write_inventory(tmp_path / "inventory.yaml", eight_cards())
+    running.plugin.rescan()
+    kubelet.wait_for_devices(card3("Healthy"))
+    assert not running.plugin.rescan()  # no change, no update
+
+
+def test_preferred_allocation_and_allocate_on_the_assigned_card(kubelet: StubKubelet, run_plugin: Any,
+                                                               k8s: KubeEmulator, kube_api: KubeApi) -> None:
+    k8s.create_pod("infer", 3, annotations={**allocating(5, 3, 16384), names.ANNOTATION_PRIORITY: "high"})
+    run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    free = kubelet.free_ids()
+    assert cards_of(kubelet.preferred(free, [], 3)) == {CARD[5]}
+    ids, response = kubelet.allocate_units(3)
+    assert cards_of(ids) == {CARD[5]} and len(ids) == 3
+    assert dict(response.envs) == {
+        "ASCEND_VISIBLE_DEVICES": "5", "ASCEND_RT_VISIBLE_DEVICES": "0",
+        "FLEXNPU_CARD": CARD[5], "FLEXNPU_CARD_INDEX": "5", "FLEXNPU_UNITS": "3", "FLEXNPU_UNITS_PER_CARD": "10",
+        "FLEXNPU_SHARE": "0.3", "FLEXNPU_MEMORY_MIB": "16384", "FLEXNPU_PRIORITY": "high",
+        "FLEXNPU_CLAIM": "default/infer", "FLEXNPU_SOCKET": f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}",
+        "PYTHONPATH": names.SHIM_RUNTIME_POD_DIR,
+    }
+    assert [(d.container_path, d.host_path, d.permissions) for d in response.devices] == [
+        ("/dev/davinci5", "/dev/davinci5", "rw"), ("/dev/davinci_manager", "/dev/davinci_manager", "rw"),
+        ("/dev/devmm_svm", "/dev/devmm_svm", "rw"), ("/dev/hisi_hdc", "/dev/hisi_hdc", "rw")]
+    mounts = {m.container_path: (m.host_path, m.read_only) for m in response.mounts}
+    assert {p: mounts[p] for p in names.ASCEND_DRIVER_MOUNTS} == {p: (p, True) for p in names.ASCEND_DRIVER_MOUNTS}
+    assert mounts[names.SHIM_RUNTIME_POD_DIR] == (names.SHIM_RUNTIME_HOST_DIR, True)
+    assert mounts[names.SHIM_SOCKET_DIR] == (names.SHIM_SOCKET_DIR, True)
+    assert len(mounts) == len(names.ASCEND_DRIVER_MOUNTS) + 2
+    assert list(response.cdi_devices) == []
+    annotations = k8s.annotations("pod", "infer")
+    assert annotations[names.ANNOTATION_BIND_PHASE] == "allocated"
+    assert decode_assignment(annotations[names.ANNOTATION_ASSIGNED]) == (CardAssignment(CARD[5], 5, 3, 16384),)
+
+
+def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
+                                  kube_api: KubeApi) -> None:
+    assigned = [CardAssignment(CARD[4], 4, 10, 65536), CardAssignment(CARD[6], 6, 10, 65536)]
+    k8s.create_pod("train", 20, annotations={names.ANNOTATION_BIND_PHASE: "allocating",
+                                             names.ANNOTATION_BIND_TIME: "2026-01-01T00:00:01.000000Z",
+                                             names.ANNOTATION_ASSIGNED: encode_assignment(assigned)})
+    run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    ids, response = kubelet.allocate_units(20)
+    assert cards_of(ids) == {CARD[4], CARD[6]}
+    envs = dict(response.envs)
+    assert (envs["ASCEND_VISIBLE_DEVICES"], envs["ASCEND_RT_VISIBLE_DEVICES"]) == ("4,6", "0,1")
+    assert (envs["FLEXNPU_CARD_INDEX"], envs["FLEXNPU_UNITS"], envs["FLEXNPU_SHARE"]) == ("4,6", "20", "1")
+    assert [d.container_path for d in response.devices][:2] == ["/dev/davinci4", "/dev/davinci6"]
+    assert k8s.annotations("pod", "train")[names.ANNOTATION_BIND_PHASE] == "allocated"
+
+
+def test_pod_without_assignment_gets_a_best_fit_card_recorded_on_it(kubelet: StubKubelet, run_plugin: Any,
+                                                                    k8s: KubeEmulator, kube_api: KubeApi) -> None:
+    run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    # Card 2 is already 6/10 used: a 4-unit pod fits exactly there (best fit), not on an empty card.
+    kubelet.allocated.update(f"{CARD[2]}-{k}" for k in range(6))
+    k8s.create_pod("unplaced", 4, memory_mib=8192)
+    ids, response = kubelet.allocate_units(4)
+    assert cards_of(ids) == {CARD[2]}
+    assert dict(response.envs)["ASCEND_VISIBLE_DEVICES"] == "2"
+    annotations = k8s.annotations("pod", "unplaced")
+    assert annotations[names.ANNOTATION_BIND_PHASE] == "allocated"
+    assert decode_assignment(annotations[names.ANNOTATION_ASSIGNED]) == (CardAssignment(CARD[2], 2, 4, 8192),)
+
+
+def test_two_pods_back_to_back_each_get_their_own_card(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
+                                                       kube_api: KubeApi) -> None:
+    k8s.create_pod("second", 5, annotations=allocating(7, 5, 1000, "2026-01-01T00:00:02.000000Z"))
+    k8s.create_pod("first", 5, annotations=allocating(1, 5, 2000, "2026-01-01T00:00:01.000000Z"))
+    run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    first_ids, first = kubelet.allocate_units(5)
+    second_ids, second = kubelet.allocate_units(5)
+    assert (cards_of(first_ids), cards_of(second_ids)) == ({CARD[1]}, {CARD[7]})
+    assert (dict(first.envs)["FLEXNPU_CLAIM"], dict(second.envs)["FLEXNPU_CLAIM"]) == ("default/first",
+                                                                                       "default/second")
+    assert {k8s.annotations("pod", p)[names.ANNOTATION_BIND_PHASE] for p in ("first", "second")} == {"allocated"}
+
+
+def test_assignment_on_an_unhealthy_card_fails_the_pod(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
+                                                       kube_api: KubeApi) -> None:
+    k8s.create_pod("unlucky", 2, annotations=allocating(3, 2, 1024))
+    run_plugin(eight_cards({3: "Unhealthy"}), kube=kube_api)
+    kubelet.wait_for_registration()
+    try:
+        kubelet.allocate_units(2)
+    except Exception as exc:  # grpc.RpcError: FAILED_PRECONDITION with the reason
+        assert "Unhealthy" in str(exc)
+    else:
+        raise AssertionError("Allocate on an unhealthy assigned card succeeded")
+    annotations = k8s.annotations("pod", "unlucky")
+    assert annotations[names.ANNOTATION_BIND_PHASE] == "failed"
+    assert "Unhealthy" in annotations[names.ANNOTATION_BIND_REASON]
+
+
+def test_node_inventory_published_at_start_and_on_change(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
+                                                         kube_api: KubeApi, tmp_path: Path) -> None:
+    running = run_plugin(kube=kube_api)
+    inventory = decode_inventory(k8s.annotations("node", NODE)[names.ANNOTATION_INVENTORY])
+    assert [c.uuid for c in inventory.cards] == [CARD[i] for i in range(8)]
+    assert inventory.units.units_per_card == 10
+    write_inventory(tmp_path / "inventory.yaml", eight_cards({0: "Unhealthy"}))
+    running.plugin.rescan()
+    inventory = decode_inventory(k8s.annotations("node", NODE)[names.ANNOTATION_INVENTORY])
+    assert not inventory.cards[0].healthy and inventory.cards[1].healthy
+
+
+def test_plugin_restart_leaves_running_pods_untouched(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
+                                                      kube_api: KubeApi, tmp_path: Path) -> None:
+    k8s.create_pod("running", 3, annotations=allocating(5, 3, 16384))
+    first = run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    ids, _ = kubelet.allocate_units(3)
+    k8s.request("PATCH", "/api/v1/namespaces/default/pods/running", {"status": {"phase": "Running"}})
+    before = k8s.pod("running")
+    first.stop()
+    second_api = KubeApi.connect(NODE, tmp_path / "kubeconfig")
+    run_plugin(kube=second_api)
+    kubelet.wait_for_registration(2)
+    after = k8s.pod("running")
+    assert json.dumps(after["metadata"]["annotations"], sort_keys=True) == json.dumps(
+        before["metadata"]["annotations"], sort_keys=True)
+    assert set(ids) <= {d.ID for d in kubelet.devices if d.health == "Healthy"}
+    assert kubelet.allocated == set(ids)

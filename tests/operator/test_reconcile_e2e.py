@@ -1,0 +1,141 @@
+"""The operator (kopf, in-process) against the kmock API emulator and real flexnpud processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flexnpu import names
+from flexnpu.operator.settings import OperatorSettings
+from flexnpu.operator.testing import (
+    DaemonProcess,
+    claim,
+    create,
+    delete,
+    eventually,
+    patch_claim,
+    read_claim,
+    running_operator,
+    workload_pod,
+)
+
+
+def status_of(kube: Any, name: str) -> dict[str, Any]:
+    return dict((read_claim(kube, "default", name) or {}).get("status") or {})
+
+
+def reason_of(kube: Any, name: str) -> str:
+    conditions = status_of(kube, name).get("conditions") or []
+    return next((str(c["reason"]) for c in conditions if c["type"] == "Registered"), "")
+
+
+def events_about(kube: Any, name: str) -> list[dict[str, Any]]:
+    import kmock
+
+    found = []
+    for key in list(kube.objects.keys()):
+        obj = kube.objects[key]
+        if key[0] == kmock.resource("v1", "events") and not obj.deleted:
+            raw = obj.raw
+            if raw.get("involvedObject", {}).get("name") == name:
+                found.append(raw)
+    return found
+
+
+async def registered(kube: Any, name: str, daemon: DaemonProcess, **expected: int) -> bool:
+    status = status_of(kube, name)
+    if status.get("phase") != "Registered":
+        return False
+    held = (await daemon.registrations()).get(str(status.get("flexnpuId")))
+    return held is not None and all(held[k] == v for k, v in expected.items())
+
+
+async def test_lifecycle_create_update_delete(kube: Any, node: DaemonProcess, settings: OperatorSettings) -> None:
+    async with running_operator(settings, str(kube.url)):
+        await create(kube, claim("train", "node-a", npu=3, aicore=4, memory=8192, priority="high"))
+        await eventually(lambda: registered(kube, "train", node, npu=3, aicore_alloc=4, memory_alloc=8192),
+                         "claim registered on the daemon")
+        status = status_of(kube, "train")
+        held = (await node.registrations())[status["flexnpuId"]]
+        assert held["priority"] == "high"
+        assert names.CLAIM_FINALIZER in read_claim(kube, "default", "train")["metadata"]["finalizers"]  # type: ignore[index]
+        assert [c["status"] for c in status["conditions"] if c["type"] == "Registered"] == ["True"]
+        assert any(e["reason"] == "Registered" for e in events_about(kube, "train"))
+
+        await patch_claim(kube, "default", "train", {"spec": {"aicoreAlloc": 6}})
+        await eventually(lambda: registered(kube, "train", node, aicore_alloc=6), "the update re-registered")
+        assert status_of(kube, "train")["observedGeneration"] == 2
+
+        await delete(kube, names.CRD_KIND, "default", "train")
+        await eventually(lambda: read_claim(kube, "default", "train") is None, "finalizer released, claim gone")
+        assert status["flexnpuId"] not in await node.registrations()
+
+
+async def test_repairs_a_daemon_that_restarted_empty_and_drift(kube: Any, node: DaemonProcess,
+                                                              settings: OperatorSettings) -> None:
+    async with running_operator(settings, str(kube.url)):
+        await create(kube, claim("serve", "node-a", npu=1, aicore=3, memory=4096))
+        await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3), "registered")
+        flexnpu_id = status_of(kube, "serve")["flexnpuId"]
+
+        await node.stop()
+        await node.start(fresh_state=True)  # the node lost its state: the daemon comes back empty
+        assert flexnpu_id not in await node.registrations()
+        await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3), "re-registered after restart")
+
+        changed = {"flexnpu_id": flexnpu_id, "entity": "x", "npu": 1, "chip": 0, "aicore_alloc": 1,
+                   "memory_alloc": 4096}
+        assert await node.post("/device/register", changed) == 200  # someone changed it behind our back
+        await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3, memory_alloc=4096),
+                         "drift repaired")
+
+
+async def test_quota_overflow_fails_with_the_daemons_reason(kube: Any, node: DaemonProcess,
+                                                            settings: OperatorSettings) -> None:
+    async with running_operator(settings, str(kube.url)):
+        await create(kube, claim("big", "node-a", npu=0, aicore=8))
+        await eventually(lambda: registered(kube, "big", node, aicore_alloc=8), "first claim registered")
+        await create(kube, claim("late", "node-a", npu=0, aicore=4))
+        await eventually(lambda: status_of(kube, "late").get("phase") == "Failed", "second claim Failed")
+        status = status_of(kube, "late")
+        assert reason_of(kube, "late") == "QuotaExceeded"
+        assert "does not fit" in status["message"] and "node-a" in status["message"]
+        assert any(e["reason"] == "QuotaExceeded" and e["type"] == "Warning" for e in events_about(kube, "late"))
+        assert len(await node.registrations()) == 1
+
+        await create(kube, claim("nocard", "node-a", npu=42, aicore=1))
+        await eventually(lambda: status_of(kube, "nocard").get("phase") == "Failed", "bad npu Failed")
+        assert reason_of(kube, "nocard") == "InvalidRequest"
+        assert "no such card" in status_of(kube, "nocard")["message"]
+
+        await delete(kube, names.CRD_KIND, "default", "big")  # room again: the re-check registers the late one
+        await eventually(lambda: registered(kube, "late", node, aicore_alloc=4), "late claim registered")
+
+
+async def test_node_without_daemon_is_reported_and_never_blocks_deletion(kube: Any, node: DaemonProcess,
+                                                                        settings: OperatorSettings) -> None:
+    async with running_operator(settings, str(kube.url)):
+        await create(kube, claim("lost", "node-z", aicore=2))
+        await eventually(lambda: reason_of(kube, "lost") == "NoDaemon", "NoDaemon reported")
+        status = status_of(kube, "lost")
+        assert status["phase"] == "Pending"
+        assert "node node-z has no flexnpu daemon" in status["message"]
+        daemon_condition = [c for c in status["conditions"] if c["type"] == "DaemonReachable"]
+        assert daemon_condition[0]["status"] == "False"
+
+        await delete(kube, names.CRD_KIND, "default", "lost")
+        await eventually(lambda: read_claim(kube, "default", "lost") is None, "deleted despite no daemon")
+
+
+async def test_claim_of_a_gone_pod_is_released(kube: Any, node: DaemonProcess, settings: OperatorSettings) -> None:
+    pod = workload_pod("infer-0", "node-a")
+    await create(kube, pod)
+    async with running_operator(settings, str(kube.url)):
+        await create(kube, claim("infer", "node-a", aicore=2, pod=pod))
+        await eventually(lambda: registered(kube, "infer", node, aicore_alloc=2), "registered")
+        flexnpu_id = status_of(kube, "infer")["flexnpuId"]
+        assert (await node.registrations())[flexnpu_id]["pod_uid"] == pod["metadata"]["uid"]
+
+        await delete(kube, "Pod", "default", "infer-0")
+        await eventually(lambda: status_of(kube, "infer").get("phase") == "Releasing", "released")
+        assert reason_of(kube, "infer") == "PodGone"
+        assert flexnpu_id not in await node.registrations()

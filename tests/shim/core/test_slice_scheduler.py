@@ -1,0 +1,324 @@
+"""The slice scheduler's decisions: tables of cases, then properties over random workloads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flexnpu.errors import ConfigError
+from flexnpu.priority import Priority
+from flexnpu.shim.core.slicing import CardScheduler, Decision, Grant, SlicePolicy, Tenant, UnknownTenantError
+
+HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
+WINDOW = 100_000  # a short share window keeps the driven runs small
+
+
+def policy(**kwargs: object) -> SlicePolicy:
+    return SlicePolicy(**{"window_us": WINDOW, **kwargs})  # type: ignore[arg-type]
+
+
+@dataclass
+class Driven:
+    """Usage a driven scheduler handed out: (tenant, start, end) per grant."""
+
+    grants: list[tuple[str, int, int]] = field(default_factory=list)
+    end_us: int = 0
+
+    def used(self, tenant_id: str, start: int = 0, end: int | None = None) -> int:
+        stop = self.end_us if end is None else end
+        return sum(max(0, min(stop, b) - max(start, a)) for t, a, b in self.grants if t == tenant_id)
+
+    def share(self, tenant_id: str, start: int, end: int) -> float:
+        return self.used(tenant_id, start, end) / (end - start)
+
+
+def drive(sched: CardScheduler, horizon_us: int, use: Callable[[Grant, int], int] = lambda g, i: g.budget_us,
+          still_wants: Callable[[str, int], bool] = lambda t, now: True) -> Driven:
+    """Run the scheduler alone: each grant is used for ``use(grant, n)`` µs, then released."""
+    out = Driven()
+    now, n = 0, 0
+    while now < horizon_us:
+        decision = sched.decide(now)
+        if decision.grant is not None:
+            used = use(decision.grant, n)
+            n += 1
+            out.grants.append((decision.grant.tenant_id, now, now + used))
+            now += used
+            tenant_id = decision.grant.tenant_id
+            sched.release(tenant_id, used, now, still_wants(tenant_id, now))
+        else:
+            assert decision.wake_at_us is not None and decision.wake_at_us > now, decision
+            now = decision.wake_at_us
+    out.end_us = now
+    return out
+
+
+def card(pol: SlicePolicy, *tenants: tuple[str, int, Priority], wanting: tuple[str, ...] | None = None,
+         now: int = 0) -> CardScheduler:
+    sched = CardScheduler(pol, [Tenant(t, a, p) for t, a, p in tenants])
+    for tenant_id, _, _ in tenants:
+        if wanting is None or tenant_id in wanting:
+            sched.want(tenant_id, now)
+    return sched
+
+
+# ----- policy validation ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"quota": 0}, "[ticker] quota"),
+    ({"quota": 1001}, "[ticker] quota"),
+    ({"quota": True}, "[ticker] quota"),
+    ({"slice_us": 0}, "[flexnpu] schedule_cycle"),
+    ({"ticker_interval_us": -1}, "[ticker] ticker_interval"),
+    ({"share_in_idle": "yes"}, "[flexnpu] share_in_idle"),
+    ({"mode": "fair"}, "mode"),
+    ({"oversubscription": 0.5}, "oversubscription"),
+    ({"oversubscription": float("nan")}, "oversubscription"),
+    ({"window_us": 1000}, "window_us"),
+])
+def test_policy_rejects_bad_values_naming_the_key(kwargs: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SlicePolicy(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == key
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"quota": 16}, {"quota": 1000}, {"mode": "ops"}, {"oversubscription": 1.5}])
+def test_policy_accepts_good_values(kwargs: dict[str, object]) -> None:
+    assert SlicePolicy(**kwargs) is not None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("tenant_id", "alloc"), [("", 1), ("a", 0), ("a", -2)])
+def test_tenant_rejects_bad_values(tenant_id: str, alloc: int) -> None:
+    with pytest.raises(ConfigError):
+        Tenant(tenant_id, alloc)
+
+
+# ----- single decisions ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tenants", "wanting", "expected"), [
+    ([("a", 2, NORMAL), ("b", 8, NORMAL)], ("a",), "a"),
+    ([("a", 2, NORMAL), ("b", 8, HIGH)], None, "b"),
+    ([("a", 2, LOW), ("b", 8, NORMAL), ("c", 1, HIGH)], None, "c"),
+    ([("a", 2, LOW), ("b", 8, NORMAL)], ("a",), "a"),
+    ([("a", 2, NORMAL), ("b", 8, NORMAL)], (), None),
+])
+def test_first_grant_goes_to_the_highest_priority_waiting(
+        tenants: list[tuple[str, int, Priority]], wanting: tuple[str, ...] | None, expected: str | None) -> None:
+    decision = card(policy(), *tenants, wanting=wanting).decide(0)
+    assert (decision.grant.tenant_id if decision.grant else None) == expected
+    if decision.grant:
+        assert decision.grant.budget_us == 2000 and decision.grant.ops is None
+
+
+def test_one_grant_at_a_time_in_share_mode() -> None:
+    sched = card(policy(), ("a", 5, NORMAL), ("b", 5, NORMAL))
+    assert sched.decide(0).grant is not None
+    assert sched.decide(0).grant is None
+    assert len(sched.holders) == 1
+
+
+@pytest.mark.parametrize(("holder", "waiter", "share_in_idle", "revoked"), [
+    (NORMAL, HIGH, False, True),
+    (LOW, NORMAL, False, True),
+    (NORMAL, NORMAL, False, False),
+    (HIGH, NORMAL, True, False),
+    (NORMAL, LOW, True, False),
+])
+def test_revoke_when_a_higher_priority_waits(holder: Priority, waiter: Priority, share_in_idle: bool,
+                                             revoked: bool) -> None:
+    sched = card(policy(share_in_idle=share_in_idle), ("h", 5, holder), ("w", 5, waiter), wanting=("h",))
+    assert sched.decide(0).grant == Grant("h", 2000)
+    sched.want("w", 100)
+    assert sched.decide(100) == Decision(revoke="h" if revoked else None)
+    sched.release("h", 100, 200, still_wants=True)
+    assert sched.decide(200).grant == Grant("h" if not revoked and holder.rank > waiter.rank else "w", 2000)
+
+
+def test_a_guaranteed_share_is_not_revoked_for_a_tenant_past_its_own() -> None:
+    sched = card(policy(share_in_idle=True), ("low", 5, LOW), ("high", 5, HIGH), wanting=("high",))
+    drive_until = drive(sched, WINDOW // 2)  # high alone: runs on its share, then on bonus time
+    assert drive_until.used("high") >= WINDOW // 2 - 2000
+    sched.want("low", drive_until.end_us)
+    sched.want("high", drive_until.end_us)
+    assert sched.decide(drive_until.end_us).grant == Grant("low", 2000)
+    assert sched.decide(drive_until.end_us + 10).revoke is None
+
+
+def test_a_bonus_holder_is_revoked_for_an_entitled_waiter() -> None:
+    sched = card(policy(share_in_idle=True), ("a", 2, NORMAL), ("b", 2, NORMAL), wanting=("a",))
+    now = drive(sched, WINDOW // 2).end_us  # a alone used its 20%, then bonus time
+    assert sched.owed_us("a") <= 0
+    assert sched.decide(now).grant == Grant("a", 2000)
+    sched.want("b", now + 1)
+    assert sched.decide(now + 2).revoke == "a"
+
+
+@pytest.mark.parametrize(("share_in_idle", "expected_share"), [(False, 0.2), (True, 1.0)])
+def test_a_lone_tenant_is_capped_or_gets_the_whole_card(share_in_idle: bool, expected_share: float) -> None:
+    sched = card(policy(share_in_idle=share_in_idle), ("a", 2, NORMAL), ("b", 8, NORMAL), wanting=("a",))
+    driven = drive(sched, 10 * WINDOW)
+    assert driven.share("a", 5 * WINDOW, 10 * WINDOW) == pytest.approx(expected_share, abs=0.03)
+
+
+def test_hard_cap_idles_the_card_and_says_when_to_call_again() -> None:
+    sched = card(policy(), ("a", 2, NORMAL), wanting=("a",))
+    now = 0
+    while (grant := sched.decide(now).grant) is not None:
+        now += grant.budget_us
+        sched.release("a", grant.budget_us, now, still_wants=True)
+    assert now == 20_000  # its 20% of the 100 ms window, at the full card
+    decision = sched.decide(now)
+    assert decision.wake_at_us is not None and now < decision.wake_at_us <= WINDOW + 1
+
+
+@pytest.mark.parametrize(("allocs", "oversubscription", "expected"), [
+    ((2, 8), 1.0, (0.2, 0.8)),
+    ((3, 7), 1.0, (0.3, 0.7)),
+    ((1, 2, 7), 1.0, (0.1, 0.2, 0.7)),
+    ((8, 8, 4), 2.0, (0.4, 0.4, 0.2)),
+    ((10, 5), 1.5, (2 / 3, 1 / 3)),
+])
+def test_backlogged_tenants_get_their_shares_or_weights(allocs: tuple[int, ...], oversubscription: float,
+                                                        expected: tuple[float, ...]) -> None:
+    names = [f"t{i}" for i in range(len(allocs))]
+    tenants = [(n, a, NORMAL) for n, a in zip(names, allocs, strict=True)]
+    sched = card(policy(oversubscription=oversubscription), *tenants)
+    for name, share in zip(names, expected, strict=True):
+        assert sched.rate(name) == pytest.approx(share)
+    driven = drive(sched, 6 * WINDOW, use=lambda g, i: max(50, g.budget_us - 700 + (i * 389) % 1500))
+    for name, share in zip(names, expected, strict=True):
+        assert driven.share(name, 2 * WINDOW, driven.end_us) == pytest.approx(share, abs=0.01)
+
+
+def test_idle_time_goes_to_the_higher_priority_first() -> None:
+    sched = card(policy(share_in_idle=True), ("low", 2, LOW), ("high", 3, HIGH))
+    driven = drive(sched, 6 * WINDOW)
+    assert driven.share("low", 2 * WINDOW, driven.end_us) == pytest.approx(0.2, abs=0.02)
+    assert driven.share("high", 2 * WINDOW, driven.end_us) == pytest.approx(0.8, abs=0.02)
+
+
+def test_idle_time_is_shared_by_weight_among_equals() -> None:
+    sched = card(policy(share_in_idle=True), ("a", 1, NORMAL), ("b", 3, NORMAL))
+    driven = drive(sched, 6 * WINDOW)
+    assert driven.share("a", 2 * WINDOW, driven.end_us) == pytest.approx(0.25, abs=0.02)
+
+
+@pytest.mark.parametrize(("others_wait", "extended"), [(False, True), (True, False)])
+def test_extend_renews_only_when_nobody_else_is_owed(others_wait: bool, extended: bool) -> None:
+    sched = card(policy(), ("a", 5, NORMAL), ("b", 5, NORMAL), wanting=("a",))
+    assert sched.decide(0).grant == Grant("a", 2000)
+    if others_wait:
+        sched.want("b", 1000)
+    assert (sched.extend("a", 2000, 2000) is not None) is extended
+    assert sched.holders == {"a"}
+
+
+def test_extend_is_refused_to_a_non_holder() -> None:
+    sched = card(policy(), ("a", 5, NORMAL))
+    assert sched.extend("a", 0, 0) is None
+
+
+# ----- tenant set changes and unknown tenants ------------------------------------------------------------------
+
+
+def test_removing_the_holder_frees_the_card() -> None:
+    sched = card(policy(), ("a", 5, NORMAL), ("b", 5, NORMAL))
+    holder = sched.decide(0).grant
+    assert holder is not None
+    other = "b" if holder.tenant_id == "a" else "a"
+    sched.set_tenants([Tenant(other, 5)], 10)
+    assert sched.holders == frozenset()
+    assert sched.decide(20).grant == Grant(other, 2000)
+
+
+def test_changing_a_tenant_keeps_its_state_and_takes_the_new_values() -> None:
+    sched = card(policy(), ("a", 2, NORMAL))
+    sched.set_tenants([Tenant("a", 4, HIGH)], 10)
+    assert sched.wants("a") and sched.rate("a") == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("call", [
+    lambda s: s.want("x", 0),
+    lambda s: s.release("x", 0, 0, still_wants=False),
+    lambda s: s.extend("x", 0, 0),
+    lambda s: s.owed_us("x"),
+])
+def test_unknown_tenants_are_refused(call: Callable[[CardScheduler], object]) -> None:
+    sched = card(policy(), ("a", 5, NORMAL))
+    with pytest.raises(UnknownTenantError, match="'x'"):
+        call(sched)
+
+
+# ----- ops mode ------------------------------------------------------------------------------------------------
+
+
+def test_ops_mode_grants_everyone_their_operators_per_round() -> None:
+    sched = card(policy(mode="ops", ticker_interval_us=10_000), ("a", 2, NORMAL), ("b", 8, NORMAL))
+    grants = {g.tenant_id: g for g in iter(lambda: sched.decide(1000).grant, None)}
+    assert grants == {"a": Grant("a", 9000, 2), "b": Grant("b", 9000, 8)}
+    sched.release("a", 500, 2000, still_wants=True, ops_used=2)
+    assert sched.decide(2000) == Decision(wake_at_us=10_000)
+    sched.release("b", 500, 2500, still_wants=True, ops_used=3)
+    assert sched.decide(2500).grant == Grant("b", 7500, 5)
+    assert sched.decide(10_000).grant == Grant("a", 10_000, 2)
+
+
+# ----- properties ----------------------------------------------------------------------------------------------
+
+allocs_strategy = st.lists(st.integers(1, 6), min_size=2, max_size=4).filter(lambda a: sum(a) <= 10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(allocs=allocs_strategy, seed=st.integers(0, 10_000), share_in_idle=st.booleans())
+def test_backlogged_tenants_converge_to_their_share(allocs: list[int], seed: int, share_in_idle: bool) -> None:
+    names = [f"t{i}" for i in range(len(allocs))]
+    sched = card(policy(share_in_idle=share_in_idle), *[(n, a, NORMAL) for n, a in zip(names, allocs, strict=True)])
+    driven = drive(sched, 5 * WINDOW, use=lambda g, i: 200 + (seed * 7919 + i * 104729) % 3600)
+    total = sum(allocs)
+    for name, alloc in zip(names, allocs, strict=True):
+        share = driven.share(name, 2 * WINDOW, driven.end_us)
+        if share_in_idle:
+            assert share == pytest.approx(alloc / total, abs=0.03)
+        else:
+            assert share == pytest.approx(alloc / 10, abs=0.03)
+
+
+@settings(max_examples=25, deadline=None)
+@given(alloc=st.integers(1, 9), seed=st.integers(0, 10_000), start=st.integers(0, 4 * WINDOW))
+def test_a_hard_capped_tenant_never_exceeds_its_share_over_a_window(alloc: int, seed: int, start: int) -> None:
+    sched = card(policy(), ("a", alloc, NORMAL), ("b", 10 - alloc, NORMAL),
+                 wanting=("a",) if seed % 2 else None)
+    driven = drive(sched, 5 * WINDOW + start, use=lambda g, i: 100 + (seed * 31 + i * 7) % 4000)
+    # A grant may start just under the cap and overrun its budget by the longest drain (4 ms here).
+    assert driven.used("a", start, start + WINDOW) <= alloc / 10 * WINDOW + 2000 + 4100
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["want", "decide", "release", "set"]), st.integers(0, 3),
+                                st.integers(0, 5000)), max_size=60))
+def test_no_grant_ever_goes_to_an_unknown_tenant(steps: list[tuple[str, int, int]]) -> None:
+    sched = CardScheduler(policy(share_in_idle=True), [Tenant("t0", 3), Tenant("t1", 3, HIGH)])
+    known = {"t0", "t1"}
+    now = 0
+    for action, index, delta in steps:
+        now += delta
+        tenant_id = f"t{index}"
+        if action == "set":
+            known = {f"t{i}" for i in range(index + 1)}
+            sched.set_tenants([Tenant(t, 2) for t in sorted(known)], now)
+        elif action == "want" and tenant_id in known:
+            sched.want(tenant_id, now)
+        elif action == "release" and tenant_id in sched.holders:
+            sched.release(tenant_id, delta, now, still_wants=bool(index % 2))
+        else:
+            decision = sched.decide(now)
+            assert decision.grant is None or decision.grant.tenant_id in known
+            assert decision.revoke is None or decision.revoke in known
+        assert sched.holders <= known
+        assert len(sched.holders) <= 1

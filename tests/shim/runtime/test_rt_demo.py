@@ -1,0 +1,54 @@
+"""``flexnpu demo``: the whole simulated node as real processes, on a very short run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BATCH_KEYS = {"name", "target_share", "achieved_share", "throughput"}
+CRITICAL_KEYS = BATCH_KEYS | {"p50_ms", "p99_ms", "solo_p99_ms"}
+
+
+def demo_processes_alive() -> list[str]:
+    """Command lines of running processes that belong to a demo node (they all name its temp directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "flexnpu-demo-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_demo_json_shape_and_cleanup(tmp_path: Path) -> None:
+    plot = tmp_path / "shares.png"
+    result = subprocess.run([sys.executable, "-m", "flexnpu.cli", "demo", "--json", "--seconds", "2", "--plot",
+                             str(plot)], cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    tenants = {t["name"]: t for t in report["tenants"]}
+    assert set(tenants) == {"batch-2", "batch-8", "critical"}
+    assert set(tenants["batch-2"]) >= BATCH_KEYS
+    assert set(tenants["batch-8"]) >= BATCH_KEYS
+    assert set(tenants["critical"]) >= CRITICAL_KEYS
+    for tenant in tenants.values():
+        assert 0.0 <= tenant["achieved_share"] <= 1.0
+        assert 0.0 <= tenant["target_share"] <= 1.0
+        assert tenant["throughput"] > 0
+    assert report["oversubscribed"] is True
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert demo_processes_alive() == []
+
+
+def test_demo_rejects_bad_seconds(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "flexnpu.cli", "demo", "--seconds", "0"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--seconds" in result.stderr
