@@ -1,4 +1,8 @@
-"""Maps the top-level folders onto sub-packages of ``flexnpu`` (a top-level ``operator`` would shadow the stdlib)."""
+"""Maps the top-level folders onto sub-packages of ``flexnpu``.
+
+The operator lives in ``operator_/``: a folder named ``operator`` in the working directory shadows the standard
+library's ``operator`` for any ``python -m ...`` run from the repository root.
+"""
 
 from setuptools import find_packages, setup
 
@@ -7,7 +11,7 @@ FOLDERS = {
     "flexnpu.protos": "protos",
     "flexnpu.deviceplugin": "deviceplugin",
     "flexnpu.extender": "extender",
-    "flexnpu.operator": "operator",
+    "flexnpu.operator": "operator_",
     "flexnpu.shim": "shim",
     "flexnpu.bench": "bench",
 }

@@ -9,7 +9,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/flexnpu"
 for f in "$root"/flexnpu/*; do ln -s "$f" "$stage/flexnpu/"; done
-for d in protos deviceplugin extender operator shim bench; do ln -s "$root/$d" "$stage/flexnpu/$d"; done
+for d in protos deviceplugin extender shim bench; do ln -s "$root/$d" "$stage/flexnpu/$d"; done
+ln -s "$root/operator_" "$stage/flexnpu/operator"
 cd "$stage"
 "$bin/mypy" -p flexnpu --config-file "$root/pyproject.toml" --cache-dir "$stage/.mypy_cache"
-"$bin/lint-imports" --config "$root/.importlinter" --no-cache
+"$bin/lint-imports" "$root/.importlinter" --no-cache

@@ -1,15 +1,18 @@
 """The runtime as a self-contained directory for images we do not control (``names.SHIM_RUNTIME_HOST_DIR``).
 
-The node DaemonSet copies it to the host once; the device plugin mounts it read-only at
-``names.SHIM_RUNTIME_POD_DIR`` and puts that directory on PYTHONPATH. It holds ``sitecustomize.py`` and the few
-standard-library-only modules of ``flexnpu`` the runtime imports, so it works in any Python 3.9+ image without
-installing anything: ``python -m flexnpu.shim.runtime.bundle DEST``.
+The node DaemonSet's init container writes it to the host (``python -m flexnpu.shim.runtime.bundle DEST``, or the
+image's ``install_runtime.py``); the device plugin mounts it read-only at ``names.SHIM_RUNTIME_POD_DIR`` and puts
+that directory on PYTHONPATH. It holds ``sitecustomize.py`` and the few standard-library-only modules of
+``flexnpu`` the runtime imports, so it works in any Python 3.9+ image without installing anything.
+
+Running pods bind-mount the directory, so it is updated in place: every file is written under a temporary name and
+renamed over the old one, and nothing is deleted. A pod sees the old file or the new one, never a missing or
+half-written one.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 from typing import List, Sequence, Tuple
@@ -18,7 +21,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SHIM = os.path.dirname(_HERE)
 
 
-def _sources() -> List[Tuple[str, str]]:
+def bundle_files() -> List[Tuple[str, str]]:
+    """(source file, bundle-relative path) of everything the runtime needs in a pod."""
     import flexnpu
     import flexnpu.names
 
@@ -35,26 +39,36 @@ def _sources() -> List[Tuple[str, str]]:
     return files
 
 
+def _replace_file(target: str, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically: a temporary file in the same directory, then a rename."""
+    directory = os.path.dirname(target)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(target) + ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def write_bundle(dest: str) -> List[str]:
-    """Write the bundle into ``dest`` atomically (a running pod never sees a half-written runtime)."""
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".flexnpu-runtime-", dir=parent)
+    """Write (or update in place) the bundle in ``dest``; returns the bundle-relative paths."""
     written = []
-    for source, relative in _sources():
-        target = os.path.join(staging, relative)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(source, target)
+    for source, relative in bundle_files():
+        target = os.path.join(dest, relative)
+        with open(source, "rb") as f:
+            data = f.read()
+        try:
+            with open(target, "rb") as f:
+                unchanged = f.read() == data
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            _replace_file(target, data)
         written.append(relative)
-    os.chmod(staging, 0o755)
-    if os.path.isdir(dest):
-        old = dest + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(dest, old)
-        os.rename(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, dest)
     return written
 
 
@@ -62,8 +76,12 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m flexnpu.shim.runtime.bundle DEST", file=sys.stderr)
         return 2
-    for relative in write_bundle(argv[0]):
-        print(relative)
+    try:
+        written = write_bundle(argv[0])
+    except OSError as exc:
+        print(f"cannot install the flexnpu runtime into {argv[0]}: {exc}", file=sys.stderr)
+        return 1
+    print(f"flexnpu runtime: {len(written)} files in {argv[0]}")
     return 0
 
 
