@@ -31,6 +31,10 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_CLAIM_POD_UID: Final = f"{DOMAIN}/pod-uid"
 
+# The node daemon flexnpud: its default registration API port and the name of that port in the node pod spec.
+DAEMON_PORT: Final = 8765
+DAEMON_PORT_NAME: Final = "daemon"
+
 # The VNpuClaim custom resource.
 CRD_GROUP: Final = DOMAIN
 CRD_VERSION: Final = "v1alpha1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from flexnpu import names
 from flexnpu.errors import ConfigError
 from flexnpu.operator.core.daemons import AddressKind, parse_selector
 from flexnpu.settings import setting
@@ -19,8 +20,8 @@ class OperatorSettings:
     daemon_selector: str = setting("app.kubernetes.io/name=flexnpu,app.kubernetes.io/component=node",
                                    "labels of the flexnpu node DaemonSet's pods (key=value,...)")
     daemon_namespace: str = setting("", "namespace of the node daemon pods (empty: any)")
-    daemon_port: int = setting(8089, "flexnpud's port when its pod declares no port named daemon_port_name")
-    daemon_port_name: str = setting("flexnpud", "name of the daemon pod's container port")
+    daemon_port: int = setting(names.DAEMON_PORT, "flexnpud's port when its pod names no port daemon_port_name")
+    daemon_port_name: str = setting(names.DAEMON_PORT_NAME, "name of the daemon pod's container port")
     daemon_address: AddressKind = setting(AddressKind.POD_IP, "pod-ip, or host-ip for a daemon bound to the node")
     daemon_scheme: str = setting("http", "http or https")
     daemon_url_template: str = setting("", "static daemon URL, '{node}' replaced by the node name; "

@@ -146,7 +146,7 @@ def claim(name: str, node: str, *, npu: int = 0, aicore: int = 2, memory: int = 
             "spec": spec}
 
 
-def _emulator_class() -> Any:
+def emulator_class() -> Any:
     """kmock's emulator plus what kopf relies on and a real API server does: resourceVersion bumped on every
     write (kopf's optimistic JSON-patch tests and its consistency wait need it), generation bumped on spec
     changes, and generateName, uid and creationTimestamp filled in on create. It forgets served requests."""
@@ -206,7 +206,7 @@ async def kubernetes() -> AsyncIterator[Any]:
     import kmock
 
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    async with _emulator_class()() as kube, kmock.Server(kube):
+    async with emulator_class()() as kube, kmock.Server(kube):
         kube.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=verbs)
         kube.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
         kube.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)

@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of shared measurement (default 10)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the shares over time into FILE.png")
+    parser.add_argument("--cluster", action="store_true",
+                        help="run the whole product instead: API server emulator, extender, device plugin, operator, "
+                             "flexnpud and pods as processes (see 'flexnpu demo --cluster --help')")
     parser.add_argument("--worker", choices=("batch", "critical"), help=argparse.SUPPRESS)
     parser.add_argument("--begin", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--until", type=float, help=argparse.SUPPRESS)
@@ -259,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
+    if "--cluster" in argv:
+        from flexnpu.box.main import main as cluster_main
+
+        return cluster_main([a for a in argv if a != "--cluster"])
     args = build_parser().parse_args(list(argv))
     if args.worker:
         return _worker_main(args)

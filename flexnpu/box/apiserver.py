@@ -58,13 +58,13 @@ def serve_bindings(emulator: Any) -> None:
 async def serve(url_file: Path) -> None:
     import kmock
 
-    from flexnpu.operator.testing import _emulator_class
+    from flexnpu.operator.testing import emulator_class
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with _emulator_class()() as emulator, kmock.Server(emulator) as server:
+    async with emulator_class()() as emulator, kmock.Server(emulator) as server:
         declare_resources(emulator)
         serve_bindings(emulator)
         tmp = url_file.with_suffix(".tmp")

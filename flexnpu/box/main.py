@@ -10,11 +10,15 @@ or double-booked a card, or a malformed request crashed a component.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # kubelet restarts make gRPC log GOAWAYs; they are expected
 
 from flexnpu.box.cluster import Box, BoxConfig
 from flexnpu.box.processes import BoxError
@@ -31,6 +35,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(list(argv) if argv is not None else None)
+    if importlib.util.find_spec("kmock") is None:
+        print("flexnpu demo --cluster: the API server emulator kmock is not installed "
+              "(pip install -e '.[test]')", file=sys.stderr)
+        return 2
     if not 0.5 <= args.seconds <= 600:
         print(f"flexnpu demo --cluster: --seconds={args.seconds}: must be in 0.5..600", file=sys.stderr)
         return 2

@@ -107,11 +107,15 @@ def _authorized(header: str, token: str) -> bool:
 
 
 async def _json_body(request: web.Request) -> Any:
-    text = await request.text()
+    raw = await request.read()
     try:
-        return json.loads(text)
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValidationError("body", raw[:40].decode("utf-8", "replace"), f"is not UTF-8 ({exc.reason})") from exc
     except ValueError as exc:
-        raise ValidationError("body", text[:40], f"is not valid JSON ({exc})") from exc
+        raise ValidationError("body", raw[:40].decode("utf-8", "replace"), f"is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ValidationError("body", raw[:40].decode("utf-8", "replace"), "is nested too deeply") from exc
 
 
 async def register(request: web.Request) -> web.Response:

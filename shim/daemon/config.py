@@ -18,11 +18,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from flexnpu import names
 from flexnpu.errors import ConfigError
 from flexnpu.names import SHIM_SOCKET_DIR, SHIM_SOCKET_NAME
 from flexnpu.settings import setting
 
-DEFAULT_PORT: Final = 8765
+DEFAULT_PORT: Final = names.DAEMON_PORT
 DEFAULT_HOST: Final = "127.0.0.1"
 REGISTRATIONS_FILE: Final = "registrations.json"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -233,7 +233,9 @@ class GrantServer:
             raise GrantRefused(wire.ERR_PROTOCOL, "the first message must be 'hello'")
         flexnpu_id = str(message.get("id", ""))
         with self._lock:
-            registration = self._registrations.get(flexnpu_id)
+            registration = self._registrations.get(flexnpu_id) or self._of_pod(session.peer.pod_uid)
+            if registration is not None:
+                flexnpu_id = registration.flexnpu_id
             if registration is None or (registration.npu, registration.chip) not in self._cards:
                 raise GrantRefused(wire.ERR_UNKNOWN_REGISTRATION,
                                    f"no registration {flexnpu_id!r} on this node's cards (register it first: "
@@ -249,6 +251,13 @@ class GrantServer:
             session.send({"op": wire.OP_WELCOME, "share": share, "priority": registration.priority.value,
                           "slice_us": self.policy.slice_us, "memory_mib": registration.memory_alloc,
                           "mode": self.policy.mode})
+
+    def _of_pod(self, pod_uid: str) -> Registration | None:
+        """The one registration made for the peer's pod (Allocate names the pod; the operator names the claim)."""
+        if not pod_uid:
+            return None
+        mine = [r for r in self._registrations.values() if r.pod_uid == pod_uid]
+        return mine[0] if len(mine) == 1 else None
 
     def _handle(self, session: Session, message: Message) -> None:
         op = message.get("op")

@@ -157,6 +157,16 @@ async def test_unregister_unknown_or_bad(client: TestClient[Any, Any]) -> None:
     assert (status, reply["field"]) == (400, "body")
 
 
+@pytest.mark.parametrize(("raw", "reason"), [(b'{"flexnpu_id": "\xff"}', "not UTF-8"),
+                                             (b"[" * 5000 + b"]" * 5000, "nested too deeply")])
+async def test_undecodable_bodies_get_400_naming_the_body(client: TestClient[Any, Any], raw: bytes,
+                                                          reason: str) -> None:
+    async with client.post("/device/register", data=raw) as response:
+        status, reply = response.status, await response.json()
+    assert (status, reply["field"]) == (400, "body")
+    assert reason in reply["error"]
+
+
 async def test_unknown_paths_and_methods_get_json_errors(client: TestClient[Any, Any]) -> None:
     assert (await get(client, "/device/nothing"))[0] == 404
     status, reply = await get(client, "/device/register")

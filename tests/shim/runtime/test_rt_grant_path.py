@@ -57,6 +57,20 @@ def test_a_process_of_the_registered_pod_gets_a_grant(make_grant_server: MakeSer
     assert figures["device_time_us"] == 1500
 
 
+def test_a_pod_naming_itself_not_its_registration_is_matched_by_its_cgroup(make_grant_server: MakeServer,
+                                                                             child: ChildFactory, proc_root: Path,
+                                                                             grant_socket: str) -> None:
+    # Allocate injects the pod's namespace/name; the operator registered the claim's id with the pod's UID.
+    server = make_grant_server([registration("vnc.ns.claim-a.1234abcd", pod_uid=POD_A),
+                                registration("vnc.ns.claim-b.5678abcd", pod_uid=POD_B)])
+    rc, out = run_one_grant(child, proc_root, grant_socket, "ns/pod-b", POD_B)
+    assert rc == 0, out
+    assert server.stats()["vnc.ns.claim-b.5678abcd"]["grants"] == 1
+    assert server.stats()["vnc.ns.claim-a.1234abcd"]["grants"] == 0
+    rc, out = run_one_grant(child, proc_root, grant_socket, "ns/pod-c", None)
+    assert rc == 3 and out.startswith("refused unknown_registration"), out
+
+
 def test_a_process_of_another_pod_is_refused(make_grant_server: MakeServer, child: ChildFactory,
                                               proc_root: Path, grant_socket: str) -> None:
     server = make_grant_server([registration("a", pod_uid=POD_A)])
