@@ -35,7 +35,21 @@ class _Verdicts:
 
     seen: int = -1
     costs: dict[str, float] = field(default_factory=dict)  # fitting nodes
+    by_cost: dict[float, set[str]] = field(default_factory=dict)  # the same, grouped: few distinct costs
     refusals: dict[str, Refusal] = field(default_factory=dict)  # the others
+
+    def forget(self, name: str) -> None:
+        cost = self.costs.pop(name, None)
+        if cost is not None:
+            bucket = self.by_cost[cost]
+            bucket.discard(name)
+            if not bucket:
+                del self.by_cost[cost]
+        self.refusals.pop(name, None)
+
+    def fits(self, name: str, cost: float) -> None:
+        self.costs[name] = cost
+        self.by_cost.setdefault(cost, set()).add(name)
 
 
 @dataclass(frozen=True)
@@ -55,11 +69,14 @@ class PlacementIndex:
         self.memo = EvaluationMemo()
         self._max_shapes = max_shapes
         self._shapes: OrderedDict[PodDemand, _Verdicts] = OrderedDict()
+        # The last filter's answer: kube-scheduler's prioritize usually names exactly those nodes.
+        self._last_fits: tuple[_Verdicts, int, list[str]] | None = None
 
     def filter(self, demand: PodDemand, names: list[str]) -> FilterVerdict:
         verdicts = self._current(demand)
         costs, refusals = verdicts.costs, verdicts.refusals
         fits = [n for n in names if n in costs]
+        self._last_fits = (verdicts, verdicts.seen, fits)
         if len(fits) == len(names):
             return FilterVerdict(fits, {}, {}, [])
         failed: dict[str, str] = {}
@@ -77,18 +94,41 @@ class PlacementIndex:
         return FilterVerdict(fits, failed, unresolvable, refused)
 
     def scores(self, demand: PodDemand, names: list[str]) -> dict[str, int]:
-        """0..10 per fitting node among ``names`` (the cheapest get 10), as :func:`score_nodes` scales them.
+        """0..10 per fitting node among ``names`` (the cheapest get 10), as :func:`score_nodes` scales them."""
+        return {name: score for score, group in self.score_groups(demand, names) for name in group}
 
-        Nodes share few distinct costs (most are in one of a handful of states), so each distinct cost is scaled
-        once and the per-node work is two C-level lookups.
+    def score_groups(self, demand: PodDemand, names: list[str]) -> list[tuple[int, list[str]]]:
+        """:meth:`scores` grouped by score, without the zeros: ``[(score, node names), ...]``.
+
+        Nodes share few distinct costs (most are in one of a handful of states), so this is one set intersection
+        per distinct cost, in C, rather than Python work per node: the answer for 5,000 nodes stays well under a
+        millisecond.
         """
-        costs = self._current(demand).costs
-        mine = [c for c in map(costs.get, names) if c is not None]
-        if not mine:
-            return {}
-        best, worst = min(mine), max(mine)
-        by_cost = {c: _scale(c, best, worst) for c in set(mine)}
-        return {n: by_cost[c] for n, c in zip(names, map(costs.get, names), strict=True) if c is not None}
+        verdicts = self._current(demand)
+        by_cost = verdicts.by_cost
+        if self._every_fitting_node(verdicts, names):
+            present = list(by_cost.items())  # no per-node work at all
+        else:
+            wanted = set(names)
+            present = [(cost, hits) for cost, group in by_cost.items() if (hits := group & wanted)]
+        if not present:
+            return []
+        best, worst = min(c for c, _ in present), max(c for c, _ in present)
+        groups: dict[int, list[str]] = {}
+        for cost, hits in present:
+            score = _scale(cost, best, worst)
+            if score:
+                groups.setdefault(score, []).extend(hits)
+        return sorted(groups.items(), reverse=True)
+
+    def _every_fitting_node(self, verdicts: _Verdicts, names: list[str]) -> bool:
+        """Whether ``names`` are all the nodes that fit: the last filter's answer for this shape, nothing changed
+        since, and that answer held every fitting node. (List equality is one C-level pass, no hashing.)"""
+        if self._last_fits is None:
+            return False
+        last_verdicts, seen, fits = self._last_fits
+        return (last_verdicts is verdicts and seen == verdicts.seen and len(fits) == len(verdicts.costs)
+                and names == fits)
 
     def _current(self, demand: PodDemand) -> _Verdicts:
         shape = replace(demand, priority=Priority.NORMAL)
@@ -106,6 +146,7 @@ class PlacementIndex:
         changed = self.state.changed_since(verdicts.seen) if verdicts.seen >= 0 else None
         if changed is None:
             verdicts.costs.clear()
+            verdicts.by_cost.clear()
             verdicts.refusals.clear()
             changed = set(self.state.node_names())
         for name in changed:
@@ -114,13 +155,12 @@ class PlacementIndex:
         return verdicts
 
     def _judge(self, shape: PodDemand, name: str, node: NodeState | None, verdicts: _Verdicts) -> None:
-        verdicts.costs.pop(name, None)
-        verdicts.refusals.pop(name, None)
+        verdicts.forget(name)
         if node is None:
             return
         verdict = fit_node(shape, node)
         if isinstance(verdict, NodeFit):
-            verdicts.costs[name] = evaluate(shape, verdict, self.policy, memo=self.memo).cost
+            verdicts.fits(name, evaluate(shape, verdict, self.policy, memo=self.memo).cost)
         else:
             verdicts.refusals[name] = verdict
 

@@ -95,11 +95,11 @@ def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]
 
 
 async def _filter(service: ExtenderService, body: object) -> object:
-    return service.filter(wire.read_extender_args(body))
+    return _Encoded(wire.encode_filter_result(service.filter(wire.read_extender_args(body))))
 
 
 async def _prioritize(service: ExtenderService, body: object) -> object:
-    return _Encoded(wire.encode_host_priorities(service.prioritize(wire.read_extender_args(body))))
+    return _Encoded(wire.encode_score_groups(service.prioritize(wire.read_extender_args(body))))
 
 
 async def _bind(service: ExtenderService, body: object) -> object:

@@ -113,7 +113,8 @@ class ExtenderService:
             self._event(key, EVENT_UNSCHEDULABLE, unschedulable_message(len(names), verdict.refusals))
         return wire.filter_result(args, verdict.fits, verdict.failed, verdict.unresolvable)
 
-    def prioritize(self, args: wire.ExtenderArgs) -> wire.HostPriorityList:
+    def prioritize(self, args: wire.ExtenderArgs) -> list[tuple[int, list[str]]]:
+        """The nodes scored above 0, grouped by score: ``[(score, node names), ...]`` (see ``wire``'s encoder)."""
         pod = args["Pod"]
         names = wire.node_names_of(args)
         if interest(pod) is Interest.NONE:
@@ -122,8 +123,7 @@ class ExtenderService:
             demand = pod_demand(pod, self.units)
         except ValidationError:
             return []
-        scores = self.index.scores(demand, names)
-        return [{"Host": n, "Score": s} for n, s in scores.items() if s]
+        return self.index.score_groups(demand, names)
 
     # -- preempt ----------------------------------------------------------------------------------------------
 

@@ -179,12 +179,23 @@ def filter_result(args: ExtenderArgs, fits: list[str], failed: dict[str, str],
             "FailedAndUnresolvableNodes": unresolvable, "Error": ""}
 
 
-def encode_host_priorities(hosts: HostPriorityList) -> str:
-    """The JSON of a HostPriorityList; node names that need no escaping (all real ones) skip json.dumps."""
-    names = "".join(h["Host"] for h in hosts)
-    if not _PLAIN.fullmatch(names):
-        return json.dumps(hosts, separators=(",", ":"))
-    return "[" + ",".join([f'{{"Host":"{h["Host"]}","Score":{int(h["Score"])}}}' for h in hosts]) + "]"
+def encode_score_groups(groups: list[tuple[int, list[str]]]) -> str:
+    """The JSON of a HostPriorityList given as ``[(score, hosts), ...]``: one C-level join per score."""
+    if not all(_PLAIN.fullmatch("".join(hosts)) for _, hosts in groups):
+        return json.dumps([{"Host": h, "Score": s} for s, hosts in groups for h in hosts], separators=(",", ":"))
+    parts = ['{"Host":"' + f'","Score":{int(score)}}},{{"Host":"'.join(hosts) + f'","Score":{int(score)}}}'
+             for score, hosts in groups if hosts]
+    return "[" + ",".join(parts) + "]"
+
+
+def encode_filter_result(result: ExtenderFilterResult) -> str:
+    """The JSON of a filter answer; a long NodeNames list of plain names is joined in C, not walked by json."""
+    names = result["NodeNames"]
+    if not names or not _PLAIN.fullmatch("".join(names)):
+        return json.dumps(result, separators=(",", ":"))
+    # NodeNames precedes the string-valued maps, and a quote inside a JSON string is escaped: the first match is it.
+    rest = json.dumps({**result, "NodeNames": None}, separators=(",", ":"))
+    return rest.replace('"NodeNames":null', '"NodeNames":["' + '","'.join(names) + '"]', 1)
 
 
 def filter_error(message: str) -> ExtenderFilterResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
@@ -161,3 +162,24 @@ async def bind_one(extender: Extender, node_name: str, units: int) -> None:
     status, result = await extender.post("bind", {"PodName": body["metadata"]["name"], "PodNamespace": "default",
                                                   "PodUID": body["metadata"]["uid"], "Node": node_name})
     assert (status, result) == (200, {"Error": ""})
+
+
+@pytest.mark.parametrize("groups", [
+    [],
+    [(10, ["node-a", "node-b"]), (7, ["node-c"])],
+    [(10, ['we"ird\\node', "node-ü"]), (3, [])],  # names json must escape take the slow path
+])
+def test_score_groups_encode_as_a_host_priority_list(groups: list[tuple[int, list[str]]]) -> None:
+    from flexnpu.extender.wire import encode_score_groups
+
+    decoded = json.loads(encode_score_groups(groups))
+    assert sorted((h["Host"], h["Score"]) for h in decoded) == sorted((n, s) for s, names in groups for n in names)
+
+
+@pytest.mark.parametrize("names", [None, [], ["node-a", "node-b"], ['"NodeNames":null', "n"]])
+def test_filter_results_encode_like_json(names: list[str] | None) -> None:
+    from flexnpu.extender.wire import encode_filter_result
+
+    result = {"Nodes": None, "NodeNames": names, "FailedNodes": {"x": '"NodeNames":null'},
+              "FailedAndUnresolvableNodes": {}, "Error": ""}
+    assert json.loads(encode_filter_result(result)) == result  # type: ignore[arg-type]
