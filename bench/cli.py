@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 BENCHMARKS = {
@@ -34,6 +35,8 @@ def main(argv: list[str]) -> int:
         print(f"flexnpu bench: unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
         return 2
     try:
+        # Benchmarks restart gRPC peers on purpose; gRPC's info logs of the GOAWAYs are noise in their tables.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         module = importlib.import_module(f"flexnpu.bench.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"flexnpu.bench.{name}":
