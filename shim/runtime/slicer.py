@@ -53,6 +53,8 @@ class Slicer:
         self._inflight_cap_us = inflight_cap_us
         self._since_mark_us = 0.0
         self._mark_declared_us = 0.0
+        self._settled_declared_us = 0.0
+        self._carried_us = 0.0
         self._meter = meter
         self._clock = clock
         self._lease: Optional[Lease] = None
@@ -78,15 +80,19 @@ class Slicer:
             self._begin()
         elif self._spent(lease) or self.grants.revoked():
             self._renew(lease)
-        self._declared_us += cost_us
-        self._ops += 1
         if self._meter == METER_DECLARED:
-            self._since_mark_us += cost_us
-            if self._since_mark_us >= self._inflight_cap_us:
+            # Bound the work queued ahead of the device (what a revoke waits for) by about the cap, and never let
+            # it run dry: once half a cap has been launched since the mark, wait for the work before the mark. The
+            # half launched since then stays queued and keeps the device busy through the round trips that follow.
+            if self._since_mark_us >= self._inflight_cap_us / 2:
                 self._device.settle()
+                self._settled_declared_us = self._mark_declared_us  # the work before the mark is done now
                 self._device.mark()
                 self._mark_declared_us = self._declared_us
                 self._since_mark_us = 0.0
+            self._since_mark_us += cost_us
+        self._declared_us += cost_us
+        self._ops += 1
 
     def finish(self) -> None:
         """Stop using the device: drain, report and return the lease (wanting nothing)."""
@@ -118,6 +124,8 @@ class Slicer:
         self._device.mark()
         self._inflight_cap_us = float(lease.inflight_us) if lease.inflight_us else self._default_cap_us
         self._mark_declared_us = carried_us
+        self._settled_declared_us = 0.0
+        self._carried_us = carried_us
         self._since_mark_us = 0.0
         self._lease = lease
         self._started = self._clock()
@@ -129,8 +137,8 @@ class Slicer:
     def _spent(self, lease: Lease) -> bool:
         if lease.ops is not None:
             return self._ops >= lease.ops or self._elapsed_us() >= lease.budget_us
-        if self._meter == METER_DECLARED:
-            return self._declared_us >= lease.budget_us
+        if self._meter == METER_DECLARED:  # the budget is for work launched under this lease
+            return self._declared_us - self._carried_us >= lease.budget_us
         return self._elapsed_us() >= lease.budget_us
 
     def _renew(self, lease: Lease) -> None:
@@ -155,7 +163,7 @@ class Slicer:
     def _completed_us(self) -> float:
         """Device time of this lease known to be done after ``settle`` (the wall meter cannot tell: all of it)."""
         if self._meter == METER_DECLARED:
-            return self._mark_declared_us
+            return self._settled_declared_us
         return self._elapsed_us()
 
     def _end(self, want: bool) -> None:
