@@ -6,16 +6,34 @@ core costs tens of milliseconds, but between two pods only the node of the last 
 core's verdict (fit or refusal) and placement cost per node, and refreshes only the nodes the state's change log
 names. A request then reduces to set lookups over the names it carries. The decisions themselves are the core's
 (:func:`fit_node`, :func:`evaluate`): this module only remembers them.
+
+The fragmentation-aware policy measures fragmentation against the cluster's typical pod shapes. The index learns
+them from the pods it is asked about (the last ``history`` of them) and rebuilds the core's
+:func:`workload_stats` at most every ``stats_refresh_s`` seconds; until it has seen ``min_pods`` pods it uses the
+core's uniform view. A rebuild makes every remembered verdict stale (each shape is re-evaluated on its next
+request), hence the long interval.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 from flexnpu.extender.core.model import NodeState, PodDemand
-from flexnpu.extender.core.placement import MAX_SCORE, EvaluationMemo, NodeFit, Refusal, RefusalKind, evaluate, fit_node
+from flexnpu.extender.core.placement import (
+    MAX_SCORE,
+    EvaluationMemo,
+    NodeFit,
+    Refusal,
+    RefusalKind,
+    evaluate,
+    fit_node,
+    workload_stats,
+)
+from flexnpu.extender.core.stats import ClusterStats
 from flexnpu.extender.state import ClusterState
 from flexnpu.priority import Priority
 
@@ -23,6 +41,9 @@ from flexnpu.priority import Priority
 UNRESOLVABLE: Final = frozenset({RefusalKind.REQUEST, RefusalKind.NO_CARDS, RefusalKind.TOO_FEW_CARDS,
                                  RefusalKind.MODEL, RefusalKind.UNHEALTHY})
 DEFAULT_MAX_SHAPES: Final = 256
+DEFAULT_STATS_REFRESH_S: Final = 600.0
+DEFAULT_HISTORY: Final = 5000
+DEFAULT_MIN_PODS: Final = 100
 
 
 def no_inventory_reason(node: str) -> str:
@@ -63,14 +84,36 @@ class FilterVerdict:
 class PlacementIndex:
     """Verdicts per (shape, policy) over a :class:`ClusterState`; not thread-safe (the event loop owns it)."""
 
-    def __init__(self, state: ClusterState, policy: str, *, max_shapes: int = DEFAULT_MAX_SHAPES) -> None:
+    def __init__(self, state: ClusterState, policy: str, *, units_per_card: int = 10,
+                 max_shapes: int = DEFAULT_MAX_SHAPES, stats_refresh_s: float = DEFAULT_STATS_REFRESH_S,
+                 history: int = DEFAULT_HISTORY, min_pods: int = DEFAULT_MIN_PODS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
         self.policy = policy
         self.memo = EvaluationMemo()
+        self.stats: ClusterStats | None = None  # None: the core's uniform view
+        self._units_per_card = units_per_card
         self._max_shapes = max_shapes
+        self._stats_refresh_s = stats_refresh_s
+        self._history_size = history
+        self._min_pods = min_pods
+        self._clock = clock
+        self._history: OrderedDict[str, PodDemand] = OrderedDict()  # pod uid -> demand, newest last
+        self._history_changed = False
+        self._stats_at = clock()
         self._shapes: OrderedDict[PodDemand, _Verdicts] = OrderedDict()
         # The last filter's answer: kube-scheduler's prioritize usually names exactly those nodes.
         self._last_fits: tuple[_Verdicts, int, list[str]] | None = None
+
+    def observe(self, uid: str, demand: PodDemand) -> None:
+        """A pod the scheduler asks about: part of the workload the stats describe."""
+        if uid in self._history:
+            self._history.move_to_end(uid)
+            return
+        self._history[uid] = demand
+        self._history_changed = True
+        if len(self._history) > self._history_size:
+            self._history.popitem(last=False)
 
     def filter(self, demand: PodDemand, names: list[str]) -> FilterVerdict:
         verdicts = self._current(demand)
@@ -130,7 +173,18 @@ class PlacementIndex:
         return (last_verdicts is verdicts and seen == verdicts.seen and len(fits) == len(verdicts.costs)
                 and names == fits)
 
+    def _refresh_stats(self) -> None:
+        now = self._clock()
+        if (not self._history_changed or len(self._history) < self._min_pods
+                or now - self._stats_at < self._stats_refresh_s):
+            return
+        self.stats = workload_stats(self._history.values(), self._units_per_card, self.policy)
+        self._stats_at, self._history_changed = now, False
+        self._shapes.clear()  # every verdict was made against the old view
+        self.memo.clear()
+
     def _current(self, demand: PodDemand) -> _Verdicts:
+        self._refresh_stats()
         shape = replace(demand, priority=Priority.NORMAL)
         verdicts = self._shapes.get(shape)
         if verdicts is None:
@@ -160,7 +214,7 @@ class PlacementIndex:
             return
         verdict = fit_node(shape, node)
         if isinstance(verdict, NodeFit):
-            verdicts.fits(name, evaluate(shape, verdict, self.policy, memo=self.memo).cost)
+            verdicts.fits(name, evaluate(shape, verdict, self.policy, self.stats, memo=self.memo).cost)
         else:
             verdicts.refusals[name] = verdict
 

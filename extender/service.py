@@ -82,7 +82,7 @@ class ExtenderService:
         self.writer = writer
         self.policy = policy
         self.units = units or UnitsConfig()
-        self.index = PlacementIndex(state, policy)
+        self.index = PlacementIndex(state, policy, units_per_card=self.units.units_per_card)
         self.leadership: Leadership = leadership or SoleReplica()
         self.identity = identity
         self.counters = Counters()
@@ -108,6 +108,7 @@ class ExtenderService:
             self._event(key, EVENT_INVALID, str(exc))
             return wire.filter_result(args, [], {}, dict.fromkeys(names, str(exc)))
         self._remember(key, pod)
+        self.index.observe(key.uid, demand)
         verdict = self.index.filter(demand, names)
         if not verdict.fits and names:
             self._event(key, EVENT_UNSCHEDULABLE, unschedulable_message(len(names), verdict.refusals))
@@ -191,7 +192,7 @@ class ExtenderService:
             if state is None:
                 return self._refuse(key, EVENT_BIND_REFUSED, f"node {node}: has no flexnpu cards")
             try:
-                assignments = choose(demand, state, self.policy, memo=self.index.memo)
+                assignments = choose(demand, state, self.policy, self.index.stats, memo=self.index.memo)
                 self.state.reserve(key, node, assignments, demand.priority.rank)
                 return assignments
             except PlacementError as exc:
