@@ -15,6 +15,7 @@ Baselines ``bestfit`` and ``fgd`` are our own implementations of the paper's Bes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import multiprocessing
@@ -23,7 +24,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -239,11 +240,18 @@ def main(argv: list[str]) -> int:
         return 2
     tasks = [(data_dir, t, p, s) for t in traces for p in policies for s in seeds]
     started = time.perf_counter()
-    if args.workers > 1 and len(tasks) > 1:
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            outcomes = pool.map(run_one, tasks, chunksize=1)
-    else:
-        outcomes = [run_one(t) for t in tasks]
+    outcomes = []
+    with contextlib.ExitStack() as stack:
+        if args.workers > 1 and len(tasks) > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(args.workers))
+            runs: Iterable[Any] = pool.imap(run_one, tasks, chunksize=1)
+        else:
+            runs = map(run_one, tasks)
+        for done, ((_, trace, policy, seed), outcome) in enumerate(zip(tasks, runs, strict=True), 1):
+            outcomes.append(outcome)
+            # Progress on stderr: the JSON or the table on stdout stays clean.
+            print(f"[{done}/{len(tasks)}] {trace} {policy} seed {seed} "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     result = _summary(outcomes, traces, policies, seeds)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     emit("placement", result, _table(result), args)

@@ -219,7 +219,9 @@ def render(result: dict[str, Any]) -> str:
     head = (f"flexnpu demo: {result['card']}, {result['measured_seconds']} s measured (real time; shares are the "
             f"simulated NPU's ground truth), card busy {result['card_busy']:.1%}")
     tail = (f"critical tenant p99 {critical['p99_ms']:.2f} ms shared vs {critical['solo_p99_ms']:.2f} ms solo "
-            f"({critical['p99_ms'] / max(1e-9, critical['solo_p99_ms']):.2f}x)")
+            f"({critical['p99_ms'] / max(1e-9, critical['solo_p99_ms']):.2f}x); the device does not preempt, so a "
+            f"step waits for the batch kernel in flight (up to {max(BATCH_KERNELS_US) / 1000:g} ms here) and for "
+            f"this machine's process wake-ups. 'flexnpu bench priority' measures the tail in virtual time.")
     return "\n".join([head, verdict, "", *lines, "", tail])
 
 
