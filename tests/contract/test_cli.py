@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,20 @@ def test_bench_lists_every_benchmark(capsys: pytest.CaptureFixture[str]) -> None
                  "operator"):
         assert name in out
     assert main(["bench", "nope"]) == 2
+
+
+def test_python_started_at_the_repository_root_keeps_the_stdlib_operator() -> None:
+    # `python -m venv` (and any -m or -c) puts the working directory first on sys.path; a root folder named
+    # `operator` would then replace the standard library's before `collections` is imported.
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-S", "-c", "import collections, operator; print(operator.eq(1, 1))"],
+                          capture_output=True, text=True, timeout=60, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
+def test_demo_cluster_runs_the_cluster_in_a_box(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--cluster", "--help"])
+    assert exit_info.value.code == 0
+    assert "flexnpu demo --cluster" in capsys.readouterr().out
