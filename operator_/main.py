@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import kopf
@@ -26,6 +27,7 @@ from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.operator")
 PEERING_NAME = "flexnpu"
+_RANDOM = random.SystemRandom()
 
 
 def parser(prog: str = "flexnpu operator") -> argparse.ArgumentParser:
@@ -37,7 +39,9 @@ def parser(prog: str = "flexnpu operator") -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="no peering: ignore other replicas")
     p.add_argument("--peering", default=None, metavar="NAME",
                    help=f"kopf peering object to coordinate replicas (default: {PEERING_NAME}, used if present)")
-    p.add_argument("--priority", type=int, default=None, help="peering priority of this replica")
+    p.add_argument("--priority", type=int, default=None,
+                   help="peering priority of this replica (default with --peering: a random one, so that replicas "
+                        "differ: kopf freezes replicas of equal priority)")
     p.add_argument("--liveness", default=None, metavar="URL", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--log-format", choices=[f.name.lower() for f in kopf.LogFormat], default="full",
                    help="kopf's log format (json for structured logs)")
@@ -69,10 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug, quiet=args.quiet,
                    log_format=kopf.LogFormat[args.log_format.upper()])
     log.info("settings: %s", describe(settings))
+    priority = replica_priority(args.priority, args.peering, args.standalone)
+    if priority is not None:
+        log.info("peering %r with priority %d: the replica of highest priority handles claims", args.peering, priority)
     kopf.run(registry=build_registry(Runtime(settings)), settings=kopf_settings(peering=args.peering),
-             standalone=args.standalone or None, priority=args.priority, peering_name=args.peering,
+             standalone=args.standalone or None, priority=priority, peering_name=args.peering,
              liveness_endpoint=args.liveness, clusterwide=not args.namespace, namespaces=args.namespace)
     return 0
+
+
+def replica_priority(given: int | None, peering: str | None, standalone: bool,
+                     draw: Callable[[int, int], int] = _RANDOM.randint) -> int | None:
+    """The peering priority: the one given, else a random one when peering (kopf pauses every replica when two
+    share the highest priority, so replicas of one Deployment must differ), else kopf's default."""
+    if given is not None or standalone or peering is None:
+        return given
+    return draw(1, 1_000_000)
 
 
 def kopf_settings(*, peering: str | None = None) -> kopf.OperatorSettings:

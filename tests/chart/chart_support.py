@@ -42,7 +42,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "extender": {"replicas": 3, "policy": "binpack", "port": 9000},
     "scheduler": {"mode": "second", "replicas": 2, "schedulerName": "npu-scheduler",
                   "image": {"tag": "v1.30.6"}, "extender": {"nodeCacheCapable": False, "ignorable": True}},
-    "operator": {"resyncSeconds": 10},
+    "operator": {"resyncSeconds": 10, "replicas": 2},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
 }
 

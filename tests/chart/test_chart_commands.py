@@ -63,3 +63,19 @@ def test_operator_settings_from_the_rendered_env(manifests_name: str, request: p
     assert selector.items() <= pod_labels.items()
     host_network = daemonset["spec"]["template"]["spec"]["hostNetwork"]
     assert settings.daemon_address.value == ("host-ip" if host_network else "pod-ip")
+
+
+def test_operator_replicas_peer_through_one_cluster_peering(default_manifests: list[Manifest],
+                                                            custom_manifests: list[Manifest]) -> None:
+    single = containers(only(default_manifests, "Deployment", "operator"))["operator"]["args"]
+    assert "--standalone" in single and not [m for m in default_manifests if m["kind"] == "ClusterKopfPeering"]
+    deployment = only(custom_manifests, "Deployment", "operator")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = containers(deployment)["operator"]["args"]
+    assert "--standalone" not in args
+    peering = only(custom_manifests, "ClusterKopfPeering")
+    assert f"--peering={peering['metadata']['name']}" in args
+    assert operator_main.parser().parse_args(args[1:]).peering == peering["metadata"]["name"]
+    role = only(custom_manifests, "ClusterRole", "operator")
+    assert {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
+            "verbs": ["get", "list", "watch", "patch"]} in role["rules"]

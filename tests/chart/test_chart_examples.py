@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import pytest
-from chart_support import EXAMPLES_DIR, KUBE_VERSIONS, Manifest, load_yaml_docs, only
+from chart_support import EXAMPLES_DIR, KUBE_VERSIONS, Manifest, load_yaml_docs
 
 from flexnpu import names
 from flexnpu.cards import CARD_MODELS
@@ -41,7 +41,8 @@ def test_all_examples_are_present() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_examples_are_valid(path: Path, kube_version: str, chart_crds: list[Manifest]) -> None:
-    crd_schema = only(chart_crds, "CustomResourceDefinition")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    claim_crd = next(c for c in chart_crds if c["metadata"]["name"] == names.CRD_NAME)
+    crd_schema = claim_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for doc in load_yaml_docs(path):
         if doc["kind"] == names.CRD_KIND:
             # Our own kind: kubernetes-validate has no schema for it, so check it against the chart's CRD.

@@ -1,8 +1,9 @@
 """Rendered manifests are valid Kubernetes objects for every cluster version the chart supports.
 
 kubernetes-validate checks each object against the OpenAPI schema of the core Kubernetes API (strict: unknown
-fields are errors). The ServiceMonitor belongs to the Prometheus Operator, whose schema it does not ship: that kind
-alone is skipped, by name, and the test asserts the skip happened only for it.
+fields are errors). The ServiceMonitor belongs to the Prometheus Operator and the ClusterKopfPeering to kopf, whose
+schemas it does not ship: those kinds alone are skipped, by name, and the test asserts the skip happened only for
+them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from chart_support import KUBE_VERSIONS, NAMESPACE, Manifest, Render, find, only
 
 from flexnpu import names
 
-NOT_IN_KUBERNETES_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+NOT_IN_KUBERNETES_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("kopf.dev/v1", "ClusterKopfPeering")}
 WORKLOADS = ("Deployment", "DaemonSet")
 
 
@@ -45,9 +46,9 @@ def test_non_default_render_is_valid(custom_manifests: list[Manifest], kube_vers
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_crd_is_valid_and_names_the_claim(chart_crds: list[Manifest], kube_version: str) -> None:
-    crd = only(chart_crds, "CustomResourceDefinition")
-    kubernetes_validate.validate(crd, kube_version, strict=True)
-    assert crd["metadata"]["name"] == names.CRD_NAME
+    for crd in chart_crds:
+        kubernetes_validate.validate(crd, kube_version, strict=True)
+    crd = next(c for c in chart_crds if c["metadata"]["name"] == names.CRD_NAME)
     assert crd["spec"]["names"]["kind"] == names.CRD_KIND
     assert names.CRD_SHORT_NAME in crd["spec"]["names"]["shortNames"]
 

@@ -48,3 +48,15 @@ def test_token_file_is_read_each_time(tmp_path: Path) -> None:
     assert settings.token() == "one"
     token.write_text("two", encoding="utf-8")
     assert settings.token() == "two"
+
+
+@pytest.mark.parametrize(("given", "peering", "standalone", "expected"), [
+    (None, "flexnpu", False, 7),  # peering: drawn, so that replicas of one Deployment differ
+    (5, "flexnpu", False, 5),  # given: kept
+    (None, None, True, None),  # standalone: kopf's default
+    (None, None, False, None),  # no peering name: kopf's default
+])
+def test_replica_priority(given: int | None, peering: str | None, standalone: bool, expected: int | None) -> None:
+    from flexnpu.operator.main import replica_priority
+
+    assert replica_priority(given, peering, standalone, draw=lambda low, high: 7) == expected
