@@ -58,6 +58,8 @@ class _Verdicts:
     costs: dict[str, float] = field(default_factory=dict)  # fitting nodes
     by_cost: dict[float, set[str]] = field(default_factory=dict)  # the same, grouped: few distinct costs
     refusals: dict[str, Refusal] = field(default_factory=dict)  # the others
+    failed: dict[str, str] = field(default_factory=dict)  # their reasons, as filter answers them
+    unresolvable: dict[str, str] = field(default_factory=dict)
 
     def forget(self, name: str) -> None:
         cost = self.costs.pop(name, None)
@@ -66,11 +68,21 @@ class _Verdicts:
             bucket.discard(name)
             if not bucket:
                 del self.by_cost[cost]
-        self.refusals.pop(name, None)
+        if self.refusals.pop(name, None) is not None:
+            self.failed.pop(name, None)
+            self.unresolvable.pop(name, None)
 
     def fits(self, name: str, cost: float) -> None:
         self.costs[name] = cost
         self.by_cost.setdefault(cost, set()).add(name)
+
+    def refuse(self, name: str, refusal: Refusal) -> None:
+        self.refusals[name] = refusal
+        (self.unresolvable if refusal.kind in UNRESOLVABLE else self.failed)[name] = refusal.reason
+
+    def clear(self) -> None:
+        for part in (self.costs, self.by_cost, self.refusals, self.failed, self.unresolvable):
+            part.clear()
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,10 @@ class PlacementIndex:
         self._stats_at = clock()
         self._shapes: OrderedDict[PodDemand, _Verdicts] = OrderedDict()
         # The last filter's answer: kube-scheduler's prioritize usually names exactly those nodes.
-        self._last_fits: tuple[_Verdicts, int, list[str]] | None = None
+        # (verdicts, their sequence then, the nodes answered, whether those were every fitting node then)
+        self._last_fits: tuple[_Verdicts, int, list[str], bool] | None = None
+        # A request naming every node (the usual case) as a list seen before, and the membership it was checked at.
+        self._every_node: tuple[list[str], int] | None = None
 
     def observe(self, uid: str, demand: PodDemand) -> None:
         """A pod the scheduler asks about: part of the workload the stats describe."""
@@ -118,8 +133,14 @@ class PlacementIndex:
     def filter(self, demand: PodDemand, names: list[str]) -> FilterVerdict:
         verdicts = self._current(demand)
         costs, refusals = verdicts.costs, verdicts.refusals
+        if self._names_every_node(names):
+            # The verdicts already are the answer: copy them (C-level), no per-node work.
+            fits = list(costs)
+            self._last_fits = (verdicts, verdicts.seen, fits, True)
+            return FilterVerdict(fits, dict(verdicts.failed), dict(verdicts.unresolvable),
+                                 [] if fits else list(refusals.values()))
         fits = [n for n in names if n in costs]
-        self._last_fits = (verdicts, verdicts.seen, fits)
+        self._last_fits = (verdicts, verdicts.seen, fits, len(fits) == len(costs))
         if len(fits) == len(names):
             return FilterVerdict(fits, {}, {}, [])
         failed: dict[str, str] = {}
@@ -136,6 +157,18 @@ class PlacementIndex:
             (unresolvable if refusal.kind in UNRESOLVABLE else failed)[name] = refusal.reason
         return FilterVerdict(fits, failed, unresolvable, refused)
 
+    def _names_every_node(self, names: list[str]) -> bool:
+        """Whether ``names`` are exactly the cluster's nodes. kube-scheduler sends the same list pod after pod:
+        it is checked against the state once, then recognised by list equality (one C-level pass, no hashing)."""
+        membership = self.state.membership
+        cached = self._every_node
+        if cached is not None and cached[1] == membership and len(names) == len(cached[0]) and names == cached[0]:
+            return True
+        if len(names) != len(self.state.node_names()) or set(names) != set(self.state.node_names()):
+            return False
+        self._every_node = (names, membership)
+        return True
+
     def scores(self, demand: PodDemand, names: list[str]) -> dict[str, int]:
         """0..10 per fitting node among ``names`` (the cheapest get 10), as :func:`score_nodes` scales them."""
         return {name: score for score, group in self.score_groups(demand, names) for name in group}
@@ -148,12 +181,10 @@ class PlacementIndex:
         millisecond.
         """
         verdicts = self._current(demand)
-        by_cost = verdicts.by_cost
-        if self._every_fitting_node(verdicts, names):
-            present = list(by_cost.items())  # no per-node work at all
-        else:
+        present = self._groups_of_last_filter(verdicts, names)
+        if present is None:
             wanted = set(names)
-            present = [(cost, hits) for cost, group in by_cost.items() if (hits := group & wanted)]
+            present = [(cost, hits) for cost, group in verdicts.by_cost.items() if (hits := group & wanted)]
         if not present:
             return []
         best, worst = min(c for c, _ in present), max(c for c, _ in present)
@@ -164,14 +195,27 @@ class PlacementIndex:
                 groups.setdefault(score, []).extend(hits)
         return sorted(groups.items(), reverse=True)
 
-    def _every_fitting_node(self, verdicts: _Verdicts, names: list[str]) -> bool:
-        """Whether ``names`` are all the nodes that fit: the last filter's answer for this shape, nothing changed
-        since, and that answer held every fitting node. (List equality is one C-level pass, no hashing.)"""
-        if self._last_fits is None:
-            return False
-        last_verdicts, seen, fits = self._last_fits
-        return (last_verdicts is verdicts and seen == verdicts.seen and len(fits) == len(verdicts.costs)
-                and names == fits)
+    def _groups_of_last_filter(self, verdicts: _Verdicts, names: list[str]) -> list[tuple[float, set[str]]] | None:
+        """The cost groups restricted to ``names`` without per-node work, when ``names`` is the last filter's
+        answer for this shape and that answer held every node that fitted then (the usual prioritize). Nodes that
+        stopped fitting since are gone from the groups already; nodes that started to fit since (they are among
+        the state's changes) are taken out. None: not that case."""
+        last = self._last_fits
+        if last is None:
+            return None
+        last_verdicts, seen, fits, complete = last
+        if last_verdicts is not verdicts or not complete or len(names) != len(fits) or names != fits:
+            return None
+        if seen == verdicts.seen:
+            return list(verdicts.by_cost.items())
+        changed = self.state.changed_since(seen)
+        if changed is None:
+            return None
+        answered = set(fits)
+        newcomers = {n for n in changed if n in verdicts.costs and n not in answered}
+        if not newcomers:
+            return list(verdicts.by_cost.items())
+        return [(cost, rest) for cost, group in verdicts.by_cost.items() if (rest := group - newcomers)]
 
     def _refresh_stats(self) -> None:
         now = self._clock()
@@ -199,9 +243,7 @@ class PlacementIndex:
             return verdicts
         changed = self.state.changed_since(verdicts.seen) if verdicts.seen >= 0 else None
         if changed is None:
-            verdicts.costs.clear()
-            verdicts.by_cost.clear()
-            verdicts.refusals.clear()
+            verdicts.clear()
             changed = set(self.state.node_names())
         for name in changed:
             self._judge(shape, name, self.state.node(name), verdicts)
@@ -216,7 +258,7 @@ class PlacementIndex:
         if isinstance(verdict, NodeFit):
             verdicts.fits(name, evaluate(shape, verdict, self.policy, self.stats, memo=self.memo).cost)
         else:
-            verdicts.refusals[name] = verdict
+            verdicts.refuse(name, verdict)
 
 
 def _scale(cost: float, best: float, worst: float) -> int:

@@ -56,6 +56,7 @@ class ClusterState:
         self._on_node: dict[str, set[str]] = {}  # node -> pod uids
         self._log: list[str] = []
         self._log_base = 0  # sequence number of _log[0]
+        self._membership = 0  # grows when a node appears or goes
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -63,6 +64,11 @@ class ClusterState:
     def sequence(self) -> int:
         """Grows by one with every change of any node; a cache that saw sequence s refreshes changed_since(s)."""
         return self._log_base + len(self._log)
+
+    @property
+    def membership(self) -> int:
+        """Grows by one whenever a node appears or goes (not when one changes)."""
+        return self._membership
 
     def changed_since(self, sequence: int) -> set[str] | None:
         """Names of nodes changed after ``sequence``; None when the log no longer reaches back that far."""
@@ -214,6 +220,7 @@ class ClusterState:
     def _drop_node(self, name: str) -> None:
         self._inventories.pop(name, None)
         if self._nodes.pop(name, None) is not None:
+            self._membership += 1
             self._changed(name)
 
     def _rebuild(self, name: str) -> None:
@@ -221,6 +228,8 @@ class ClusterState:
         if inventory is None:
             return
         assignments = [a for uid in self._on_node.get(name, ()) for a in self._holdings[uid].assignments]
+        if name not in self._nodes:
+            self._membership += 1
         self._nodes[name] = node_state(name, inventory, assignments)
         self._changed(name)
 
