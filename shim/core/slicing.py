@@ -29,6 +29,10 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
   a sliding window of ``window_us`` (default 1 s): a tenant is *entitled* while the device time charged to it in
   the last ``window_us`` is below ``rate * window_us``. Each release (and extension) charges the ``used_us`` it
   reports, stamped at ``now - used_us`` (when that use began).
+- A holding ends after its budget by the work still in flight (the last kernel cannot be cut). The scheduler
+  learns each tenant's typical overrun (a running mean over its last holdings) and counts it against what the
+  tenant is owed, so a tenant at its cap is let in only when the overrun fits; if nobody is owed more than its
+  overrun, those still under their share are served anyway rather than idling the card.
 - Entitled tenants are served first: higher priority first, then the one owed most per unit of
   ``aicore_alloc`` (so equals interleave slice by slice). A grant lasts ``slice_us``, shortened to what the
   tenant is still owed in the window (but not below a quarter slice) so that a cap is not overshot.
@@ -161,6 +165,9 @@ class _State:
     bonus: bool = False  # the current grant was handed out of idle time, not charged to the bucket
     grant_round: int = -1  # ops mode: the round of the current grant, whose ops are reserved at grant time
     granted_ops: int = 0
+    budget_given: int = 0  # share mode: budget handed out in the current holding (grant plus extensions)
+    budget_used: int = 0  # device time charged in the current holding
+    overrun_us: float = 0.0  # typical device time used past a holding's budget (in-flight work, the last kernel)
 
     @property
     def rank(self) -> int:
@@ -213,6 +220,9 @@ class CardScheduler:
         self._advance(now_us)
         state = self._state(tenant_id)
         self._charge(state, used_us)
+        if self.policy.mode == "share" and tenant_id in self._holders and not state.bonus and state.budget_given:
+            overrun = max(0, state.budget_used - state.budget_given)
+            state.overrun_us += (overrun - state.overrun_us) / 4  # a running mean over the last few holdings
         if tenant_id in self._holders and state.grant_round == self._round:
             state.ops_left = max(0, state.granted_ops - max(0, ops_used))
         state.wants = still_wants
@@ -233,7 +243,7 @@ class CardScheduler:
         if pick is None or pick[0] is not state:
             return None
         state.bonus = pick[1]
-        return Grant(tenant_id, self._budget(state))
+        return self._hand_out(state)
 
     def decide(self, now_us: int) -> Decision:
         """Whom to grant now if the card is free, whom to revoke, when to call again."""
@@ -275,14 +285,24 @@ class CardScheduler:
             return Decision(wake_at_us=self._next_entitled_us(above_rank=-1))
         state, bonus = pick
         state.bonus = bonus
+        state.budget_given = state.budget_used = 0
         self._holders.add(state.tenant.tenant_id)
-        return Decision(grant=Grant(state.tenant.tenant_id, self._budget(state)))
+        return Decision(grant=self._hand_out(state))
+
+    def _hand_out(self, state: _State) -> Grant:
+        budget = self._budget(state)
+        state.budget_given += budget
+        return Grant(state.tenant.tenant_id, budget)
 
     def _pick_share(self, exclude_holder: bool) -> tuple[_State, bool] | None:
         """The tenant to serve next and whether it would run on a bonus grant."""
         waiting = [s for s in self._states.values()
                    if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)]
         entitled = [s for s in waiting if self._owed(s) > 0]
+        if not entitled:
+            # Nobody is owed more than its typical overrun: rather than idle the card, serve those still under
+            # their share at all (what a cap allows), most owed first.
+            entitled = [s for s in waiting if self._owed(s) + s.overrun_us > 0]
         if entitled:
             return max(entitled, key=lambda s: (s.rank, self._owed(s) / s.weight, s.tenant.tenant_id)), False
         if self.policy.share_in_idle and waiting:
@@ -357,6 +377,7 @@ class CardScheduler:
 
     def _charge(self, state: _State, used_us: int) -> None:
         used = max(0, used_us)
+        state.budget_used += used
         if not state.bonus and used:
             # Stamped when the use began: a window then never holds more than its own length of charges, so
             # tenants whose shares fill the card are never all over their caps at once (no idle at 100%).
@@ -365,7 +386,9 @@ class CardScheduler:
         state.vtime += used / state.weight
 
     def _owed(self, state: _State) -> float:
-        return self._rate(state) * self.policy.window_us - state.window_used
+        # Less the tenant's typical overrun: a holding ends after its budget by the work in flight, so a tenant
+        # let in with less owed than that would pass its share on every visit to the card.
+        return self._rate(state) * self.policy.window_us - state.window_used - state.overrun_us
 
     def _min_vtime(self, exclude: str | None = None) -> float:
         active = [s.vtime for s in self._states.values()

@@ -322,3 +322,19 @@ def test_no_grant_ever_goes_to_an_unknown_tenant(steps: list[tuple[str, int, int
             assert decision.revoke is None or decision.revoke in known
         assert sched.holders <= known
         assert len(sched.holders) <= 1
+
+
+
+def test_a_tenant_that_overran_its_budget_is_let_in_that_much_later() -> None:
+    # A holding ends after its budget by the work in flight; the scheduler learns that overrun (a running mean)
+    # and counts it against what the tenant is owed, so that a capped tenant does not pass its share each visit.
+    sched = card(policy(), ("a", 2, NORMAL))
+    grant = sched.decide(0).grant
+    assert grant is not None
+    used = grant.budget_us + 4000
+    sched.release("a", used, used, still_wants=True)
+    assert sched.owed_us("a") == pytest.approx(0.2 * WINDOW - used - 4000 / 4)
+    grant = sched.decide(used).grant
+    assert grant is not None
+    sched.release("a", grant.budget_us, used + grant.budget_us, still_wants=True)  # on budget: less held back
+    assert sched.owed_us("a") == pytest.approx(0.2 * WINDOW - used - grant.budget_us - 4000 * 3 / 16)
