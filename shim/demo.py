@@ -15,6 +15,7 @@ batch tenants split the rest 2:8. Every child process is stopped on exit, on err
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import signal
@@ -291,9 +292,12 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _check_plot_target(path: str) -> None:
+    """Fail before the run, not after it: the directory must exist and matplotlib must be installed."""
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise SystemExit(f"flexnpu demo: --plot={path}: directory {parent} does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("flexnpu demo: --plot needs matplotlib (pip install 'flexnpu[plot]')")
 
 
 def _worker_main(args: argparse.Namespace) -> int:
