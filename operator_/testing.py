@@ -68,6 +68,8 @@ class DaemonProcess:
         if fresh_state:
             self._generation += 1
         state_dir = self.workdir / f"{self.node}-state-{self._generation}"
+        if fresh_state and state_dir.exists():
+            raise RuntimeError(f"state directory {state_dir} is not fresh")
         log = (self.workdir / f"{self.node}.log").open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "flexnpu.cli", "daemon", "--config", str(self._config(state_dir))],

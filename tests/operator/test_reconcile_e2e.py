@@ -78,8 +78,9 @@ async def test_repairs_a_daemon_that_restarted_empty_and_drift(kube: Any, node: 
         flexnpu_id = status_of(kube, "serve")["flexnpuId"]
 
         await node.stop()
-        await node.start(fresh_state=True)  # the node lost its state: the daemon comes back empty
-        assert flexnpu_id not in await node.registrations()
+        # The node lost its state: the daemon starts from a directory that did not exist, so whatever it holds
+        # from now on the operator's re-check registered again (asserting the empty moment itself would race it).
+        await node.start(fresh_state=True)
         await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3), "re-registered after restart")
 
         changed = {"flexnpu_id": flexnpu_id, "entity": "x", "npu": 1, "chip": 0, "aicore_alloc": 1,
