@@ -9,6 +9,8 @@ Everything runs as real processes on the simulated node (``flexnpu simnpu`` + ``
   the client above hammers it (the worst case: a grant every few tens of µs) and (b) under the demo's load (two
   batch tenants and a latency-critical one, 2 ms slices). Target <= 5% of a core (XSched: 18% on 910B).
 - framing: the cost per message of the newline-JSON protocol against fixed struct frames, measured in-process.
+- the machine's floor: the same number of round trips of a 64-byte message between two Python processes over a
+  unix socket pair, with no flexnpu code at all (an echo). No Python grant path can beat it on that machine.
 
 Real time on a shared 2-core machine: the tail moves with the machine's other load.
 """
@@ -18,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +67,37 @@ def round_trip_worker(rounds: int, out: Path) -> None:
     client.release(0)
     client.close()
     out.write_text(json.dumps({"release_want_grant": cycles, "ping": pings, "extend": extends}), encoding="utf-8")
+
+
+ECHO = """
+import os, socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    data = sock.recv(4096)
+    if not data:
+        break
+    sock.sendall(data)
+"""
+
+
+def socket_floor(rounds: int) -> dict[str, float]:
+    """Round trips of 64 bytes to an echo process over a unix socket pair: the platform's floor, in µs."""
+    mine, theirs = socket.socketpair()
+    echo = subprocess.Popen([sys.executable, "-S", "-c", ECHO, str(theirs.fileno())], pass_fds=[theirs.fileno()])
+    theirs.close()
+    payload, samples = b"x" * 64, []
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            mine.sendall(payload)
+            received = 0
+            while received < len(payload):
+                received += len(mine.recv(4096))
+            samples.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        mine.close()
+        echo.wait(timeout=10)
+    return _percentiles(samples)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -161,12 +196,15 @@ def main(argv: Sequence[str]) -> int:
         print("flexnpu bench grant: --rounds must be in 10..1000000 and --seconds in 1..120", file=sys.stderr)
         return 2
     trips = measure_round_trips(rounds)
+    floor = socket_floor(rounds)
     loads = [measure_demo_load(seconds, slice_us) for slice_us in (2000, 5000)]
     framing = framing_cost()
     rows: list[list[object]] = [
         [name, trips[key]["p50_us"], trips[key]["p99_us"], trips[key]["max_us"]]
         for name, key in (("release+want -> grant", "release_want_grant"), ("extend (renew, no drain)", "extend"),
-                          ("ping (socket floor)", "ping"))]
+                          ("ping (through flexnpud, no scheduling)", "ping"))]
+    rows.append(["machine floor: echo between two Python processes", floor["p50_us"], floor["p99_us"],
+                 floor["max_us"]])
     cpu_rows: list[list[object]] = [
         ["hammered by one client (grant every round trip)", f"{trips['daemon_cpu_core_fraction']:.1%}"]]
     cpu_rows += [[f"demo load, {load['slice_us'] // 1000} ms slices ({load['grants_per_s']:.0f} batch grants/s)",
@@ -179,7 +217,8 @@ def main(argv: Sequence[str]) -> int:
             ["newline JSON (used)", framing["json_us"], framing["json_bytes"]],
             ["struct frame", framing["struct_us"], framing["struct_bytes"]]]),
     ])
-    emit("grant", {"clock": "real time", "round_trips": trips, "demo_load": loads, "framing": framing,
+    emit("grant", {"clock": "real time", "round_trips": trips, "machine_floor": floor, "demo_load": loads,
+                   "framing": framing,
                    "targets": {"p99_us": 100, "daemon_cpu_core_fraction": 0.05}}, table, args)
     return 0
 

@@ -296,17 +296,19 @@ class CardScheduler:
 
     def _pick_share(self, exclude_holder: bool) -> tuple[_State, bool] | None:
         """The tenant to serve next and whether it would run on a bonus grant."""
-        waiting = [s for s in self._states.values()
+        busy = self._busy_weight()
+        waiting = [(s, self._owed(s, busy)) for s in self._states.values()
                    if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)]
-        entitled = [s for s in waiting if self._owed(s) > 0]
+        entitled = [(s, owed) for s, owed in waiting if owed > 0]
         if not entitled:
             # Nobody is owed more than its typical overrun: rather than idle the card, serve those still under
             # their share at all (what a cap allows), most owed first.
-            entitled = [s for s in waiting if self._owed(s) + s.overrun_us > 0]
+            entitled = [(s, owed) for s, owed in waiting if owed + s.overrun_us > 0]
         if entitled:
-            return max(entitled, key=lambda s: (s.rank, self._owed(s) / s.weight, s.tenant.tenant_id)), False
+            best = max(entitled, key=lambda pair: (pair[0].rank, pair[1] / pair[0].weight, pair[0].tenant.tenant_id))
+            return best[0], False
         if self.policy.share_in_idle and waiting:
-            return min(waiting, key=lambda s: (-s.rank, s.vtime, s.tenant.tenant_id)), True
+            return min((s for s, _ in waiting), key=lambda s: (-s.rank, s.vtime, s.tenant.tenant_id)), True
         return None
 
     def _budget(self, state: _State) -> int:
@@ -317,23 +319,25 @@ class CardScheduler:
         return max(shortest, min(self.policy.slice_us, math.ceil(self._owed(state))))
 
     def _should_revoke(self, holder: _State) -> bool:
+        busy = self._busy_weight()
         for state in self._states.values():
             if state is holder or not state.wants:
                 continue
-            if self._owed(state) > 0 and (state.rank > holder.rank or holder.bonus):
+            if (state.rank > holder.rank or holder.bonus) and self._owed(state, busy) > 0:
                 return True
         return False
 
     def _next_entitled_us(self, above_rank: int) -> int | None:
         """When the first waiting tenant of rank > ``above_rank`` becomes entitled, if any is not yet."""
-        times = [self._entitled_again_us(s) for s in self._states.values()
+        busy = self._busy_weight()
+        times = [self._entitled_again_us(s, busy) for s in self._states.values()
                  if s.wants and s.rank > above_rank and s.tenant.tenant_id not in self._holders
-                 and self._owed(s) <= 0]
+                 and self._owed(s, busy) <= 0]
         return min(times) if times else None
 
-    def _entitled_again_us(self, state: _State) -> int:
+    def _entitled_again_us(self, state: _State, busy: int) -> int:
         """When enough of the tenant's charges leave the window for it to be owed time again."""
-        excess = -self._owed(state)
+        excess = -self._owed(state, busy)
         for when, used in state.charges:
             excess -= used
             if excess < 0:
@@ -370,9 +374,17 @@ class CardScheduler:
             for state in self._states.values():
                 state.ops_left = state.tenant.aicore_alloc
 
-    def _rate(self, state: _State) -> float:
-        busy = sum(s.weight for s in self._states.values()
-                   if s.wants or s.tenant.tenant_id in self._holders or s is state)
+    def _busy_weight(self) -> int:
+        """The summed weight of the tenants that want the card or hold it."""
+        return sum(s.tenant.aicore_alloc for s in self._states.values()
+                   if s.wants or s.tenant.tenant_id in self._holders)
+
+    def _rate(self, state: _State, busy: int | None = None) -> float:
+        """The tenant's fraction of the card when the tenants of summed weight ``busy`` (and it) want it."""
+        if busy is None:
+            busy = self._busy_weight()
+        if not (state.wants or state.tenant.tenant_id in self._holders):
+            busy += state.weight
         return state.weight / max(self.policy.quota, busy)
 
     def _charge(self, state: _State, used_us: int) -> None:
@@ -385,10 +397,10 @@ class CardScheduler:
             state.window_used += used
         state.vtime += used / state.weight
 
-    def _owed(self, state: _State) -> float:
+    def _owed(self, state: _State, busy: int | None = None) -> float:
         # Less the tenant's typical overrun: a holding ends after its budget by the work in flight, so a tenant
         # let in with less owed than that would pass its share on every visit to the card.
-        return self._rate(state) * self.policy.window_us - state.window_used - state.overrun_us
+        return self._rate(state, busy) * self.policy.window_us - state.window_used - state.overrun_us
 
     def _min_vtime(self, exclude: str | None = None) -> float:
         active = [s.vtime for s in self._states.values()

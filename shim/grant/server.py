@@ -2,9 +2,12 @@
 
 It drives one pure ``CardScheduler`` per card with the monotonic clock, and only translates: a runtime's
 ``want`` / ``release`` / ``extend`` become scheduler events, the scheduler's decisions become ``grant`` and
-``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``). Each connection has one reader
-thread; a timer thread calls ``decide`` at the scheduler's ``wake_at`` and reclaims grants whose holder went
-silent (a process that stopped launching while holding the card, or ignored a revoke).
+``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``). One thread serves every
+connection from an epoll loop (no thread switch between a message and its answer); the same loop calls
+``decide`` at the scheduler's ``wake_at`` and reclaims grants whose holder went silent (a process that stopped
+launching while holding the card, or ignored a revoke). flexnpud's other threads (the HTTP API) reach the
+server through ``set_registrations``, ``stats`` and ``stop``, under the one lock, and wake the loop when they
+move a deadline earlier.
 
 Messages (client -> server): ``hello {id}``, ``want``, ``release {seq, used_us, want, ops_used}``,
 ``extend {seq, used_us}``, ``ping``. Server -> client: ``welcome {share, priority, slice_us, memory_mib}``,
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -111,26 +115,33 @@ class GrantServer:
         self._sessions: set[Session] = set()
         self._stats: dict[str, TenantStats] = {}
         self._lock = threading.Lock()
-        self._timer_cond = threading.Condition(self._lock)
         self._stopping = False
         self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, Session] = {}
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._loop_thread: threading.Thread | None = None
         self._grant_seq = 0
         self._timer_due_us: int | None = None
 
     # ----- the API flexnpud uses ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Listen on the socket (replacing a stale one) and serve in background threads."""
+        """Listen on the socket (replacing a stale one) and serve from a background thread."""
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.socket_path)
         os.chmod(self.socket_path, 0o666)  # pods run as any uid; identity comes from the peer's cgroup
         listener.listen(128)
+        listener.setblocking(False)
         self._listener = listener
-        self._spawn(self._accept, "grant-accept")
-        self._spawn(self._timer, "grant-timer")
+        for sock in (self._wake_reader, self._wake_writer):
+            sock.setblocking(False)
+        self._epoll.register(listener.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_reader.fileno(), select.EPOLLIN)
+        self._loop_thread = threading.Thread(target=self._loop, name="grant-loop", daemon=True)
+        self._loop_thread.start()
 
     def set_registrations(self, registrations: Sequence[Registration]) -> None:
         """The full current set of registrations; sessions of removed ones are told and closed."""
@@ -163,15 +174,18 @@ class GrantServer:
         """Stop serving, close every session and remove the socket."""
         with self._lock:
             self._stopping = True
-            self._timer_cond.notify_all()
-            sessions = list(self._sessions)
-        if self._listener is not None:
-            _shutdown(self._listener)
-            self._listener.close()
-        for session in sessions:
-            _shutdown(session.conn.sock)
-        for thread in self._threads:
-            thread.join(timeout=5)
+            self._wake()
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=5)
+        with self._lock:
+            for session in list(self._sessions):
+                self._sessions.discard(session)
+                session.conn.close()
+            if self._listener is not None:
+                self._listener.close()
+            self._epoll.close()
+            self._wake_reader.close()
+            self._wake_writer.close()
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 
@@ -184,11 +198,34 @@ class GrantServer:
 
     # ----- connections ----------------------------------------------------------------------------------------
 
-    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
-        thread.start()
+    def _loop(self) -> None:
+        """Wait for sockets and deadlines; serve what is ready under the lock; until ``stop``."""
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                due = self._next_timer_us()
+                self._timer_due_us = due
+                timeout = None if due is None else max(0.0, (due - self._clock()) / 1e6)
+            events = self._epoll.poll(-1 if timeout is None else timeout)
+            with self._lock:
+                if self._stopping:
+                    return
+                for fd, _ in events:
+                    session = self._by_fd.get(fd)
+                    if session is not None:
+                        self._readable(session)
+                    elif self._listener is not None and fd == self._listener.fileno():
+                        self._accept()
+                    else:
+                        with contextlib.suppress(OSError):
+                            self._wake_reader.recv(4096)
+                self._run_timers(self._clock())
+
+    def _wake(self) -> None:
+        """Make the loop recompute its timeout (called from flexnpud's other threads, under the lock)."""
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"w")
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -196,61 +233,63 @@ class GrantServer:
             try:
                 sock, _ = self._listener.accept()
             except OSError:
-                return
+                return  # nothing more to accept (or the listener closed)
             try:
                 peer = peer_of(sock, self._proc_root)
             except OSError:
                 sock.close()
                 continue
-            with self._lock:
-                if self._stopping:
-                    sock.close()
-                    return
-                session = Session(LineSocket(sock), peer)
-                self._sessions.add(session)
-            self._spawn(self._serve, "grant-conn", session)
+            session = Session(LineSocket(sock), peer)
+            self._sessions.add(session)
+            self._by_fd[sock.fileno()] = session
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
 
-    def _serve(self, session: Session) -> None:
+    def _readable(self, session: Session) -> None:
+        """Every complete message the session sent; a closed or broken connection ends it."""
+        if session not in self._sessions:
+            return
         try:
-            self._hello(session, session.conn.receive())
-            while True:
-                message = session.conn.receive()
-                with self._lock:
-                    if self._stopping:
-                        return
+            for message in session.conn.poll():
+                if session.flexnpu_id:
                     self._handle(session, message)
+                else:
+                    self._hello(session, message)
         except GrantRefused as exc:
             session.send({"op": wire.OP_ERROR, "code": exc.code, "message": str(exc)})
+            self._close(session)
         except WireError:
-            pass
-        finally:
-            with self._lock:
-                self._drop(session)
-            session.conn.close()
+            self._close(session)
+
+    def _close(self, session: Session) -> None:
+        fd = session.conn.sock.fileno()
+        if self._by_fd.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+        self._drop(session)
+        session.conn.close()
 
     def _hello(self, session: Session, message: Message) -> None:
         if message.get("op") != wire.OP_HELLO:
             raise GrantRefused(wire.ERR_PROTOCOL, "the first message must be 'hello'")
         flexnpu_id = str(message.get("id", ""))
-        with self._lock:
-            registration = self._registrations.get(flexnpu_id) or self._of_pod(session.peer.pod_uid)
-            if registration is not None:
-                flexnpu_id = registration.flexnpu_id
-            if registration is None or (registration.npu, registration.chip) not in self._cards:
-                raise GrantRefused(wire.ERR_UNKNOWN_REGISTRATION,
-                                   f"no registration {flexnpu_id!r} on this node's cards (register it first: "
-                                   f"POST /device/register or a VNpuClaim)")
-            try:
-                check_peer(session.peer, flexnpu_id, registration.pod_uid)
-            except IdentityError as exc:
-                log.warning("grant socket: refused %s: %s", session.peer.describe(), exc)
-                raise GrantRefused(wire.ERR_IDENTITY_MISMATCH, str(exc)) from exc
-            session.flexnpu_id = flexnpu_id
-            session.card = (registration.npu, registration.chip)
-            share = registration.aicore_alloc / self.policy.quota
-            session.send({"op": wire.OP_WELCOME, "share": share, "priority": registration.priority.value,
-                          "slice_us": self.policy.slice_us, "memory_mib": registration.memory_alloc,
-                          "mode": self.policy.mode})
+        registration = self._registrations.get(flexnpu_id) or self._of_pod(session.peer.pod_uid)
+        if registration is not None:
+            flexnpu_id = registration.flexnpu_id
+        if registration is None or (registration.npu, registration.chip) not in self._cards:
+            raise GrantRefused(wire.ERR_UNKNOWN_REGISTRATION,
+                               f"no registration {flexnpu_id!r} on this node's cards (register it first: "
+                               f"POST /device/register or a VNpuClaim)")
+        try:
+            check_peer(session.peer, flexnpu_id, registration.pod_uid)
+        except IdentityError as exc:
+            log.warning("grant socket: refused %s: %s", session.peer.describe(), exc)
+            raise GrantRefused(wire.ERR_IDENTITY_MISMATCH, str(exc)) from exc
+        session.flexnpu_id = flexnpu_id
+        session.card = (registration.npu, registration.chip)
+        share = registration.aicore_alloc / self.policy.quota
+        session.send({"op": wire.OP_WELCOME, "share": share, "priority": registration.priority.value,
+                      "slice_us": self.policy.slice_us, "memory_mib": registration.memory_alloc,
+                      "mode": self.policy.mode})
 
     def _of_pod(self, pod_uid: str) -> Registration | None:
         """The one registration made for the peer's pod (Allocate names the pod; the operator names the claim)."""
@@ -270,6 +309,7 @@ class GrantServer:
             self._extend(session, message, now)
         elif op == wire.OP_PING:
             session.send({"op": wire.OP_PONG})
+            return  # nothing changed for the scheduler
         else:
             self._refuse_later(session, wire.ERR_PROTOCOL, f"unknown op {op!r}")
             return
@@ -277,7 +317,7 @@ class GrantServer:
 
     def _refuse_later(self, session: Session, code: str, text: str) -> None:
         session.send({"op": wire.OP_ERROR, "code": code, "message": text})
-        _shutdown(session.conn.sock)  # the reader thread wakes up and drops the session
+        _shutdown(session.conn.sock)  # the loop reads the end of the stream and drops the session
 
     # ----- scheduler events (under the lock) ------------------------------------------------------------------
 
@@ -427,24 +467,20 @@ class GrantServer:
     # ----- timer ----------------------------------------------------------------------------------------------
 
     def _poke_timer(self, at_us: int | None) -> None:
-        """Wake the timer thread only when it must run earlier than planned (saves a thread switch per grant)."""
+        """A deadline at ``at_us``: the loop recomputes its timeout after every event; other threads wake it."""
         if at_us is not None and (self._timer_due_us is None or at_us < self._timer_due_us):
             self._timer_due_us = at_us
-            self._timer_cond.notify()
+            if threading.current_thread() is not self._loop_thread:
+                self._wake()
 
-    def _timer(self) -> None:
-        with self._lock:
-            while not self._stopping:
-                now = self._clock()
-                self._expire(now)
-                for key, card in self._cards.items():
-                    if card.wake_at_us is not None and card.wake_at_us <= now:
-                        card.wake_at_us = None
-                        self._decide(key, now)
-                next_at = self._next_timer_us()
-                self._timer_due_us = next_at
-                timeout = None if next_at is None else max(0.0, (next_at - self._clock()) / 1e6)
-                self._timer_cond.wait(timeout)
+    def _run_timers(self, now: int) -> None:
+        if self._timer_due_us is None or now < self._timer_due_us:
+            return
+        self._expire(now)
+        for key, card in self._cards.items():
+            if card.wake_at_us is not None and card.wake_at_us <= now:
+                card.wake_at_us = None
+                self._decide(key, now)
 
     def _expire(self, now: int) -> None:
         for key, card in self._cards.items():
