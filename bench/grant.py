@@ -4,7 +4,7 @@ Everything runs as real processes on the simulated node (``flexnpu simnpu`` + ``
 
 - round trip: a client process releases its grant asking for the next one and waits for it (the path every
   slice boundary takes), N times; beside it the same socket's ``ping`` (one JSON line each way through the
-  daemon's loop, no scheduling) and an ``extend`` (renewal without drain). Target p99 <= 100 µs.
+  daemon's reader thread, no scheduling) and an ``extend`` (renewal without drain). Target p99 <= 100 µs.
 - daemon CPU: user+system time of the flexnpud process (from /proc) over wall time, as % of one core, (a) while
   the client above hammers it (the worst case: a grant every few tens of µs) and (b) under the demo's load (two
   batch tenants and a latency-critical one, 2 ms slices). Target <= 5% of a core (XSched: 18% on 910B).

@@ -2,12 +2,9 @@
 
 It drives one pure ``CardScheduler`` per card with the monotonic clock, and only translates: a runtime's
 ``want`` / ``release`` / ``extend`` become scheduler events, the scheduler's decisions become ``grant`` and
-``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``). One thread serves every
-connection from an epoll loop (no thread switch between a message and its answer); the same loop calls
-``decide`` at the scheduler's ``wake_at`` and reclaims grants whose holder went silent (a process that stopped
-launching while holding the card, or ignored a revoke). flexnpud's other threads (the HTTP API) reach the
-server through ``set_registrations``, ``stats`` and ``stop``, under the one lock, and wake the loop when they
-move a deadline earlier.
+``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``). Each connection has one reader
+thread; a timer thread calls ``decide`` at the scheduler's ``wake_at`` and reclaims grants whose holder went
+silent (a process that stopped launching while holding the card, or ignored a revoke).
 
 Messages (client -> server): ``hello {id}``, ``want``, ``release {seq, used_us, want, ops_used}``,
 ``extend {seq, used_us}``, ``ping``. Server -> client: ``welcome {share, priority, slice_us, memory_mib}``,
@@ -20,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -115,33 +111,26 @@ class GrantServer:
         self._sessions: set[Session] = set()
         self._stats: dict[str, TenantStats] = {}
         self._lock = threading.Lock()
+        self._timer_cond = threading.Condition(self._lock)
         self._stopping = False
         self._listener: socket.socket | None = None
-        self._epoll = select.epoll()
-        self._by_fd: dict[int, Session] = {}
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._loop_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._grant_seq = 0
         self._timer_due_us: int | None = None
 
     # ----- the API flexnpud uses ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Listen on the socket (replacing a stale one) and serve from a background thread."""
+        """Listen on the socket (replacing a stale one) and serve in background threads."""
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.socket_path)
         os.chmod(self.socket_path, 0o666)  # pods run as any uid; identity comes from the peer's cgroup
         listener.listen(128)
-        listener.setblocking(False)
         self._listener = listener
-        for sock in (self._wake_reader, self._wake_writer):
-            sock.setblocking(False)
-        self._epoll.register(listener.fileno(), select.EPOLLIN)
-        self._epoll.register(self._wake_reader.fileno(), select.EPOLLIN)
-        self._loop_thread = threading.Thread(target=self._loop, name="grant-loop", daemon=True)
-        self._loop_thread.start()
+        self._spawn(self._accept, "grant-accept")
+        self._spawn(self._timer, "grant-timer")
 
     def set_registrations(self, registrations: Sequence[Registration]) -> None:
         """The full current set of registrations; sessions of removed ones are told and closed."""
@@ -174,18 +163,15 @@ class GrantServer:
         """Stop serving, close every session and remove the socket."""
         with self._lock:
             self._stopping = True
-            self._wake()
-        if self._loop_thread is not None:
-            self._loop_thread.join(timeout=5)
-        with self._lock:
-            for session in list(self._sessions):
-                self._sessions.discard(session)
-                session.conn.close()
-            if self._listener is not None:
-                self._listener.close()
-            self._epoll.close()
-            self._wake_reader.close()
-            self._wake_writer.close()
+            self._timer_cond.notify_all()
+            sessions = list(self._sessions)
+        if self._listener is not None:
+            _shutdown(self._listener)
+            self._listener.close()
+        for session in sessions:
+            _shutdown(session.conn.sock)
+        for thread in self._threads:
+            thread.join(timeout=5)
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 
@@ -198,34 +184,11 @@ class GrantServer:
 
     # ----- connections ----------------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        """Wait for sockets and deadlines; serve what is ready under the lock; until ``stop``."""
-        while True:
-            with self._lock:
-                if self._stopping:
-                    return
-                due = self._next_timer_us()
-                self._timer_due_us = due
-                timeout = None if due is None else max(0.0, (due - self._clock()) / 1e6)
-            events = self._epoll.poll(-1 if timeout is None else timeout)
-            with self._lock:
-                if self._stopping:
-                    return
-                for fd, _ in events:
-                    session = self._by_fd.get(fd)
-                    if session is not None:
-                        self._readable(session)
-                    elif self._listener is not None and fd == self._listener.fileno():
-                        self._accept()
-                    else:
-                        with contextlib.suppress(OSError):
-                            self._wake_reader.recv(4096)
-                self._run_timers(self._clock())
-
-    def _wake(self) -> None:
-        """Make the loop recompute its timeout (called from flexnpud's other threads, under the lock)."""
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"w")
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -233,63 +196,61 @@ class GrantServer:
             try:
                 sock, _ = self._listener.accept()
             except OSError:
-                return  # nothing more to accept (or the listener closed)
+                return
             try:
                 peer = peer_of(sock, self._proc_root)
             except OSError:
                 sock.close()
                 continue
-            session = Session(LineSocket(sock), peer)
-            self._sessions.add(session)
-            self._by_fd[sock.fileno()] = session
-            self._epoll.register(sock.fileno(), select.EPOLLIN)
+            with self._lock:
+                if self._stopping:
+                    sock.close()
+                    return
+                session = Session(LineSocket(sock), peer)
+                self._sessions.add(session)
+            self._spawn(self._serve, "grant-conn", session)
 
-    def _readable(self, session: Session) -> None:
-        """Every complete message the session sent; a closed or broken connection ends it."""
-        if session not in self._sessions:
-            return
+    def _serve(self, session: Session) -> None:
         try:
-            for message in session.conn.poll():
-                if session.flexnpu_id:
+            self._hello(session, session.conn.receive())
+            while True:
+                message = session.conn.receive()
+                with self._lock:
+                    if self._stopping:
+                        return
                     self._handle(session, message)
-                else:
-                    self._hello(session, message)
         except GrantRefused as exc:
             session.send({"op": wire.OP_ERROR, "code": exc.code, "message": str(exc)})
-            self._close(session)
         except WireError:
-            self._close(session)
-
-    def _close(self, session: Session) -> None:
-        fd = session.conn.sock.fileno()
-        if self._by_fd.pop(fd, None) is not None:
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
-        self._drop(session)
-        session.conn.close()
+            pass
+        finally:
+            with self._lock:
+                self._drop(session)
+            session.conn.close()
 
     def _hello(self, session: Session, message: Message) -> None:
         if message.get("op") != wire.OP_HELLO:
             raise GrantRefused(wire.ERR_PROTOCOL, "the first message must be 'hello'")
         flexnpu_id = str(message.get("id", ""))
-        registration = self._registrations.get(flexnpu_id) or self._of_pod(session.peer.pod_uid)
-        if registration is not None:
-            flexnpu_id = registration.flexnpu_id
-        if registration is None or (registration.npu, registration.chip) not in self._cards:
-            raise GrantRefused(wire.ERR_UNKNOWN_REGISTRATION,
-                               f"no registration {flexnpu_id!r} on this node's cards (register it first: "
-                               f"POST /device/register or a VNpuClaim)")
-        try:
-            check_peer(session.peer, flexnpu_id, registration.pod_uid)
-        except IdentityError as exc:
-            log.warning("grant socket: refused %s: %s", session.peer.describe(), exc)
-            raise GrantRefused(wire.ERR_IDENTITY_MISMATCH, str(exc)) from exc
-        session.flexnpu_id = flexnpu_id
-        session.card = (registration.npu, registration.chip)
-        share = registration.aicore_alloc / self.policy.quota
-        session.send({"op": wire.OP_WELCOME, "share": share, "priority": registration.priority.value,
-                      "slice_us": self.policy.slice_us, "memory_mib": registration.memory_alloc,
-                      "mode": self.policy.mode})
+        with self._lock:
+            registration = self._registrations.get(flexnpu_id) or self._of_pod(session.peer.pod_uid)
+            if registration is not None:
+                flexnpu_id = registration.flexnpu_id
+            if registration is None or (registration.npu, registration.chip) not in self._cards:
+                raise GrantRefused(wire.ERR_UNKNOWN_REGISTRATION,
+                                   f"no registration {flexnpu_id!r} on this node's cards (register it first: "
+                                   f"POST /device/register or a VNpuClaim)")
+            try:
+                check_peer(session.peer, flexnpu_id, registration.pod_uid)
+            except IdentityError as exc:
+                log.warning("grant socket: refused %s: %s", session.peer.describe(), exc)
+                raise GrantRefused(wire.ERR_IDENTITY_MISMATCH, str(exc)) from exc
+            session.flexnpu_id = flexnpu_id
+            session.card = (registration.npu, registration.chip)
+            share = registration.aicore_alloc / self.policy.quota
+            session.send({"op": wire.OP_WELCOME, "share": share, "priority": registration.priority.value,
+                          "slice_us": self.policy.slice_us, "memory_mib": registration.memory_alloc,
+                          "mode": self.policy.mode})
 
     def _of_pod(self, pod_uid: str) -> Registration | None:
         """The one registration made for the peer's pod (Allocate names the pod; the operator names the claim)."""
@@ -317,7 +278,7 @@ class GrantServer:
 
     def _refuse_later(self, session: Session, code: str, text: str) -> None:
         session.send({"op": wire.OP_ERROR, "code": code, "message": text})
-        _shutdown(session.conn.sock)  # the loop reads the end of the stream and drops the session
+        _shutdown(session.conn.sock)  # the reader thread wakes up and drops the session
 
     # ----- scheduler events (under the lock) ------------------------------------------------------------------
 
@@ -467,20 +428,24 @@ class GrantServer:
     # ----- timer ----------------------------------------------------------------------------------------------
 
     def _poke_timer(self, at_us: int | None) -> None:
-        """A deadline at ``at_us``: the loop recomputes its timeout after every event; other threads wake it."""
+        """Wake the timer thread only when it must run earlier than planned (saves a thread switch per grant)."""
         if at_us is not None and (self._timer_due_us is None or at_us < self._timer_due_us):
             self._timer_due_us = at_us
-            if threading.current_thread() is not self._loop_thread:
-                self._wake()
+            self._timer_cond.notify()
 
-    def _run_timers(self, now: int) -> None:
-        if self._timer_due_us is None or now < self._timer_due_us:
-            return
-        self._expire(now)
-        for key, card in self._cards.items():
-            if card.wake_at_us is not None and card.wake_at_us <= now:
-                card.wake_at_us = None
-                self._decide(key, now)
+    def _timer(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                now = self._clock()
+                self._expire(now)
+                for key, card in self._cards.items():
+                    if card.wake_at_us is not None and card.wake_at_us <= now:
+                        card.wake_at_us = None
+                        self._decide(key, now)
+                next_at = self._next_timer_us()
+                self._timer_due_us = next_at
+                timeout = None if next_at is None else max(0.0, (next_at - self._clock()) / 1e6)
+                self._timer_cond.wait(timeout)
 
     def _expire(self, now: int) -> None:
         for key, card in self._cards.items():

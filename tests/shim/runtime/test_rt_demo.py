@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from flexnpu.shim import demo
 
 BATCH_KEYS = {"name", "target_share", "achieved_share", "throughput"}
 CRITICAL_KEYS = BATCH_KEYS | {"p50_ms", "p99_ms", "solo_p99_ms"}
@@ -52,3 +55,25 @@ def test_demo_rejects_bad_seconds(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "--seconds" in result.stderr
+
+
+def demo_result(card_busy: float, batch2: float, batch8: float) -> dict[str, Any]:
+    tenants: list[dict[str, Any]] = [
+        {"name": "batch-2", "units": 2, "priority": "normal", "target_share": 0.188, "achieved_share": batch2,
+         "throughput": 180.0},
+        {"name": "batch-8", "units": 8, "priority": "normal", "target_share": 0.752, "achieved_share": batch8,
+         "throughput": 720.0},
+        {"name": "critical", "units": 2, "priority": "high", "target_share": 0.06, "achieved_share": 0.06,
+         "throughput": 50.0, "p50_ms": 5.0, "p99_ms": 10.0, "solo_p50_ms": 2.0, "solo_p99_ms": 4.0}]
+    return {"card": "910B3 (simulated, real time)", "quota": 10, "registered_units": 12, "oversubscribed": True,
+            "oversubscription": 1.2, "measured_seconds": 9.7, "card_busy": card_busy,
+            "batch_split": demo.batch_split(tenants), "tenants": tenants}
+
+
+def test_an_idle_card_is_explained_with_the_batch_tenants_split() -> None:
+    idle = demo_result(0.76, 0.14, 0.56)
+    assert idle["batch_split"] == {"batch-2": 0.2, "batch-8": 0.8}
+    text = demo.render(idle)
+    assert "the card idled 24.0% of the time" in text
+    assert "batch-2 0.200 / batch-8 0.800 (registered 2:8)" in text
+    assert "idled" not in demo.render(demo_result(0.96, 0.18, 0.72))
