@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from flexnpu.annotations import CardAssignment, Inventory
@@ -37,6 +38,10 @@ from flexnpu.units import UnitsConfig, parse_vnpu_request
 
 log = logging.getLogger(__name__)
 
+# How long the pod GetPreferredAllocation matched stands for the Allocate that follows with the IDs it offered
+# (kubelet calls the two back to back for one container; the Allocate then skips listing the node's pods again).
+PREFERRED_TTL_S = 5.0
+
 
 @dataclass(frozen=True)
 class Allocation:
@@ -50,7 +55,7 @@ class Allocation:
 
 class VnpuPlugin:
     def __init__(self, scanner: Scanner, units: UnitsConfig, layout: NodeLayout, kube: KubeApi | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.scanner = scanner
         self.units = units
         self.layout = layout
@@ -61,6 +66,8 @@ class VnpuPlugin:
         self._changed = threading.Condition()
         self._allocate_lock = threading.Lock()
         self._allocated_uids: set[str] = set()
+        self._offered: tuple[frozenset[str], PendingPod, float] | None = None  # the last preferred answer's pod
+        self._clock = clock
         self._stopped = False
 
     # -- cards and units ---------------------------------------------------------------------------------
@@ -138,13 +145,16 @@ class VnpuPlugin:
         except (AllocationError, ValidationError) as exc:
             log.warning("preferred allocation of %d unit(s): %s; kubelet chooses", size, exc)
             placement = ()
-        return preferred_ids(placement, available, must_include, size, cards)
+        ids = preferred_ids(placement, available, must_include, size, cards)
+        self._offered = None if pod is None else (frozenset(ids), pod, self._clock())
+        return ids
 
     def allocate(self, ids: Sequence[str]) -> Allocation:
         """Allocate for one container; AllocationError (recorded on the pod when it was found) refuses it."""
         with self._allocate_lock:
-            node_pods = self._node_pods()
-            pod = match_pod(self._pending(node_pods), len(ids))
+            pod = self._offered_pod(ids)
+            if pod is None:
+                pod = match_pod(self._pending(self._node_pods()), len(ids))
             try:
                 allocation = self._decide(pod, ids)
             except (AllocationError, ValidationError) as exc:
@@ -156,6 +166,16 @@ class VnpuPlugin:
                 self._record(pod, allocation.cards)
             self.metrics.allocations.labels(placement=allocation.placement).inc()
             return allocation
+
+    def _offered_pod(self, ids: Sequence[str]) -> PendingPod | None:
+        """The pod GetPreferredAllocation just matched, when kubelet allocates exactly the IDs offered for it."""
+        offered, self._offered = self._offered, None
+        if offered is None:
+            return None
+        offered_ids, pod, at = offered
+        if frozenset(ids) != offered_ids or self._clock() - at > PREFERRED_TTL_S or pod.ref.uid in self._allocated_uids:
+            return None
+        return pod
 
     def _decide(self, pod: PendingPod | None, ids: Sequence[str]) -> Allocation:
         cards = self._cards

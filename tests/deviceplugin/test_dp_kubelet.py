@@ -10,8 +10,11 @@ from dp_fakes import NODE, KubeEmulator, eight_cards, write_inventory
 
 from flexnpu import names
 from flexnpu.annotations import CardAssignment, decode_assignment, decode_inventory, encode_assignment
+from flexnpu.deviceplugin.core.response import NodeLayout
+from flexnpu.deviceplugin.discovery import InventoryFileScanner
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.kubeletstub import StubKubelet
+from flexnpu.deviceplugin.plugin import PREFERRED_TTL_S, VnpuPlugin
 from flexnpu.units import UnitsConfig, card_uuid_from_bus_id, parse_device_id
 
 CARD = {i: card_uuid_from_bus_id(f"0000:{0xC1 + i:02X}:00.0") for i in range(8)}
@@ -103,6 +106,46 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(kubelet: StubKub
     annotations = k8s.annotations("pod", "infer")
     assert annotations[names.ANNOTATION_BIND_PHASE] == "allocated"
     assert decode_assignment(annotations[names.ANNOTATION_ASSIGNED]) == (CardAssignment(CARD[5], 5, 3, 16384),)
+
+
+def pod_lists(k8s: KubeEmulator) -> int:
+    """How many times the API emulator was asked to list pods."""
+    return sum(1 for r in k8s.emulator._requests if r.method.value == "GET" and r.url.path == "/api/v1/pods")
+
+
+def test_allocate_of_the_offered_ids_reuses_the_pod_found_for_them(kubelet: StubKubelet, run_plugin: Any,
+                                                                   k8s: KubeEmulator, kube_api: KubeApi) -> None:
+    k8s.create_pod("serve", 3, annotations=allocating(5, 3, 16384))
+    k8s.create_pod("batch", 4, annotations=allocating(6, 4, 8192, "2026-01-01T00:00:02.000000Z"))
+    run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    before = pod_lists(k8s)
+    offered = kubelet.preferred(kubelet.free_ids(), [], 3)
+    response = kubelet.allocate(offered)
+    assert pod_lists(k8s) == before + 1  # the Allocate of the offered IDs found its pod without a second list
+    assert dict(response.envs)["FLEXNPU_CLAIM"] == "default/serve"
+    assert k8s.annotations("pod", "serve")[names.ANNOTATION_BIND_PHASE] == "allocated"
+
+    kubelet.preferred(kubelet.free_ids(), [], 4)
+    other = [i for i in kubelet.free_ids() if parse_device_id(i)[0] == CARD[6]][-4:]  # kubelet chose other IDs
+    response = kubelet.allocate(other)
+    assert pod_lists(k8s) == before + 3  # not the offered IDs: the pods are listed again
+    assert dict(response.envs)["FLEXNPU_CLAIM"] == "default/batch"
+
+
+def test_an_offer_older_than_its_time_to_live_is_not_reused(k8s: KubeEmulator, kube_api: KubeApi,
+                                                             tmp_path: Path) -> None:
+    k8s.create_pod("serve", 3, annotations=allocating(5, 3, 16384))
+    now = [100.0]
+    plugin = VnpuPlugin(InventoryFileScanner(write_inventory(tmp_path / "inventory.yaml", eight_cards())),
+                        UnitsConfig(), NodeLayout(10), kube=kube_api, clock=lambda: now[0])
+    plugin.rescan()
+    offered = plugin.preferred([d.id for d in plugin.devices()[1]], [], 3)
+    before = pod_lists(k8s)
+    now[0] += PREFERRED_TTL_S + 1
+    allocation = plugin.allocate(offered)
+    assert pod_lists(k8s) == before + 1  # too old: listed again
+    assert allocation.pod is not None and allocation.pod.ref.name == "serve"
 
 
 def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
