@@ -3,7 +3,9 @@
 It sits between the gRPC adapter (flexnpu.deviceplugin.server, which only translates) and the pure core. It
 owns the current card snapshot (rescanned by the discovery backend), tells ListAndWatch when it changes,
 publishes it as the node's inventory annotation, and for each Allocate finds the pod through the annotation
-handshake, decides its cards with the core, and records the outcome on the pod.
+handshake, decides its cards with the core, and records the outcome on the pod. GetPreferredAllocation finds the
+pod the same way; the Allocate that kubelet sends right after it with the offered IDs takes that pod without
+listing the node's pods a second time.
 """
 
 from __future__ import annotations
