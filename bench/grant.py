@@ -70,7 +70,7 @@ def round_trip_worker(rounds: int, out: Path) -> None:
 
 
 ECHO = """
-import os, socket, sys
+import socket, sys
 sock = socket.socket(fileno=int(sys.argv[1]))
 while True:
     data = sock.recv(4096)

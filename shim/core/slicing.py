@@ -376,7 +376,7 @@ class CardScheduler:
 
     def _busy_weight(self) -> int:
         """The summed weight of the tenants that want the card or hold it."""
-        return sum(s.tenant.aicore_alloc for s in self._states.values()
+        return sum(s.weight for s in self._states.values()
                    if s.wants or s.tenant.tenant_id in self._holders)
 
     def _rate(self, state: _State, busy: int | None = None) -> float:
