@@ -1,7 +1,7 @@
 """``flexnpu bench deviceplugin``: Allocate latency and re-registration time after a kubelet restart.
 
 Everything goes through the real gRPC path: the plugin serves v1beta1 on a unix socket, a stub kubelet
-(flexnpu.deviceplugin.kubeletstub) registers it, follows ListAndWatch and calls Allocate as kubelet does.
+(flexnpu_testsupport.kubeletstub) registers it, follows ListAndWatch and calls Allocate as kubelet does.
 Two Allocate cases:
 - ``ids``: no API server (the plugin answers from the device IDs alone): the gRPC path and the decision;
 - ``api``: the full handshake against kmock's API emulator: list the node's pods, match the one in bind-phase
@@ -33,10 +33,10 @@ from flexnpu.bench.common import add_common_args, emit, format_table
 from flexnpu.cards import Card
 from flexnpu.deviceplugin.core.response import NodeLayout
 from flexnpu.deviceplugin.kube import KubeApi
-from flexnpu.deviceplugin.kubeletstub import StubKubelet
 from flexnpu.deviceplugin.plugin import VnpuPlugin
 from flexnpu.deviceplugin.server import PluginServer
 from flexnpu.units import UnitsConfig, card_uuid_from_bus_id
+from flexnpu_testsupport.kubeletstub import StubKubelet
 
 ALLOCATE_P99_TARGET_MS = 10.0
 REREGISTER_TARGET_S = 1.0
@@ -100,9 +100,9 @@ def bench_ids(count: int) -> list[float]:
 
 def bench_api(count: int, workdir: Path) -> list[float] | str:
     try:
-        from flexnpu.deviceplugin.kubeemulator import NODE, KubeEmulator
+        from flexnpu_testsupport.kubeemulator import NODE, KubeEmulator
     except ImportError as exc:
-        return f"skipped: kmock not installed ({exc.name})"
+        return f"skipped: needs the test extra (pip install -e '.[test]'): {exc.name} is not installed"
     emulator = KubeEmulator()
     emulator.start()
     try:

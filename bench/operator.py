@@ -25,7 +25,7 @@ from typing import Any
 from flexnpu import names
 from flexnpu.bench.common import add_common_args, emit, format_table
 from flexnpu.operator.settings import OperatorSettings
-from flexnpu.operator.testing import (
+from flexnpu_testsupport.operatorkit import (
     DaemonProcess,
     claim,
     create,

@@ -1,22 +1,27 @@
 """``flexnpu bench placement``: replay the openb GPU-sharing trace through the extender's placement core.
 
 The replay follows shared/data/openb/README.md, the protocol of the FGD paper (Weng et al., USENIX ATC 2023), so
-that our figures sit next to the published ones: per seed (42..51) shuffle the pods, append random copies until
-the requested cards reach 130% of the cluster, submit each pod once (no retry, no departures), CPU must fit,
-memory is ignored, card-model constraints (``gpu_spec``) hold. A card is U = 1000 units, so ``gpu_milli`` maps
-one to one. The metric is the unallocated share of all cards when the arrived request first reaches 100% and
-130% of the cluster, median over the seeds.
+that our figures sit next to the published ones: per seed (42..51) shuffle the pods, append random copies until the
+requested cards reach 130% of the cluster, submit each pod once (no retry, no departures), CPU and memory must fit
+(the published simulator keeps kube-scheduler's resource filter), card-model constraints (``gpu_spec``) hold. The
+files are read by :mod:`flexnpu.bench.openb`, which refuses malformed ones naming file, line and column. A card is U
+= 1000 units, so ``gpu_milli`` maps one to one. The metric is the unallocated share of all cards when the arrived
+request first reaches 100% and 130% of the cluster, median over the seeds.
 
-Each pod goes through the same functions the extender calls: ``filter_nodes`` (filter), ``score_nodes``
-(prioritize; among the top scores one is drawn at random, as kube-scheduler does) and ``choose`` (bind).
-Baselines ``bestfit`` and ``fgd`` are our own implementations of the paper's Best-fit and FGD.
+Three paths (``--paths``): ``production`` and ``offline`` replay through the extender's service behind a model of
+kube-scheduler as the chart configures it (:mod:`flexnpu.bench.placement_production`; shapes learnt online as in
+production, or given from the whole trace as the published FGD has them), CPU-only pods going to the default
+scheduler; ``production-all`` and ``offline-all`` the same with CPU-only pods opting in to flexnpu-scheduler too;
+``core`` calls the placement core directly: ``filter_nodes`` (filter), ``score_nodes`` (prioritize; among the top
+scores one is drawn at random) and ``choose`` (bind). Baselines ``bestfit`` and ``fgd`` are our own
+implementations of the paper's Best-fit and FGD; ``bestfit-published`` and ``fgd-published`` score nodes as the
+published simulator does (:mod:`flexnpu.bench.published_scorers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import functools
 import multiprocessing
 import os
@@ -30,8 +35,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from flexnpu.bench.common import add_common_args, emit, format_table
+from flexnpu.bench.openb import UNITS, TracePod, load_nodes, load_pods
+from flexnpu.bench.placement_production import chart_profile, replay_production
+from flexnpu.bench.published_scorers import PUBLISHED as PUBLISHED_SCORERS
+from flexnpu.bench.published_scorers import published_scores
 from flexnpu.errors import ValidationError
-from flexnpu.extender.core.model import CPU_ONLY, CardState, NodeState, PodDemand
+from flexnpu.extender.core.model import NodeState
 from flexnpu.extender.core.placement import (
     EvaluationMemo,
     choose,
@@ -42,13 +51,13 @@ from flexnpu.extender.core.placement import (
 )
 from flexnpu.extender.core.policies import Policy
 from flexnpu.extender.core.stats import ClusterStats
-from flexnpu.units import UnitsConfig, parse_vnpu_request
 
-UNITS: Final = 1000  # one card = 1000 units, so gpu_milli maps one to one
 SEEDS: Final = tuple(range(42, 52))
 ARRIVALS: Final = (100, 130)
 INFLATE_TO: Final = 1.30
 DEFAULT_POLICIES: Final = ("bestfit", "fgd", "fgd-all", "default")
+PATHS: Final = ("production", "offline", "production-all", "offline-all", "core")
+DEFAULT_PATHS: Final = ("production", "offline")
 NODE_FILE: Final = "openb_node_list_gpu_node.csv"
 POD_FILE: Final = "openb_pod_list_{}.csv"
 ENV_DIR: Final = "FLEXNPU_OPENB_DIR"
@@ -57,22 +66,20 @@ ENV_DIR: Final = "FLEXNPU_OPENB_DIR"
 PUBLISHED: Final[dict[tuple[str, int], dict[str, float]]] = {
     ("default", 100): {"Random": 13.75, "BestFit": 7.09, "FGD": 4.77},
     ("default", 130): {"Random": 12.62, "BestFit": 6.89, "FGD": 4.60},
+    ("gpushare40", 100): {"Random": 15.04, "BestFit": 8.53, "FGD": 6.05},
     ("gpushare40", 130): {"Random": 13.97, "BestFit": 8.27, "FGD": 5.86},
+    ("gpushare60", 100): {"Random": 17.22, "BestFit": 10.91, "FGD": 8.70},
     ("gpushare60", 130): {"Random": 16.35, "BestFit": 10.65, "FGD": 8.59},
+    ("gpushare80", 100): {"Random": 19.35, "BestFit": 13.27, "FGD": 10.91},
     ("gpushare80", 130): {"Random": 18.75, "BestFit": 12.94, "FGD": 10.69},
+    ("gpushare100", 100): {"Random": 21.07, "BestFit": 15.40, "FGD": 13.36},
     ("gpushare100", 130): {"Random": 20.53, "BestFit": 14.99, "FGD": 13.10},
+    ("gpuspec10", 100): {"Random": 13.69, "BestFit": 6.88, "FGD": 5.30},
     ("gpuspec10", 130): {"Random": 12.49, "BestFit": 6.67, "FGD": 5.06},
+    ("gpuspec20", 100): {"Random": 13.91, "BestFit": 11.54, "FGD": 5.31},
     ("gpuspec20", 130): {"Random": 12.60, "BestFit": 6.74, "FGD": 5.14},
 }
 TRACES: Final = tuple(dict.fromkeys(trace for trace, _ in PUBLISHED))
-
-
-@dataclass(frozen=True)
-class TracePod:
-    """One row of a pod list: what it asks for, and how many thousandths of a card that is in all."""
-
-    demand: PodDemand
-    milli: int
 
 
 @dataclass(frozen=True)
@@ -103,37 +110,9 @@ EXTRA_POLICIES: Final[dict[str, Policy]] = {
 
 
 def bench_policy(name: str) -> Policy:
-    """A core policy by name, or one of the benchmark's variants of them."""
-    return EXTRA_POLICIES.get(name) or policy(name)
-
-
-def load_nodes(path: Path) -> tuple[NodeState, ...]:
-    """The cluster: one node per row, ``gpu`` cards of ``model`` (U = 1000, memory not tracked), its CPU."""
-    nodes = []
-    for row in _rows(path):
-        name, count = row["sn"], int(row["gpu"])
-        cards = tuple(CardState(uuid=f"{name}-{i}", index=i, model=row["model"], units_total=UNITS, units_used=0,
-                                memory_total_mib=0, memory_used_mib=0, healthy=True) for i in range(count))
-        nodes.append(NodeState(name=name, cards=cards, units_per_card=UNITS, cpu_milli_total=int(row["cpu_milli"])))
-    return tuple(nodes)
-
-
-def load_pods(path: Path) -> tuple[TracePod, ...]:
-    """The pods in file order; memory is left out on purpose (the published replay ignores it)."""
-    config = UnitsConfig(units_per_card=UNITS)
-    pods = []
-    for row in _rows(path):
-        cards, milli = int(row["num_gpu"]), int(row["gpu_milli"])
-        request = CPU_ONLY if cards == 0 else parse_vnpu_request(milli if cards == 1 else cards * UNITS, config)
-        models = frozenset(m for m in row["gpu_spec"].split("|") if m)
-        demand = PodDemand(request=request, models=models, cpu_milli=int(row["cpu_milli"]))
-        pods.append(TracePod(demand=demand, milli=cards * milli))
-    return tuple(pods)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    """A core policy by name, or one of the benchmark's variants of them (the published scorers pick cards as
+    the core policy of the same name)."""
+    return EXTRA_POLICIES.get(name) or policy(PUBLISHED_SCORERS.get(name, name))
 
 
 def trace_stats(pods: Sequence[TracePod], policy_name: str) -> ClusterStats:
@@ -143,8 +122,8 @@ def trace_stats(pods: Sequence[TracePod], policy_name: str) -> ClusterStats:
 
 @functools.cache
 def load_trace(data_dir: Path, name: str) -> Trace:
-    pods = load_pods(data_dir / POD_FILE.format(name))
-    return Trace(nodes=load_nodes(data_dir / NODE_FILE), pods=pods)
+    nodes = load_nodes(data_dir / NODE_FILE)
+    return Trace(nodes=nodes, pods=load_pods(data_dir / POD_FILE.format(name), nodes))
 
 
 def arrival_order(pods: Sequence[TracePod], capacity_milli: int, seed: int) -> list[TracePod]:
@@ -176,12 +155,15 @@ def replay(nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: s
         arrived += pod.milli
         fits, _ = filter_nodes(pod.demand, state, memo)
         if fits:
-            scores = score_nodes(pod.demand, fits, chosen, stats, memo)
+            if policy_name in PUBLISHED_SCORERS:
+                scores = published_scores(policy_name, pod.demand, fits, stats, memo, pod.milli)
+            else:
+                scores = score_nodes(pod.demand, fits, chosen, stats, memo)
             top = max(scores.values())
             name = rng.choice([fit.name for fit in fits if scores[fit.name] == top])
             node = state[where[name]]
             cards = choose(pod.demand, node, chosen, stats, memo)
-            state[where[name]] = node.with_assignments(cards, pod.demand.cpu_milli)
+            state[where[name]] = node.with_assignments(cards, pod.demand.cpu_milli, pod.demand.host_memory_mib)
             allocated += pod.milli
         else:
             failed += 1
@@ -191,13 +173,29 @@ def replay(nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: s
 
 
 def run_one(task: tuple[Path, str, str, int]) -> tuple[str, str, int, SeedResult, float]:
-    data_dir, trace_name, policy_name, seed = task
+    """One replay: ``column`` is a policy name (the core path) or ``policy@production`` / ``policy@offline``."""
+    data_dir, trace_name, column, seed = task
     started = time.perf_counter()
     trace = load_trace(data_dir, trace_name)
     order = arrival_order(trace.pods, trace.capacity_milli, seed)
-    stats = trace_stats(trace.pods, policy_name)
-    result = replay(trace.nodes, order, policy_name, stats, seed)
-    return trace_name, policy_name, seed, result, time.perf_counter() - started
+    policy_name, _, path = column.partition("@")
+    if path:
+        result = replay_through_production(trace, order, policy_name, seed, offline=path.startswith("offline"),
+                                           all_pods=path.endswith("-all"))
+    else:
+        result = replay(trace.nodes, order, policy_name, trace_stats(trace.pods, policy_name), seed)
+    return trace_name, column, seed, result, time.perf_counter() - started
+
+
+def replay_through_production(trace: Trace, order: Sequence[TracePod], policy_name: str, seed: int, *,
+                              offline: bool, all_pods: bool = False) -> SeedResult:
+    """The replay through the extender's service and the kube-scheduler model the chart configures (with
+    ``all_pods``, CPU-only pods opt in to flexnpu-scheduler too)."""
+    stats = trace_stats(trace.pods, policy_name) if offline else None
+    profile = replace(chart_profile(), cpu_pods_to_extender=all_pods)
+    outcome = replay_production(trace.nodes, order, policy_name, seed, ARRIVALS, profile=profile, stats=stats)
+    return SeedResult(outcome.unallocated_pct, outcome.arrived_milli, outcome.allocated_milli, len(order),
+                      outcome.failed)
 
 
 def default_data_dir() -> Path:
@@ -213,6 +211,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="comma-separated seeds, or A-B (default 42-51)")
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated policy names")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                        help="comma-separated: production (the extender's service behind kube-scheduler as the "
+                             "chart configures it, shapes learnt online), offline (the same, shapes from the whole "
+                             "trace), production-all / offline-all (CPU-only pods opt in to flexnpu-scheduler "
+                             "too), core (the placement core alone, fastest); default production,offline")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"folder of the openb CSV files (default ${ENV_DIR} or ../shared/data/openb)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -261,9 +264,14 @@ def main(argv: list[str]) -> int:
 def _validated(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], Path]:
     traces = list(TRACES) if args.trace == "all" else [args.trace]
     seeds = [42, 43, 44] if args.quick else _seeds(args.seeds)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    for name in policies:
+    names = [p.strip() for p in args.policies.split(",") if p.strip()]
+    for name in names:
         bench_policy(name)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    for path in paths:
+        if path not in PATHS:
+            raise ValidationError("--paths", path, f"unknown path (known: {', '.join(PATHS)})")
+    policies = [name if path == "core" else f"{name}@{path}" for path in paths for name in names]
     data_dir: Path = args.data_dir or default_data_dir()
     for trace in traces:
         for path in (data_dir / NODE_FILE, data_dir / POD_FILE.format(trace)):
@@ -281,9 +289,10 @@ def _summary(outcomes: Sequence[tuple[str, str, int, SeedResult, float]], traces
     per_trace: dict[str, Any] = {}
     for trace in traces:
         rows = {p: {s: r for t, p2, s, r, _ in outcomes if t == trace and p2 == p} for p in policies}
+        times = {p: {s: w for t, p2, s, _, w in outcomes if t == trace and p2 == p} for p in policies}
         per_trace[trace] = {
             "published": {str(level): PUBLISHED[(trace, level)] for level in ARRIVALS if (trace, level) in PUBLISHED},
-            "policies": {p: _policy_summary(rows[p]) for p in policies},
+            "policies": {p: _policy_summary(rows[p], times[p]) for p in policies},
         }
     result: dict[str, Any] = {"traces": per_trace, "seeds": list(seeds), "units_per_card": UNITS,
                               "replay_s": round(sum(o[4] for o in outcomes), 1)}
@@ -293,7 +302,7 @@ def _summary(outcomes: Sequence[tuple[str, str, int, SeedResult, float]], traces
     return result
 
 
-def _policy_summary(by_seed: dict[int, SeedResult]) -> dict[str, Any]:
+def _policy_summary(by_seed: dict[int, SeedResult], seconds: dict[int, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for level in ARRIVALS:
         values = [r.unallocated_pct[level] for r in by_seed.values() if level in r.unallocated_pct]
@@ -302,6 +311,7 @@ def _policy_summary(by_seed: dict[int, SeedResult]) -> dict[str, Any]:
                                    "unallocated_pct_at_130": round(r.unallocated_pct.get(130, float("nan")), 3),
                                    "pods": r.pods, "failed": r.failed}
                        for seed, r in sorted(by_seed.items())}
+    out["replay_s_median"] = round(statistics.median(times), 1) if (times := list(seconds.values())) else None
     return out
 
 
@@ -313,6 +323,10 @@ def _table(result: dict[str, Any]) -> str:
             published = body["published"].get(str(level), {})
             ours = [body["policies"][p][f"unallocated_pct_at_{level}"] for p in body["policies"]]
             rows.append([trace, f"{level}%", *(published.get(k, "-") for k in ("Random", "BestFit", "FGD")), *ours])
+    first = next(iter(result["traces"].values()))["policies"]
+    times = ", ".join(f"{p} {body['replay_s_median']} s" for p, body in first.items())
     note = (f"unallocated % of cards, median of seeds {result['seeds']}; * = published (FGD paper); "
-            f"wall {result['wall_s']} s")
+            f"wall {result['wall_s']} s; median time of one replay: {times}; policy@production = through the "
+            f"extender's service behind kube-scheduler as the chart configures it, shapes learnt online; "
+            f"@offline = the same with the whole trace's shapes; no suffix = the placement core alone")
     return format_table(headers, rows) + "\n" + note

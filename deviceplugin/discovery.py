@@ -21,8 +21,8 @@ import yaml
 
 from flexnpu._decode import as_list, as_mapping, get_int, get_str
 from flexnpu.cards import Card, Health, card_model
-from flexnpu.deviceplugin.core.npusmi import parse_npu_smi_info
 from flexnpu.errors import FlexnpuError, ValidationError
+from flexnpu.npusmi import parse_npu_smi_info
 from flexnpu.units import card_uuid_from_bus_id, device_id
 
 _DAVINCI = re.compile(r"^davinci(\d+)$")

@@ -23,6 +23,7 @@ from flexnpu.deviceplugin.core.allocation import (
     PendingPod,
     assignment_on_node,
     best_fit_placement,
+    check_preferred_request,
     free_units,
     match_pod,
     placement_from_ids,
@@ -135,7 +136,11 @@ class VnpuPlugin:
     # -- kubelet calls -------------------------------------------------------------------------------------
 
     def preferred(self, available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]:
-        """GetPreferredAllocation for one container: units of the assigned (or best-fit) card."""
+        """GetPreferredAllocation for one container: units of the assigned (or best-fit) card.
+
+        A ValidationError names the field when the request itself is malformed (its size, say).
+        """
+        check_preferred_request(available, must_include, size)
         cards = self._cards
         pod = match_pod(self._pending(self._node_pods()), size)
         try:

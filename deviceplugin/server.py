@@ -23,12 +23,15 @@ from flexnpu.deviceplugin.core.allocation import AllocationError
 from flexnpu.deviceplugin.core.devices import UnitDevice
 from flexnpu.deviceplugin.core.response import ContainerAllocation
 from flexnpu.deviceplugin.plugin import VnpuPlugin
+from flexnpu.errors import ValidationError
 from flexnpu.protos import deviceplugin_v1beta1_pb2 as api
 from flexnpu.protos import deviceplugin_v1beta1_pb2_grpc as api_grpc
 
 log = logging.getLogger(__name__)
 _REGISTER_TIMEOUT = 5.0
 _STREAM_POLL = 1.0
+MAX_DETAILS_CHARS = 1024
+"""A refusal's text is cut here: gRPC drops a status whose details pass its metadata limit (8 KiB by default)."""
 
 
 class Servicer(api_grpc.DevicePluginServicer):
@@ -51,10 +54,14 @@ class Servicer(api_grpc.DevicePluginServicer):
 
     def GetPreferredAllocation(self, request: api.PreferredAllocationRequest,
                                context: grpc.ServicerContext) -> api.PreferredAllocationResponse:
-        return api.PreferredAllocationResponse(container_responses=[
-            api.ContainerPreferredAllocationResponse(deviceIDs=self.plugin.preferred(
-                list(r.available_deviceIDs), list(r.must_include_deviceIDs), r.allocation_size))
-            for r in request.container_requests])
+        try:
+            return api.PreferredAllocationResponse(container_responses=[
+                api.ContainerPreferredAllocationResponse(deviceIDs=self.plugin.preferred(
+                    list(r.available_deviceIDs), list(r.must_include_deviceIDs), r.allocation_size))
+                for r in request.container_requests])
+        except ValidationError as exc:
+            log.warning("GetPreferredAllocation refused: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
 
     def Allocate(self, request: api.AllocateRequest, context: grpc.ServicerContext) -> api.AllocateResponse:
         started = time.perf_counter()
@@ -63,7 +70,7 @@ class Servicer(api_grpc.DevicePluginServicer):
                          for r in request.container_requests]
         except AllocationError as exc:
             log.warning("Allocate refused: %s", exc)
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(str(exc)))
         finally:
             self.plugin.metrics.allocate_seconds.observe(time.perf_counter() - started)
         return api.AllocateResponse(container_responses=responses)
@@ -71,6 +78,13 @@ class Servicer(api_grpc.DevicePluginServicer):
     def PreStartContainer(self, request: api.PreStartContainerRequest,
                           context: grpc.ServicerContext) -> api.PreStartContainerResponse:
         return api.PreStartContainerResponse()
+
+
+def bounded(details: str) -> str:
+    """``details`` cut to MAX_DETAILS_CHARS, saying how much was cut."""
+    if len(details) <= MAX_DETAILS_CHARS:
+        return details
+    return f"{details[:MAX_DETAILS_CHARS]}... ({len(details) - MAX_DETAILS_CHARS} more characters)"
 
 
 def plugin_options() -> api.DevicePluginOptions:

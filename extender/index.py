@@ -11,7 +11,9 @@ The fragmentation-aware policy measures fragmentation against the cluster's typi
 them from the pods it is asked about (the last ``history`` of them) and rebuilds the core's
 :func:`workload_stats` at most every ``stats_refresh_s`` seconds; until it has seen ``min_pods`` pods it uses the
 core's uniform view. A rebuild makes every remembered verdict stale (each shape is re-evaluated on its next
-request), hence the long interval.
+request), hence the long interval. A young history is the exception: the first view is built as soon as
+``min_pods`` pods are seen, and the next ones whenever the history has doubled since (100, 200, 400, ... pods), so
+a fresh extender facing a burst of pods learns their shapes within the burst, not ``stats_refresh_s`` later.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import Final
 
 from flexnpu.extender.core.model import NodeState, PodDemand
 from flexnpu.extender.core.placement import (
-    MAX_SCORE,
     EvaluationMemo,
     NodeFit,
     Refusal,
     RefusalKind,
     evaluate,
     fit_node,
+    scale_score,
     workload_stats,
 )
 from flexnpu.extender.core.stats import ClusterStats
@@ -113,6 +115,7 @@ class PlacementIndex:
         self._history: OrderedDict[str, PodDemand] = OrderedDict()  # pod uid -> demand, newest last
         self._history_changed = False
         self._stats_at = clock()
+        self._stats_pods = 0  # history size the current view was built from
         self._shapes: OrderedDict[PodDemand, _Verdicts] = OrderedDict()
         # The last filter's answer: kube-scheduler's prioritize usually names exactly those nodes.
         # (verdicts, their sequence then, the nodes answered, whether those were every fitting node then)
@@ -190,7 +193,7 @@ class PlacementIndex:
         best, worst = min(c for c, _ in present), max(c for c, _ in present)
         groups: dict[int, list[str]] = {}
         for cost, hits in present:
-            score = _scale(cost, best, worst)
+            score = scale_score(cost, best, worst)
             if score:
                 groups.setdefault(score, []).extend(hits)
         return sorted(groups.items(), reverse=True)
@@ -219,11 +222,14 @@ class PlacementIndex:
 
     def _refresh_stats(self) -> None:
         now = self._clock()
-        if (not self._history_changed or len(self._history) < self._min_pods
-                or now - self._stats_at < self._stats_refresh_s):
+        seen = len(self._history)
+        if not self._history_changed or seen < self._min_pods:
+            return
+        young = self.stats is None or seen >= 2 * self._stats_pods
+        if not young and now - self._stats_at < self._stats_refresh_s:
             return
         self.stats = workload_stats(self._history.values(), self._units_per_card, self.policy)
-        self._stats_at, self._history_changed = now, False
+        self._stats_at, self._stats_pods, self._history_changed = now, seen, False
         self._shapes.clear()  # every verdict was made against the old view
         self.memo.clear()
 
@@ -259,10 +265,3 @@ class PlacementIndex:
             verdicts.fits(name, evaluate(shape, verdict, self.policy, self.stats, memo=self.memo).cost)
         else:
             verdicts.refuse(name, verdict)
-
-
-def _scale(cost: float, best: float, worst: float) -> int:
-    """The core's scaling (:func:`score_nodes`): 10 for the cheapest, the others by distance from the worst."""
-    if cost <= best:
-        return MAX_SCORE
-    return min(MAX_SCORE - 1, int(MAX_SCORE * (worst - cost) / (worst - best)))

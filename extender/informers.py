@@ -1,8 +1,9 @@
 """Keep :class:`ClusterState` in step with the API server: list, then watch, nodes and pods; re-list on any break.
 
 Nodes contribute their ``flexnpu.io/inventory`` annotation (decoded with the shared contract; a node without one,
-or with one that does not parse, has no flexnpu cards). Pods contribute their ``flexnpu.io/assigned`` annotation,
-node and phase. The loops only translate API events into state calls.
+or with one that does not parse, has no flexnpu cards) and their allocatable CPU and memory. Pods contribute
+their ``flexnpu.io/assigned`` annotation, node, phase and CPU and memory requests. The loops only translate API
+events into state calls.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from flexnpu.annotations import Inventory, decode_inventory
 from flexnpu.errors import ValidationError
 from flexnpu.extender.kube import KubeApi, KubeApiError
 from flexnpu.extender.pods import pod_facts, pod_key
-from flexnpu.extender.state import ClusterState
+from flexnpu.extender.quantity import cpu_milli, memory_mib
+from flexnpu.extender.state import ClusterState, NodeRecord
 from flexnpu.names import ANNOTATION_INVENTORY
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,35 @@ def node_inventory(node: Mapping[str, Any]) -> Inventory | None:
     except ValidationError as exc:
         log.warning("node %s: ignoring its %s: %s", meta.get("name"), ANNOTATION_INVENTORY, exc)
         return None
+
+
+def node_allocatable(node: Mapping[str, Any]) -> tuple[int, int]:
+    """The node's allocatable (CPU millicores, memory MiB); 0 for one that is absent or unreadable (not tracked)."""
+    status = node.get("status")
+    allocatable = status.get("allocatable") if isinstance(status, Mapping) else None
+    if not isinstance(allocatable, Mapping):
+        return 0, 0
+    return _capacity(allocatable, "cpu", cpu_milli), _capacity(allocatable, "memory", memory_mib)
+
+
+def node_record(node: Mapping[str, Any]) -> NodeRecord | None:
+    """What the state keeps of a watched node; None when it has no readable inventory."""
+    inventory = node_inventory(node)
+    if inventory is None:
+        return None
+    cpu, memory = node_allocatable(node)
+    return NodeRecord(inventory, cpu, memory)
+
+
+def _capacity(allocatable: Mapping[str, Any], resource: str, parse: Callable[[object, str], int]) -> int:
+    raw = allocatable.get(resource)
+    if raw is None:
+        return 0
+    try:
+        return parse(raw, f"status.allocatable.{resource}")
+    except ValidationError as exc:
+        log.warning("ignoring a node's %s", exc)
+        return 0
 
 
 class Informers:
@@ -77,12 +108,12 @@ class Informers:
             on_event(kind, obj)
 
     def _relist_nodes(self, items: list[dict[str, Any]]) -> None:
-        inventories = {}
+        records = {}
         for node in items:
-            inventory = node_inventory(node)
-            if inventory is not None:
-                inventories[str(node["metadata"]["name"])] = inventory
-        self.state.replace_nodes(inventories)
+            record = node_record(node)
+            if record is not None:
+                records[str(node["metadata"]["name"])] = record
+        self.state.replace_nodes(records)
 
     def _relist_pods(self, items: list[dict[str, Any]]) -> None:
         self.state.replace_pods(pod_facts(pod) for pod in items)
@@ -94,7 +125,11 @@ class Informers:
         if kind == "DELETED":
             self.state.remove_node(name)
         else:
-            self.state.set_node(name, node_inventory(node))
+            record = node_record(node)
+            if record is None:
+                self.state.remove_node(name)
+            else:
+                self.state.set_node(name, record.inventory, record.cpu_milli, record.memory_mib)
 
     def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
         if kind == "BOOKMARK":

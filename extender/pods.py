@@ -5,19 +5,25 @@ streams), so both agree on what a pod asks for and holds. Pure translation: no I
 
 A pod's request is the Kubernetes effective request of ``huawei.com/vnpu`` (and ``huawei.com/vnpu-memory``): the
 sum over its containers, or the largest init container when that is larger. Limits count where requests are absent,
-as they do for extended resources.
+as they do for extended resources. CPU and memory are counted the same way (plus ``spec.overhead``), so the
+cluster state can hold what every pod bound to a node asks of its CPU and memory, as kube-scheduler does.
+
+Every pod is hostile: a field of the wrong JSON type (``spec.containers`` given as a string, a container that is
+not an object) is a :class:`ValidationError` naming the field, never an ``AttributeError``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from flexnpu.annotations import CardAssignment, decode_assignment
 from flexnpu.errors import ValidationError
 from flexnpu.extender.core.model import PodDemand
+from flexnpu.extender.quantity import cpu_milli, memory_mib
 from flexnpu.names import (
     ANNOTATION_ASSIGNED,
     ANNOTATION_CARD_MODEL,
@@ -59,28 +65,39 @@ class PodFacts:
     priority: Priority
     assignments: tuple[CardAssignment, ...]
     deleting: bool = False
+    cpu_milli: int = 0
+    memory_mib: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.phase not in TERMINAL_PHASES and not self.deleting
 
     @property
     def holds_cards(self) -> bool:
         """Whether its shares count against its cards: assigned and neither finished nor going away."""
-        return bool(self.assignments) and self.phase not in TERMINAL_PHASES and not self.deleting
+        return bool(self.assignments) and self.live
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether it counts against a node: bound, live, and holding cards, CPU or memory."""
+        return bool(self.node_name) and self.live and bool(self.assignments or self.cpu_milli or self.memory_mib)
 
 
 def pod_key(pod: Mapping[str, Any]) -> PodKey:
-    meta = pod.get("metadata") or {}
+    meta = _mapping(pod.get("metadata"), "metadata")
     return PodKey(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or ""),
                   uid=str(meta.get("uid") or ""))
 
 
 def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, str]:
-    return (pod.get("metadata") or {}).get("annotations") or {}
+    return _mapping(_mapping(pod.get("metadata"), "metadata").get("annotations"), "metadata.annotations")
 
 
 def vnpu_amounts(pod: Mapping[str, Any]) -> tuple[int, int | None] | None:
     """The pod's effective (units, memory MiB or None); None when it asks for no vnpu at all."""
-    spec = pod.get("spec") or {}
-    units = _effective(spec, RESOURCE_VNPU)
-    memory = _effective(spec, RESOURCE_VNPU_MEMORY)
+    spec = _mapping(pod.get("spec"), "spec")
+    units = _effective(spec, RESOURCE_VNPU, _quantity)
+    memory = _effective(spec, RESOURCE_VNPU_MEMORY, _quantity)
     if units is None and memory is None:
         return None
     if units is None:
@@ -88,13 +105,23 @@ def vnpu_amounts(pod: Mapping[str, Any]) -> tuple[int, int | None] | None:
     return units, memory
 
 
+def pod_requests(pod: Mapping[str, Any]) -> tuple[int, int]:
+    """The pod's effective CPU (millicores) and memory (MiB) requests, with its overhead, as kube-scheduler counts
+    them: the sum over containers or the largest init container, whichever is larger; limits where no request."""
+    spec = _mapping(pod.get("spec"), "spec")
+    overhead = _mapping(spec.get("overhead"), "spec.overhead")
+    cpu = (_effective(spec, "cpu", cpu_milli) or 0) + _overhead(overhead, "cpu", cpu_milli)
+    memory = (_effective(spec, "memory", memory_mib) or 0) + _overhead(overhead, "memory", memory_mib)
+    return cpu, memory
+
+
 def interest(pod: Mapping[str, Any]) -> Interest:
-    spec = pod.get("spec") or {}
+    spec = _mapping(pod.get("spec"), "spec")
     for group in ("containers", "initContainers"):
-        for container in spec.get(group) or []:
-            resources = (container or {}).get("resources") or {}
+        for where, container in _containers(spec, group):
+            resources = _mapping(container.get("resources"), f"{where}.resources")
             for kind in ("limits", "requests"):
-                if RESOURCE_VNPU in (resources.get(kind) or {}):
+                if RESOURCE_VNPU in _mapping(resources.get(kind), f"{where}.resources.{kind}"):
                     return Interest.VNPU
     return Interest.NONE
 
@@ -106,8 +133,10 @@ def pod_demand(pod: Mapping[str, Any], units: UnitsConfig) -> PodDemand:
         raise ValidationError(RESOURCE_VNPU, None, "the pod requests no vnpu")
     request = parse_vnpu_request(amounts[0], units, amounts[1])
     notes = pod_annotations(pod)
+    cpu, memory = pod_requests(pod)
     return PodDemand(request=request, models=card_models(notes.get(ANNOTATION_CARD_MODEL)),
-                     priority=parse_priority(notes.get(ANNOTATION_PRIORITY), ANNOTATION_PRIORITY))
+                     priority=parse_priority(notes.get(ANNOTATION_PRIORITY), ANNOTATION_PRIORITY),
+                     cpu_milli=cpu, host_memory_mib=memory)
 
 
 def card_models(value: object) -> frozenset[str]:
@@ -120,9 +149,10 @@ def card_models(value: object) -> frozenset[str]:
 
 
 def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
-    """What the state keeps of a watched pod. A malformed assignment counts as none (the pod holds nothing)."""
-    meta = pod.get("metadata") or {}
-    notes = pod_annotations(pod)
+    """What the state keeps of a watched pod. A malformed assignment counts as none (the pod holds nothing), and
+    malformed CPU or memory requests as zero."""
+    meta = _lenient(pod.get("metadata"))
+    notes = _lenient(meta.get("annotations"))
     try:
         assignments = decode_assignment(notes[ANNOTATION_ASSIGNED]) if ANNOTATION_ASSIGNED in notes else ()
     except ValidationError:
@@ -131,35 +161,87 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         priority = parse_priority(notes.get(ANNOTATION_PRIORITY), ANNOTATION_PRIORITY)
     except ValidationError:
         priority = Priority.NORMAL
-    return PodFacts(key=pod_key(pod), node_name=str((pod.get("spec") or {}).get("nodeName") or ""),
-                    phase=str((pod.get("status") or {}).get("phase") or "Pending"), priority=priority,
-                    assignments=assignments, deleting=bool(meta.get("deletionTimestamp")))
+    try:
+        cpu, memory = pod_requests(pod)
+    except ValidationError:
+        cpu, memory = 0, 0
+    key = PodKey(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or ""),
+                 uid=str(meta.get("uid") or ""))
+    return PodFacts(key=key, node_name=str(_lenient(pod.get("spec")).get("nodeName") or ""),
+                    phase=str(_lenient(pod.get("status")).get("phase") or "Pending"), priority=priority,
+                    assignments=assignments, deleting=bool(meta.get("deletionTimestamp")), cpu_milli=cpu,
+                    memory_mib=memory)
 
 
-def _effective(spec: Mapping[str, Any], resource: str) -> int | None:
-    total = _sum(spec.get("containers") or [], resource)
-    init = [v for v in (_amount(c, resource) for c in spec.get("initContainers") or []) if v is not None]
+def _mapping(value: object, field: str) -> Mapping[str, Any]:
+    """A JSON object, absent meaning empty; anything else is refused naming ``field``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, _short(value), "must be a JSON object")
+    return value
+
+
+def _lenient(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _containers(spec: Mapping[str, Any], group: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """``spec.<group>`` as (field path, container object) pairs; a non-list or a non-object entry is refused."""
+    value = spec.get(group)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationError(f"spec.{group}", _short(value), "must be a JSON list of containers")
+    out = []
+    for i, container in enumerate(value):
+        where = f"spec.{group}[{i}]"
+        out.append((where, _mapping(container, where)))
+    return out
+
+
+def _effective(spec: Mapping[str, Any], resource: str, parse: Callable[[object, str], int]) -> int | None:
+    total = _sum(_containers(spec, "containers"), resource, parse)
+    init = [v for v in (_amount(w, c, resource, parse) for w, c in _containers(spec, "initContainers"))
+            if v is not None]
     if total is None and not init:
         return None
     return max([total or 0, *init])
 
 
-def _sum(containers: list[Any], resource: str) -> int | None:
-    amounts = [v for v in (_amount(c, resource) for c in containers) if v is not None]
+def _sum(containers: list[tuple[str, Mapping[str, Any]]], resource: str,
+         parse: Callable[[object, str], int]) -> int | None:
+    amounts = [v for v in (_amount(w, c, resource, parse) for w, c in containers) if v is not None]
     return sum(amounts) if amounts else None
 
 
-def _amount(container: Any, resource: str) -> int | None:
-    resources = (container or {}).get("resources") or {}
-    raw = (resources.get("requests") or {}).get(resource, (resources.get("limits") or {}).get(resource))
+def _amount(where: str, container: Mapping[str, Any], resource: str,
+            parse: Callable[[object, str], int]) -> int | None:
+    resources = _mapping(container.get("resources"), f"{where}.resources")
+    requests = _mapping(resources.get("requests"), f"{where}.resources.requests")
+    limits = _mapping(resources.get("limits"), f"{where}.resources.limits")
+    raw = requests.get(resource, limits.get(resource))
     if raw is None:
         return None
-    return _quantity(raw, resource)
+    return parse(raw, resource)
+
+
+def _overhead(overhead: Mapping[str, Any], resource: str, parse: Callable[[object, str], int]) -> int:
+    raw = overhead.get(resource)
+    return 0 if raw is None else parse(raw, f"spec.overhead.{resource}")
 
 
 def _quantity(raw: object, resource: str) -> int:
     """An integer quantity; extended resources take whole numbers, so suffixes other than none are rejected."""
-    text = str(raw).strip()
-    if isinstance(raw, bool) or not text.isdigit():
-        raise ValidationError(resource, raw, "must be a whole number")
+    text = str(raw).strip() if isinstance(raw, (str, int)) else ""
+    if isinstance(raw, bool) or not text.isdigit() or len(text) > 18:
+        raise ValidationError(resource, _short(raw), "must be a whole number")
     return int(text)
+
+
+def _short(value: object) -> object:
+    """The value itself when short, else a bounded repr (bounded in depth too: the value may nest deeply)."""
+    text = reprlib.repr(value)
+    if len(text) > 80:
+        return text[:77] + "..."
+    return value if isinstance(value, (str, int, float, bool)) or value is None else text

@@ -65,6 +65,8 @@ async def _read_json(request: web.Request, limit: int) -> object:
         return json.loads(raw)
     except ValueError as exc:  # also UnicodeDecodeError
         raise BodyError(400, f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BodyError(400, "request body is nested too deeply to be a Kubernetes object") from exc
 
 
 def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]]) -> Handler:

@@ -26,11 +26,11 @@ from typing import Any, Final, Protocol
 from flexnpu.annotations import CardAssignment
 from flexnpu.errors import FlexnpuError, ValidationError
 from flexnpu.extender import wire, writes
-from flexnpu.extender.core.model import PodDemand
-from flexnpu.extender.core.placement import PlacementError, Refusal, choose
+from flexnpu.extender.core.model import CPU_ONLY, PodDemand
+from flexnpu.extender.core.placement import MAX_SCORE, PlacementError, Refusal, choose
 from flexnpu.extender.index import PlacementIndex
-from flexnpu.extender.informers import node_inventory
-from flexnpu.extender.pods import Interest, PodKey, interest, pod_demand, pod_key
+from flexnpu.extender.informers import node_record
+from flexnpu.extender.pods import Interest, PodKey, interest, pod_demand, pod_key, pod_requests
 from flexnpu.extender.preemption import Occupant, victims_for
 from flexnpu.extender.state import ClusterState, ReservationConflict
 from flexnpu.names import ANNOTATION_INVENTORY
@@ -100,6 +100,9 @@ class ExtenderService:
         if args["Nodes"] is not None:
             self._learn_nodes(args["Nodes"]["items"])
         if interest(pod) is Interest.NONE:
+            cpu_only = cpu_only_demand(pod)
+            if cpu_only is not None and pod_key(pod).uid:
+                self.index.observe(pod_key(pod).uid, cpu_only)
             return wire.filter_result(args, names, {}, {})
         key = pod_key(pod)
         try:
@@ -119,12 +122,26 @@ class ExtenderService:
         pod = args["Pod"]
         names = wire.node_names_of(args)
         if interest(pod) is Interest.NONE:
-            return []
+            return self._cpu_only_groups(pod, names)
         try:
             demand = pod_demand(pod, self.units)
         except ValidationError:
             return []
         return self.index.score_groups(demand, names)
+
+    def _cpu_only_groups(self, pod: dict[str, Any], names: list[str]) -> list[tuple[int, list[str]]]:
+        """A pod without vnpu that still came to this scheduler: nodes without cards are best (it strands none),
+        then the flexnpu nodes whose fragmentation its CPU and memory grow least."""
+        demand = cpu_only_demand(pod)
+        if demand is None:
+            return []
+        cardless = [n for n in names if self.state.node(n) is None]
+        groups = self.index.score_groups(demand, [n for n in names if self.state.node(n) is not None])
+        if not cardless:
+            return groups
+        if groups and groups[0][0] == MAX_SCORE:
+            return [(MAX_SCORE, cardless + groups[0][1]), *groups[1:]]
+        return [(MAX_SCORE, cardless), *groups]
 
     # -- preempt ----------------------------------------------------------------------------------------------
 
@@ -193,7 +210,8 @@ class ExtenderService:
                 return self._refuse(key, EVENT_BIND_REFUSED, f"node {node}: has no flexnpu cards")
             try:
                 assignments = choose(demand, state, self.policy, self.index.stats, memo=self.index.memo)
-                self.state.reserve(key, node, assignments, demand.priority.rank)
+                self.state.reserve(key, node, assignments, demand.priority.rank, demand.cpu_milli,
+                                   demand.host_memory_mib)
                 return assignments
             except PlacementError as exc:
                 return self._refuse(key, EVENT_BIND_REFUSED, exc.refusal.reason)
@@ -251,7 +269,11 @@ class ExtenderService:
             name, text = str(meta.get("name")), str((meta.get("annotations") or {}).get(ANNOTATION_INVENTORY, ""))
             if text and self._node_notes.get(name) != text:
                 self._node_notes[name] = text
-                self.state.set_node(name, node_inventory(item))
+                record = node_record(item)
+                if record is None:
+                    self.state.set_node(name, None)
+                else:
+                    self.state.set_node(name, record.inventory, record.cpu_milli, record.memory_mib)
 
     def _event(self, key: PodKey, reason: str, message: str, *, warning: bool = True) -> None:
         now = time.monotonic()
@@ -285,6 +307,17 @@ class ExtenderService:
         """Wait for the background Events (at shutdown, and in tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def cpu_only_demand(pod: dict[str, Any]) -> PodDemand | None:
+    """The demand of a pod that asks for no vnpu but for CPU or memory; None when it asks for neither."""
+    try:
+        cpu, memory = pod_requests(pod)
+    except ValidationError:
+        return None
+    if not cpu and not memory:
+        return None
+    return PodDemand(request=CPU_ONLY, cpu_milli=cpu, host_memory_mib=memory)
 
 
 def unschedulable_message(nodes: int, refusals: list[Refusal]) -> str:

@@ -8,18 +8,22 @@ finish or are deleted give their share back.
 
 For speed the state keeps one ready :class:`NodeState` per node, rebuilt only when that node changes, and a change
 log (node names in order of change) so that caches of placement decisions can refresh only the nodes that moved.
+
+Besides the cards, the state keeps each node's allocatable CPU and memory (from ``status.allocatable``) and the CPU
+and memory requests of every live pod bound to it, CPU-only pods included, so that fit, fragmentation and CPU
+stranding see the same node as kube-scheduler and as the openb replay.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flexnpu.annotations import CardAssignment, Inventory
 from flexnpu.errors import FlexnpuError
 from flexnpu.extender.core.model import NodeState, node_state
-from flexnpu.extender.pods import TERMINAL_PHASES, PodFacts, PodKey
+from flexnpu.extender.pods import PodFacts, PodKey
 
 # When the change log grows past this many entries beyond what any reader needs, it is compacted.
 _LOG_COMPACT_AT = 100_000
@@ -43,6 +47,17 @@ class Holding:
     assignments: tuple[CardAssignment, ...]
     reserved: bool
     priority_rank: int = 1
+    cpu_milli: int = 0
+    memory_mib: int = 0
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What the node watch gives for one flexnpu node: its inventory and allocatable CPU and memory (0 = unknown)."""
+
+    inventory: Inventory
+    cpu_milli: int = 0
+    memory_mib: int = 0
 
 
 class ClusterState:
@@ -50,7 +65,7 @@ class ClusterState:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._inventories: dict[str, Inventory] = {}
+        self._records: dict[str, NodeRecord] = {}
         self._nodes: dict[str, NodeState] = {}
         self._holdings: dict[str, Holding] = {}  # by pod uid
         self._on_node: dict[str, set[str]] = {}  # node -> pod uids
@@ -98,44 +113,50 @@ class ClusterState:
 
     # -- nodes -----------------------------------------------------------------------------------------------
 
-    def set_node(self, name: str, inventory: Inventory | None) -> None:
-        """A node's inventory appeared or changed; None removes it (no or unreadable inventory)."""
+    def set_node(self, name: str, inventory: Inventory | None, cpu_milli: int = 0, memory_mib: int = 0) -> None:
+        """A node's inventory (and allocatable CPU and memory) appeared or changed; None removes it (no or
+        unreadable inventory)."""
         with self._lock:
             if inventory is None:
                 self._drop_node(name)
                 return
-            if self._inventories.get(name) == inventory:
+            record = NodeRecord(inventory, max(0, cpu_milli), max(0, memory_mib))
+            if self._records.get(name) == record:
                 return
-            self._inventories[name] = inventory
+            self._records[name] = record
             self._rebuild(name)
 
     def remove_node(self, name: str) -> None:
         with self._lock:
             self._drop_node(name)
 
-    def replace_nodes(self, inventories: dict[str, Inventory]) -> None:
+    def replace_nodes(self, nodes: Mapping[str, Inventory | NodeRecord]) -> None:
         """After a re-list: exactly these nodes exist."""
-        for name in set(self._inventories) - set(inventories):
+        for name in set(self._records) - set(nodes):
             self.remove_node(name)
-        for name, inventory in inventories.items():
-            self.set_node(name, inventory)
+        for name, node in nodes.items():
+            record = node if isinstance(node, NodeRecord) else NodeRecord(node)
+            self.set_node(name, record.inventory, record.cpu_milli, record.memory_mib)
 
     # -- pods ------------------------------------------------------------------------------------------------
 
     def observe_pod(self, pod: PodFacts) -> None:
-        """A watched pod's current facts. It holds its cards while assigned, placed and not finished."""
+        """A watched pod's current facts. It holds its cards while assigned, placed and not finished, and its CPU
+        and memory while placed and not finished."""
         with self._lock:
             current = self._holdings.get(pod.key.uid)
             if not pod.holds_cards:
                 # A reservation outlives watch events that do not show the assignment yet (the bind is writing it),
                 # but not the pod finishing or going away.
-                if current is not None and (not current.reserved or pod.deleting or pod.phase in TERMINAL_PHASES):
+                if current is not None and current.reserved and pod.live:
+                    return
+                if pod.holds_resources:
+                    self._put(self._observed(pod))
+                elif current is not None:
                     self._forget(pod.key.uid)
                 return
             if pod.node_name:
-                holding = Holding(pod.key, pod.node_name, pod.assignments, reserved=False,
-                                  priority_rank=pod.priority.rank)
-                self._put(holding)
+                self._put(self._observed(pod))
             elif current is not None and not current.reserved:
                 self._forget(pod.key.uid)
             # An assigned pod not bound yet holds cards only through a bind in flight: without one, its annotation
@@ -159,8 +180,10 @@ class ClusterState:
 
     # -- binds -----------------------------------------------------------------------------------------------
 
-    def reserve(self, key: PodKey, node: str, assignments: Sequence[CardAssignment], priority_rank: int = 1) -> None:
-        """Take ``assignments`` on ``node`` for the pod, or raise ReservationConflict naming what is missing."""
+    def reserve(self, key: PodKey, node: str, assignments: Sequence[CardAssignment], priority_rank: int = 1,
+                cpu_milli: int = 0, memory_mib: int = 0) -> None:
+        """Take ``assignments`` (and the CPU and memory) on ``node`` for the pod, or raise ReservationConflict
+        naming what is missing."""
         with self._lock:
             state = self._nodes.get(node)
             if state is None:
@@ -169,7 +192,9 @@ class ClusterState:
                 held = self._holdings[key.uid].node
                 raise ReservationConflict(node, f"pod {key.entity} already holds cards on {held}")
             self._check_room(state, assignments)
-            self._put(Holding(key, node, tuple(assignments), reserved=True, priority_rank=priority_rank))
+            self._check_node_room(state, cpu_milli, memory_mib)
+            self._put(Holding(key, node, tuple(assignments), reserved=True, priority_rank=priority_rank,
+                              cpu_milli=cpu_milli, memory_mib=memory_mib))
 
     def release(self, uid: str) -> None:
         """A bind failed: give back its reservation (an observed holding is left alone)."""
@@ -179,6 +204,19 @@ class ClusterState:
                 self._forget(uid)
 
     # -- internals (lock held) -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _observed(pod: PodFacts) -> Holding:
+        return Holding(pod.key, pod.node_name, pod.assignments, reserved=False, priority_rank=pod.priority.rank,
+                       cpu_milli=pod.cpu_milli, memory_mib=pod.memory_mib)
+
+    @staticmethod
+    def _check_node_room(state: NodeState, cpu_milli: int, memory_mib: int) -> None:
+        if state.cpu_tracked and cpu_milli > state.cpu_milli_free:
+            raise ReservationConflict(state.name, f"has {state.cpu_milli_free}m CPU free, {cpu_milli}m needed")
+        if state.host_memory_tracked and memory_mib > state.host_memory_mib_free:
+            raise ReservationConflict(state.name, f"has {state.host_memory_mib_free} MiB of memory free, "
+                                                  f"{memory_mib} MiB needed")
 
     def _check_room(self, state: NodeState, assignments: Sequence[CardAssignment]) -> None:
         wanted: dict[str, tuple[int, int]] = {}
@@ -218,19 +256,23 @@ class ClusterState:
             self._rebuild(old.node)
 
     def _drop_node(self, name: str) -> None:
-        self._inventories.pop(name, None)
+        self._records.pop(name, None)
         if self._nodes.pop(name, None) is not None:
             self._membership += 1
             self._changed(name)
 
     def _rebuild(self, name: str) -> None:
-        inventory = self._inventories.get(name)
-        if inventory is None:
+        record = self._records.get(name)
+        if record is None:
             return
-        assignments = [a for uid in self._on_node.get(name, ()) for a in self._holdings[uid].assignments]
+        holdings = [self._holdings[uid] for uid in self._on_node.get(name, ())]
+        assignments = [a for h in holdings for a in h.assignments]
         if name not in self._nodes:
             self._membership += 1
-        self._nodes[name] = node_state(name, inventory, assignments)
+        self._nodes[name] = node_state(name, record.inventory, assignments, cpu_milli_total=record.cpu_milli,
+                                       cpu_milli_used=sum(h.cpu_milli for h in holdings),
+                                       host_memory_mib_total=record.memory_mib,
+                                       host_memory_mib_used=sum(h.memory_mib for h in holdings))
         self._changed(name)
 
     def _changed(self, name: str) -> None:

@@ -2,7 +2,7 @@
 
 The Go types carry no json tags, so the keys are the Go field names (``Pod``, ``NodeNames``, ``FailedNodes``...).
 This module holds the payload TypedDicts and small readers that check a decoded body's shape; a reader raises a
-:class:`WireError` naming the key, which the HTTP adapter turns into a JSON ``Error``. Nothing here does I/O.
+:class:`ExtenderPayloadError` naming the key, which the HTTP adapter turns into a JSON ``Error``. Nothing here does I/O.
 
 Upstream: staging/src/k8s.io/kube-scheduler/extender/v1/types.go (ExtenderArgs, ExtenderFilterResult,
 HostPriority, ExtenderBindingArgs, ExtenderBindingResult, ExtenderPreemptionArgs/Result, Victims, MetaVictims).
@@ -11,6 +11,7 @@ HostPriority, ExtenderBindingArgs, ExtenderBindingResult, ExtenderPreemptionArgs
 from __future__ import annotations
 
 import json
+import reprlib
 import string
 from collections.abc import Mapping
 from typing import Any, Final, NotRequired, TypedDict
@@ -108,7 +109,7 @@ class ErrorBody(TypedDict):
     Error: str
 
 
-class WireError(ValidationError):
+class ExtenderPayloadError(ValidationError):
     """A request body does not have the shape of the extender/v1 payload it claims to be."""
 
 
@@ -122,7 +123,7 @@ def read_extender_args(body: object) -> ExtenderArgs:
     names = _optional_names(args.get("NodeNames"), "NodeNames")
     nodes = _optional_node_list(args.get("Nodes"))
     if names is None and nodes is None:
-        raise WireError("NodeNames", None, "one of Nodes (nodeCacheCapable: false) or NodeNames must be set")
+        raise ExtenderPayloadError("NodeNames", None, "one of Nodes (nodeCacheCapable: false) or NodeNames must be set")
     return {"Pod": dict(pod), "Nodes": nodes, "NodeNames": names}
 
 
@@ -220,14 +221,15 @@ def meta_victims(uids: list[str], pdb_violations: int = 0) -> MetaVictims:
 
 def _object(value: object, field: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise WireError(field, _short(value), "must be a JSON object")
+        raise ExtenderPayloadError(field, _short(value), "must be a JSON object")
     return value
 
 
 def _text(body: Mapping[str, Any], key: str, *, allow_empty: bool = False) -> str:
     value = body.get(key, "" if allow_empty else None)
     if not isinstance(value, str) or (not value and not allow_empty):
-        raise WireError(key, _short(value), "must be a non-empty string" if not allow_empty else "must be a string")
+        reason = "must be a non-empty string" if not allow_empty else "must be a string"
+        raise ExtenderPayloadError(key, _short(value), reason)
     return value
 
 
@@ -241,7 +243,7 @@ def _optional_names(value: object, field: str) -> list[str] | None:
             pass
         else:
             return value
-    raise WireError(field, _short(value), "must be a JSON list of node names")
+    raise ExtenderPayloadError(field, _short(value), "must be a JSON list of node names")
 
 
 def _optional_node_list(value: object) -> NodeListPayload | None:
@@ -250,20 +252,24 @@ def _optional_node_list(value: object) -> NodeListPayload | None:
     nodes = _object(value, "Nodes")
     items = nodes.get("items") or []
     if not isinstance(items, list):
-        raise WireError("Nodes.items", _short(items), "must be a JSON list of v1.Node")
+        raise ExtenderPayloadError("Nodes.items", _short(items), "must be a JSON list of v1.Node")
     for i, item in enumerate(items):
         _node_name(item, i)
     out: NodeListPayload = {"items": items}
     for extra in ("apiVersion", "kind", "metadata"):
         if extra in nodes:
-            out[extra] = nodes[extra]  # type: ignore[literal-required]
+            out[extra] = nodes[extra]
     return out
 
 
 def _node_name(item: object, i: int) -> str:
-    name = _object(item, f"Nodes.items[{i}]").get("metadata", {}).get("name")
+    meta = _object(_object(item, f"Nodes.items[{i}]").get("metadata"), f"Nodes.items[{i}].metadata")
+    annotations = meta.get("annotations")
+    if annotations is not None:
+        _object(annotations, f"Nodes.items[{i}].metadata.annotations")
+    name = meta.get("name")
     if not isinstance(name, str) or not name:
-        raise WireError(f"Nodes.items[{i}].metadata.name", _short(name), "must be a non-empty string")
+        raise ExtenderPayloadError(f"Nodes.items[{i}].metadata.name", _short(name), "must be a non-empty string")
     return name
 
 
@@ -271,7 +277,7 @@ def _meta_victims(value: object, node: str) -> MetaVictims:
     body = _object(value, f"NodeNameToMetaVictims[{node}]")
     pods = body.get("Pods") or []
     if not isinstance(pods, list):
-        raise WireError(f"NodeNameToMetaVictims[{node}].Pods", _short(pods), "must be a JSON list")
+        raise ExtenderPayloadError(f"NodeNameToMetaVictims[{node}].Pods", _short(pods), "must be a JSON list")
     uids = [_text(_object(p, f"NodeNameToMetaVictims[{node}].Pods[]"), "UID") for p in pods]
     return meta_victims(uids, _count(body, node))
 
@@ -280,7 +286,7 @@ def _victims(value: object, node: str) -> Victims:
     body = _object(value, f"NodeNameToVictims[{node}]")
     pods = body.get("Pods") or []
     if not isinstance(pods, list):
-        raise WireError(f"NodeNameToVictims[{node}].Pods", _short(pods), "must be a JSON list")
+        raise ExtenderPayloadError(f"NodeNameToVictims[{node}].Pods", _short(pods), "must be a JSON list")
     return {"Pods": [dict(_object(p, f"NodeNameToVictims[{node}].Pods[]")) for p in pods],
             "NumPDBViolations": _count(body, node)}
 
@@ -288,10 +294,13 @@ def _victims(value: object, node: str) -> Victims:
 def _count(body: Mapping[str, Any], node: str) -> int:
     value = body.get("NumPDBViolations", 0)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise WireError(f"{node}.NumPDBViolations", _short(value), "must be an integer")
+        raise ExtenderPayloadError(f"{node}.NumPDBViolations", _short(value), "must be an integer")
     return value
 
 
 def _short(value: object) -> object:
-    text = repr(value)
-    return value if len(text) <= 80 else text[:77] + "..."
+    """The value itself when short, else a bounded repr (bounded in depth too: the value may nest deeply)."""
+    text = reprlib.repr(value)
+    if len(text) > 80:
+        return text[:77] + "..."
+    return value if isinstance(value, (str, int, float, bool)) or value is None else text

@@ -42,6 +42,20 @@ def get_str(body: Mapping[str, Any], key: str, prefix: str = "", *, default: str
         raise ValidationError(field, value, "must not be empty")
     if len(value) > max_len:
         raise ValidationError(field, value[:40] + "...", f"must be at most {max_len} characters")
+    return require_utf8(value, field)
+
+
+def require_utf8(value: str, field: str) -> str:
+    """``value`` when it can be written as UTF-8; JSON's ``"\\ud800"`` escapes decode to lone surrogates that cannot.
+
+    Such a string would be accepted, persisted, and then break every consumer that encodes it (the metrics
+    exporter, a log file, the Kubernetes API), so it is refused where it enters.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = value[:40].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise ValidationError(field, shown, f"is not valid Unicode (lone surrogate at {exc.start})") from exc
     return value
 
 

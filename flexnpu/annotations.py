@@ -24,6 +24,8 @@ INVENTORY_VERSION: Final = 1
 
 
 class CardPayload(TypedDict):
+    """A card on the wire: in the node's inventory annotation, and (extended) in flexnpud's physical-info."""
+
     uuid: str
     index: int
     chip: int
@@ -59,7 +61,7 @@ def encode_inventory(inventory: Inventory) -> str:
         "version": INVENTORY_VERSION,
         "units_per_card": inventory.units.units_per_card,
         "oversubscription": inventory.units.oversubscription,
-        "cards": [_card_payload(c) for c in inventory.cards],
+        "cards": [card_payload(c) for c in inventory.cards],
     }
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
@@ -81,7 +83,7 @@ def decode_inventory(text: str) -> Inventory:
     return Inventory(cards=cards, units=units)
 
 
-def _card_payload(card: Card) -> CardPayload:
+def card_payload(card: Card) -> CardPayload:
     return {"uuid": card.uuid, "index": card.index, "chip": card.chip, "model": card.model,
             "aicores": card.aicores, "hbm_mib": card.hbm_mib, "health": card.health.value}
 

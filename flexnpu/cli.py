@@ -19,30 +19,29 @@ class Command:
     module: str
     usage: str
     summary: str
-    issue: int
 
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("flexnpu.shim.demo", "[--json] [--seconds N] [--plot FILE.png]",
-                    "run a simulated 910B3 node with two batch tenants (2:8) and a latency-critical one", 3),
+                    "run a simulated 910B3 node with two batch tenants (2:8) and a latency-critical one"),
     "daemon": Command("flexnpu.shim.daemon.main", "--config flexnpud.conf",
-                      "the node daemon flexnpud: registrations, slice scheduler, grant socket", 3),
+                      "the node daemon flexnpud: registrations, slice scheduler, grant socket"),
     "deviceplugin": Command("flexnpu.deviceplugin.main",
                             "[--kubelet-dir DIR] [--node-name NAME] [--npu-smi CMD | --inventory FILE] "
                             "[--units-per-card U]",
-                            "the kubelet device plugin advertising huawei.com/vnpu units", 4),
+                            "the kubelet device plugin advertising huawei.com/vnpu units"),
     "extender": Command("flexnpu.extender.main", "[--listen ADDR] [--policy NAME]",
-                        "the kube-scheduler extender placing pods on nodes and cards", 5),
+                        "the kube-scheduler extender placing pods on nodes and cards"),
     "operator": Command("flexnpu.operator.main", "[kopf options]",
-                        "the operator reconciling VNpuClaims into node-daemon registrations", 6),
-    "shim": Command("flexnpu.shim.cli", "run -- CMD...", "run a command under the in-pod time-slicing runtime", 3),
+                        "the operator reconciling VNpuClaims into node-daemon registrations"),
+    "shim": Command("flexnpu.shim.cli", "run -- CMD...", "run a command under the in-pod time-slicing runtime"),
     "simnpu": Command("flexnpu.shim.simnpu.main", "[--socket PATH] [--model 910B3]",
-                      "a simulated NPU that separate processes share", 3),
+                      "a simulated NPU that separate processes share"),
     "bench": Command("flexnpu.bench.cli", "NAME [--json] [--out FILE]",
                      "run one benchmark (share, priority, overhead, idle, grant, placement, extender, "
-                     "deviceplugin, operator)", 3),
+                     "deviceplugin, operator)"),
     "status": Command("flexnpu.shim.status", "[--node NAME]",
-                      "per card: units, memory, tenants, achieved share, wait p99", 3),
+                      "per card: units, memory, tenants, achieved share, wait p99"),
 }
 
 
@@ -68,28 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"flexnpu: unknown command {name!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    return run(name, command, rest)
+    return run(command, rest)
 
 
-def run(name: str, command: Command, rest: list[str]) -> int:
-    try:
-        module = importlib.import_module(command.module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not command.module.startswith(exc.name):
-            raise
-        return not_ready(name, command, rest)
+def run(command: Command, rest: list[str]) -> int:
+    module = importlib.import_module(command.module)
     result: int = module.main(rest)
     return result
-
-
-def not_ready(name: str, command: Command, rest: list[str]) -> int:
-    """A command whose component is not in this build: say so in one line, never fake success."""
-    if "-h" in rest or "--help" in rest:
-        print(f"usage: flexnpu {name} {command.usage}\n\n{command.summary}\n\n"
-              f"(not implemented yet in this build: issue #{command.issue})")
-        return 0
-    print(f"flexnpu {name}: not implemented yet in this build (issue #{command.issue})", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

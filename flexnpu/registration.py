@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
-from flexnpu._decode import as_mapping, get_int, get_str
+from flexnpu._decode import as_mapping, get_int, get_str, require_utf8
 from flexnpu.errors import ValidationError
 from flexnpu.priority import Priority, parse_priority
 
@@ -61,7 +61,7 @@ def parse_registration(raw: object) -> Registration:
     if not isinstance(flexnpu_id, str) or not flexnpu_id or len(flexnpu_id) > 253:
         raise ValidationError("flexnpu_id", flexnpu_id, "must be a non-empty string of at most 253 characters")
     return Registration(
-        flexnpu_id=flexnpu_id,
+        flexnpu_id=require_utf8(flexnpu_id, "flexnpu_id"),
         entity=get_str(body, "entity", default="", allow_empty=True, max_len=253),
         npu=get_int(body, "npu", lo=0, hi=63),
         chip=get_int(body, "chip", lo=0, hi=7, default=0),

@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     if "--cluster" in argv:
-        from flexnpu.box.main import main as cluster_main
+        from flexnpu_testsupport.box.main import main as cluster_main
 
         return cluster_main([a for a in argv if a != "--cluster"])
     args = build_parser().parse_args(list(argv))

@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 from flexnpu.annotations import BindPhase, CardAssignment
 from flexnpu.cards import Card, hccs_ring
 from flexnpu.deviceplugin.core.devices import ids_by_card, unit_order
-from flexnpu.errors import FlexnpuError
+from flexnpu.errors import FlexnpuError, ValidationError
 from flexnpu.priority import DEFAULT_PRIORITY, Priority
 from flexnpu.units import UnitsConfig, VnpuRequest, default_memory_mib, parse_vnpu_request
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SHOWN_IDS = 3
+"""Device IDs a message quotes before it only counts the rest: a request may carry thousands."""
 
 
 class AllocationError(FlexnpuError):
@@ -114,7 +116,7 @@ def placement_from_ids(cards: Sequence[Card], ids: Sequence[str], request: VnpuR
     counts = free_units(ids, cards)
     ranked = sorted((c for c in cards if c.uuid in counts), key=lambda c: (-counts[c.uuid], c.index, c.chip))
     if len(ranked) < request.cards:
-        raise AllocationError(f"device IDs {sorted(ids)} name {len(ranked)} card(s) of this node, "
+        raise AllocationError(f"{describe_ids(ids)} name {len(ranked)} card(s) of this node, "
                               f"the request needs {request.cards}")
     return tuple(_assignment(c, request, units) for c in ranked[:request.cards])
 
@@ -122,6 +124,27 @@ def placement_from_ids(cards: Sequence[Card], ids: Sequence[str], request: VnpuR
 def _assignment(card: Card, request: VnpuRequest, units: UnitsConfig) -> CardAssignment:
     return CardAssignment(uuid=card.uuid, index=card.index, units=request.units_per_touched_card(units.units_per_card),
                           memory_mib=default_memory_mib(request, card.hbm_mib, units.units_per_card))
+
+
+def describe_ids(ids: Iterable[str]) -> str:
+    """``N device ID(s) (a, b, c, ...)``: the first few sorted IDs and the count, whatever the count."""
+    ordered = sorted(set(ids))
+    shown = ", ".join(ordered[:SHOWN_IDS]) + (", ..." if len(ordered) > SHOWN_IDS else "")
+    return f"{len(ordered)} device ID(s) ({shown})"
+
+
+def check_preferred_request(available: Sequence[str], must_include: Sequence[str], size: int) -> None:
+    """A ValidationError naming the field when a GetPreferredAllocation request cannot be answered as asked.
+
+    Kubelet asks for ``allocation_size`` IDs out of ``available_deviceIDs``, the ``must_include_deviceIDs`` among
+    them; any other size (zero, negative, more than is available) would make the answer offer the wrong count.
+    """
+    free, must = set(available), set(must_include)
+    if not must <= free:
+        raise ValidationError("must_include_deviceIDs", describe_ids(must - free), "must all be available")
+    if not max(1, len(must)) <= size <= len(free):
+        raise ValidationError("allocation_size", size,
+                              f"must be in {max(1, len(must))}..{len(free)} (must-include..available IDs)")
 
 
 def preferred_ids(placement: Sequence[CardAssignment], available: Sequence[str], must_include: Sequence[str],

@@ -1,10 +1,10 @@
 """Does a pod fit a node, and if not, why not: the extender's ``filter`` decision as a pure function.
 
-A node fits when its CPU (if tracked) covers the pod's and enough of its cards can each take the pod's per-card
-share: healthy, of an allowed model, with the free units and free memory. A fraction needs one such card, ``k``
-whole cards need ``k``. A demand of zero units (``VnpuRequest(0, 0)``, see ``model.CPU_ONLY``) is a CPU-only
-pod: it needs no card at all; the openb replay places those too, because their CPU strands cards. When the node
-does not fit, the :class:`Refusal` says why in one human-readable sentence and in structured fields (which card
+A node fits when its CPU and memory (each if tracked) cover the pod's and enough of its cards can each take the
+pod's per-card share: healthy, of an allowed model, with the free units and free memory. A fraction needs one such
+card, ``k`` whole cards need ``k``. A demand of zero units (``VnpuRequest(0, 0)``, see ``model.CPU_ONLY``) is a
+CPU-only pod: it needs no card at all; the openb replay places those too, because their CPU strands cards. When the
+node does not fit, the :class:`Refusal` says why in one human-readable sentence and in structured fields (which card
 came closest, how many units or MiB it lacks), so the extender can put it in ``FailedNodes`` and in a Kubernetes
 Event unchanged.
 
@@ -24,6 +24,7 @@ class RefusalKind(enum.StrEnum):
 
     REQUEST = "request"  # the request makes no sense on this node (more units than a card has)
     CPU = "cpu"
+    HOST_MEMORY = "node-memory"
     NO_CARDS = "no-cards"
     TOO_FEW_CARDS = "too-few-cards"  # k whole cards asked, the node has fewer cards in all
     MODEL = "model"
@@ -43,6 +44,7 @@ class Refusal:
     missing_units: int = 0
     missing_memory_mib: int = 0
     missing_cpu_milli: int = 0
+    missing_host_memory_mib: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ def fit_node(demand: PodDemand, node: NodeState) -> NodeFit | Refusal:
         return Refusal(node.name, RefusalKind.CPU,
                        f"node {node.name}: needs {demand.cpu_milli}m CPU, {node.cpu_milli_free}m free",
                        missing_cpu_milli=missing)
+    if node.host_memory_tracked and demand.host_memory_mib > node.host_memory_mib_free:
+        return Refusal(node.name, RefusalKind.HOST_MEMORY,
+                       f"node {node.name}: needs {demand.host_memory_mib} MiB of memory, "
+                       f"{node.host_memory_mib_free} MiB free",
+                       missing_host_memory_mib=demand.host_memory_mib - node.host_memory_mib_free)
     if request.units == 0:
         return NodeFit(node=node, positions=(), units=0, cards_needed=0)
     positions = tuple(i for i, card in enumerate(node.cards) if _card_fits(demand, node, card, units))

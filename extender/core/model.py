@@ -9,8 +9,9 @@ Public names (stable): :class:`CardState`, :class:`NodeState`, :class:`PodDemand
 
 Units: a card offers ``units_total`` units (U times the oversubscription factor, as the device plugin advertises);
 a request is interpreted against the node's ``units_per_card`` U: ``u <= U`` is u/U of one card, ``k*U`` is k
-whole cards, each of which takes U units of its card. Memory is never oversubscribed. CPU is counted only when the
-node says how much it has (``cpu_milli_total == 0`` means "not tracked": every pod fits as far as CPU goes).
+whole cards, each of which takes U units of its card. Memory is never oversubscribed. CPU and the node's own
+(host) memory are counted only when the node says how much it has (``cpu_milli_total == 0`` or
+``host_memory_mib_total == 0`` means "not tracked": every pod fits as far as that resource goes).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class NodeState:
     units_per_card: int
     cpu_milli_total: int = 0
     cpu_milli_used: int = 0
+    host_memory_mib_total: int = 0  # the node's allocatable memory (not the cards')
+    host_memory_mib_used: int = 0
 
     @property
     def cpu_tracked(self) -> bool:
@@ -70,6 +73,14 @@ class NodeState:
     def cpu_milli_free(self) -> int:
         return self.cpu_milli_total - self.cpu_milli_used
 
+    @property
+    def host_memory_tracked(self) -> bool:
+        return self.host_memory_mib_total > 0
+
+    @property
+    def host_memory_mib_free(self) -> int:
+        return self.host_memory_mib_total - self.host_memory_mib_used
+
     def card_position(self, uuid: str) -> int:
         """Where the card ``uuid`` sits in ``cards``; KeyError when the node has no such card."""
         for position, card in enumerate(self.cards):
@@ -77,24 +88,29 @@ class NodeState:
                 return position
         raise KeyError(uuid)
 
-    def with_assignments(self, assignments: Iterable[CardAssignment], cpu_milli: int = 0) -> NodeState:
-        """This node after a pod took ``assignments`` (and ``cpu_milli`` of CPU). Unknown cards are ignored."""
+    def with_assignments(self, assignments: Iterable[CardAssignment], cpu_milli: int = 0,
+                         host_memory_mib: int = 0) -> NodeState:
+        """This node after a pod took ``assignments`` (and ``cpu_milli`` of CPU, ``host_memory_mib`` of its memory).
+        Unknown cards are ignored."""
         by_uuid: dict[str, tuple[int, int]] = {}
         for a in assignments:
             units, memory = by_uuid.get(a.uuid, (0, 0))
             by_uuid[a.uuid] = (units + a.units, memory + a.memory_mib)
         cards = tuple(c.taking(*by_uuid[c.uuid]) if c.uuid in by_uuid else c for c in self.cards)
-        return replace(self, cards=cards, cpu_milli_used=self.cpu_milli_used + cpu_milli)
+        return replace(self, cards=cards, cpu_milli_used=self.cpu_milli_used + cpu_milli,
+                       host_memory_mib_used=self.host_memory_mib_used + host_memory_mib)
 
 
 @dataclass(frozen=True)
 class PodDemand:
-    """What one pod asks for: a validated vnpu request, allowed card models (empty = any), CPU and priority."""
+    """What one pod asks for: a validated vnpu request, allowed card models (empty = any), CPU, the node's memory
+    (``host_memory_mib``, not the cards') and priority."""
 
     request: VnpuRequest
     models: frozenset[str] = frozenset()
     cpu_milli: int = 0
     priority: Priority = Priority.NORMAL
+    host_memory_mib: int = 0
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -117,7 +133,8 @@ def card_state(inventory: Inventory, position: int) -> CardState:
 
 
 def node_state(name: str, inventory: Inventory, assignments: Iterable[CardAssignment] = (),
-               cpu_milli_total: int = 0, cpu_milli_used: int = 0) -> NodeState:
+               cpu_milli_total: int = 0, cpu_milli_used: int = 0, host_memory_mib_total: int = 0,
+               host_memory_mib_used: int = 0) -> NodeState:
     """A node from its ``flexnpu.io/inventory`` and the ``flexnpu.io/assigned`` entries of the pods bound to it.
 
     ``assignments`` is every assignment of every live pod on the node, flattened; entries naming a card the
@@ -125,5 +142,6 @@ def node_state(name: str, inventory: Inventory, assignments: Iterable[CardAssign
     """
     empty = NodeState(name=name, cards=tuple(card_state(inventory, i) for i in range(len(inventory.cards))),
                       units_per_card=inventory.units.units_per_card, cpu_milli_total=cpu_milli_total,
-                      cpu_milli_used=cpu_milli_used)
+                      cpu_milli_used=cpu_milli_used, host_memory_mib_total=host_memory_mib_total,
+                      host_memory_mib_used=host_memory_mib_used)
     return empty.with_assignments(assignments)

@@ -5,7 +5,10 @@ The extender's HTTP handlers translate kube-scheduler's requests and call, per p
 1. :func:`filter_nodes` (``filter``): which nodes fit, and for every other one a reason string for
    ``FailedNodes``;
 2. :func:`score_nodes` (``prioritize``): a 0..10 score per fitting node under a policy; only the node(s) whose
-   placement is cheapest get 10, so kube-scheduler's choice among the top scores is the policy's own;
+   placement is cheapest get 10, every other one at most ``RUNNER_UP_MAX`` (7), so kube-scheduler's choice is
+   always one of the policy's best: it adds the extender's score times its weight times 10 (MaxNodeScore /
+   MaxExtenderPriority) to its default plugins' scores, which together span 200 (NodeResourcesFit and
+   BalancedAllocation, 0..100 each, weight 1); a gap of 3 points at the chart's weight 10 is 300;
 3. :func:`choose` (``bind``): which card(s) of the chosen node: a fraction of one card, or k whole cards on one
    node, on one HCCS ring when a ring has room; memory per card by ``flexnpu.units.default_memory_mib``.
 
@@ -22,7 +25,7 @@ stats are replaced, or use a fresh memo.
 Public names (stable): :func:`fit_node`, :func:`filter_nodes`, :func:`score_nodes`, :func:`choose`,
 :func:`evaluate`, :class:`NodeFit`, :class:`Refusal`, :class:`RefusalKind`, :class:`Placement`,
 :class:`PlacementError`, :class:`EvaluationMemo`, :data:`POLICIES`, :func:`policy`, :data:`DEFAULT_POLICY`,
-:data:`MAX_SCORE`, :func:`workload_stats`.
+:data:`MAX_SCORE`, :data:`RUNNER_UP_MAX`, :func:`scale_score`, :func:`workload_stats`.
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ from flexnpu.extender.core.policies import DEFAULT_POLICY, POLICIES, Candidate, 
 from flexnpu.extender.core.stats import ClusterStats, cluster_stats, demand_shape, uniform_stats
 
 __all__ = [
-    "DEFAULT_POLICY", "MAX_SCORE", "POLICIES", "EvaluationMemo", "NodeFit", "Placement", "PlacementError",
-    "Refusal", "RefusalKind", "choose", "evaluate", "filter_nodes", "fit_node", "policy", "score_nodes",
-    "workload_stats",
+    "DEFAULT_POLICY", "MAX_SCORE", "POLICIES", "RUNNER_UP_MAX", "EvaluationMemo", "NodeFit", "Placement",
+    "PlacementError", "Refusal", "RefusalKind", "choose", "evaluate", "filter_nodes", "fit_node", "policy",
+    "scale_score", "score_nodes", "workload_stats",
 ]  # fmt: skip
 
 MAX_SCORE: Final = 10
+RUNNER_UP_MAX: Final = 7  # the highest score of a node that is not among the cheapest (see the module docstring)
 
 # Profiles a node for some stats: the memo's cached one or the plain function.
 _ProfileFn = Callable[[NodeState, ClusterStats], NodeProfile]
@@ -145,7 +149,7 @@ def score_nodes(demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy | str
     if not costs:
         return {}
     best, worst = min(costs.values()), max(costs.values())
-    return {name: _score(cost, best, worst) for name, cost in costs.items()}
+    return {name: scale_score(cost, best, worst) for name, cost in costs.items()}
 
 
 def choose(demand: PodDemand, node: NodeState, chosen: Policy | str = DEFAULT_POLICY,
@@ -180,10 +184,11 @@ def _placements(demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy | str
     return [_evaluate(demand, fit, chosen, stats, node_profile) for fit in fits]
 
 
-def _score(cost: float, best: float, worst: float) -> int:
+def scale_score(cost: float, best: float, worst: float) -> int:
+    """10 for the cheapest cost, the others 0..``RUNNER_UP_MAX`` by their distance from the worst."""
     if cost <= best:
         return MAX_SCORE
-    return min(MAX_SCORE - 1, int(MAX_SCORE * (worst - cost) / (worst - best)))
+    return min(RUNNER_UP_MAX, int((RUNNER_UP_MAX + 1) * (worst - cost) / (worst - best)))
 
 
 def _policy(chosen: Policy | str) -> Policy:

@@ -29,8 +29,12 @@ class DeviceError(FlexnpuError):
     """A request the simulated device refuses (unknown client, bad size or duration)."""
 
 
-class DeviceOutOfMemoryError(DeviceError):
-    """An allocation past the client's cap or past the card's free memory; the device state is unchanged."""
+class SimDeviceOutOfMemoryError(DeviceError):
+    """An allocation past the client's cap or past the card's free memory; the device state is unchanged.
+
+    The simulated device's own error; the simulated NPU server sends it over the wire, and the client side
+    raises ``flexnpu.shim.runtime.simnpu_client.DeviceOutOfMemoryError`` from that message.
+    """
 
     def __init__(self, client: str, nbytes: int, used: int, limit: int, what: str) -> None:
         self.client = client
@@ -103,14 +107,14 @@ class SimDevice:
         self._client(client).memory_used = 0
 
     def alloc(self, client: str, nbytes: int) -> None:
-        """Reserve ``nbytes`` of device memory for ``client`` or raise ``DeviceOutOfMemoryError``."""
+        """Reserve ``nbytes`` of device memory for ``client`` or raise ``SimDeviceOutOfMemoryError``."""
         state = self._client(client)
         if nbytes <= 0:
             raise DeviceError(f"allocation size must be positive, got {nbytes}")
         if state.memory_cap is not None and state.memory_used + nbytes > state.memory_cap:
-            raise DeviceOutOfMemoryError(client, nbytes, state.memory_used, state.memory_cap, "its cap")
+            raise SimDeviceOutOfMemoryError(client, nbytes, state.memory_used, state.memory_cap, "its cap")
         if self.memory_in_use() + nbytes > self.memory_bytes:
-            raise DeviceOutOfMemoryError(client, nbytes, state.memory_used, self.memory_bytes, "the card's memory")
+            raise SimDeviceOutOfMemoryError(client, nbytes, state.memory_used, self.memory_bytes, "the card's memory")
         state.memory_used += nbytes
 
     def free(self, client: str, nbytes: int) -> None:

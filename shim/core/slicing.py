@@ -14,7 +14,9 @@ Public API (stable names; things may be added):
 - ``Decision(grant, revoke, wake_at_us)``: grant to hand out now (or None), tenant to ask to stop at its next
   launch boundary (or None), and when to call ``decide`` again at the latest (or None: on the next event).
 - ``CardScheduler(policy, tenants=())`` with ``set_tenants``, ``want``, ``release``, ``extend``, ``decide``,
-  ``holders``, ``owed_us`` (alias ``tokens_us``), ``rate`` and ``wants`` (introspection for metrics).
+  ``holders``, ``owed_us`` (alias ``tokens_us``), ``rate``, ``wants`` and ``last_charge_us`` (introspection for
+  metrics).
+- ``charge_us(reported_us, held_us, grace_us)``: what one holding costs (see Charging below).
 
 Protocol for a caller: call ``want`` when a tenant has work queued, ``release`` when its grant ended (budget
 spent or revoked; after draining its in-flight work; ``used_us`` = device time it consumed, measured by the
@@ -51,6 +53,12 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
   pick it again anyway (nobody else entitled or of higher priority waits); the runtime calls it when its budget
   runs out, and drains and releases only when it returns None. This is what keeps one busy tenant at native
   throughput.
+
+Charging: usage is reported by the tenant, so it is hostile. Each ``extend`` and ``release`` of a holder is charged
+``max(reported, held)`` where ``held`` is the time since the grant (or since the last extension), and at most
+``held + policy.charge_grace_us``: a tenant that reports ``used_us: 0`` pays for the time it kept the card from
+the others, one that reports more than it could have used (or a non-finite number) pays the bounded maximum. A
+release by a tenant that holds nothing (a withdrawn wish) is charged nothing.
 
 ``ops`` mode (the seed's policy, kept for comparison): each round of ``ticker_interval_us`` every tenant may
 dispatch ``aicore_alloc`` operators; several tenants hold grants at once and their work interleaves on the device.
@@ -101,6 +109,9 @@ class SlicePolicy:
     """Factor f >= 1: shares may sum to f * quota and then act as weights."""
     window_us: int = 1_000_000
     """The sliding window over which shares are guaranteed (and capped), microseconds."""
+    charge_grace_us: int = 1000
+    """How much more than it held the grant a holder may be charged when it reports more (clock skew between the
+    runtime's measurement and the daemon's); a report past it is clamped, microseconds."""
 
     def __post_init__(self) -> None:
         _check_int("[ticker] quota", self.quota, 1, 1000)
@@ -114,6 +125,28 @@ class SlicePolicy:
         if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f) or not 1.0 <= f <= 100.0:
             raise ConfigError("oversubscription", f, "must be a number from 1 to 100")
         _check_int("window_us", self.window_us, 2 * self.slice_us, 3_600_000_000)
+        _check_int("charge_grace_us", self.charge_grace_us, 0, 10_000_000)
+
+
+def charge_us(reported_us: object, held_us: int, grace_us: int) -> int:
+    """What a holding of ``held_us`` costs when the holder reports ``reported_us`` of device time.
+
+    ``max(reported, held)``, clamped to ``held + grace``: under-reporting gains nothing, over-reporting is bounded,
+    and anything that is not a finite number counts as no report (the holder pays the time it held the card).
+    """
+    held = max(0, held_us)
+    reported = _finite_us(reported_us)
+    return min(max(reported, held), held + max(0, grace_us))
+
+
+def _finite_us(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return 0
+        value = int(min(value, 2.0**62))
+    return max(0, min(value, 1 << 62))
 
 
 def _check_int(key: str, value: object, low: int, high: int) -> None:
@@ -168,6 +201,8 @@ class _State:
     budget_given: int = 0  # share mode: budget handed out in the current holding (grant plus extensions)
     budget_used: int = 0  # device time charged in the current holding
     overrun_us: float = 0.0  # typical device time used past a holding's budget (in-flight work, the last kernel)
+    held_since: int = 0  # when the current holding (or its last extension) began: what the next charge covers
+    last_charge: int = 0  # what the last extend or release was charged
 
     @property
     def rank(self) -> int:
@@ -215,11 +250,14 @@ class CardScheduler:
             state.vtime = max(state.vtime, self._min_vtime(exclude=tenant_id))
         state.wants = True
 
-    def release(self, tenant_id: str, used_us: int, now_us: int, still_wants: bool, ops_used: int = 0) -> None:
-        """The grant of ``tenant_id`` ended after it consumed ``used_us`` of device time (drained)."""
+    def release(self, tenant_id: str, used_us: int, now_us: int, still_wants: bool, ops_used: int = 0) -> int:
+        """The grant of ``tenant_id`` ended after it consumed ``used_us`` of device time (drained).
+
+        Returns the device time charged (see Charging in the module docstring).
+        """
         self._advance(now_us)
         state = self._state(tenant_id)
-        self._charge(state, used_us)
+        self._charge(state, self._charge_of(state, used_us))
         if self.policy.mode == "share" and tenant_id in self._holders and not state.bonus and state.budget_given:
             overrun = max(0, state.budget_used - state.budget_given)
             state.overrun_us += (overrun - state.overrun_us) / 4  # a running mean over the last few holdings
@@ -228,6 +266,7 @@ class CardScheduler:
         state.wants = still_wants
         state.bonus = False
         self._holders.discard(tenant_id)
+        return state.last_charge
 
     def extend(self, tenant_id: str, used_us: int, now_us: int) -> Grant | None:
         """The holder's budget ran out with ``used_us`` consumed so far: a new grant if it would be picked anyway.
@@ -237,8 +276,10 @@ class CardScheduler:
         self._advance(now_us)
         state = self._state(tenant_id)
         if self.policy.mode != "share" or tenant_id not in self._holders:
+            state.last_charge = 0
             return None
-        self._charge(state, used_us)
+        self._charge(state, self._charge_of(state, used_us))
+        state.held_since = self._now
         pick = self._pick_share(exclude_holder=False)
         if pick is None or pick[0] is not state:
             return None
@@ -272,6 +313,10 @@ class CardScheduler:
     def wants(self, tenant_id: str) -> bool:
         return self._state(tenant_id).wants
 
+    def last_charge_us(self, tenant_id: str) -> int:
+        """The device time charged to the tenant by its last ``extend`` or ``release``."""
+        return self._state(tenant_id).last_charge
+
     # ----- share mode ---------------------------------------------------------------------------------------
 
     def _decide_share(self) -> Decision:
@@ -286,6 +331,7 @@ class CardScheduler:
         state, bonus = pick
         state.bonus = bonus
         state.budget_given = state.budget_used = 0
+        state.held_since = self._now
         self._holders.add(state.tenant.tenant_id)
         return Decision(grant=self._hand_out(state))
 
@@ -300,9 +346,10 @@ class CardScheduler:
         waiting = [(s, self._owed(s, busy)) for s in self._states.values()
                    if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)]
         entitled = [(s, owed) for s, owed in waiting if owed > 0]
-        if not entitled:
-            # Nobody is owed more than its typical overrun: rather than idle the card, serve those still under
-            # their share at all (what a cap allows), most owed first.
+        if not entitled and busy >= self.policy.quota:
+            # Nobody is owed more than its typical overrun, and the busy tenants' shares fill the card: rather than
+            # idle it, serve those still under their share at all (what a cap allows), most owed first. On a card
+            # the shares do not fill, idling is what the cap asks for, and this would pass it on every visit.
             entitled = [(s, owed) for s, owed in waiting if owed + s.overrun_us > 0]
         if entitled:
             best = max(entitled, key=lambda pair: (pair[0].rank, pair[1] / pair[0].weight, pair[0].tenant.tenant_id))
@@ -353,6 +400,7 @@ class CardScheduler:
             tenant_id = state.tenant.tenant_id
             if state.wants and state.ops_left > 0 and tenant_id not in self._holders:
                 self._holders.add(tenant_id)
+                state.held_since = self._now
                 state.grant_round, state.granted_ops, state.ops_left = self._round, state.ops_left, 0
                 return Decision(grant=Grant(tenant_id, round_end - self._now, state.granted_ops))
         starving = any(s.wants and s.ops_left == 0 and s.tenant.tenant_id not in self._holders
@@ -386,6 +434,14 @@ class CardScheduler:
         if not (state.wants or state.tenant.tenant_id in self._holders):
             busy += state.weight
         return state.weight / max(self.policy.quota, busy)
+
+    def _charge_of(self, state: _State, reported_us: int) -> int:
+        """What the holder pays for the time since its grant (or last extension); a non-holder pays nothing."""
+        if state.tenant.tenant_id not in self._holders:
+            state.last_charge = 0
+        else:
+            state.last_charge = charge_us(reported_us, self._now - state.held_since, self.policy.charge_grace_us)
+        return state.last_charge
 
     def _charge(self, state: _State, used_us: int) -> None:
         used = max(0, used_us)

@@ -15,7 +15,9 @@ Endpoints (the seed daemon's names):
 - ``GET /metrics``: Prometheus text format.
 
 When a token is configured every other request needs ``Authorization: Bearer <token>`` (401 without it).
-Every error, including unknown paths and methods, is a JSON object with an ``error`` key.
+Every error, including unknown paths and methods, is a JSON object with an ``error`` key; so are the replies of
+aiohttp's HTTP parser (garbage request line, bad Content-Length, oversized header) and of an unexpected failure,
+which aiohttp would send as plain text: serve the application with ``app_runner``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
@@ -61,6 +64,47 @@ def build_app(service: DaemonService, token: str = "") -> web.Application:
     app.router.add_get(HEALTH_PATH, health)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+def app_runner(service: DaemonService, token: str = "") -> web.AppRunner:
+    """A runner for ``build_app`` whose connections answer HTTP-level errors in JSON too."""
+    return _JsonErrorsRunner(build_app(service, token), access_log=None)
+
+
+class _JsonErrorsHandler(web.RequestHandler):
+    """aiohttp's connection handler with its own error replies (parser errors, unexpected failures) in JSON."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises when a response was already sent
+        response = error(status, _protocol_error_text(status, message))
+        response.force_close()
+        return response
+
+
+def _protocol_error_text(status: int, message: str | None) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase.lower()
+    except ValueError:
+        phrase = f"HTTP {status}"
+    if status >= 500 or not message:
+        return phrase
+    detail = " ".join(message.split())  # aiohttp's parser messages span lines (the offending bytes and a caret)
+    return f"{phrase}: {detail[:200]}"
+
+
+class _JsonErrorsServer(web.Server):
+    # aiohttp has no public hook for the handler class; this mirrors Server.__call__ (a test pins the behaviour).
+    def __call__(self) -> web.RequestHandler:
+        return _JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorsRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _JsonErrorsServer(server.request_handler, request_factory=server.request_factory,
+                                 handler_cancellation=server.handler_cancellation, loop=server._loop,
+                                 **server._kwargs)
 
 
 def error(status: int, message: str, field: str = "", **headers: str) -> web.Response:
@@ -103,7 +147,9 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _authorized(header: str, token: str) -> bool:
     scheme, _, presented = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+    # aiohttp hands over header bytes that are not UTF-8 as surrogate escapes: those bytes are compared as sent.
+    presented_bytes = presented.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented_bytes, token.encode())
 
 
 async def _json_body(request: web.Request) -> Any:

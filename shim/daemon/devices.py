@@ -15,6 +15,7 @@ from typing import Final
 
 from flexnpu.cards import Card, card_model
 from flexnpu.errors import ConfigError, ValidationError
+from flexnpu.npusmi import parse_npu_smi_info
 
 DEVICES_KEY: Final = "[flexnpu] devices"
 MAX_SIM_CARDS: Final = 64
@@ -64,11 +65,7 @@ def run_npu_smi(command: str) -> str:
 
 
 def npu_smi_parser() -> NpuSmiParser:
-    """The device plugin's npu-smi parser (one parser for the whole project)."""
-    try:
-        from flexnpu.deviceplugin.core.npusmi import parse_npu_smi_info  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ConfigError(DEVICES_KEY, "auto", "this build has no npu-smi parser; use sim:<model>x<count>") from exc
+    """The project's one npu-smi parser (flexnpu.npusmi, shared with the device plugin)."""
     return _checked(parse_npu_smi_info)
 
 

@@ -2,11 +2,14 @@
 
 The daemon only needs four methods of it (``GrantHost``); tests of the HTTP layer pass a small fake, and
 ``build_grant_server`` constructs the real ``flexnpu.shim.grant.server.GrantServer`` with the slice policy the
-config describes.
+config describes, and with the shared-memory grant path (card regions and registration slots) in the socket
+directory beside the socket.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -43,4 +46,11 @@ def build_grant_server(settings: DaemonSettings, cards: Sequence[Card]) -> Grant
     policy = SlicePolicy(quota=settings.quota, share_in_idle=settings.share_in_idle, slice_us=settings.schedule_cycle,
                          mode=mode, ticker_interval_us=settings.ticker_interval,
                          oversubscription=settings.oversubscription)
-    return GrantServer(str(settings.socket_path), policy, cards)
+    return GrantServer(str(settings.socket_path), policy, cards, shm_dir=settings.socket_dir,
+                       daemon_pid_start=daemon_pid_start())
+
+
+def daemon_pid_start() -> int:
+    """The card regions' ``daemon_pid_start``: pid << 32 | a start counter (the wall clock's seconds), so that a
+    tenant sees a restarted daemon even when it got the same pid."""
+    return (os.getpid() & 0xFFFFFFFF) << 32 | (int(time.time()) & 0xFFFFFFFF)

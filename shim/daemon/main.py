@@ -24,7 +24,7 @@ from aiohttp import web
 from flexnpu.cards import Card
 from flexnpu.errors import ConfigError, FlexnpuError
 from flexnpu.shim.core.admission import Capacity
-from flexnpu.shim.daemon.api import build_app
+from flexnpu.shim.daemon.api import app_runner
 from flexnpu.shim.daemon.config import (
     DaemonSettings,
     OneLineParser,
@@ -153,7 +153,7 @@ async def _serve_http(service: DaemonService, token: str, listener: socket.socke
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(build_app(service, token), access_log=None)
+    runner = app_runner(service, token)
     await runner.setup()
     try:
         await web.SockSite(runner, listener).start()

@@ -41,7 +41,7 @@ class DaemonCollector(Collector):
             "tenants": GaugeMetricFamily("flexnpu_card_registrations", "registrations on the card", labels=_CARD),
         }
         for card in self._service.card_views():
-            labels = [card["uuid"], str(card["index"]), str(card["chip"]), card["model"]]
+            labels = _labels(card["uuid"], card["index"], card["chip"], card["model"])
             families["units"].add_metric(labels, card["aicore_used"])
             families["capacity"].add_metric(labels, card["aicore_capacity"])
             families["memory"].add_metric(labels, card["memory_used_mib"])
@@ -61,14 +61,23 @@ class DaemonCollector(Collector):
         device = CounterMetricFamily("flexnpu_tenant_device_time_seconds", "device time used", labels=_TENANT)
         grants = CounterMetricFamily("flexnpu_tenant_grants", "grants served", labels=_TENANT)
         for view in views:
-            labels = [view["flexnpu_id"], view["entity"], str(view["npu"]), str(view["chip"]),
-                      view.get("priority", "normal")]
+            labels = _labels(view["flexnpu_id"], view["entity"], view["npu"], view["chip"],
+                             view.get("priority", "normal"))
             target.add_metric(labels, view["target_share"])
             achieved.add_metric(labels, view["achieved_share"])
             wait.add_metric(labels, view["wait_p99_us"] / 1e6)
             device.add_metric(labels, view["device_time_us"] / 1e6)
             grants.add_metric(labels, view["grants"])
         yield from (target, achieved, wait, device, grants)
+
+
+def _labels(*values: object) -> list[str]:
+    """Label values that the exposition format can always encode.
+
+    The API refuses strings that are not UTF-8, but a scrape must never fail because one value slipped through
+    (an older state file, a future field): a lone surrogate becomes its ``\\udXXX`` escape instead of a 500.
+    """
+    return [str(v).encode("utf-8", "backslashreplace").decode("utf-8") for v in values]
 
 
 def metrics_registry(service: DaemonService) -> CollectorRegistry:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TypedDict
 
+from flexnpu.annotations import CardPayload, card_payload
 from flexnpu.cards import Card
 from flexnpu.errors import FlexnpuError, ValidationError
 from flexnpu.registration import Registration, RegistrationBody, parse_registration
@@ -48,16 +48,9 @@ class RegistrationView(RegistrationBody):
     achieved_share: float
 
 
-class CardView(TypedDict):
-    """A card with what is registered on it, as ``GET /device/physical-info`` shows it."""
+class CardView(CardPayload):
+    """A card (the inventory's payload) with what is registered on it, as ``GET /device/physical-info`` shows it."""
 
-    uuid: str
-    index: int
-    chip: int
-    model: str
-    aicores: int
-    hbm_mib: int
-    health: str
     aicore_used: int
     aicore_capacity: float
     memory_used_mib: int
@@ -77,6 +70,8 @@ class DaemonService:
     def restore(self) -> list[str]:
         """Load the persisted registrations and re-admit them; returns one line per problem (already logged)."""
         loaded = self._store.load()
+        for leftover in loaded.removed:
+            log.info("removed %s, left by an interrupted write", leftover)
         accepted, refused = restore_order(loaded.registrations, self.cards, self.capacity)
         problems = list(loaded.problems)
         for registration, decision in refused:
@@ -128,7 +123,7 @@ class DaemonService:
     def _registration_view(self, registration: Registration, live: Mapping[str, float]) -> RegistrationView:
         card = next((c for c in self.cards if c.index == registration.npu and c.chip == registration.chip), None)
         view: RegistrationView = {
-            **registration.to_body(),  # type: ignore[typeddict-item]
+            **registration.to_body(),
             "card_uuid": card.uuid if card else "",
             "target_share": registration.aicore_alloc / self.capacity.quota,
             "device_time_us": float(live.get("device_time_us", 0.0)),
@@ -143,9 +138,7 @@ class DaemonService:
 
     def _card_view(self, card: Card) -> CardView:
         used = card_usage(self._registrations.values(), card)
-        return {"uuid": card.uuid, "index": card.index, "chip": card.chip, "model": card.model,
-                "aicores": card.aicores, "hbm_mib": card.hbm_mib, "health": card.health.value,
-                "aicore_used": used.aicore, "aicore_capacity": self.capacity.aicore_limit,
+        return {**card_payload(card), "aicore_used": used.aicore, "aicore_capacity": self.capacity.aicore_limit,
                 "memory_used_mib": used.memory_mib, "tenants": used.tenants}
 
 

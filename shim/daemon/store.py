@@ -3,12 +3,17 @@
 One JSON file, ``{"version": 1, "registrations": [<register body>, ...]}``, replaced atomically on every change:
 written to a temporary file in the same directory, fsynced, renamed over the old one, and the directory fsynced,
 so a crash leaves either the old or the new file, never half of one. A file that cannot be read back is moved
-aside (``<name>.corrupt-<UTC time>``) and reported by name; an entry that is no longer valid is reported and the
-original file kept aside as well, so nothing is ever dropped silently.
+aside (``<name>.corrupt-<UTC time>``) and reported by name (that includes a file nested too deeply to parse); an
+entry that is no longer valid (a field out of range, a string that is not UTF-8) is reported and the original
+file kept aside as well, so nothing is ever dropped silently. Temporary files that a crash left between the write
+and the rename (``.<name>.*.tmp``) are removed when the file is loaded at start: only the daemon that holds the
+node's port writes here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -34,6 +39,8 @@ class Loaded:
 
     registrations: list[Registration]
     problems: list[str] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    """Temporary files of interrupted writes, removed."""
 
 
 class RegistrationStore:
@@ -44,6 +51,20 @@ class RegistrationStore:
 
     def load(self) -> Loaded:
         """The persisted registrations; an unreadable file is moved aside and reported, never dropped."""
+        removed = self.remove_leftovers()
+        loaded = self._load()
+        return Loaded(loaded.registrations, loaded.problems, removed)
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete the temporary files that interrupted writes left beside the file; returns what was removed."""
+        removed = []
+        for leftover in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed.append(leftover)
+        return removed
+
+    def _load(self) -> Loaded:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -51,7 +72,7 @@ class RegistrationStore:
         except OSError as exc:
             raise StoreError(f"registrations file {self.path} cannot be read ({exc.strerror})") from exc
         try:
-            entries = _entries(json.loads(raw.decode("utf-8")))
+            entries = _entries(_parse_json(raw))
         except (ValueError, ValidationError) as exc:
             aside = self._move_aside()
             return Loaded([], [f"registrations file {self.path} is corrupt ({exc}); moved to {aside}, "
@@ -98,6 +119,14 @@ class RegistrationStore:
         aside = self._aside_path(kind)
         _atomic_write(aside, self.path.read_bytes())
         return aside
+
+
+def _parse_json(raw: bytes) -> object:
+    """The document; a ValueError for bytes that are not UTF-8 JSON, including JSON nested past the parser's limit."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        raise ValueError("nested too deeply to parse") from exc
 
 
 def _entries(document: object) -> list[Any]:

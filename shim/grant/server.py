@@ -2,9 +2,12 @@
 
 It drives one pure ``CardScheduler`` per card with the monotonic clock, and only translates: a runtime's
 ``want`` / ``release`` / ``extend`` become scheduler events, the scheduler's decisions become ``grant`` and
-``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``). Each connection has one reader
-thread; a timer thread calls ``decide`` at the scheduler's ``wake_at`` and reclaims grants whose holder went
-silent (a process that stopped launching while holding the card, or ignored a revoke).
+``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``), parsed into typed events by
+``flexnpu.shim.grant.messages`` before anything changes, so that no value a pod sends can raise half-way through
+a state change. Connections are served by ``flexnpu.shim.grant.unixserver`` (one reader thread each, capped in
+total and per pod); a timer thread calls ``decide`` at the scheduler's ``wake_at`` and reclaims grants whose
+holder went silent (a process that stopped launching while holding the card, or ignored a revoke). A holder
+whose connection closes (it exited or was killed) gives the card back at once, charged the time it held it.
 
 Messages (client -> server): ``hello {id}``, ``want``, ``release {seq, used_us, want, ops_used}``,
 ``extend {seq, used_us}``, ``ping``. Server -> client: ``welcome {share, priority, slice_us, memory_mib}``,
@@ -14,22 +17,25 @@ Messages (client -> server): ``hello {id}``, ``want``, ``release {seq, used_us, 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flexnpu.cards import Card
 from flexnpu.registration import Registration
 from flexnpu.shim.core.slicing import CardScheduler, Decision, Grant, SlicePolicy, Tenant, UnknownTenantError
+from flexnpu.shim.grant import messages
 from flexnpu.shim.grant.identity import IdentityError, Peer, check_peer, peer_of
+from flexnpu.shim.grant.messages import BadMessage
+from flexnpu.shim.grant.shmgrants import MIB, ShmGrants, usage_delta_us
 from flexnpu.shim.grant.stats import TenantStats
+from flexnpu.shim.grant.unixserver import Limits, UnixServer, shutdown
 from flexnpu.shim.runtime import wire
 from flexnpu.shim.runtime.wire import LineSocket, Message, WireError
 
@@ -39,6 +45,16 @@ log = logging.getLogger(__name__)
 EXPIRY_GRACE_US = 20_000
 # A revoked holder that does not release within this long loses the grant (it stopped launching: idle).
 REVOKE_GRACE_US = 10_000
+# A connection that has not said hello within this long is closed (it holds a thread and a connection slot).
+HELLO_TIMEOUT_S = 5.0
+# Grant-path messages are tens of bytes; a line longer than this is garbage and closes the connection.
+MAX_LINE = 4096
+# Connections at once: all pods together, and one pod (a pod has a few processes, each with one connection).
+LIMITS = Limits(max_connections=1024, max_per_peer=64)
+
+# How often idle slots are read for a new want, in slices (a want may also come over the socket at once; the
+# slot's doorbell futex is not watched yet): a tenant that only sets its slot's flag waits up to this long.
+SLOT_POLL_SLICES = 4
 
 # Run-ahead the runtime may queue on the device (the wait it can impose on a revoke): generous when nobody of a
 # higher priority shares the card (keeps a lone tenant at native throughput), short when someone does.
@@ -48,19 +64,11 @@ RUN_AHEAD_CONTENDED_US = 500
 CardKey = tuple[int, int]
 
 
-class GrantRefused(Exception):
-    """A hello the server refuses: carries the wire error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass(eq=False)
 class Session:
-    """One connected runtime bound to one registration."""
+    """One connected runtime bound to one registration, or (``conn`` None) a registration's shared-memory slot."""
 
-    conn: LineSocket
+    conn: LineSocket | None
     peer: Peer
     flexnpu_id: str = ""
     card: CardKey = (-1, -1)
@@ -72,14 +80,17 @@ class Session:
     budget_us: int = 0
     deadline_us: int = 0
     want_since_us: int = 0
+    used_ns_seen: int = 0  # a slot's cumulative used_ns at its last charge
 
     def send(self, message: Message) -> bool:
         """Send without blocking; False when the peer is gone or does not read (the session is then dropped)."""
+        if self.conn is None:
+            return True  # a slot's tenant reads the card region instead
+        data = wire.encode(message)
         try:
-            self.conn.sock.send(wire.encode(message), socket.MSG_DONTWAIT)
+            return self.conn.sock.send(data, socket.MSG_DONTWAIT) == len(data)  # a part of a line is a lost line
         except OSError:
             return False
-        return True
 
 
 @dataclass
@@ -88,24 +99,37 @@ class _Card:
     waiting: dict[str, deque[Session]] = field(default_factory=dict)
     holders: dict[str, Session] = field(default_factory=dict)
     wake_at_us: int | None = None
+    published: str | None = None  # whom the card's shared-memory region names as the holder
 
 
 def _now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
+def _pod_or_process(peer: Peer) -> Hashable:
+    """What the per-peer connection cap counts: the pod, or the process for a peer in no pod."""
+    return ("pod", peer.pod_uid) if peer.pod_uid else ("pid", peer.pid)
+
+
 class GrantServer:
-    """Serves grants for the registrations of ``cards`` on ``socket_path`` (see the module docstring)."""
+    """Serves grants for the registrations of ``cards`` on ``socket_path`` (see the module docstring).
+
+    ``clock_us`` is the time every decision uses; tests pass a manual clock with ``timer=False`` and call
+    ``run_timers`` themselves, so that expiry happens exactly when they move the clock.
+    """
 
     def __init__(self, socket_path: str, policy: SlicePolicy, cards: Sequence[Card], *,
                  proc_root: str | os.PathLike[str] = "/proc", clock_us: Callable[[], int] = _now_us,
-                 expiry_grace_us: int = EXPIRY_GRACE_US, revoke_grace_us: int = REVOKE_GRACE_US) -> None:
+                 expiry_grace_us: int = EXPIRY_GRACE_US, revoke_grace_us: int = REVOKE_GRACE_US,
+                 hello_timeout_s: float = HELLO_TIMEOUT_S, limits: Limits = LIMITS, timer: bool = True,
+                 shm_dir: str | None = None, daemon_pid_start: int = 0) -> None:
         self.socket_path = socket_path
         self.policy = policy
         self._proc_root = Path(proc_root)
         self._clock = clock_us
         self._expiry_grace_us = expiry_grace_us
         self._revoke_grace_us = revoke_grace_us
+        self._hello_timeout_s = hello_timeout_s
         self._cards = {(c.index, c.chip): _Card(CardScheduler(policy)) for c in cards}
         self._registrations: dict[str, Registration] = {}
         self._sessions: set[Session] = set()
@@ -113,24 +137,28 @@ class GrantServer:
         self._lock = threading.Lock()
         self._timer_cond = threading.Condition(self._lock)
         self._stopping = False
-        self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
+        self._use_timer = timer
+        self._timer_thread: threading.Thread | None = None
         self._grant_seq = 0
         self._timer_due_us: int | None = None
+        self._shm = None if shm_dir is None else ShmGrants(shm_dir, cards, daemon_pid_start)
+        self._slot_sessions: dict[str, Session] = {}
+        self._next_poll_us: int | None = None
+        self._server: UnixServer[Peer] = UnixServer(
+            socket_path, self._serve, lambda sock: peer_of(sock, self._proc_root), name="grant socket",
+            limits=limits, peer_key=_pod_or_process, mode=0o666,  # pods run as any uid: identity is the cgroup
+            refuse=_refuse_busy)
 
     # ----- the API flexnpud uses ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Listen on the socket (replacing a stale one) and serve in background threads."""
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket_path)
-        os.chmod(self.socket_path, 0o666)  # pods run as any uid; identity comes from the peer's cgroup
-        listener.listen(128)
-        self._listener = listener
-        self._spawn(self._accept, "grant-accept")
-        self._spawn(self._timer, "grant-timer")
+        """Create the shared-memory regions (if any), listen on the socket, serve in background threads."""
+        if self._shm is not None:
+            self._shm.start()
+        self._server.start()
+        if self._use_timer:
+            self._timer_thread = threading.Thread(target=self._timer, name="grant-timer", daemon=True)
+            self._timer_thread.start()
 
     def set_registrations(self, registrations: Sequence[Registration]) -> None:
         """The full current set of registrations; sessions of removed ones are told and closed."""
@@ -150,30 +178,60 @@ class GrantServer:
                 if session.flexnpu_id and session.flexnpu_id not in self._registrations:
                     self._refuse_later(session, wire.ERR_UNREGISTERED,
                                        f"registration {session.flexnpu_id!r} was removed")
+            self._sync_slots(registrations, now)
             for key in self._cards:
                 self._decide(key, now)
 
     def stats(self) -> Mapping[str, Mapping[str, float]]:
-        """Live figures by flexnpu_id: device_time_us, grants, wait_p99_us, achieved_share."""
+        """Live figures by flexnpu_id: device_time_us (as charged), grants, wait_p99_us, achieved_share; with a
+        shared-memory slot also memory_used_mib, memory_peak_mib and denied_allocs as the pod reports them."""
         with self._lock:
             now = self._clock()
-            return {fid: s.figures(now) for fid, s in self._stats.items()}
+            return {fid: {**s.figures(now), **self._slot_figures(fid)} for fid, s in self._stats.items()}
+
+    def _slot_figures(self, flexnpu_id: str) -> dict[str, float]:
+        report = None if self._shm is None else self._shm.report(flexnpu_id)
+        if report is None:
+            return {}
+        return {"memory_used_mib": report.mem_used_bytes / MIB, "memory_peak_mib": report.mem_peak_bytes / MIB,
+                "denied_allocs": float(report.denied_allocs)}
+
+    def holders(self) -> Mapping[CardKey, frozenset[str]]:
+        """Who holds each card now, as the scheduler sees it."""
+        with self._lock:
+            return {key: card.scheduler.holders for key, card in self._cards.items()}
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return self._server.connections
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections turned away at a limit since the start."""
+        return self._server.refused
+
+    @property
+    def serving(self) -> bool:
+        """True while the socket accepts connections."""
+        return self._server.alive
+
+    def run_timers(self) -> None:
+        """Reclaim expired grants and make the decisions that are due (what the timer thread does)."""
+        with self._lock:
+            self._run_due(self._clock())
 
     def stop(self) -> None:
         """Stop serving, close every session and remove the socket."""
         with self._lock:
             self._stopping = True
             self._timer_cond.notify_all()
-            sessions = list(self._sessions)
-        if self._listener is not None:
-            _shutdown(self._listener)
-            self._listener.close()
-        for session in sessions:
-            _shutdown(session.conn.sock)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
+        self._server.stop()
+        if self._timer_thread is not None:
+            self._timer_thread.join(timeout=5)
+        if self._shm is not None:
+            with self._lock:
+                self._shm.stop()
 
     def __enter__(self) -> GrantServer:
         self.start()
@@ -184,73 +242,50 @@ class GrantServer:
 
     # ----- connections ----------------------------------------------------------------------------------------
 
-    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
+    def _serve(self, sock: socket.socket, peer: Peer) -> None:
+        conn = LineSocket(sock, max_line=MAX_LINE)
+        session = Session(conn, peer)
+        with self._lock:
+            if self._stopping:
                 return
-            try:
-                peer = peer_of(sock, self._proc_root)
-            except OSError:
-                sock.close()
-                continue
-            with self._lock:
-                if self._stopping:
-                    sock.close()
-                    return
-                session = Session(LineSocket(sock), peer)
-                self._sessions.add(session)
-            self._spawn(self._serve, "grant-conn", session)
-
-    def _serve(self, session: Session) -> None:
+            self._sessions.add(session)
         try:
-            self._hello(session, session.conn.receive())
+            self._hello(session, messages.parse_hello(conn.receive(timeout=self._hello_timeout_s)))
             while True:
-                message = session.conn.receive()
+                event = messages.parse(conn.receive())
                 with self._lock:
                     if self._stopping:
                         return
-                    self._handle(session, message)
-        except GrantRefused as exc:
+                    self._handle(session, event)
+        except BadMessage as exc:
             session.send({"op": wire.OP_ERROR, "code": exc.code, "message": str(exc)})
-        except WireError:
+        except TimeoutError:
+            session.send({"op": wire.OP_ERROR, "code": wire.ERR_PROTOCOL,
+                          "message": f"no hello within {self._hello_timeout_s:g} s"})
+        except (WireError, OSError):
             pass
         finally:
             with self._lock:
                 self._drop(session)
-            session.conn.close()
 
-    def _hello(self, session: Session, message: Message) -> None:
-        if message.get("op") != wire.OP_HELLO:
-            raise GrantRefused(wire.ERR_PROTOCOL, "the first message must be 'hello'")
-        flexnpu_id = str(message.get("id", ""))
+    def _hello(self, session: Session, hello: messages.Hello) -> None:
+        flexnpu_id = hello.flexnpu_id
         with self._lock:
             registration = self._registrations.get(flexnpu_id) or self._of_pod(session.peer.pod_uid)
             if registration is not None:
                 flexnpu_id = registration.flexnpu_id
             if registration is None or (registration.npu, registration.chip) not in self._cards:
-                raise GrantRefused(wire.ERR_UNKNOWN_REGISTRATION,
-                                   f"no registration {flexnpu_id!r} on this node's cards (register it first: "
-                                   f"POST /device/register or a VNpuClaim)")
+                raise BadMessage(wire.ERR_UNKNOWN_REGISTRATION,
+                                 f"no registration {flexnpu_id!r} on this node's cards (register it first: "
+                                 f"POST /device/register or a VNpuClaim)")
             try:
                 check_peer(session.peer, flexnpu_id, registration.pod_uid)
             except IdentityError as exc:
                 log.warning("grant socket: refused %s: %s", session.peer.describe(), exc)
-                raise GrantRefused(wire.ERR_IDENTITY_MISMATCH, str(exc)) from exc
+                raise BadMessage(wire.ERR_IDENTITY_MISMATCH, str(exc)) from exc
             session.flexnpu_id = flexnpu_id
             session.card = (registration.npu, registration.chip)
-            share = registration.aicore_alloc / self.policy.quota
-            session.send({"op": wire.OP_WELCOME, "share": share, "priority": registration.priority.value,
-                          "slice_us": self.policy.slice_us, "memory_mib": registration.memory_alloc,
-                          "mode": self.policy.mode})
+            session.send(_welcome(registration, self.policy))
 
     def _of_pod(self, pod_uid: str) -> Registration | None:
         """The one registration made for the peer's pod (Allocate names the pod; the operator names the claim)."""
@@ -259,26 +294,25 @@ class GrantServer:
         mine = [r for r in self._registrations.values() if r.pod_uid == pod_uid]
         return mine[0] if len(mine) == 1 else None
 
-    def _handle(self, session: Session, message: Message) -> None:
-        op = message.get("op")
+    def _handle(self, session: Session, event: messages.Event) -> None:
+        """Apply one parsed event (under the lock). Values are already validated, so nothing here raises."""
         now = self._clock()
-        if op == wire.OP_WANT:
-            self._want(session, now)
-        elif op == wire.OP_RELEASE:
-            self._release(session, message, now)
-        elif op == "extend":
-            self._extend(session, message, now)
-        elif op == wire.OP_PING:
+        if isinstance(event, messages.Ping):
             session.send({"op": wire.OP_PONG})
             return  # nothing changed for the scheduler
+        if session.flexnpu_id not in self._registrations:
+            return  # removed: the session is being closed (``set_registrations``)
+        if isinstance(event, messages.Want):
+            self._want(session, now)
+        elif isinstance(event, messages.Release):
+            self._release(session, event, now)
         else:
-            self._refuse_later(session, wire.ERR_PROTOCOL, f"unknown op {op!r}")
-            return
+            self._extend(session, event, now)
         self._decide(session.card, now)
 
     def _refuse_later(self, session: Session, code: str, text: str) -> None:
         session.send({"op": wire.OP_ERROR, "code": code, "message": text})
-        _shutdown(session.conn.sock)  # the reader thread wakes up and drops the session
+        _hang_up(session)  # the reader thread wakes up and drops the session
 
     # ----- scheduler events (under the lock) ------------------------------------------------------------------
 
@@ -295,29 +329,27 @@ class GrantServer:
         self._cards[session.card].waiting.setdefault(session.flexnpu_id, deque()).append(session)
         return True
 
-    def _release(self, session: Session, message: Message, now: int) -> None:
-        wants_again = bool(message.get("want"))
-        if session.holding and message.get("seq") == session.seq:
+    def _release(self, session: Session, release: messages.Release, now: int) -> None:
+        if session.holding and release.seq == session.seq:
             session.holding = False
-            if wants_again:
+            if release.want:
                 self._enqueue(session, now)  # before the release, so the scheduler hears still_wants=True
-            self._end_grant(session, _int(message, "used_us"), now, _int(message, "ops_used"))
-        elif wants_again:
+            self._end_grant(session, release.used_us, now, release.ops_used)
+        elif release.want:
             self._want(session, now)
 
-    def _extend(self, session: Session, message: Message, now: int) -> None:
-        if not session.holding or message.get("seq") != session.seq:
-            session.send({"op": "drain", "seq": message.get("seq")})
+    def _extend(self, session: Session, extend: messages.Extend, now: int) -> None:
+        if not session.holding or extend.seq != session.seq:
+            session.send({"op": wire.OP_DRAIN, "seq": extend.seq})
             return
-        used = _int(message, "used_us")
         card = self._cards[session.card]
         try:
-            grant = card.scheduler.extend(session.flexnpu_id, used, now)
+            grant = card.scheduler.extend(session.flexnpu_id, extend.used_us, now)
+            self._record_usage(session.flexnpu_id, card.scheduler.last_charge_us(session.flexnpu_id), now)
         except UnknownTenantError:
             grant = None
-        self._record_usage(session.flexnpu_id, used, now)  # charged by the scheduler either way
         if grant is None:
-            session.send({"op": "drain", "seq": session.seq})
+            session.send({"op": wire.OP_DRAIN, "seq": session.seq})
             return
         self._hand_out(session, grant, now)
 
@@ -327,10 +359,10 @@ class GrantServer:
         card.holders.pop(session.flexnpu_id, None)
         still_wants = bool(card.waiting.get(session.flexnpu_id))
         try:
-            card.scheduler.release(session.flexnpu_id, used_us, now, still_wants, ops_used=ops_used)
+            charged = card.scheduler.release(session.flexnpu_id, used_us, now, still_wants, ops_used=ops_used)
         except UnknownTenantError:
             return
-        self._record_usage(session.flexnpu_id, used_us, now)
+        self._record_usage(session.flexnpu_id, charged, now)
 
     def _record_usage(self, flexnpu_id: str, used_us: int, now: int) -> None:
         stats = self._stats.get(flexnpu_id)
@@ -338,7 +370,7 @@ class GrantServer:
             stats.used(used_us, now)
 
     def _drop(self, session: Session) -> None:
-        """A connection closed: its grant returns to the scheduler, its wish is withdrawn."""
+        """A connection closed: its grant returns to the scheduler (charged the time held), its wish is withdrawn."""
         self._sessions.discard(session)
         if not session.flexnpu_id or session.card not in self._cards:
             return
@@ -347,8 +379,7 @@ class GrantServer:
         if queue is not None and session in queue:
             queue.remove(session)
         if session.holding:
-            now = self._clock()
-            self._end_grant(session, min(now - session.granted_at_us, session.budget_us), now)
+            self._end_grant(session, 0, self._clock())
         elif session.wants and not queue and session.flexnpu_id not in card.holders:
             self._withdraw(card, session.flexnpu_id)
         session.wants = False
@@ -375,6 +406,9 @@ class GrantServer:
             if decision.grant is None:
                 break
             self._grant(card, decision.grant, now)
+        if not card.holders and card.published is not None:
+            card.published = None  # nobody got the card next: one write says so (a hand-over is one write)
+            self._publish(key, None, self._grant_seq, 0)
         self._poke_timer(card.wake_at_us)
 
     def _grant(self, card: _Card, grant: Grant, now: int) -> None:
@@ -401,9 +435,18 @@ class GrantServer:
         stats = self._stats.get(grant.tenant_id)
         if stats is not None:
             stats.grants += 1
+        if session.conn is None:
+            session.deadline_us = now + grant.budget_us  # no release comes: the holding ends at the deadline
+        self._cards[session.card].published = session.flexnpu_id
+        self._publish(session.card, session.flexnpu_id, session.seq, now + grant.budget_us)
         if not session.send({"op": wire.OP_GRANT, "seq": session.seq, "budget_us": grant.budget_us,
                              "ops": grant.ops, "inflight_us": self._run_ahead_us(session)}):
-            _shutdown(session.conn.sock)
+            _hang_up(session)  # its reader thread drops it and the grant returns
+
+    def _publish(self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_us: int) -> None:
+        """Mirror the card's grant into its shared-memory region (monotonic µs -> ns)."""
+        if self._shm is not None:
+            self._shm.publish(key, flexnpu_id, epoch, deadline_us * 1000)
 
     def _run_ahead_us(self, session: Session) -> int:
         mine = self._registrations.get(session.flexnpu_id)
@@ -421,6 +464,8 @@ class GrantServer:
             return  # asked already; the scheduler repeats its wish at every decision until the holder releases
         session.revoked_seq = session.seq
         session.send({"op": wire.OP_REVOKE, "seq": session.seq})
+        if session.conn is None:
+            self._publish(session.card, tenant_id, session.seq, now)  # the deadline is now: stop at the next launch
         if session.deadline_us > now + self._revoke_grace_us:
             session.deadline_us = now + self._revoke_grace_us
             self._poke_timer(session.deadline_us)
@@ -436,39 +481,127 @@ class GrantServer:
     def _timer(self) -> None:
         with self._lock:
             while not self._stopping:
-                now = self._clock()
-                self._expire(now)
-                for key, card in self._cards.items():
-                    if card.wake_at_us is not None and card.wake_at_us <= now:
-                        card.wake_at_us = None
-                        self._decide(key, now)
+                self._run_due(self._clock())
                 next_at = self._next_timer_us()
                 self._timer_due_us = next_at
                 timeout = None if next_at is None else max(0.0, (next_at - self._clock()) / 1e6)
                 self._timer_cond.wait(timeout)
 
+    def _run_due(self, now: int) -> None:
+        self._poll_slots(now)
+        self._expire(now)
+        for key, card in self._cards.items():
+            if card.wake_at_us is not None and card.wake_at_us <= now:
+                card.wake_at_us = None
+                self._decide(key, now)
+
     def _expire(self, now: int) -> None:
         for key, card in self._cards.items():
             for session in list(card.holders.values()):
-                if session.holding and session.deadline_us <= now:
+                if session.holding and session.deadline_us <= now and session.conn is None:
+                    self._end_slot_holding(session, now)
+                    self._decide(key, now)
+                elif session.holding and session.deadline_us <= now:
                     log.info("grant socket: %s held its grant past the deadline; reclaimed", session.peer.describe())
                     session.send({"op": wire.OP_REVOKE, "seq": session.seq, "expired": True})
-                    self._end_grant(session, session.budget_us, now)
+                    self._end_grant(session, 0, now)  # charged the time it held the card
                     self._decide(key, now)
 
     def _next_timer_us(self) -> int | None:
         times = [c.wake_at_us for c in self._cards.values() if c.wake_at_us is not None]
         times += [s.deadline_us for c in self._cards.values() for s in c.holders.values()]
+        if self._next_poll_us is not None:
+            times.append(self._next_poll_us)
         return min(times) if times else None
 
+    # ----- the shared-memory slots (under the lock) -----------------------------------------------------------
 
-def _int(message: Message, key: str) -> int:
-    value = message.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    return max(0, int(value))
+    def _sync_slots(self, registrations: Sequence[Registration], now: int) -> None:
+        """One slot session per registration with a slot; a removed registration's session goes (and its grant)."""
+        if self._shm is None:
+            return
+        self._shm.sync(registrations, self.policy.quota)
+        keys = {r.flexnpu_id: (r.npu, r.chip) for r in registrations}
+        for flexnpu_id in [f for f, s in self._slot_sessions.items()
+                           if not self._shm.has_slot(f) or keys.get(f) != s.card]:
+            self._drop(self._slot_sessions.pop(flexnpu_id))
+        for registration in registrations:
+            fid = registration.flexnpu_id
+            if fid in self._slot_sessions or not self._shm.has_slot(fid):
+                continue
+            report = self._shm.report(fid)
+            self._slot_sessions[fid] = Session(None, Peer(0, 0, 0, registration.pod_uid), flexnpu_id=fid,
+                                               card=(registration.npu, registration.chip),
+                                               used_ns_seen=report.used_ns if report else 0)
+        self._next_poll_us = now if self._slot_sessions else None
+        self._poke_timer(self._next_poll_us)
+
+    def _poll_slots(self, now: int) -> None:
+        """Read every idle slot's want flag: a new wish queues the slot, a withdrawn one leaves the queue."""
+        if self._shm is None or not self._slot_sessions:
+            self._next_poll_us = None
+            return
+        if self._next_poll_us is not None and now < self._next_poll_us:
+            return
+        self._next_poll_us = now + SLOT_POLL_SLICES * self.policy.slice_us
+        touched: set[CardKey] = set()
+        for fid, session in self._slot_sessions.items():
+            if session.holding:
+                continue
+            wants = self._shm.wants(fid)
+            if wants and not session.wants:
+                self._want(session, now)
+                touched.add(session.card)
+            elif not wants and session.wants:
+                self._unqueue(session)
+                touched.add(session.card)
+        for key in touched:
+            self._decide(key, now)
+
+    def _unqueue(self, session: Session) -> None:
+        card = self._cards[session.card]
+        queue = card.waiting.get(session.flexnpu_id)
+        if queue is not None and session in queue:
+            queue.remove(session)
+        session.wants = False
+        if not queue and session.flexnpu_id not in card.holders:
+            self._withdraw(card, session.flexnpu_id)
+
+    def _end_slot_holding(self, session: Session, now: int) -> None:
+        """A slot's grant reached its deadline: charge it, and renew it when it still wants and would be picked."""
+        assert self._shm is not None
+        report = self._shm.report(session.flexnpu_id)
+        used_ns = report.used_ns if report else session.used_ns_seen
+        used_us = usage_delta_us(session.used_ns_seen, used_ns)
+        session.used_ns_seen = used_ns  # a counter that went backwards is re-based: it charged nothing meanwhile
+        wants = report is not None and report.want
+        card = self._cards[session.card]
+        if wants and session.revoked_seq != session.seq:  # a revoked holder queues again, it is not renewed
+            try:
+                grant = card.scheduler.extend(session.flexnpu_id, used_us, now)
+                self._record_usage(session.flexnpu_id, card.scheduler.last_charge_us(session.flexnpu_id), now)
+            except UnknownTenantError:
+                grant = None
+            if grant is not None:
+                self._hand_out(session, grant, now)
+                return
+            used_us = 0  # the refused extension charged it already
+        session.holding = False
+        if wants:
+            self._enqueue(session, now)
+        self._end_grant(session, used_us, now)
 
 
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+def _welcome(registration: Registration, policy: SlicePolicy) -> Message:
+    return {"op": wire.OP_WELCOME, "share": registration.aicore_alloc / policy.quota,
+            "priority": registration.priority.value, "slice_us": policy.slice_us,
+            "memory_mib": registration.memory_alloc, "mode": policy.mode}
+
+
+def _hang_up(session: Session) -> None:
+    if session.conn is not None:
+        shutdown(session.conn.sock)
+
+
+def _refuse_busy(sock: socket.socket, reason: str) -> None:
+    sock.send(wire.encode({"op": wire.OP_ERROR, "code": wire.ERR_BUSY, "message": reason}))

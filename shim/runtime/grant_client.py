@@ -99,8 +99,11 @@ class GrantClient:
     def _refused(self, reply: Message) -> None:
         code = str(reply.get("code", "refused"))
         text = str(reply.get("message", "refused by flexnpud"))
-        # After a daemon restart the registration may not be restored yet: keep pacing and retry.
-        if code in (wire.ERR_UNKNOWN_REGISTRATION, wire.ERR_UNREGISTERED) and self._ever_connected:
+        # After a daemon restart the registration may not be restored yet: keep pacing and retry. A daemon at its
+        # connection limit is no verdict on us either.
+        retry = code == wire.ERR_BUSY or (code in (wire.ERR_UNKNOWN_REGISTRATION, wire.ERR_UNREGISTERED)
+                                          and self._ever_connected)
+        if retry:
             log.warning("flexnpu: %s; pacing locally at share %.2f", text, self.share)
             return
         raise GrantRefusedError(code, text)
@@ -121,13 +124,13 @@ class GrantClient:
         if lease is None or lease.local or self._conn is None:
             return None
         try:
-            self._conn.send({"op": "extend", "seq": lease.seq, "used_us": int(used_us)})
+            self._conn.send({"op": wire.OP_EXTEND, "seq": lease.seq, "used_us": int(used_us)})
             while self._conn is not None:
                 reply = self._conn.receive()
                 op = reply.get("op")
                 if op == wire.OP_GRANT:
                     return self._take(reply)
-                if op == "drain" or (op == wire.OP_REVOKE and reply.get("seq") == lease.seq):
+                if op == wire.OP_DRAIN or (op == wire.OP_REVOKE and reply.get("seq") == lease.seq):
                     self._revoked = self._revoked or op == wire.OP_REVOKE
                     return None
                 self._other(reply)

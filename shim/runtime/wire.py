@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import time
 from typing import Any, Dict, List, Optional
 
 Message = Dict[str, Any]
@@ -22,11 +23,13 @@ RECV_SIZE = 4096
 OP_HELLO = "hello"
 OP_WANT = "want"
 OP_RELEASE = "release"
+OP_EXTEND = "extend"
 OP_PING = "ping"
 # Grant-path operations (server -> client).
 OP_WELCOME = "welcome"
 OP_GRANT = "grant"
 OP_REVOKE = "revoke"
+OP_DRAIN = "drain"
 OP_ERROR = "error"
 OP_PONG = "pong"
 
@@ -35,6 +38,7 @@ ERR_UNKNOWN_REGISTRATION = "unknown_registration"
 ERR_IDENTITY_MISMATCH = "identity_mismatch"
 ERR_UNREGISTERED = "unregistered"
 ERR_PROTOCOL = "protocol"
+ERR_BUSY = "busy"
 
 
 # One encoder and decoder for the process: json.dumps with options builds a new encoder per call (2x slower).
@@ -53,7 +57,7 @@ def encode(message: Message) -> bytes:
 def decode(line: bytes) -> Message:
     try:
         value = _DECODE(line.decode())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: a deeply nested line ("[" x 100000)
         raise WireError("malformed message: " + line[:80].decode(errors="replace")) from exc
     if not isinstance(value, dict):
         raise WireError("message is not a JSON object")
@@ -61,10 +65,14 @@ def decode(line: bytes) -> Message:
 
 
 class LineSocket:
-    """A stream socket read and written one JSON message per line, with its own receive buffer."""
+    """A stream socket read and written one JSON message per line, with its own receive buffer.
 
-    def __init__(self, sock: socket.socket) -> None:
+    A line longer than ``max_line`` bytes is a WireError (the buffer never grows past it plus one read).
+    """
+
+    def __init__(self, sock: socket.socket, max_line: int = MAX_LINE) -> None:
         self.sock = sock
+        self.max_line = max_line
         self._buffer = b""
         self._timeout = sock.gettimeout()
 
@@ -75,11 +83,22 @@ class LineSocket:
             raise WireError("send failed: " + str(exc)) from exc
 
     def receive(self, timeout: Optional[float] = None) -> Message:
-        """The next message; ``timeout`` None blocks, a number raises ``socket.timeout`` when it passes."""
+        """The next message; ``timeout`` None blocks, a number of seconds raises ``socket.timeout`` when it passes.
+
+        The timeout bounds the whole message, not each read: a peer that trickles a line byte by byte still
+        runs out of time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._buffer:
-            self._fill(timeout)
+            if deadline is None:
+                self._fill(None)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("timed out")
+                self._fill(left)
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return decode(line)
+        return self._decode(line)
 
     def poll(self) -> List[Message]:
         """Every complete message already received, without blocking."""
@@ -88,7 +107,12 @@ class LineSocket:
         if b"\n" not in self._buffer:
             return []
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [decode(line) for line in lines]
+        return [self._decode(line) for line in lines]
+
+    def _decode(self, line: bytes) -> Message:
+        if len(line) > self.max_line:
+            raise WireError("message longer than the limit")
+        return decode(line)
 
     def _fill(self, timeout: Optional[float]) -> None:
         try:
@@ -106,7 +130,7 @@ class LineSocket:
         if not chunk:
             raise WireError("peer closed the connection")
         self._buffer += chunk
-        if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+        if len(self._buffer) - self._buffer.rfind(b"\n") - 1 > self.max_line:  # the partial last line
             raise WireError("message longer than the limit")
 
     def _set_timeout(self, timeout: Optional[float]) -> None:

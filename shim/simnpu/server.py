@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
@@ -25,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import TypeGuard
 
 from flexnpu.cards import CardModel
-from flexnpu.shim.core.simdevice import CompletedKernel, DeviceError, DeviceOutOfMemoryError, SimDevice
+from flexnpu.shim.core.simdevice import CompletedKernel, DeviceError, SimDevice, SimDeviceOutOfMemoryError
+from flexnpu.shim.grant.unixserver import Credentials, Limits, UnixServer, credentials_of
 from flexnpu.shim.runtime.wire import LineSocket, Message, WireError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 SPIN_US = 150
 MAX_KERNEL_US = 10_000_000
 MIB = 1 << 20
+# Processes of the benchmarks and tests at once (each opens one connection per card it uses).
+LIMITS = Limits(max_connections=256, max_per_peer=64)
 
 
 class SimNpuRequestError(Exception):
@@ -121,7 +123,7 @@ class SimCard:
         with self.cond:
             try:
                 self.device.alloc(context.key, mib * MIB)
-            except DeviceOutOfMemoryError as exc:
+            except SimDeviceOutOfMemoryError as exc:
                 limit = "this process's cap" if exc.limit == context.cap_bytes else f"card {self.index}'s memory"
                 raise SimNpuRequestError("oom", f"out of device memory: {mib} MiB more would pass {limit} of "
                                                 f"{exc.limit // MIB} MiB ({exc.used // MIB} MiB in use by this "
@@ -222,38 +224,20 @@ class SimNpuServer:
         self._stopping = threading.Event()
         self._clock = _Clock()
         self.cards = [SimCard(i, model, self._clock, self._stopping) for i in range(cards)]
-        self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
-        self._conns: set[LineSocket] = set()
-        self._lock = threading.Lock()
+        self._server: UnixServer[Credentials] = UnixServer(socket_path, self._serve, credentials_of, name="simnpu",
+                                                           limits=LIMITS)
 
     def start(self) -> None:
         """Listen on the socket and run the engines; returns once clients can connect."""
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket_path)
-        listener.listen(64)
-        self._listener = listener
         for card in self.cards:
             card.start()
-        self._spawn(self._accept, "simnpu-accept")
+        self._server.start()
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-        with self._lock:
-            for conn in list(self._conns):
-                _shutdown(conn)
+        self._server.stop()
         for card in self.cards:
             card.join()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
 
     def __enter__(self) -> SimNpuServer:
         self.start()
@@ -262,24 +246,8 @@ class SimNpuServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            conn = LineSocket(sock)
-            with self._lock:
-                self._conns.add(conn)
-            self._spawn(self._serve, "simnpu-conn", conn)
-
-    def _serve(self, conn: LineSocket) -> None:
+    def _serve(self, sock: socket.socket, _peer: Credentials) -> None:
+        conn = LineSocket(sock)
         context: Context | None = None
         card: SimCard | None = None
         try:
@@ -295,9 +263,6 @@ class SimNpuServer:
         finally:
             if context is not None and card is not None:
                 card.release_context(context)
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
 
     def _open(self, conn: LineSocket, message: Message) -> tuple[Context, SimCard]:
         if message.get("op") != "open":
@@ -369,7 +334,3 @@ def _try_send(conn: LineSocket, message: Message) -> None:
     with contextlib.suppress(WireError):
         conn.send(message)
 
-
-def _shutdown(conn: LineSocket) -> None:
-    with contextlib.suppress(OSError):
-        conn.sock.shutdown(socket.SHUT_RDWR)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flexnpu.box.faults import daemon_cases, device_plugin_cases, extender_cases
-from flexnpu.box.kubelet import host_value
+from flexnpu_testsupport.box.faults import daemon_cases, device_plugin_cases, extender_cases
+from flexnpu_testsupport.box.kubelet import host_value
 
 MOUNTS = [("/usr/local/flexnpu/runtime", "/host/runtime"), ("/var/run/flexnpu", "/host/sock")]
 

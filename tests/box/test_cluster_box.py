@@ -14,9 +14,9 @@ import pytest
 
 from flexnpu import names
 from flexnpu.annotations import BindPhase
-from flexnpu.box.cluster import NODE, Box, BoxConfig
-from flexnpu.box.kubelet import PodCgroups
-from flexnpu.box.scenario import RESTART_ORDER, Scenario
+from flexnpu_testsupport.box.cluster import NODE, Box, BoxConfig
+from flexnpu_testsupport.box.kubelet import PodCgroups
+from flexnpu_testsupport.box.scenario import RESTART_ORDER, Scenario
 
 
 def _cgroups_writable() -> bool:

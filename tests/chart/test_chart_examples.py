@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import kubernetes_validate
 import pytest
 from chart_support import EXAMPLES_DIR, KUBE_VERSIONS, Manifest, load_yaml_docs
@@ -70,6 +70,20 @@ def test_vllm_pair_shares_one_card_two_to_eight(chart_values: dict[str, Any]) ->
     for doc in (small, large):
         assert pod_specs(doc)[0]["schedulerName"] == chart_values["scheduler"]["schedulerName"]
         parse_priority(pod_metadata(doc)["annotations"][names.ANNOTATION_PRIORITY])
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["small", "large"])
+def test_vllm_memory_utilization_fits_its_slice(index: int) -> None:
+    doc = load_yaml_docs(EXAMPLES_DIR / "vllm-shared-card.yaml")[index]
+    [container] = pod_specs(doc)[0]["containers"]
+    command = container["command"]
+    utilization = float(command[command.index("--gpu-memory-utilization") + 1])
+    cap_mib = vnpu_request(doc).memory_mib
+    assert cap_mib is not None
+    card_mib = CARD_MODELS["910B3"].hbm_mib  # the 64 GiB card the example is written for
+    # vLLM takes utilization * the device's total: it must fit under the cap, and use most of it (90% of the slice).
+    assert utilization * card_mib <= cap_mib
+    assert utilization * card_mib >= 0.85 * cap_mib
 
 
 def test_claim_example_is_a_registration() -> None:

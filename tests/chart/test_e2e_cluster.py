@@ -9,7 +9,6 @@ Optional: FLEXNPU_E2E_IMAGE replaces the example's image, FLEXNPU_E2E_TIMEOUT (s
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ import pytest
 from chart_support import EXAMPLES_DIR, load_yaml_docs
 
 from flexnpu import names
+from flexnpu_testsupport import waiting
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -26,14 +26,12 @@ POLL_SECONDS = 2.0
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
-    """Poll ``probe`` until it returns something, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll ``probe`` every POLL_SECONDS (a real API server) until it returns something."""
+    def boxed() -> tuple[T] | None:  # a found value may be falsy: wait_for stops at a truthy one
         found = probe()
-        if found is not None:
-            return found
-        time.sleep(POLL_SECONDS)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return None if found is None else (found,)
+
+    return waiting.wait_for(what, boxed, timeout, interval=POLL_SECONDS)[0]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +41,7 @@ def api_client() -> Iterator[Any]:
         pytest.skip("FLEXNPU_E2E_KUBECONFIG is not set")
     from kubernetes import config
 
-    client: Any = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    client: Any = config.new_client_from_config(config_file=kubeconfig)
     yield client
     client.close()
 

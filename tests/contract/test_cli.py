@@ -71,3 +71,30 @@ def test_demo_cluster_runs_the_cluster_in_a_box(capsys: pytest.CaptureFixture[st
         main(["demo", "--cluster", "--help"])
     assert exit_info.value.code == 0
     assert "flexnpu demo --cluster" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "prog"), [(["demo", "--cluster"], "flexnpu demo --cluster"),
+                                            (["bench", "operator", "--quick"], "flexnpu bench operator")])
+def test_commands_that_run_test_support_name_the_extra_without_kmock(argv: list[str], prog: str,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "kmock", None)  # what an install without the test extra finds
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(prog) and "kmock" in err and "pip install -e '.[test]'" in err
+
+
+def test_test_support_is_not_a_product_sub_package() -> None:
+    import flexnpu
+    import flexnpu_testsupport
+
+    root = Path(flexnpu.__file__).resolve().parent
+    assert not (root / "box").exists()
+    assert Path(flexnpu_testsupport.__file__).resolve().parent.name == "testsupport"
+
+
+def test_version_prints_the_distribution_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from flexnpu import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"flexnpu {__version__}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -56,7 +58,7 @@ def test_inventory_round_trip() -> None:
     (lambda d: d["cards"][0].update(health="Sick"), "inventory.cards[0].health"),
     (lambda d: d.update(units_per_card=0), "inventory.units_per_card"),
 ])
-def test_bad_inventory_names_the_field(mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_inventory_names_the_field(mutate: Callable[[dict[str, Any]], None], field: str) -> None:
     body = json.loads(encode_inventory(_inventory()))
     mutate(body)
     with pytest.raises(ValidationError) as info:

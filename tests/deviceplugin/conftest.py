@@ -12,8 +12,8 @@ import pytest
 from dp_fakes import NODE, KubeEmulator, RunningPlugin, eight_cards, write_inventory
 
 from flexnpu.deviceplugin.kube import KubeApi
-from flexnpu.deviceplugin.kubeletstub import StubKubelet
 from flexnpu.units import UnitsConfig
+from flexnpu_testsupport.kubeletstub import StubKubelet
 
 
 @pytest.fixture

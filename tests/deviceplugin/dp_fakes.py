@@ -10,10 +10,10 @@ import yaml
 from flexnpu.deviceplugin.core.response import NodeLayout
 from flexnpu.deviceplugin.discovery import InventoryFileScanner
 from flexnpu.deviceplugin.kube import KubeApi
-from flexnpu.deviceplugin.kubeemulator import NODE, KubeEmulator
 from flexnpu.deviceplugin.plugin import VnpuPlugin
 from flexnpu.deviceplugin.server import PluginServer
 from flexnpu.units import UnitsConfig
+from flexnpu_testsupport.kubeemulator import NODE, KubeEmulator
 
 __all__ = ["NODE", "KubeEmulator", "RunningPlugin", "eight_cards", "write_inventory"]
 

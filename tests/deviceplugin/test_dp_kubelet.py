@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
 from dp_fakes import NODE, KubeEmulator, eight_cards, write_inventory
 
 from flexnpu import names
@@ -13,9 +15,9 @@ from flexnpu.annotations import CardAssignment, decode_assignment, decode_invent
 from flexnpu.deviceplugin.core.response import NodeLayout
 from flexnpu.deviceplugin.discovery import InventoryFileScanner
 from flexnpu.deviceplugin.kube import KubeApi
-from flexnpu.deviceplugin.kubeletstub import StubKubelet
 from flexnpu.deviceplugin.plugin import PREFERRED_TTL_S, VnpuPlugin
 from flexnpu.units import UnitsConfig, card_uuid_from_bus_id, parse_device_id
+from flexnpu_testsupport.kubeletstub import StubKubelet
 
 CARD = {i: card_uuid_from_bus_id(f"0000:{0xC1 + i:02X}:00.0") for i in range(8)}
 
@@ -239,3 +241,38 @@ def test_plugin_restart_leaves_running_pods_untouched(kubelet: StubKubelet, run_
         before["metadata"]["annotations"], sort_keys=True)
     assert set(ids) <= {d.ID for d in kubelet.devices if d.health == "Healthy"}
     assert kubelet.allocated == set(ids)
+
+
+@pytest.mark.parametrize("size", [-1, 0, 81])
+def test_preferred_allocation_of_a_size_kubelet_cannot_ask_is_invalid(kubelet: StubKubelet, run_plugin: Any,
+                                                                    size: int) -> None:
+    run_plugin()
+    kubelet.wait_for_registration()
+    with pytest.raises(grpc.RpcError) as raised:
+        kubelet.preferred(kubelet.free_ids(), [], size)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"allocation_size={size}" in str(raised.value.details())
+
+
+def test_preferred_allocation_must_include_only_available_ids(kubelet: StubKubelet, run_plugin: Any) -> None:
+    run_plugin()
+    kubelet.wait_for_registration()
+    free = kubelet.free_ids()
+    with pytest.raises(grpc.RpcError) as raised:
+        kubelet.preferred(free[1:], free[:1], 2)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = str(raised.value.details())
+    assert "must_include_deviceIDs" in details and free[0] in details
+
+
+@pytest.mark.parametrize("id_of", [lambda k: f"{CARD[k % 8]}-{k // 8}", lambda k: f"no-such-card-{k:05d}"])
+def test_an_allocate_of_ten_thousand_ids_is_refused_with_a_short_reason(kubelet: StubKubelet, run_plugin: Any,
+                                                                      id_of: Any) -> None:
+    run_plugin()
+    kubelet.wait_for_registration()
+    ids = [id_of(k) for k in range(10_000)]
+    with pytest.raises(grpc.RpcError) as raised:
+        kubelet.allocate(ids)
+    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # not RESOURCE_EXHAUSTED: the reason arrives
+    details = str(raised.value.details())
+    assert len(details) <= 1200 and "10000" in details

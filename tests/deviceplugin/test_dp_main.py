@@ -11,8 +11,8 @@ import pytest
 from dp_fakes import eight_cards, write_inventory
 
 from flexnpu import names
-from flexnpu.deviceplugin.kubeletstub import StubKubelet
 from flexnpu.deviceplugin.main import load
+from flexnpu_testsupport.kubeletstub import StubKubelet
 
 
 def flexnpu(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flexnpu.cards import Health
-from flexnpu.deviceplugin.core.npusmi import (
+from flexnpu.npusmi import (
     NpuSmiError,
     parse_board_info,
     parse_chip_mapping,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -15,7 +17,9 @@ from flexnpu.deviceplugin.core.allocation import (
     PodRef,
     best_fit_card,
     best_fit_placement,
+    check_preferred_request,
     choose_whole_cards,
+    describe_ids,
     match_pod,
     placement_from_ids,
     preferred_ids,
@@ -23,6 +27,8 @@ from flexnpu.deviceplugin.core.allocation import (
 from flexnpu.deviceplugin.core.devices import card_unit_ids, unit_devices
 from flexnpu.deviceplugin.core.pods import pending_pods, read_node_pods, units_in_use
 from flexnpu.deviceplugin.core.response import NodeLayout, Workload, container_allocation
+from flexnpu.deviceplugin.server import MAX_DETAILS_CHARS, bounded
+from flexnpu.errors import ValidationError
 from flexnpu.priority import Priority
 from flexnpu.units import UnitsConfig, parse_vnpu_request
 
@@ -146,7 +152,7 @@ def test_match_pod(pods: list[PendingPod], units: int, expected: str | None) -> 
 
 
 def manifest(name: str, units: str, *, node: str = "n1", phase: str = "Pending",
-             annotations: dict[str, str] | None = None) -> dict[str, object]:
+             annotations: dict[str, str] | None = None) -> Mapping[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "uid": name, "annotations": annotations or {}},
             "spec": {"nodeName": node, "containers": [{"resources": {"limits": {names.RESOURCE_VNPU: units}}}]},
             "status": {"phase": phase}}
@@ -180,3 +186,41 @@ def test_response_layouts(cdi: bool, shim: bool, devices: int, cdi_names: list[s
     assert (names.ENV_PRIORITY in envs) is shim
     if shim:
         assert (envs[names.ENV_SHARE], envs[names.ENV_PRIORITY], envs[names.ENV_MEMORY_MIB]) == ("0.2", "low", "512")
+
+
+@pytest.mark.parametrize(("ids", "expected"), [
+    ([], "0 device ID(s) ()"),
+    (["b", "a"], "2 device ID(s) (a, b)"),
+    ([f"c-{k:05d}" for k in range(10_000)], "10000 device ID(s) (c-00000, c-00001, c-00002, ...)"),
+])
+def test_describe_ids_quotes_a_few_and_counts_all(ids: list[str], expected: str) -> None:
+    assert describe_ids(ids) == expected
+
+
+@pytest.mark.parametrize(("available", "must", "size", "field"), [
+    (["a", "b"], [], -1, "allocation_size"),
+    (["a", "b"], [], 0, "allocation_size"),
+    (["a", "b"], [], 3, "allocation_size"),
+    (["a", "b"], ["a", "b"], 1, "allocation_size"),
+    (["a", "b"], ["z"], 1, "must_include_deviceIDs"),
+])
+def test_preferred_requests_kubelet_cannot_send_are_refused(available: list[str], must: list[str], size: int,
+                                                            field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        check_preferred_request(available, must, size)
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize(("available", "must", "size"), [
+    (["c0-0"], [], 1), (["c0-0", "c1-1"], ["c1-1"], 1), (["c0-0", "c1-1"], [], 2)])
+def test_preferred_requests_within_bounds_are_answered_with_size_ids(available: list[str], must: list[str],
+                                                                     size: int) -> None:
+    check_preferred_request(available, must, size)  # raises on a refusal
+    offered = preferred_ids((), available, must, size, CARDS)
+    assert len(offered) == size and set(must) <= set(offered) <= set(available)
+
+
+def test_grpc_details_are_bounded() -> None:
+    assert bounded("short") == "short"
+    cut = bounded("x" * 100_000)
+    assert cut.startswith("x" * MAX_DETAILS_CHARS) and cut.endswith(f"({100_000 - MAX_DETAILS_CHARS} more characters)")

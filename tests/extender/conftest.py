@@ -9,6 +9,7 @@ import kmock
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from extender_kit import BINDING_PATH, RESOURCES, Extender
+from kmock import Request
 
 from flexnpu.extender.kube import KubeApi, KubeConfig, KubeWriter
 from flexnpu.extender.server import make_app
@@ -27,8 +28,9 @@ async def kube(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kmock.Kubernete
     for key, info in RESOURCES.items():
         emulator.resources[key] = info
 
-    def bind(request: kmock.Request) -> dict[str, Any]:
+    def bind(request: Request) -> dict[str, Any]:  # the fixture parameter `kmock` shadows the module here
         target = request.data["target"]["name"]
+        assert request.name is not None  # BINDING_PATH names the pod
         emulator.objects["v1/pods", request.namespace, request.name].patch({"spec": {"nodeName": target}})
         return {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}
 

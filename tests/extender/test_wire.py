@@ -75,7 +75,32 @@ async def test_pods_without_vnpu_pass_through_untouched(extender: Extender) -> N
 
     assert filtered["NodeNames"] == ["npu-a", "cpu-1", "cpu-2"]
     assert filtered["FailedNodes"] == {} and filtered["FailedAndUnresolvableNodes"] == {}
-    assert scores == []  # every node scores 0 for it: nothing to add to kube-scheduler's own scores
+    # It asks for CPU: nodes without cards strand nothing and score 10; the NPU node, alone in its group, too.
+    assert {h["Host"]: h["Score"] for h in scores} == {"cpu-1": 10, "cpu-2": 10, "npu-a": 10}
+
+
+async def test_a_cpu_only_pod_prefers_nodes_without_cards_and_then_the_least_fragmented(extender: Extender) -> None:
+    extender.add_node("npu-a", inventory(1, prefix="a"))
+    extender.add_node("npu-b", inventory(1, prefix="b"))
+    await bind_one(extender, "npu-b", units=4)
+    plain = pod("nginx", None)
+
+    _, scores = await extender.post("prioritize", {"Pod": plain, "NodeNames": ["npu-a", "npu-b", "cpu-1"]})
+
+    by_host = {h["Host"]: h["Score"] for h in scores}
+    assert by_host["cpu-1"] == 10
+    assert by_host["npu-b"] == 10  # the default policy consolidates: the busier NPU node
+    assert by_host.get("npu-a", 0) < 10
+
+
+async def test_a_pod_that_requests_nothing_passes_through_without_scores(extender: Extender) -> None:
+    extender.add_node("npu-a", inventory(1))
+    plain = pod("nginx", None)
+    plain["spec"]["containers"][0]["resources"] = {}
+
+    _, scores = await extender.post("prioritize", {"Pod": plain, "NodeNames": ["npu-a", "cpu-1"]})
+
+    assert scores == []
 
 
 async def test_bind_writes_annotations_binding_and_claim(extender: Extender, kube: Any) -> None:

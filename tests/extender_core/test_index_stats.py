@@ -33,16 +33,26 @@ def cluster() -> ClusterState:
 def test_the_index_places_against_the_shapes_it_has_seen() -> None:
     state, clock = cluster(), Clock()
     index = PlacementIndex(state, "default", min_pods=3, stats_refresh_s=60, clock=clock)
-    seen = [demand(3), demand(3), demand(7), demand(10)]
+    seen = [demand(3), demand(3)]
+    names = state.node_names()
     for i, d in enumerate(seen):
         index.observe(f"pod-{i}", d)
-    names = state.node_names()
     index.filter(demand(3), names)
-    assert index.stats is None  # not before the refresh interval: the uniform view
+    assert index.stats is None  # fewer than min_pods: the uniform view
+    seen += [demand(7), demand(10)]
+    for i, d in enumerate(seen[2:], 2):
+        index.observe(f"pod-{i}", d)
+    index.filter(demand(3), names)
+    first = index.stats
+    assert first is not None and first.shapes == workload_stats(seen, 10, "default").shapes  # at once: young
+    seen.append(demand(5))
+    index.observe("pod-4", seen[-1])
+    index.filter(demand(3), names)
+    assert index.stats is first  # 5 pods: neither doubled since 4 nor past the interval
 
     clock.now = 61.0
     index.filter(demand(3), names)
-    assert index.stats is not None
+    assert index.stats is not None and index.stats is not first
     expected = workload_stats(seen, 10, "default")
     assert index.stats.shapes == expected.shapes
     # Every verdict was re-made against the learned view: the best-scored nodes are the cheapest under it.
@@ -69,3 +79,17 @@ def test_the_view_is_kept_when_nothing_new_was_seen() -> None:
     clock.now = 30.0
     index.filter(demand(5), state.node_names())
     assert index.stats is first
+
+
+def test_a_young_history_is_learnt_again_each_time_it_doubles() -> None:
+    state, clock = cluster(), Clock()
+    index = PlacementIndex(state, "default", min_pods=2, stats_refresh_s=1e9, clock=clock)
+    views = []
+    for i in range(9):
+        index.observe(f"pod-{i}", demand(1 + i % 9))
+        index.filter(demand(3), state.node_names())
+        views.append(index.stats)
+    # Built at 2 pods, again at 4 and at 8; the clock never moved.
+    changes = [i + 1 for i in range(1, 9) if views[i] is not views[i - 1]]
+    assert views[0] is None
+    assert changes == [2, 4, 8]

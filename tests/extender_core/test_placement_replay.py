@@ -57,7 +57,8 @@ def test_replay_counts_arrived_and_allocated(data_dir: Path, name: str) -> None:
 def test_main_prints_medians_and_per_seed_values(data_dir: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     code = bench.main(["--trace", "tiny", "--data-dir", str(data_dir), "--seeds", "42,43", "--workers", "1",
-                       "--policies", "default,fgd-all", "--json", "--out", str(tmp_path / "out.json")])
+                       "--policies", "default,fgd-all", "--paths", "core", "--json",
+                       "--out", str(tmp_path / "out.json")])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["policies"]["default"]["unallocated_pct_at_100"] == 25.0

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flexnpu.operator.settings import OperatorSettings
-from flexnpu.operator.testing import DaemonProcess, create, daemon_pod, kubernetes
+from flexnpu_testsupport.operatorkit import DaemonProcess, create, daemon_pod, kubernetes
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ import aiohttp
 import pytest
 
 from flexnpu.operator.daemon_client import DaemonClient, DaemonRefused, DaemonUnreachable, with_retries
-from flexnpu.operator.testing import DaemonProcess, free_port
 from flexnpu.registration import Registration
+from flexnpu_testsupport.operatorkit import DaemonProcess
+from flexnpu_testsupport.waiting import free_port
 
 BODY = Registration(flexnpu_id="vnc.t.a", entity="a", npu=0, aicore_alloc=6, memory_alloc=1024)
 

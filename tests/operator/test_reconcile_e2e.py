@@ -6,7 +6,7 @@ from typing import Any
 
 from flexnpu import names
 from flexnpu.operator.settings import OperatorSettings
-from flexnpu.operator.testing import (
+from flexnpu_testsupport.operatorkit import (
     DaemonProcess,
     claim,
     create,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from flexnpu.shim.core.simdevice import DeviceError, DeviceOutOfMemoryError, SimDevice
+from flexnpu.shim.core.simdevice import DeviceError, SimDevice, SimDeviceOutOfMemoryError
 
 
 def device(*clients: str, memory: int = 1000) -> SimDevice:
@@ -48,7 +50,8 @@ def test_busy_time_counts_the_running_part_and_nothing_else() -> None:
     dev.submit("b", 1000, 0)
     dev.advance(1500)
     assert (dev.busy_us("a"), dev.busy_us("b")) == (1000, 500)
-    assert dev.running_kernel() is not None and dev.running_kernel().duration_us == 500  # type: ignore[union-attr]
+    running = dev.running_kernel()
+    assert running is not None and running.duration_us == 500
     dev.advance(5000)
     assert (dev.busy_us("a"), dev.busy_us("b"), dev.total_busy_us) == (1000, 1000, 2000)
 
@@ -70,17 +73,19 @@ def test_memory_cap_is_exact_and_a_refusal_changes_nothing() -> None:
     dev = SimDevice(1000)
     dev.add_client("a", memory_cap_bytes=300)
     dev.alloc("a", 300)
-    with pytest.raises(DeviceOutOfMemoryError, match="its cap"):
+    with pytest.raises(SimDeviceOutOfMemoryError, match="its cap"):
         dev.alloc("a", 1)
     assert dev.memory_used("a") == 300
     dev.free("a", 100)
+    assert dev.memory_used("a") == 200
     dev.alloc("a", 100)
+    assert dev.memory_used("a") == 300
 
 
 def test_card_capacity_is_shared_and_one_client_failing_leaves_the_other_alone() -> None:
     dev = device("a", "b", memory=1000)
     dev.alloc("a", 700)
-    with pytest.raises(DeviceOutOfMemoryError, match="card's memory"):
+    with pytest.raises(SimDeviceOutOfMemoryError, match="card's memory"):
         dev.alloc("b", 400)
     dev.alloc("b", 300)
     assert (dev.memory_used("a"), dev.memory_used("b"), dev.memory_in_use()) == (700, 300, 1000)
@@ -89,8 +94,12 @@ def test_card_capacity_is_shared_and_one_client_failing_leaves_the_other_alone()
 def test_removing_a_client_frees_its_memory() -> None:
     dev = device("a", "b", memory=1000)
     dev.alloc("a", 1000)
+    with pytest.raises(SimDeviceOutOfMemoryError):
+        dev.alloc("b", 1)
     dev.remove_client("a")
+    assert dev.memory_in_use() == 0
     dev.alloc("b", 1000)
+    assert (dev.memory_used("a"), dev.memory_used("b"), dev.memory_in_use()) == (0, 1000, 1000)
 
 
 @pytest.mark.parametrize("call", [
@@ -101,7 +110,7 @@ def test_removing_a_client_frees_its_memory() -> None:
     lambda d: d.alloc("x", 1),
     lambda d: d.add_client("b", -1),
 ])
-def test_bad_requests_are_refused(call: object) -> None:
+def test_bad_requests_are_refused(call: Callable[[SimDevice], object]) -> None:
     dev = device("a")
     with pytest.raises(DeviceError):
-        call(dev)  # type: ignore[operator]
+        call(dev)

@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from flexnpu.errors import ConfigError
 from flexnpu.priority import Priority
-from flexnpu.shim.core.slicing import CardScheduler, Decision, Grant, SlicePolicy, Tenant, UnknownTenantError
+from flexnpu.shim.core.slicing import (
+    CardScheduler,
+    Decision,
+    Grant,
+    SlicePolicy,
+    Tenant,
+    UnknownTenantError,
+    charge_us,
+)
 
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 WINDOW = 100_000  # a short share window keeps the driven runs small
@@ -37,8 +45,10 @@ class Driven:
 
 
 def drive(sched: CardScheduler, horizon_us: int, use: Callable[[Grant, int], int] = lambda g, i: g.budget_us,
-          still_wants: Callable[[str, int], bool] = lambda t, now: True) -> Driven:
-    """Run the scheduler alone: each grant is used for ``use(grant, n)`` µs, then released."""
+          still_wants: Callable[[str, int], bool] = lambda t, now: True,
+          report: Callable[[str, int], object] = lambda t, used: used) -> Driven:
+    """Run the scheduler alone: each grant is used for ``use(grant, n)`` µs, then released reporting
+    ``report(tenant, used)`` (what it really used, unless a test makes a tenant lie)."""
     out = Driven()
     now, n = 0, 0
     while now < horizon_us:
@@ -49,7 +59,7 @@ def drive(sched: CardScheduler, horizon_us: int, use: Callable[[Grant, int], int
             out.grants.append((decision.grant.tenant_id, now, now + used))
             now += used
             tenant_id = decision.grant.tenant_id
-            sched.release(tenant_id, used, now, still_wants(tenant_id, now))
+            sched.release(tenant_id, report(tenant_id, used), now, still_wants(tenant_id, now))  # type: ignore[arg-type]
         else:
             assert decision.wake_at_us is not None and decision.wake_at_us > now, decision
             now = decision.wake_at_us
@@ -80,6 +90,8 @@ def card(pol: SlicePolicy, *tenants: tuple[str, int, Priority], wanting: tuple[s
     ({"oversubscription": 0.5}, "oversubscription"),
     ({"oversubscription": float("nan")}, "oversubscription"),
     ({"window_us": 1000}, "window_us"),
+    ({"charge_grace_us": -1}, "charge_grace_us"),
+    ({"charge_grace_us": 1.5}, "charge_grace_us"),
 ])
 def test_policy_rejects_bad_values_naming_the_key(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -87,9 +99,11 @@ def test_policy_rejects_bad_values_naming_the_key(kwargs: dict[str, object], key
     assert info.value.field == key
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"quota": 16}, {"quota": 1000}, {"mode": "ops"}, {"oversubscription": 1.5}])
-def test_policy_accepts_good_values(kwargs: dict[str, object]) -> None:
-    assert SlicePolicy(**kwargs) is not None  # type: ignore[arg-type]
+@pytest.mark.parametrize("kwargs", [{}, {"quota": 16}, {"quota": 1000}, {"mode": "ops"}, {"oversubscription": 1.5},
+                                    {"charge_grace_us": 0}, {"window_us": 4000, "slice_us": 2000}])
+def test_policy_accepts_good_values_and_keeps_them(kwargs: dict[str, object]) -> None:
+    built = SlicePolicy(**kwargs)  # type: ignore[arg-type]
+    assert {key: getattr(built, key) for key in kwargs} == kwargs
 
 
 @pytest.mark.parametrize(("tenant_id", "alloc"), [("", 1), ("a", 0), ("a", -2)])
@@ -338,3 +352,56 @@ def test_a_tenant_that_overran_its_budget_is_let_in_that_much_later() -> None:
     assert grant is not None
     sched.release("a", grant.budget_us, used + grant.budget_us, still_wants=True)  # on budget: less held back
     assert sched.owed_us("a") == pytest.approx(0.2 * WINDOW - used - grant.budget_us - 4000 * 3 / 16)
+
+
+# ----- charging: what a tenant reports is hostile ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reported", "held", "grace", "charged"), [
+    (0, 2000, 1000, 2000),  # under-reporting gains nothing
+    (1500, 2000, 1000, 2000),
+    (2500, 2000, 1000, 2500),  # a little more than held (clock skew): believed
+    (9000, 2000, 1000, 3000),  # far more than it could have used: clamped
+    (-5, 2000, 1000, 2000),
+    (float("inf"), 2000, 1000, 2000),  # not a number it could have measured: no report
+    (float("nan"), 2000, 1000, 2000),
+    (float("-inf"), 2000, 1000, 2000),
+    (1e300, 2000, 1000, 3000),
+    (10**400, 2000, 1000, 3000),
+    (2500.7, 2000, 1000, 2500),
+    (True, 2000, 1000, 2000),
+    ("2500", 2000, 1000, 2000),
+    (None, 2000, 1000, 2000),
+    (500, 0, 1000, 500),
+    (500, -10, 0, 0),
+])
+def test_a_holding_is_charged_at_least_the_time_held_and_at_most_a_grace_more(
+        reported: object, held: int, grace: int, charged: int) -> None:
+    assert charge_us(reported, held, grace) == charged
+
+
+@pytest.mark.parametrize("lie", [0, -1, float("nan"), float("inf")])
+def test_an_under_reporting_tenant_gets_no_more_than_its_share(lie: object) -> None:
+    # "cheat" (20%) reports a lie after every grant while it really uses the card for the whole grant; "fair" (80%)
+    # reports the truth. Charged only by its report, "cheat" would always be owed time and take every grant.
+    sched = card(policy(), ("cheat", 2, NORMAL), ("fair", 8, NORMAL))
+    driven = drive(sched, 8 * WINDOW, use=lambda g, i: g.budget_us + (i * 97) % 300,
+                   report=lambda t, used: lie if t == "cheat" else used)
+    for start in range(2 * WINDOW, 7 * WINDOW, WINDOW // 2):
+        assert driven.share("cheat", start, start + WINDOW) <= 0.2 + 0.01
+    assert driven.share("fair", 2 * WINDOW, driven.end_us) == pytest.approx(0.8, abs=0.01)
+
+
+def test_an_extension_is_charged_the_time_since_the_grant_or_the_last_extension() -> None:
+    sched = card(policy(), ("a", 5, NORMAL), wanting=("a",))
+    assert sched.decide(0).grant is not None
+    assert sched.extend("a", 0, 2000) is not None
+    assert sched.last_charge_us("a") == 2000
+    assert sched.release("a", 100, 2600, still_wants=False) == 600
+    assert sched.owed_us("a") == pytest.approx(0.5 * WINDOW - 2600)
+
+
+def test_a_withdrawn_wish_is_charged_nothing() -> None:
+    sched = card(policy(), ("a", 5, NORMAL), wanting=("a",))
+    assert sched.release("a", 5000, 1000, still_wants=False) == 0
+    assert sched.owed_us("a") == pytest.approx(0.5 * WINDOW)

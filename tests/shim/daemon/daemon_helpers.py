@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from flexnpu.registration import Registration
+from flexnpu_testsupport.waiting import free_port
+
+__all__ = ["NPU_SMI_OUTPUT", "Daemon", "FakeGrant", "daemon_sections", "free_port", "http_request", "run_cli",
+           "write_config"]
 
 DATA = Path(__file__).parent / "data"
 NPU_SMI_OUTPUT = DATA / "npu-smi-info-8x910B3-24.1.txt"
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(directory: Path, sections: Mapping[str, Mapping[str, object]]) -> Path:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from daemon_helpers import Daemon, daemon_sections, free_port, http_request, run_cli, write_config
 
 from flexnpu.shim.runtime.grant_client import GrantClient
+from flexnpu_testsupport.waiting import wait_for
 
 BODY = {"flexnpu_id": "job-1", "entity": "train", "npu": 3, "chip": 0, "aicore_alloc": 2, "memory_alloc": 16384}
 
@@ -139,7 +138,8 @@ def test_grant_path_figures_and_a_client_surviving_a_restart(tmp_path: Path, sho
         lease = client.acquire()
         assert not lease.local
         client.release(1500)
-        wait_for(lambda: _figures(daemon)["grants"] >= 1 and _figures(daemon)["device_time_us"] >= 1500)
+        wait_for("a grant and 1.5 ms of device time",
+                 lambda: _figures(daemon)["grants"] >= 1 and _figures(daemon)["device_time_us"] >= 1500)
 
         daemon.kill()
         daemon = start(daemons, config, port, tmp_path / "daemon.log")
@@ -149,7 +149,7 @@ def test_grant_path_figures_and_a_client_surviving_a_restart(tmp_path: Path, sho
             client.release(100)
             return not lease.local and client.reconnects >= 1
 
-        wait_for(reconnected)
+        wait_for("the client to reconnect", reconnected)
     finally:
         client.close()
     assert daemon.stop() == 0
@@ -158,13 +158,6 @@ def test_grant_path_figures_and_a_client_surviving_a_restart(tmp_path: Path, sho
 def _figures(daemon: Daemon) -> dict[str, float]:
     (view,) = daemon.request("GET", "/device/flexnpu-info").body["registrations"]
     return {k: float(view[k]) for k in ("grants", "device_time_us", "achieved_share", "wait_p99_us")}
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_unusable_socket_dir_exits_with_one_line(tmp_path: Path) -> None:

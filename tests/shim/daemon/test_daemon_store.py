@@ -56,3 +56,27 @@ def test_write_failure_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot be written"):
         RegistrationStore(blocker / "registrations.json").save(REGS)
+
+
+def test_an_unreadable_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "registrations.json"
+    path.mkdir()  # reading a directory fails even as root
+    with pytest.raises(StoreError, match="cannot be read"):
+        RegistrationStore(path).load()
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "registrations.json"
+    (path / "occupied").mkdir(parents=True)  # a non-empty directory where the file goes: the rename fails
+    with pytest.raises(StoreError, match="cannot be written"):
+        RegistrationStore(path).save(REGS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["registrations.json"]
+
+
+def test_files_moved_aside_in_the_same_second_get_distinct_names(tmp_path: Path) -> None:
+    path = tmp_path / "registrations.json"
+    for content in (b"{", b"["):
+        path.write_bytes(content)
+        assert RegistrationStore(path).load().registrations == []
+    aside = sorted(p for p in tmp_path.iterdir() if ".corrupt-" in p.name)
+    assert len(aside) == 2 and {p.read_bytes() for p in aside} == {b"{", b"["}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rt_helpers import CARD, wait_for
@@ -54,7 +55,7 @@ def make_grant_server(grant_socket: str, proc_root: Path) -> Iterator[Callable[.
     servers: list[GrantServer] = []
 
     def make(registrations: Sequence[Registration], policy: SlicePolicy | None = None,
-             **options: int) -> GrantServer:
+             **options: Any) -> GrantServer:
         server = GrantServer(grant_socket, policy or SlicePolicy(quota=10, slice_us=2000), [CARD],
                              proc_root=proc_root, **options)
         server.start()

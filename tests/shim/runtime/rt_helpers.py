@@ -20,6 +20,16 @@ POD_B = "99999999-8888-7777-6666-555555555555"
 CARD = Card.of_model("910B3", 0, "card-0")
 
 
+class ManualClock:
+    """The grant server's clock in tests: microseconds that move only when the test moves them."""
+
+    def __init__(self, now_us: int = 1_000_000) -> None:
+        self.now_us = now_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
     """Bounded polling for a condition (never a fixed sleep)."""
     deadline = time.monotonic() + timeout_s

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rt_helpers import POD_A, POD_B, fake_cgroup, registration, wait_for
+from rt_helpers import POD_A, POD_B, ManualClock, fake_cgroup, registration, wait_for
 
 from flexnpu.priority import Priority
 from flexnpu.shim.grant.identity import pod_uid_in
@@ -48,13 +48,16 @@ def run_one_grant(child: ChildFactory, proc_root: Path, grant_socket: str, flexn
 
 def test_a_process_of_the_registered_pod_gets_a_grant(make_grant_server: MakeServer, child: ChildFactory,
                                                        proc_root: Path, grant_socket: str) -> None:
-    server = make_grant_server([registration("a", pod_uid=POD_A)])
+    clock = ManualClock()
+    server = make_grant_server([registration("a", pod_uid=POD_A)], clock_us=clock, timer=False)
     rc, out = run_one_grant(child, proc_root, grant_socket, "a", POD_A)
     assert rc == 0, out
     assert out.startswith("granted 2000")
     figures = server.stats()["a"]
     assert figures["grants"] == 1
-    assert figures["device_time_us"] == 1500
+    # It reported 1500 µs but held the grant for no time at all (the clock did not move): an over-report is
+    # charged only up to the time held plus the grace.
+    assert figures["device_time_us"] == server.policy.charge_grace_us
 
 
 def test_a_pod_naming_itself_not_its_registration_is_matched_by_its_cgroup(make_grant_server: MakeServer,
@@ -173,12 +176,15 @@ def test_a_silent_holder_loses_its_grant(make_grant_server: MakeServer, grant_so
 
 
 def test_extension_without_drain_when_nobody_else_waits(make_grant_server: MakeServer, grant_socket: str) -> None:
-    server = make_grant_server([registration("solo")])
+    clock = ManualClock()
+    server = make_grant_server([registration("solo")], clock_us=clock, timer=False)
     client = GrantClient(grant_socket, "solo", 0.5)
     try:
         first = client.acquire()
-        renewed = client.extend(2000)
+        clock.now_us += 2000
+        renewed = client.extend(1500)  # under-reports: charged the 2000 µs it held the card
         assert renewed is not None and renewed.seq != first.seq
+        clock.now_us += 500
         client.release(500)
         client.ping()
     finally:

@@ -41,7 +41,8 @@ def test_sitecustomize_activates_the_runtime_in_a_child(make_grant_server: MakeS
     figures = server.stats()["pod-a"]
     assert truth["busy_us"] == 6000
     assert figures["grants"] >= 1
-    assert figures["device_time_us"] == truth["busy_us"]  # the runtime reports what the device really did
+    # Charged max(what the runtime reported, the time it held the card): never less than the device really did.
+    assert figures["device_time_us"] >= truth["busy_us"]
 
 
 def test_without_a_claim_the_runtime_stays_off(sim_socket: str, grant_socket: str, tmp_path: Path) -> None:
@@ -148,7 +149,10 @@ except MemoryCapExceeded as exc:
     print("oom", isinstance(exc, torch.OutOfMemoryError))
 del a, b
 c = torch.ones(1000) + 1
-print("kind", runtime.torch_kind, "gated", runtime.slicer.slices >= 1, float(c.sum()))
+# Gated: the operators ran under a grant the runtime still holds. Accounted: a + b at the peak (2 x 4000 bytes),
+# c alone now, and the refused 4 MiB never counted.
+print("kind", runtime.torch_kind, "holding", runtime.slicer.holding,
+      "memory", runtime.memory.used_bytes, runtime.memory.peak_bytes, float(c.sum()))
 """
 
 
@@ -159,7 +163,7 @@ def test_torch_cpu_adapter_gates_operators_and_caps_memory(make_grant_server: Ma
     env = runtime_env(tmp_path, "torch-pod", grant_socket, "cpu", **{names.ENV_MEMORY_MIB: "1"})
     result = run_child(tmp_path, TORCH_CPU, env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:2] == ["oom True", "kind cpu gated True 2000.0"]
+    assert result.stdout.split("\n")[:2] == ["oom True", "kind cpu holding True memory 4000 8000 2000.0"]
     assert server.stats()["torch-pod"]["grants"] >= 1
 
 

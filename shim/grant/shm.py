@@ -1,0 +1,308 @@
+"""The shared-memory grant protocol, version 1, in Python: the mirror of ``shim/native/flexnpu_shm.h``.
+
+flexnpud creates one card grant region per card (``card-<index>.grant``, it alone writes it) and one slot per
+registration (``slot-<id>.shm``, every process of the pod maps it read-write) in the shim directory. The tenant's
+libflexnpu reads the grant word on every launch and blocks on the region's ``seq`` futex when it does not hold
+the card; the daemon learns of wants from the slot's ``want`` flag and ``doorbell`` futex.
+
+What libflexnpu (the tenant side) does with the slot, for the daemon's reading: ``want`` goes 1 when a process of
+the pod waits for the card (it drained its own work first and added the device time its events measured to
+``used_ns``; ``inflight_est_ns`` is what it estimated in flight at that drain), the first 0->1 bumps ``doorbell``
+and FUTEX_WAKEs it; ``want`` goes back to 0 when the process sees the grant (so a holder that stays at 0 after
+its deadline is idle). ``mem_used_bytes`` is the pod's fetch-add/sub account (never past ``mem_cap_bytes`` by
+the tenant's own checks), ``mem_peak_bytes`` its high-water mark, ``denied_allocs`` the refusals. A tenant that
+sees no change of ``seq`` for 2 s while waiting paces itself locally at ``share_permille``.
+
+Stores and loads of a field are single naturally aligned 4- or 8-byte accesses through ctypes (atomic on x86-64
+and aarch64); the daemon is the only writer of the card region and of the slot's daemon fields, so it needs no
+read-modify-write. Everything read from a slot was written by a pod: callers clamp it (``Slot.snapshot`` only
+reads). Standard library only, Python 3.9+ (the in-pod runtime uses it too).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import platform
+import re
+from dataclasses import dataclass
+
+SHM_SIZE = 4096
+VERSION = 1
+CARD_MAGIC = 0x46584E50  # "PNXF" little-endian: bytes 'P','N','X','F'
+SLOT_MAGIC = 0x534E5846  # "FXNS"
+NO_HOLDER = 0xFFFFFFFF
+ID_MAX = 128
+
+# (offset, size in bytes) of every field; tests/native/test_layout.py checks these against the C header.
+CARD_FIELDS: dict[str, tuple[int, int]] = {
+    "magic": (0, 4),
+    "version": (4, 4),
+    "seq": (8, 4),
+    "grant": (16, 8),
+    "deadline_ns": (24, 8),
+    "daemon_pid_start": (32, 8),
+}
+SLOT_FIELDS: dict[str, tuple[int, int]] = {
+    "magic": (0, 4),
+    "version": (4, 4),
+    "slot_index": (8, 4),
+    "card_index": (12, 4),
+    "mem_cap_bytes": (16, 8),
+    "mem_used_bytes": (24, 8),
+    "used_ns": (32, 8),
+    "inflight_est_ns": (40, 8),
+    "want": (48, 4),
+    "doorbell": (52, 4),
+    "share_permille": (56, 4),
+    "priority": (60, 4),
+    "mem_peak_bytes": (64, 8),
+    "denied_allocs": (72, 8),
+}
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # 128 = ID_MAX
+_FUTEX_WAIT = 0
+_FUTEX_WAKE = 1
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98}
+
+
+class ShmError(Exception):
+    """A region or slot file that is missing, too small, or not of this protocol version."""
+
+
+def slot_name(flexnpu_id: str) -> str:
+    """``slot-<id>.shm``; an id that is not 1..128 of [A-Za-z0-9._-] (or starts with '.') is hashed (FNV-1a 64)."""
+    if _SAFE_ID.fullmatch(flexnpu_id) and not flexnpu_id.startswith("."):
+        return f"slot-{flexnpu_id}.shm"
+    h = 0xCBF29CE484222325
+    for byte in flexnpu_id.encode("utf-8", "surrogateescape"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"slot-h{h:016x}.shm"
+
+
+def card_name(card_index: int) -> str:
+    return f"card-{card_index}.grant"
+
+
+def pack_grant(epoch: int, holder: int) -> int:
+    return ((epoch & 0xFFFFFFFF) << 32) | (holder & 0xFFFFFFFF)
+
+
+def unpack_grant(grant: int) -> tuple[int, int]:
+    """(epoch, holder_slot)."""
+    return grant >> 32, grant & 0xFFFFFFFF
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+class _Mapped:
+    """A 4096-byte file mapped MAP_SHARED, with typed field access."""
+
+    def __init__(self, path: str, fields: dict[str, tuple[int, int]], writable: bool) -> None:
+        self.path = path
+        self._fields = fields
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            if os.fstat(fd).st_size < SHM_SIZE:
+                raise ShmError(f"{path}: smaller than {SHM_SIZE} bytes")
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            self._mm = mmap.mmap(fd, SHM_SIZE, access=access)
+        finally:
+            os.close(fd)
+        self._address = self._base_address()
+
+    def _base_address(self) -> int:
+        """The mapping's address for ctypes and futexes; 0 for a read-only map (ctypes needs a writable buffer)."""
+        try:
+            anchor = ctypes.c_char.from_buffer(self._mm)
+        except TypeError:
+            return 0
+        address = ctypes.addressof(anchor)
+        del anchor
+        return address
+
+    def get(self, name: str) -> int:
+        offset, size = self._fields[name]
+        if not self._address:
+            return int.from_bytes(self._mm[offset : offset + size], "little")
+        ctype = ctypes.c_uint32 if size == 4 else ctypes.c_uint64
+        return int(ctype.from_address(self._address + offset).value)
+
+    def set(self, name: str, value: int) -> None:
+        offset, size = self._fields[name]
+        ctype = ctypes.c_uint32 if size == 4 else ctypes.c_uint64
+        if not self._address:
+            raise ShmError(f"{self.path}: mapped read-only")
+        ctype.from_address(self._address + offset).value = value & ((1 << (8 * size)) - 1)
+
+    def futex_wake(self, name: str, count: int = 2**31 - 1) -> None:
+        offset, size = self._fields[name]
+        assert size == 4 and self._address
+        _libc().syscall(_sys_futex(), ctypes.c_void_p(self._address + offset), _FUTEX_WAKE, count, None, None, 0)
+
+    def futex_wait(self, name: str, expected: int, timeout_s: float) -> None:
+        """Wait while the 4-byte field equals expected, for at most timeout_s (spurious wake-ups return early)."""
+        offset, size = self._fields[name]
+        assert size == 4
+        if not self._address:  # a read-only map (a tenant's view of the card): no futex address; poll once
+            return
+        seconds = max(0.0, timeout_s)
+        ts = (ctypes.c_long * 2)(int(seconds), int((seconds % 1) * 1e9))
+        _libc().syscall(_sys_futex(), ctypes.c_void_p(self._address + offset), _FUTEX_WAIT, expected, ts, None, 0)
+
+    def close(self) -> None:
+        self._address = 0
+        self._mm.close()
+
+    def __enter__(self) -> _Mapped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sys_futex() -> int:
+    machine = platform.machine()
+    if machine not in _SYS_FUTEX:
+        raise ShmError(f"futex syscall number unknown for {machine}")
+    return _SYS_FUTEX[machine]
+
+
+def _create_file(path: str) -> None:
+    """A zeroed 4096-byte file, created atomically (write to a temporary name, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, SHM_SIZE)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class GrantState:
+    """What the card region says: who holds the card, until when."""
+
+    seq: int
+    epoch: int
+    holder: int
+    deadline_ns: int
+    daemon_pid_start: int
+
+
+class CardRegion(_Mapped):
+    """``card-<index>.grant``: written by flexnpud only (``create`` maps it writable, ``open`` read-only)."""
+
+    def __init__(self, path: str, writable: bool) -> None:
+        super().__init__(path, CARD_FIELDS, writable)
+        if self.get("magic") != CARD_MAGIC or self.get("version") != VERSION:
+            self.close()
+            raise ShmError(f"{path}: not a version-{VERSION} card grant region")
+
+    @classmethod
+    def create(cls, path: str, daemon_pid_start: int) -> CardRegion:
+        """Create the region, or adopt the one a previous daemon left (tenants keep their mapping of that file:
+        replacing it would leave them waiting on a region nobody writes). Either way nobody holds the card."""
+        try:
+            region = cls(path, writable=True)
+        except (OSError, ShmError):
+            _create_file(path)
+            with _Mapped(path, CARD_FIELDS, writable=True) as raw:
+                raw.set("version", VERSION)
+                raw.set("grant", pack_grant(0, NO_HOLDER))
+                raw.set("magic", CARD_MAGIC)
+            region = cls(path, writable=True)
+        region.set("daemon_pid_start", daemon_pid_start)
+        region.revoke(region.state().epoch)
+        return region
+
+    @classmethod
+    def open(cls, path: str) -> CardRegion:
+        return cls(path, writable=False)
+
+    def state(self) -> GrantState:
+        epoch, holder = unpack_grant(self.get("grant"))
+        return GrantState(self.get("seq"), epoch, holder, self.get("deadline_ns"), self.get("daemon_pid_start"))
+
+    def publish(self, holder: int, epoch: int, deadline_ns: int) -> None:
+        """Deadline first, then the grant word, then seq + 1 and wake every waiter (the order tenants rely on)."""
+        self.set("deadline_ns", deadline_ns)
+        self.set("grant", pack_grant(epoch, holder))
+        self.set("seq", self.get("seq") + 1)
+        self.futex_wake("seq")
+
+    def revoke(self, epoch: int) -> None:
+        """Nobody holds the card (deadline 0)."""
+        self.publish(NO_HOLDER, epoch, 0)
+
+
+@dataclass(frozen=True)
+class SlotSnapshot:
+    """A slot as read (tenant-written fields are the pod's word, unvalidated)."""
+
+    slot_index: int
+    card_index: int
+    mem_cap_bytes: int
+    mem_used_bytes: int
+    used_ns: int
+    inflight_est_ns: int
+    want: int
+    doorbell: int
+    share_permille: int
+    priority: int
+    mem_peak_bytes: int
+    denied_allocs: int
+
+
+class Slot(_Mapped):
+    """``slot-<id>.shm``: the daemon writes slot_index, card_index, mem_cap_bytes, share_permille, priority."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, SLOT_FIELDS, writable=True)
+        if self.get("magic") != SLOT_MAGIC or self.get("version") != VERSION:
+            self.close()
+            raise ShmError(f"{path}: not a version-{VERSION} registration slot")
+
+    @classmethod
+    def create(
+        cls, path: str, *, slot_index: int, card_index: int, mem_cap_bytes: int, share_permille: int, priority: int
+    ) -> Slot:
+        """Create the slot, or adopt an existing one (a daemon restart): the tenant fields stay, so the pod's
+        memory account survives; the daemon fields are (re)written."""
+        try:
+            slot = cls(path)
+        except (OSError, ShmError):
+            _create_file(path)
+            with _Mapped(path, SLOT_FIELDS, writable=True) as raw:
+                raw.set("version", VERSION)
+                raw.set("magic", SLOT_MAGIC)
+            slot = cls(path)
+        slot.set("slot_index", slot_index)
+        slot.set("card_index", card_index)
+        slot.set("mem_cap_bytes", max(0, mem_cap_bytes))
+        slot.set("share_permille", min(1000, max(0, share_permille)))
+        slot.set("priority", min(2, max(0, priority)))
+        return slot
+
+    @classmethod
+    def open(cls, path: str) -> Slot:
+        return cls(path)
+
+    def snapshot(self) -> SlotSnapshot:
+        return SlotSnapshot(**{name: self.get(name) for name in SLOT_FIELDS if name not in ("magic", "version")})
+
+    def wait_doorbell(self, seen: int, timeout_s: float) -> None:
+        """Block until the doorbell moves past ``seen`` (or timeout_s)."""
+        self.futex_wait("doorbell", seen, timeout_s)
+
+
+def open_card(directory: str, card_index: int) -> CardRegion | None:
+    """The card's region, or None when flexnpud has not created it (the tenant then paces locally)."""
+    try:
+        return CardRegion.open(os.path.join(directory, card_name(card_index)))
+    except (OSError, ShmError):
+        return None

@@ -1,0 +1,203 @@
+"""flexnpud's side of the shared-memory grant path (``flexnpu.shim.grant.shm``, the contract in shm.md).
+
+The grant server stays the one place that decides; this adapter only mirrors its decisions into the files the
+tenants' libflexnpu maps, and reads back what the tenants write:
+
+- one card region ``card-<index>.grant`` per card, written here only: holder slot, epoch and deadline once per
+  grant (deadline first, then the grant word, then ``seq`` + 1 and a futex wake of every waiter);
+- one slot ``slot-<id>.shm`` per registration, created at registration with the daemon's fields (slot index,
+  card, memory cap, share, priority) and removed when the registration goes.
+
+Everything read from a slot was written by a pod and is hostile: ``read_report`` turns a raw snapshot into a
+``SlotReport`` of clamped values (a want flag that is not exactly 1 is no want; usage that goes backwards counts
+nothing; memory figures are bounded), and ``usage_delta_us`` turns two cumulative ``used_ns`` readings into the
+report the scheduler then charges (at least the time held: ``flexnpu.shim.core.slicing.charge_us``).
+
+Cards with a chip index other than 0 get no region (the protocol names a region by card index only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flexnpu.cards import Card
+from flexnpu.registration import Registration
+from flexnpu.shim.grant import shm
+from flexnpu.shim.grant.messages import MAX_REPORT_US
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+# The most device memory a slot may claim (1 PiB): anything larger is a lie, clamped to it.
+MAX_MEMORY_BYTES = 1 << 50
+MAX_COUNT = 1 << 62
+CardKey = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """What a tenant's slot says, clamped: safe to use in decisions and figures."""
+
+    want: bool
+    used_ns: int
+    mem_used_bytes: int
+    mem_peak_bytes: int
+    denied_allocs: int
+
+
+def read_report(snapshot: shm.SlotSnapshot) -> SlotReport:
+    """A slot's tenant-written fields as values the daemon may use (pure)."""
+    return SlotReport(want=snapshot.want == 1, used_ns=min(snapshot.used_ns, MAX_COUNT),
+                      mem_used_bytes=min(snapshot.mem_used_bytes, MAX_MEMORY_BYTES),
+                      mem_peak_bytes=min(snapshot.mem_peak_bytes, MAX_MEMORY_BYTES),
+                      denied_allocs=min(snapshot.denied_allocs, MAX_COUNT))
+
+
+def usage_delta_us(before_ns: int, after_ns: int) -> int:
+    """Device time reported between two readings of the cumulative ``used_ns``; 0 when it went backwards (pure)."""
+    if after_ns <= before_ns:
+        return 0
+    return min((after_ns - before_ns) // 1000, MAX_REPORT_US)
+
+
+def region_index(key: CardKey) -> int | None:
+    """The card region's index for a (card index, chip) key; None for a chip that has none."""
+    index, chip = key
+    return index if chip == 0 else None
+
+
+class ShmGrants:
+    """The card regions and registration slots in ``directory`` (see the module docstring)."""
+
+    def __init__(self, directory: str, cards: Sequence[Card], daemon_pid_start: int) -> None:
+        self.directory = directory
+        self._keys = [(c.index, c.chip) for c in cards if region_index((c.index, c.chip)) is not None]
+        self._pid_start = daemon_pid_start
+        self._regions: dict[CardKey, shm.CardRegion] = {}
+        self._slots: dict[str, shm.Slot] = {}
+        self._indexes: dict[str, int] = {}
+        self._cards_of: dict[str, CardKey] = {}
+        self._next_index = 0
+
+    def start(self) -> None:
+        """Create (or replace) one zeroed region per card: nobody holds any card."""
+        os.makedirs(self.directory, exist_ok=True)
+        for key in self._keys:
+            index = region_index(key)
+            assert index is not None
+            path = self._path(shm.card_name(index))
+            try:
+                self._regions[key] = shm.CardRegion.create(path, self._pid_start)
+            except shm.ShmError as exc:
+                raise OSError(f"card grant region for card {index}: {exc}") from exc
+            os.chmod(path, 0o644)  # every tenant reads it, whatever the daemon's umask
+
+    def sync(self, registrations: Sequence[Registration], quota: int) -> None:
+        """Slots for the current registrations: new ones created, removed ones deleted, changed ones updated."""
+        current = {r.flexnpu_id: r for r in registrations if (r.npu, r.chip) in self._regions}
+        for flexnpu_id in [f for f in self._slots if f not in current]:
+            self._remove(flexnpu_id)
+        for flexnpu_id, registration in current.items():
+            slot = self._slots.get(flexnpu_id)
+            if slot is not None and self._cards_of[flexnpu_id] != (registration.npu, registration.chip):
+                self._remove(flexnpu_id)  # moved to another card: a new slot (and slot index) there
+                slot = None
+            if slot is None:
+                self._create(registration, quota)
+            else:
+                _set_daemon_fields(slot, registration, quota)
+
+    def slot_index(self, flexnpu_id: str) -> int | None:
+        return self._indexes.get(flexnpu_id)
+
+    def has_slot(self, flexnpu_id: str) -> bool:
+        return flexnpu_id in self._slots
+
+    def wants(self, flexnpu_id: str) -> bool:
+        """The slot's want flag alone (one load: what the poll of idle slots reads); exactly 1 is a wish."""
+        slot = self._slots.get(flexnpu_id)
+        return slot is not None and slot.get("want") == 1
+
+    def report(self, flexnpu_id: str) -> SlotReport | None:
+        """The slot's clamped report, or None when the registration has no slot."""
+        slot = self._slots.get(flexnpu_id)
+        return None if slot is None else read_report(slot.snapshot())
+
+    def publish(self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_ns: int) -> None:
+        """The card is now held by ``flexnpu_id``'s slot until ``deadline_ns`` (None: by nobody)."""
+        region = self._regions.get(key)
+        if region is None:
+            return
+        holder = shm.NO_HOLDER if flexnpu_id is None else self._indexes.get(flexnpu_id, shm.NO_HOLDER)
+        # CardRegion.publish's order (deadline, grant word, seq + 1, wake), with the wake (a syscall, the most
+        # of its cost from Python) only when a slot of this card waits: a tenant sets want=1 before it sleeps on
+        # seq, and one that has not slept yet finds seq moved and does not sleep.
+        region.set("deadline_ns", max(0, deadline_ns) if holder != shm.NO_HOLDER else 0)
+        region.set("grant", shm.pack_grant(epoch & 0xFFFFFFFF, holder))
+        region.set("seq", region.get("seq") + 1)
+        if any(self._cards_of[f] == key and slot.get("want") for f, slot in self._slots.items()):
+            region.futex_wake("seq")
+
+    def state(self, key: CardKey) -> shm.GrantState | None:
+        region = self._regions.get(key)
+        return None if region is None else region.state()
+
+    def stop(self) -> None:
+        """Nobody holds any card (waiters wake and find no daemon), then every file is removed."""
+        for region in self._regions.values():
+            with contextlib.suppress(OSError, ValueError):
+                region.revoke(0)
+            region.close()
+            _unlink(region.path)
+        self._regions.clear()
+        for flexnpu_id in list(self._slots):
+            self._remove(flexnpu_id)
+
+    def _create(self, registration: Registration, quota: int) -> None:
+        index = self._next_index
+        self._next_index += 1
+        path = self._path(shm.slot_name(registration.flexnpu_id))
+        try:
+            slot = shm.Slot.create(path, slot_index=index, card_index=registration.npu,
+                                   mem_cap_bytes=registration.memory_alloc * MIB,
+                                   share_permille=_permille(registration, quota),
+                                   priority=registration.priority.rank)
+        except (OSError, shm.ShmError) as exc:
+            log.warning("shared-memory grant path: no slot for %r (%s); it gets grants over the socket only",
+                        registration.flexnpu_id, exc)
+            return
+        # Every process of the pod maps its slot read-write, whatever uid it runs as (the card region stays 0644).
+        # Which pods see which slots is the device plugin's mount, not this file's mode.
+        os.chmod(path, 0o666)
+        self._slots[registration.flexnpu_id] = slot
+        self._indexes[registration.flexnpu_id] = index
+        self._cards_of[registration.flexnpu_id] = (registration.npu, registration.chip)
+
+    def _remove(self, flexnpu_id: str) -> None:
+        slot = self._slots.pop(flexnpu_id)
+        self._indexes.pop(flexnpu_id, None)
+        self._cards_of.pop(flexnpu_id, None)
+        slot.close()
+        _unlink(slot.path)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+
+def _set_daemon_fields(slot: shm.Slot, registration: Registration, quota: int) -> None:
+    slot.set("mem_cap_bytes", registration.memory_alloc * MIB)
+    slot.set("share_permille", _permille(registration, quota))
+    slot.set("priority", registration.priority.rank)
+
+
+def _permille(registration: Registration, quota: int) -> int:
+    return min(1000, max(0, registration.aicore_alloc * 1000 // max(1, quota)))
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,74 @@
+/* The shared-memory grant protocol, version 1: the layout libflexnpu and flexnpud agree on.
+ *
+ * Two files in the shim directory (FLEXNPU_SHIM_DIR, default /var/run/flexnpu, mounted into every pod):
+ *   card-<index>.grant   4096 bytes, written only by flexnpud, mapped read-only by tenants;
+ *   slot-<id>.shm        4096 bytes, one per registration, created by flexnpud, mapped read-write by every
+ *                        process of the pod (pod-wide accounting).
+ * Little-endian, naturally aligned, every field accessed with C11 atomics. The Python mirror is
+ * shim/grant/shm.py; tests/native/test_layout.py checks that both agree on every offset.
+ */
+#ifndef FLEXNPU_SHM_H
+#define FLEXNPU_SHM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FX_SHM_SIZE 4096u
+#define FX_SHM_VERSION 1u
+#define FX_CARD_MAGIC 0x46584E50u /* "PNXF" little-endian: bytes 'P','N','X','F' */
+#define FX_SLOT_MAGIC 0x534E5846u /* "FXNS" */
+#define FX_NO_HOLDER 0xFFFFFFFFu
+#define FX_ID_MAX 128u /* a longer or unsafe flexnpu_id is hashed (see fx_slot_name) */
+
+/* Card grant region: flexnpud writes deadline_ns, then grant, then bumps seq and FUTEX_WAKEs all. */
+struct fx_card_region {
+    _Atomic uint32_t magic;
+    _Atomic uint32_t version;
+    _Atomic uint32_t seq;              /* futex word (shared futex) */
+    uint32_t pad;
+    _Atomic uint64_t grant;            /* (epoch << 32) | holder_slot */
+    _Atomic uint64_t deadline_ns;      /* CLOCK_MONOTONIC end of the current grant */
+    _Atomic uint64_t daemon_pid_start; /* pid << 32 | start counter */
+};
+
+/* Registration slot: "daemon" fields are written by flexnpud only; "tenant" fields by the pod's processes. */
+struct fx_slot {
+    _Atomic uint32_t magic;
+    _Atomic uint32_t version;
+    _Atomic uint32_t slot_index;      /* daemon: the holder_slot value that means "this registration holds" */
+    _Atomic uint32_t card_index;      /* daemon */
+    _Atomic uint64_t mem_cap_bytes;   /* daemon: pod-wide device-memory cap */
+    _Atomic uint64_t mem_used_bytes;  /* tenant: pod-wide bytes allocated (fetch-add/sub) */
+    _Atomic uint64_t used_ns;         /* tenant: cumulative device time measured by device events */
+    _Atomic uint64_t inflight_est_ns; /* tenant: learned estimate of device time in flight at a drain */
+    _Atomic uint32_t want;            /* tenant: 1 = has work and waits for a grant */
+    _Atomic uint32_t doorbell;        /* tenant: bumped on want 0->1, then FUTEX_WAKE */
+    _Atomic uint32_t share_permille;  /* daemon: guaranteed share 0..1000 */
+    _Atomic uint32_t priority;        /* daemon: 0 low, 1 normal, 2 high */
+    _Atomic uint64_t mem_peak_bytes;  /* tenant: high-water mark */
+    _Atomic uint64_t denied_allocs;   /* tenant: allocations refused by the cap */
+};
+
+_Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "8-byte atomics");
+_Static_assert(offsetof(struct fx_card_region, seq) == 8, "card.seq");
+_Static_assert(offsetof(struct fx_card_region, grant) == 16, "card.grant");
+_Static_assert(offsetof(struct fx_card_region, deadline_ns) == 24, "card.deadline_ns");
+_Static_assert(offsetof(struct fx_card_region, daemon_pid_start) == 32, "card.daemon_pid_start");
+_Static_assert(offsetof(struct fx_slot, slot_index) == 8, "slot.slot_index");
+_Static_assert(offsetof(struct fx_slot, mem_cap_bytes) == 16, "slot.mem_cap_bytes");
+_Static_assert(offsetof(struct fx_slot, mem_used_bytes) == 24, "slot.mem_used_bytes");
+_Static_assert(offsetof(struct fx_slot, used_ns) == 32, "slot.used_ns");
+_Static_assert(offsetof(struct fx_slot, inflight_est_ns) == 40, "slot.inflight_est_ns");
+_Static_assert(offsetof(struct fx_slot, want) == 48, "slot.want");
+_Static_assert(offsetof(struct fx_slot, doorbell) == 52, "slot.doorbell");
+_Static_assert(offsetof(struct fx_slot, share_permille) == 56, "slot.share_permille");
+_Static_assert(offsetof(struct fx_slot, priority) == 60, "slot.priority");
+_Static_assert(offsetof(struct fx_slot, mem_peak_bytes) == 64, "slot.mem_peak_bytes");
+_Static_assert(offsetof(struct fx_slot, denied_allocs) == 72, "slot.denied_allocs");
+_Static_assert(sizeof(struct fx_slot) <= FX_SHM_SIZE && sizeof(struct fx_card_region) <= FX_SHM_SIZE, "4 KiB");
+
+static inline uint32_t fx_grant_holder(uint64_t grant) { return (uint32_t)(grant & 0xFFFFFFFFu); }
+static inline uint32_t fx_grant_epoch(uint64_t grant) { return (uint32_t)(grant >> 32); }
+
+#endif

@@ -1,0 +1,657 @@
+/* libflexnpu core: maps the pod's registration slot and its card's grant region, gates launches, caps in-flight
+ * device time, keeps the pod-wide memory account. Knows no ABI (see gate.h).
+ *
+ * Configuration, read once at load (a later unsetenv changes nothing; no variable switches enforcement off):
+ *   FLEXNPU_SHIM_DIR     shim directory (default /var/run/flexnpu, the directory the device plugin mounts)
+ *   FLEXNPU_ID           registration id -> slot-<id>.shm; when unset, the only slot-*.shm in the directory
+ *   FLEXNPU_INFLIGHT_US  device time a process may queue ahead of the device (default 2000)
+ *   FLEXNPU_EVENT_EVERY  launches per timing interval (one start and one end event; default 8: an event
+ *                        record costs the host about a microsecond on real devices, 8 launches amortise it)
+ *   FLEXNPU_SLICE_US     local pacing burst when no daemon is there (default 10000)
+ *   FLEXNPU_RENEW_US     a launch this close to the grant's deadline sets want=1 already (default 1000; 0 off):
+ *                        flexnpud decides at the deadline whether the holder still wants the card, and a busy
+ *                        holder is then usually in the middle of its work, not yet asking
+ * Modes: a slot and a card region -> GRANTED; a slot only (no daemon) -> LOCAL pacing at share_permille;
+ * no slot -> UNGATED (this is a process outside any registration), logged once to stderr.
+ */
+#define _GNU_SOURCE
+#include "gate.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "flexnpu_shm.h"
+
+#define FX_RING 16u               /* timing intervals in flight per thread and ABI */
+#define FX_DEAD_DAEMON_NS 2000000000ull /* no grant change for this long while waiting: pace locally */
+#define FX_FUTEX_WAIT_NS 50000000ll
+#define FX_PROBE_NS 1000000000ull /* local mode: look for the daemon's region this often */
+
+/* ---- state ---------------------------------------------------------------------------------------------- */
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static _Atomic int g_mode = FX_UNGATED;
+static struct fx_slot *g_slot;
+static struct fx_card_region *_Atomic g_card;
+static char g_dir[512];
+static uint64_t g_inflight_cap_ns = 2000000;
+static uint32_t g_event_every = 8;
+static uint64_t g_burst_ns = 10000000;
+static uint64_t g_renew_ns = 1000000;
+static _Atomic uint64_t g_inflight_launches; /* process-wide launches whose completion is not yet observed */
+static _Atomic uint64_t g_est_launch_ns; /* learned device time per launch (EWMA of event timings) */
+static _Atomic uint64_t g_used_ns;           /* this process's measured device time (local pacing) */
+static _Atomic uint64_t g_pace_t0;
+static _Atomic uint64_t g_next_probe;
+static _Atomic uint32_t g_dead_seq = UINT32_MAX; /* seq value at which the daemon was declared gone */
+static _Atomic int g_dead;
+static pthread_key_t g_thread_key;
+static int g_log_ungated, g_log_local, g_log_dead;
+
+struct fx_interval {
+    void *start, *end, *stream;
+    uint32_t launches;
+    int state; /* 0 free, 1 open (start recorded), 2 closed (end recorded) */
+};
+
+struct fx_timing {
+    struct fx_interval ring[FX_RING];
+    uint32_t head, count;   /* closed intervals, oldest at head */
+    struct fx_interval open;
+};
+
+struct fx_thread {
+    struct fx_timing abi[FX_ABI_COUNT];
+};
+
+__thread int fx_depth __attribute__((tls_model("initial-exec")));
+static __thread struct fx_thread *t_state __attribute__((tls_model("initial-exec")));
+static __thread const struct fx_ops *t_ops[FX_ABI_COUNT] __attribute__((tls_model("initial-exec")));
+
+/* ---- small helpers -------------------------------------------------------------------------------------- */
+
+uint64_t fx_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void fx_log_once(int *flag, const char *message)
+{
+    if (__atomic_exchange_n(flag, 1, __ATOMIC_RELAXED))
+        return;
+    int saved = errno;
+    char line[600];
+    int n = snprintf(line, sizeof line, "flexnpu[%d]: %s\n", (int)getpid(), message);
+    if (n > 0)
+        (void)!write(2, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
+    errno = saved;
+}
+
+static uint64_t env_u64(const char *name, uint64_t fallback, uint64_t lo, uint64_t hi)
+{
+    const char *text = getenv(name);
+    if (!text || !*text)
+        return fallback;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return fallback;
+    return v;
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+}
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected, long long timeout_ns)
+{
+    struct timespec ts = {timeout_ns / 1000000000ll, timeout_ns % 1000000000ll};
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* ---- mapping -------------------------------------------------------------------------------------------- */
+
+/* slot-<id>.shm: the id as is when it is 1..128 of [A-Za-z0-9._-] and does not start with '.', else
+ * "h" + 16 hex digits of its FNV-1a 64 hash (shm.py's slot_name does the same). */
+static void slot_name(const char *id, char *out, size_t size)
+{
+    size_t n = strlen(id);
+    int ok = n > 0 && n <= FX_ID_MAX && id[0] != '.';
+    for (size_t i = 0; ok && i < n; i++) {
+        char c = id[i];
+        ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+             c == '_' || c == '-';
+    }
+    if (ok) {
+        snprintf(out, size, "slot-%s.shm", id);
+        return;
+    }
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
+    snprintf(out, size, "slot-h%016llx.shm", (unsigned long long)h);
+}
+
+static void *map_file(const char *path, int writable)
+{
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    void *p = MAP_FAILED;
+    if (fstat(fd, &st) == 0 && st.st_size >= (off_t)FX_SHM_SIZE)
+        p = mmap(NULL, FX_SHM_SIZE, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int find_only_slot(char *out, size_t size)
+{
+    DIR *d = opendir(g_dir);
+    if (!d)
+        return -1;
+    int found = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n > 9 && strncmp(e->d_name, "slot-", 5) == 0 && strcmp(e->d_name + n - 4, ".shm") == 0) {
+            if (found++ == 0)
+                snprintf(out, size, "%s", e->d_name);
+        }
+    }
+    closedir(d);
+    return found == 1 ? 0 : -1;
+}
+
+static struct fx_slot *map_slot(void)
+{
+    char name[300], path[900];
+    const char *id = getenv("FLEXNPU_ID");
+    if (id && *id)
+        slot_name(id, name, sizeof name);
+    else if (find_only_slot(name, sizeof name) != 0)
+        return NULL;
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    struct fx_slot *s = map_file(path, 1);
+    if (s && (atomic_load(&s->magic) != FX_SLOT_MAGIC || atomic_load(&s->version) != FX_SHM_VERSION)) {
+        munmap(s, FX_SHM_SIZE);
+        return NULL;
+    }
+    return s;
+}
+
+static struct fx_card_region *map_card(void)
+{
+    char path[800];
+    snprintf(path, sizeof path, "%s/card-%u.grant", g_dir, (unsigned)atomic_load(&g_slot->card_index));
+    struct fx_card_region *c = map_file(path, 0);
+    if (c && (atomic_load(&c->magic) != FX_CARD_MAGIC || atomic_load(&c->version) != FX_SHM_VERSION)) {
+        munmap(c, FX_SHM_SIZE);
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- threads and fork ----------------------------------------------------------------------------------- */
+
+static void timing_drain(const struct fx_ops *ops, struct fx_timing *t, int block);
+
+static void thread_exit(void *arg)
+{
+    struct fx_thread *st = arg;
+    for (int a = 0; a < FX_ABI_COUNT; a++) {
+        const struct fx_ops *ops = t_ops[a];
+        struct fx_timing *t = &st->abi[a];
+        if (!ops)
+            continue;
+        timing_drain(ops, t, 1);
+        for (uint32_t i = 0; i < FX_RING; i++) {
+            if (t->ring[i].start)
+                ops->event_destroy(t->ring[i].start);
+            if (t->ring[i].end)
+                ops->event_destroy(t->ring[i].end);
+        }
+        if (t->open.start)
+            ops->event_destroy(t->open.start);
+        if (t->open.end)
+            ops->event_destroy(t->open.end);
+    }
+    t_state = NULL;
+    munmap(st, sizeof *st);
+}
+
+static void fork_child(void)
+{
+    /* The child has no device work of its own yet and the parent's events are not its own: start clean.
+     * The mappings (MAP_SHARED) stay: the child belongs to the same pod. */
+    atomic_store(&g_inflight_launches, 0);
+    if (t_state)
+        memset(t_state, 0, sizeof *t_state);
+}
+
+static void fork_prepare_all(void) { fx_mem_atfork_prepare(); }
+static void fork_parent_all(void) { fx_mem_atfork_parent(); }
+static void fork_child_all(void)
+{
+    fx_mem_atfork_child();
+    fork_child();
+}
+
+static struct fx_thread *thread_state(void)
+{
+    if (t_state)
+        return t_state;
+    void *p = mmap(NULL, sizeof(struct fx_thread), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    t_state = p;
+    pthread_setspecific(g_thread_key, p);
+    return t_state;
+}
+
+static void report_at_exit(void);
+
+/* ---- init ----------------------------------------------------------------------------------------------- */
+
+static void init_once(void)
+{
+    int saved = errno;
+    const char *dir = getenv("FLEXNPU_SHIM_DIR");
+    snprintf(g_dir, sizeof g_dir, "%s", dir && *dir ? dir : "/var/run/flexnpu");
+    g_inflight_cap_ns = env_u64("FLEXNPU_INFLIGHT_US", 2000, 10, 10000000) * 1000ull;
+    g_event_every = (uint32_t)env_u64("FLEXNPU_EVENT_EVERY", 8, 1, 1024);
+    g_burst_ns = env_u64("FLEXNPU_SLICE_US", 10000, 100, 10000000) * 1000ull;
+    g_renew_ns = env_u64("FLEXNPU_RENEW_US", 1000, 0, 1000000) * 1000ull;
+    /* Until events have measured something, assume a launch is half the cap: little queues ahead unmeasured. */
+    atomic_store(&g_est_launch_ns, g_inflight_cap_ns / 2);
+    pthread_key_create(&g_thread_key, thread_exit);
+    pthread_atfork(fork_prepare_all, fork_parent_all, fork_child_all);
+    atexit(report_at_exit);
+    g_slot = map_slot();
+    if (!g_slot) {
+        fx_log_once(&g_log_ungated, "no registration slot in the shim directory: running ungated");
+    } else {
+        struct fx_card_region *card = map_card();
+        atomic_store(&g_card, card);
+        atomic_store(&g_pace_t0, fx_now_ns());
+        atomic_store(&g_mode, card ? FX_GRANTED : FX_LOCAL);
+        if (!card)
+            fx_log_once(&g_log_local, "no grant region from flexnpud: pacing locally at the guaranteed share");
+    }
+    errno = saved;
+}
+
+__attribute__((constructor)) static void fx_constructor(void) { fx_init(); }
+
+void fx_init(void) { pthread_once(&g_once, init_once); }
+
+enum fx_mode fx_mode(void)
+{
+    fx_init();
+    return (enum fx_mode)atomic_load_explicit(&g_mode, memory_order_relaxed);
+}
+
+
+/* ---- device-time measurement ---------------------------------------------------------------------------- */
+
+static void account_ns(uint64_t ns, uint32_t launches)
+{
+    if (launches) {
+        uint64_t per = ns / launches, est = atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed);
+        atomic_store_explicit(&g_est_launch_ns, est - est / 4 + per / 4 + 1, memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&g_used_ns, ns, memory_order_relaxed);
+    if (g_slot)
+        atomic_fetch_add_explicit(&g_slot->used_ns, ns, memory_order_relaxed);
+}
+
+/* Collect the oldest closed interval: 1 when collected, 0 when not complete yet (non-blocking). */
+static int collect_oldest(const struct fx_ops *ops, struct fx_timing *t, int block)
+{
+    struct fx_interval *iv = &t->ring[t->head];
+    if (block)
+        ops->event_sync(iv->end);
+    else if (ops->event_done(iv->end) == 0)
+        return 0;
+    uint64_t ns = 0;
+    if (ops->elapsed_ns(iv->start, iv->end, &ns) != 0)
+        ns = 0;
+    account_ns(ns, iv->launches);
+    atomic_fetch_sub_explicit(&g_inflight_launches, iv->launches, memory_order_relaxed);
+    iv->state = 0;
+    iv->launches = 0;
+    t->head = (t->head + 1) % FX_RING;
+    t->count--;
+    return 1;
+}
+
+static int ensure_events(const struct fx_ops *ops, struct fx_interval *iv)
+{
+    if (!iv->start && ops->event_create(&iv->start) != 0)
+        iv->start = NULL;
+    if (!iv->end && ops->event_create(&iv->end) != 0)
+        iv->end = NULL;
+    return iv->start && iv->end ? 0 : -1;
+}
+
+static void close_open(const struct fx_ops *ops, struct fx_timing *t)
+{
+    struct fx_interval *open = &t->open;
+    if (open->state != 1)
+        return;
+    if (open->launches == 0) { /* nothing launched in it (the launch failed): nothing to time */
+        open->state = 0;
+        return;
+    }
+    if (t->count == FX_RING)
+        collect_oldest(ops, t, 1);
+    uint32_t slot = (t->head + t->count) % FX_RING;
+    struct fx_interval *dst = &t->ring[slot];
+    if (ops->event_record(open->end, open->stream) != 0) {
+        atomic_fetch_sub_explicit(&g_inflight_launches, open->launches, memory_order_relaxed);
+        open->state = 0;
+        open->launches = 0;
+        return;
+    }
+    /* swap the event pair into the ring; the ring's old (free) pair becomes the next open pair */
+    struct fx_interval spare = *dst;
+    *dst = *open;
+    dst->state = 2;
+    open->start = spare.start;
+    open->end = spare.end;
+    open->state = 0;
+    open->launches = 0;
+    t->count++;
+}
+
+static void timing_drain(const struct fx_ops *ops, struct fx_timing *t, int block)
+{
+    close_open(ops, t);
+    while (t->count && collect_oldest(ops, t, block)) {
+    }
+}
+
+void fx_harvest(const struct fx_ops *ops, int device_idle)
+{
+    struct fx_thread *st = t_state;
+    if (!st || fx_mode() == FX_UNGATED)
+        return;
+    struct fx_timing *t = &st->abi[ops->abi];
+    if (device_idle)
+        close_open(ops, t); /* the device ran dry: the open interval ends here */
+    while (t->count && collect_oldest(ops, t, 0)) {
+    }
+}
+
+/* At exit (before the device libraries' destructors run): report this thread's last intervals. */
+static void report_at_exit(void)
+{
+    struct fx_thread *st = t_state;
+    for (int a = 0; st && a < FX_ABI_COUNT; a++)
+        if (t_ops[a])
+            timing_drain(t_ops[a], &st->abi[a], 1);
+}
+
+void fx_account_sync_ns(uint64_t ns)
+{
+    if (fx_mode() != FX_UNGATED)
+        account_ns(ns, 0);
+}
+
+/* Device time this process has queued and not seen complete, from the learned per-launch estimate. */
+static uint64_t inflight_est_ns(void)
+{
+    return atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) *
+           atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed);
+}
+
+/* Wait for this thread's oldest work until the process's in-flight estimate plus one more launch fits in
+ * budget_ns (or it has nothing left). 1 when it waited (time passed: the caller checks the grant again). */
+static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t budget_ns)
+{
+    int waited = 0;
+    while (inflight_est_ns() + atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed) > budget_ns) {
+        if (!t->count)
+            close_open(ops, t);
+        if (!t->count || !collect_oldest(ops, t, 1))
+            return waited;
+        waited = 1;
+    }
+    return waited;
+}
+
+/* ---- the grant ------------------------------------------------------------------------------------------ */
+
+static inline int granted(const struct fx_card_region *card, uint64_t now)
+{
+    uint64_t g = atomic_load_explicit(&card->grant, memory_order_acquire);
+    return fx_grant_holder(g) == atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) &&
+           now < atomic_load_explicit(&card->deadline_ns, memory_order_relaxed);
+}
+
+static void drain_and_report(const struct fx_ops *ops, struct fx_timing *t)
+{
+    atomic_store_explicit(&g_slot->inflight_est_ns, inflight_est_ns(), memory_order_relaxed);
+    if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed)) {
+        timing_drain(ops, t, 1);
+        fx_depth++;
+        ops->device_sync(); /* other threads' work of this process: their events are collected by them */
+        fx_depth--;
+    }
+}
+
+static void ring_doorbell(void)
+{
+    if (atomic_exchange(&g_slot->want, 1) == 0) {
+        atomic_fetch_add(&g_slot->doorbell, 1);
+        futex_wake(&g_slot->doorbell);
+    }
+}
+
+static void pace_locally(void);
+
+/* Block until this registration holds the card; the daemon gone (no change for 2 s): pace locally. */
+static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
+{
+    struct fx_card_region *card = atomic_load(&g_card);
+    drain_and_report(ops, t);
+    ring_doorbell();
+    uint32_t seq = atomic_load_explicit(&card->seq, memory_order_acquire);
+    uint64_t since = fx_now_ns();
+    for (;;) {
+        if (granted(card, fx_now_ns())) {
+            atomic_store(&g_slot->want, 0);
+            atomic_store(&g_dead, 0);
+            return;
+        }
+        uint32_t now_seq = atomic_load_explicit(&card->seq, memory_order_acquire);
+        if (atomic_load(&g_dead) && now_seq == atomic_load(&g_dead_seq)) {
+            pace_locally();
+            return;
+        }
+        if (now_seq != seq) {
+            seq = now_seq;
+            since = fx_now_ns();
+            ring_doorbell();
+            continue;
+        }
+        if (fx_now_ns() - since > FX_DEAD_DAEMON_NS) {
+            fx_log_once(&g_log_dead, "flexnpud does not answer (no grant change for 2 s): pacing locally");
+            atomic_store(&g_dead_seq, seq);
+            atomic_store(&g_dead, 1);
+            continue;
+        }
+        futex_wait(&card->seq, seq, FX_FUTEX_WAIT_NS);
+    }
+}
+
+/* Local pacing: measured device time may run ahead of share * elapsed by one burst, no more. */
+static void pace_locally(void)
+{
+    uint64_t permille = atomic_load_explicit(&g_slot->share_permille, memory_order_relaxed);
+    if (permille > 1000)
+        permille = 1000;
+    if (permille < 10)
+        permille = 10;
+    uint64_t now = fx_now_ns(), t0 = atomic_load_explicit(&g_pace_t0, memory_order_relaxed);
+    uint64_t allowed = (now - t0) / 1000 * permille + g_burst_ns;
+    uint64_t used = atomic_load_explicit(&g_used_ns, memory_order_relaxed);
+    if (used > allowed) {
+        uint64_t wait = (used - allowed) / permille * 1000;
+        sleep_ns(wait < 100000000ull ? wait : 100000000ull);
+    }
+}
+
+static void probe_for_daemon(uint64_t now)
+{
+    uint64_t next = atomic_load_explicit(&g_next_probe, memory_order_relaxed);
+    if (now < next || !atomic_compare_exchange_strong(&g_next_probe, &next, now + FX_PROBE_NS))
+        return;
+    struct fx_card_region *card = map_card();
+    if (card) {
+        atomic_store(&g_card, card);
+        atomic_store(&g_mode, FX_GRANTED);
+    }
+}
+
+/* The daemon went quiet: a restarted one may have replaced the region's file (a new inode this mapping never
+ * sees). Map the file again, at most once a second; a region that moved on ends local pacing. The old mapping
+ * is left in place (other threads may be reading it): 4 KiB per switch. */
+static void remap_card(uint64_t now)
+{
+    uint64_t next = atomic_load_explicit(&g_next_probe, memory_order_relaxed);
+    if (now < next || !atomic_compare_exchange_strong(&g_next_probe, &next, now + FX_PROBE_NS))
+        return;
+    struct fx_card_region *old = atomic_load(&g_card), *card = map_card();
+    if (!card)
+        return;
+    if (atomic_load(&card->seq) == atomic_load(&old->seq) &&
+        atomic_load(&card->daemon_pid_start) == atomic_load(&old->daemon_pid_start)) {
+        munmap(card, FX_SHM_SIZE);
+        return;
+    }
+    atomic_store(&g_card, card);
+    atomic_store(&g_dead, 0);
+}
+
+static void slow_path(const struct fx_ops *ops, struct fx_timing *t, uint64_t now)
+{
+    int saved = errno;
+    if (atomic_load_explicit(&g_mode, memory_order_relaxed) == FX_LOCAL) {
+        probe_for_daemon(now);
+        if (atomic_load(&g_mode) == FX_LOCAL) {
+            pace_locally();
+            errno = saved;
+            return;
+        }
+    }
+    struct fx_card_region *card = atomic_load(&g_card);
+    if (atomic_load(&g_dead) && atomic_load_explicit(&card->seq, memory_order_acquire) == atomic_load(&g_dead_seq)) {
+        remap_card(now);
+        pace_locally();
+    } else {
+        wait_for_grant(ops, t);
+    }
+    errno = saved;
+}
+
+/* The gate alone: returns once this registration may launch. NULL when ungated (no timing either). */
+static struct fx_timing *gate(const struct fx_ops *ops)
+{
+    int mode = atomic_load_explicit(&g_mode, memory_order_relaxed);
+    if (mode == FX_UNGATED)
+        return NULL;
+    struct fx_thread *st = thread_state();
+    if (!st)
+        return NULL;
+    struct fx_timing *t = &st->abi[ops->abi];
+    t_ops[ops->abi] = ops;
+    for (;;) {
+        uint64_t now = fx_now_ns();
+        struct fx_card_region *card = atomic_load_explicit(&g_card, memory_order_relaxed);
+        if (mode == FX_LOCAL || !granted(card, now))
+            slow_path(ops, t, now);
+        else if (atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_renew_ns &&
+                 atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0)
+            ring_doorbell(); /* launching in the grant's last moments: it will want the card after it too */
+        if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) == 0)
+            return t;
+        /* In-flight cap, and while granted no more queued than fits before the grant's deadline: work the device
+         * runs after it is the next holder's time, which the daemon does not charge to us. With nothing in flight
+         * one launch always goes (a kernel longer than the slice still runs, once per grant). */
+        uint64_t budget = g_inflight_cap_ns;
+        mode = atomic_load_explicit(&g_mode, memory_order_relaxed);
+        card = atomic_load_explicit(&g_card, memory_order_relaxed);
+        if (mode == FX_GRANTED && !atomic_load_explicit(&g_dead, memory_order_relaxed)) {
+            uint64_t deadline = atomic_load_explicit(&card->deadline_ns, memory_order_relaxed);
+            uint64_t left = deadline > now ? deadline - now : 0;
+            if (left < budget)
+                budget = left;
+        }
+        if (!cap_inflight(ops, t, budget))
+            return t;
+    }
+}
+
+void fx_gate_only(const struct fx_ops *ops) { (void)gate(ops); }
+
+void fx_launch_enter(const struct fx_ops *ops, void *stream)
+{
+    struct fx_timing *t = gate(ops);
+    if (!t)
+        return;
+    if (t->open.state == 1 && t->open.stream != stream)
+        close_open(ops, t);
+    if (t->open.state == 0 && ops->stream_capturing(stream) == 0 && ensure_events(ops, &t->open) == 0 &&
+        ops->event_record(t->open.start, stream) == 0) {
+        t->open.state = 1;
+        t->open.stream = stream;
+        t->open.launches = 0;
+    }
+}
+
+void fx_launch_exit(const struct fx_ops *ops, void *stream, int launched)
+{
+    struct fx_thread *st = t_state;
+    if (!st || atomic_load_explicit(&g_mode, memory_order_relaxed) == FX_UNGATED)
+        return;
+    struct fx_timing *t = &st->abi[ops->abi];
+    if (!launched || t->open.state != 1 || t->open.stream != stream)
+        return;
+    t->open.launches++;
+    atomic_fetch_add_explicit(&g_inflight_launches, 1, memory_order_relaxed);
+    if (t->open.launches >= g_event_every) {
+        close_open(ops, t);
+        if (t->count)
+            collect_oldest(ops, t, 0);
+    }
+}
+
+struct fx_slot *fx_slot_for_account(void)
+{
+    fx_init();
+    return g_slot;
+}

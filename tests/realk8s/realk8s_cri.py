@@ -1,0 +1,81 @@
+"""Reading what kubelet passed to the suite's CRI server, and what the started process really got.
+
+The CRI server writes each CreateContainer request as ``<seq>-<container id>.json`` (protobuf JSON of
+runtime.v1.CreateContainerRequest) and each started process's pid as ``<container id>.pid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """One CreateContainer request kubelet sent, in arrival order ``seq``."""
+
+    seq: int
+    container_id: str
+    request: dict[str, Any]
+
+    @property
+    def pod(self) -> tuple[str, str]:
+        meta = self.request["sandboxConfig"]["metadata"]
+        return meta.get("namespace", ""), meta["name"]
+
+    @property
+    def container_name(self) -> str:
+        name: str = self.request["config"]["metadata"]["name"]
+        return name
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The container's environment (CRI KeyValue values are bytes: base64 in protobuf JSON)."""
+        return {e["key"]: base64.b64decode(e.get("value", "")).decode(errors="replace")
+                for e in self.request["config"].get("envs", [])}
+
+    @property
+    def devices(self) -> list[dict[str, str]]:
+        devices: list[dict[str, str]] = self.request["config"].get("devices", [])
+        return devices
+
+    @property
+    def mounts(self) -> list[dict[str, Any]]:
+        mounts: list[dict[str, Any]] = self.request["config"].get("mounts", [])
+        return mounts
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        annotations: dict[str, str] = self.request["config"].get("annotations", {})
+        return annotations
+
+
+def records(directory: Path) -> list[ContainerRecord]:
+    """Every CreateContainer request so far, oldest first."""
+    found = []
+    for path in directory.glob("*.json"):
+        seq, _, container_id = path.stem.partition("-")
+        found.append(ContainerRecord(int(seq), container_id, json.loads(path.read_text(encoding="utf-8"))))
+    return sorted(found, key=lambda r: r.seq)
+
+
+def records_of(directory: Path, namespace: str, pod: str) -> list[ContainerRecord]:
+    return [r for r in records(directory) if r.pod == (namespace, pod)]
+
+
+def process_pid(directory: Path, record: ContainerRecord) -> int | None:
+    """The pid of the record's started process, or None before StartContainer."""
+    try:
+        return int((directory / f"{record.container_id}.pid").read_text(encoding="ascii"))
+    except FileNotFoundError:
+        return None
+
+
+def process_env(pid: int) -> dict[str, str]:
+    """The environment the kernel gave process ``pid`` (/proc/PID/environ)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = [item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item]
+    return {key: value for key, _, value in pairs}

@@ -1,0 +1,149 @@
+"""flexnpu on the real control plane: the chart's RBAC applied, each component a process with its own token.
+
+The chart is rendered with Helm's own library (helm_python, as tests/chart does). Its RBAC objects, CRDs and
+ServiceAccounts are created on the real API server with the admin credential; then each component gets a
+ServiceAccount token (TokenRequest) of the account the chart gives it, so a rule the chart forgot fails a test.
+Component command lines are the chart's container args with only addresses, paths and the node name adjusted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
+from realk8s_cluster import ControlPlane, write_kubeconfig
+from realk8s_procs import Proc, free_port, http_ok, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO / "deploy" / "helm" / "flexnpu"
+RELEASE = "flexnpu"
+NAMESPACE = "flexnpu-system"
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"
+# The suite's node: four 910B3 cards (inventory file of the device plugin).
+INVENTORY: tuple[dict[str, Any], ...] = tuple({"index": i, "model": "910B3", "uuid": f"npu-realk8s-{i}"}
+                                              for i in range(4))
+
+Manifest = dict[str, Any]
+
+
+def render_chart(values: Mapping[str, Any] | None = None) -> tuple[list[Manifest], list[Manifest]]:
+    """The chart's manifests and CRDs, as ``helm install`` would render them."""
+    with helm.Chart.load(CHART_DIR) as chart:
+        rendered = chart.render(dict(values) if values else None, name=RELEASE, namespace=NAMESPACE)
+        crds = [doc for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc]
+    manifests = [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
+                 for doc in yaml.safe_load_all(text) if doc]
+    return manifests, crds
+
+
+def component_of(manifest: Manifest) -> str | None:
+    label: str | None = manifest["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+    return label
+
+
+def only(manifests: Iterable[Manifest], kind: str, component: str) -> Manifest:
+    [found] = [m for m in manifests if m["kind"] == kind and component_of(m) == component]
+    return found
+
+
+def container_args(workload: Manifest, container: str) -> list[str]:
+    [found] = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == container]
+    args: list[str] = found.get("args", [])
+    return list(args)
+
+
+def replace_flags(args: Sequence[str], replacements: Mapping[str, str | None]) -> list[str]:
+    """``--flag=value`` args with each named flag set to its replacement (None drops it); new flags appended."""
+    out, seen = [], set()
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in replacements:
+            seen.add(name)
+            value = replacements[name]
+            if value is not None:
+                out.append(f"{name}={value}")
+        else:
+            out.append(arg)
+    out += [f"{name}={value}" for name, value in replacements.items() if name not in seen and value is not None]
+    return out
+
+
+def apply(api: k8s.ApiClient, manifests: Iterable[Manifest]) -> None:
+    """Create each object with the admin credential (the namespace is created first when missing)."""
+    core = k8s.CoreV1Api(api)
+    if NAMESPACE not in {ns.metadata.name for ns in core.list_namespace().items if ns.metadata}:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+    for manifest in manifests:
+        k8s_utils.create_from_dict(  # type: ignore[no-untyped-call]
+            api, manifest, namespace=manifest["metadata"].get("namespace", NAMESPACE))
+
+
+def service_account_token(api: k8s.ApiClient, account: str, seconds: int = 3600) -> str:
+    """A token of ServiceAccount ``account`` in the chart's namespace (TokenRequest)."""
+    body = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
+    answer = k8s.CoreV1Api(api).create_namespaced_service_account_token(account, NAMESPACE, body)
+    if answer.status is None or not answer.status.token:
+        raise RuntimeError(f"TokenRequest for {NAMESPACE}/{account} returned no token")
+    return answer.status.token
+
+
+class Flexnpu:
+    """The chart's components as processes against ``cluster``, each with its ServiceAccount's token."""
+
+    def __init__(self, cluster: ControlPlane, api: k8s.ApiClient, values: Mapping[str, Any] | None = None) -> None:
+        self.cluster, self.api = cluster, api
+        self.manifests, self.crds = render_chart(values)
+        self.work = cluster.work / "flexnpu"
+        self.work.mkdir(exist_ok=True)
+        self.flexnpu = shutil.which("flexnpu", path=str(Path(sys.executable).parent)) or "flexnpu"
+
+    def install_rbac_and_crds(self) -> None:
+        apply(self.api, self.crds)
+        apply(self.api, [m for m in self.manifests if m["kind"] in RBAC_KINDS])
+
+    def kubeconfig_for(self, component: str) -> Path:
+        account = only(self.manifests, "ServiceAccount", component)["metadata"]["name"]
+        token = service_account_token(self.api, account)
+        return write_kubeconfig(self.work / f"{component}.kubeconfig", self.cluster.server,
+                                self.cluster.pki.ca.cert, token=token)
+
+    def start_device_plugin(self, inventory: Sequence[Mapping[str, Any]]) -> Proc:
+        path = self.work / "inventory.yaml"
+        path.write_text(yaml.safe_dump({"cards": [dict(c) for c in inventory]}), encoding="utf-8")
+        args = replace_flags(container_args(only(self.manifests, "DaemonSet", "node"), "device-plugin"), {
+            "--kubelet-dir": str(self.cluster.device_plugin_dir), "--node-name": self.cluster.node_name,
+            "--npu-smi": None, "--inventory": str(path), "--metrics-port": str(free_port()),
+            "--kubeconfig": str(self.kubeconfig_for("node"))})
+        return self.cluster.spawn("device-plugin", [self.flexnpu, *args])
+
+    def start_extender(self) -> Proc:
+        self.extender_port = free_port()
+        args = replace_flags(container_args(only(self.manifests, "Deployment", "extender"), "extender"), {
+            "--listen": f"127.0.0.1:{self.extender_port}", "--namespace": NAMESPACE,
+            "--identity": "extender-0", "--kubeconfig": str(self.kubeconfig_for("extender"))})
+        proc = self.cluster.spawn("extender", [self.flexnpu, *args])
+        wait_for("extender /readyz (the chart's readiness probe)", self._extender_ready, 120, watch=[proc])
+        return proc
+
+    def _extender_ready(self) -> bool | None:
+        return http_ok(f"http://127.0.0.1:{self.extender_port}/readyz")
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """The chart's KubeSchedulerConfiguration with the extender's URL pointed at the extender process."""
+        text = only(self.manifests, "ConfigMap", "scheduler")["data"][SCHEDULER_CONFIG_KEY]
+        config: dict[str, Any] = yaml.safe_load(text)
+        for extender in config.get("extenders", []):
+            extender["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
+        return config
+
+    def start_scheduler(self) -> Proc:
+        return self.cluster.start_scheduler("flexnpu-scheduler", self.scheduler_config(),
+                                            kubeconfig=self.kubeconfig_for("scheduler"), connection_only=True)

@@ -1,0 +1,62 @@
+"""The harness itself: the real kubelet registers a Ready node and runs a plain pod through our CRI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from realk8s_cluster import ControlPlane
+from realk8s_cri import process_env, process_pid, records_of
+from realk8s_procs import wait_for
+
+pytestmark = [pytest.mark.realk8s, pytest.mark.timeout(600)]
+
+IMAGE = "realk8s.local/process:1"
+
+
+def plain_pod(name: str, env: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "main", "image": IMAGE, "command": ["/bin/sleep", "3600"],
+                                 "env": [{"name": k, "value": v} for k, v in env.items()]}],
+                 "terminationGracePeriodSeconds": 1},
+    }
+
+
+def test_node_is_ready(ready_node: Any, cluster: ControlPlane) -> None:
+    assert ready_node.metadata.name == cluster.node_name
+    assert ready_node.status.node_info.container_runtime_version == "realk8s-cri://0.1.0"
+
+
+def test_plain_pod_runs_with_its_env(ready_node: Any, cluster: ControlPlane, core: Any) -> None:
+    env = {"REALK8S_GREETING": "hello from the pod spec", "REALK8S_EMPTY": ""}
+    core.create_namespaced_pod("default", plain_pod("plain", env))
+
+    def running() -> Any:
+        pod = core.read_namespaced_pod("plain", "default")
+        return pod if pod.status.phase == "Running" else None
+    pod = wait_for("pod plain Running", running, 120, watch=cluster.procs, interval=0.5)
+    assert pod.spec.node_name == cluster.node_name
+
+    [record] = records_of(cluster.cri_records, "default", "plain")
+    assert record.container_name == "main"
+    pid = wait_for("process of pod plain", lambda: process_pid(cluster.cri_records, record), 30)
+    seen = process_env(pid)
+    assert seen == record.env  # exactly what kubelet passed, nothing more
+    assert {k: seen[k] for k in env} == env
+    assert seen["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"  # kubelet's own additions arrive too
+
+    core.delete_namespaced_pod("plain", "default", grace_period_seconds=1)
+
+    def gone() -> bool | None:
+        return None if any(p.metadata.name == "plain" for p in core.list_namespaced_pod("default").items) else True
+    wait_for("pod plain deleted", gone, 120, watch=cluster.procs, interval=0.5)
+    wait_for("process of pod plain ended", lambda: None if _alive(pid) else True, 30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,399 @@
+"""The daemon side of the shared-memory grant path: card regions and slots, driven by fake tenants via shm.py.
+
+A fake tenant maps its slot read-write and the card region read-only through ``flexnpu.shim.grant.shm`` (what
+libflexnpu does in C) and writes what it likes, hostile values included. The server runs on a manual clock with
+its timer off; ``run_timers`` is the slice boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rt_helpers import CARD, ManualClock, registration, wait_for
+
+from flexnpu.priority import Priority
+from flexnpu.registration import Registration
+from flexnpu.shim.core.slicing import SlicePolicy
+from flexnpu.shim.grant import shm
+from flexnpu.shim.grant.server import REVOKE_GRACE_US, GrantServer
+from flexnpu.shim.grant.shmgrants import SlotReport, read_report, usage_delta_us
+from flexnpu.shim.runtime import wire
+from flexnpu.shim.runtime.grant_client import GrantClient
+
+SLICE_US = 2000
+GRACE_US = SlicePolicy().charge_grace_us
+KEY = (CARD.index, CARD.chip)
+PID_START = (4242 << 32) | 7
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path) -> Path:
+    return tmp_path / "shim"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def make_server(grant_socket: str, shm_dir: Path, clock: ManualClock,
+                tmp_path: Path) -> Iterator[Callable[[list[Registration]], GrantServer]]:
+    servers: list[GrantServer] = []
+
+    def make(registrations: list[Registration]) -> GrantServer:
+        server = GrantServer(grant_socket, SlicePolicy(quota=10, slice_us=SLICE_US), [CARD], proc_root=tmp_path,
+                             clock_us=clock, timer=False, shm_dir=str(shm_dir), daemon_pid_start=PID_START)
+        server.start()
+        servers.append(server)
+        server.set_registrations(registrations)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+class Tenant:
+    """A pod's libflexnpu as the daemon sees it: its slot (read-write) and its card's region (read-only)."""
+
+    def __init__(self, shm_dir: Path, flexnpu_id: str) -> None:
+        self.slot = shm.Slot.open(str(shm_dir / shm.slot_name(flexnpu_id)))
+        region = shm.open_card(str(shm_dir), self.slot.get("card_index"))
+        assert region is not None
+        self.region = region
+
+    @property
+    def index(self) -> int:
+        return self.slot.get("slot_index")
+
+    def holds(self) -> bool:
+        return self.region.state().holder == self.index
+
+    def want(self, flag: int = 1) -> None:
+        self.slot.set("want", flag)
+
+    def use(self, used_us: int) -> None:
+        self.slot.set("used_ns", self.slot.get("used_ns") + used_us * 1000)
+
+    def close(self) -> None:
+        self.slot.close()
+        self.region.close()
+
+
+@pytest.fixture
+def tenants(shm_dir: Path) -> Iterator[Callable[[str], Tenant]]:
+    opened: list[Tenant] = []
+
+    def open_tenant(flexnpu_id: str) -> Tenant:
+        tenant = Tenant(shm_dir, flexnpu_id)
+        opened.append(tenant)
+        return tenant
+
+    yield open_tenant
+    for tenant in opened:
+        tenant.close()
+
+
+def test_the_daemon_creates_a_region_per_card_and_a_slot_per_registration(
+        make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path,
+        tenants: Callable[[str], Tenant]) -> None:
+    make_server([registration("a", units=5, memory_mib=2048),
+                 registration("ns/pod b", units=2, priority=Priority.HIGH)])
+    names = sorted(p.name for p in shm_dir.iterdir())
+    assert names == sorted(["card-0.grant", "slot-a.shm", shm.slot_name("ns/pod b")])
+    a, b = tenants("a"), tenants("ns/pod b")
+    assert a.slot.snapshot() == shm.SlotSnapshot(slot_index=a.index, card_index=0, mem_cap_bytes=2048 << 20,
+                                                 mem_used_bytes=0, used_ns=0, inflight_est_ns=0, want=0, doorbell=0,
+                                                 share_permille=500, priority=1, mem_peak_bytes=0, denied_allocs=0)
+    assert (b.slot.get("share_permille"), b.slot.get("priority")) == (200, 2)
+    assert a.index != b.index
+    state = a.region.state()
+    assert (state.holder, state.daemon_pid_start) == (shm.NO_HOLDER, PID_START)
+    assert (shm_dir / "slot-a.shm").stat().st_mode & 0o777 == 0o666  # the pod's processes write it, any uid
+    assert (shm_dir / "card-0.grant").stat().st_mode & 0o777 == 0o644  # only flexnpud writes it
+
+
+def test_a_slot_that_wants_is_granted_in_the_region_and_charged_at_the_deadline(
+        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
+        tenants: Callable[[str], Tenant]) -> None:
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    seq = a.region.state().seq
+    a.want()
+    server.run_timers()
+    state = a.region.state()
+    assert a.holds() and state.epoch > 0 and state.seq > seq
+    assert state.deadline_ns == (clock.now_us + SLICE_US) * 1000
+    a.use(1500)  # under-reports: it held the card for the whole slice
+    clock.now_us += SLICE_US
+    server.run_timers()
+    renewed = a.region.state()
+    assert a.holds() and renewed.epoch > state.epoch  # nobody else wants: a new slice without a gap
+    assert server.stats()["a"]["device_time_us"] == SLICE_US
+    a.want(0)
+    a.use(500)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert a.region.state().holder == shm.NO_HOLDER
+    assert server.stats()["a"]["device_time_us"] == 2 * SLICE_US
+    assert server.holders()[KEY] == frozenset()
+
+
+def test_two_slots_take_turns_slice_by_slice(make_server: Callable[[list[Registration]], GrantServer],
+                                             clock: ManualClock, tenants: Callable[[str], Tenant]) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    b.want()
+    holders = []
+    server.run_timers()
+    seq = a.region.state().seq
+    for turn in range(6):
+        server.run_timers()
+        assert a.region.state().seq == seq + turn  # one write per slice: the hand-over, not "nobody" and then it
+        assert a.holds() != b.holds()
+        holders.append("a" if a.holds() else "b")
+        (a if a.holds() else b).use(SLICE_US)
+        clock.now_us += SLICE_US
+    assert holders.count("a") == holders.count("b") == 3
+
+
+@pytest.mark.parametrize(("want", "used_ns", "charged"), [
+    (7, 0, None),  # a want flag that is not exactly 1 is no wish
+    (0xFFFFFFFF, 0, None),
+    (1, (1 << 64) - 1, SLICE_US + GRACE_US),  # claims the age of the universe: clamped to held + grace
+    (1, 1, SLICE_US),  # a nanosecond: charged the slice it held
+])
+def test_hostile_slot_values_are_clamped(make_server: Callable[[list[Registration]], GrantServer],
+                                         clock: ManualClock, tenants: Callable[[str], Tenant], want: int,
+                                         used_ns: int, charged: int | None) -> None:
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    a.slot.set("mem_used_bytes", (1 << 64) - 1)
+    a.want(want)
+    server.run_timers()
+    assert a.holds() is (charged is not None)
+    a.slot.set("used_ns", used_ns)
+    a.want(0)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert server.stats()["a"]["device_time_us"] == (charged or 0)
+    assert server.stats()["a"]["memory_used_mib"] == (1 << 50) >> 20
+
+
+def test_a_usage_counter_that_goes_backwards_charges_the_time_held(
+        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
+        tenants: Callable[[str], Tenant]) -> None:
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    a.use(10_000)
+    a.want()
+    server.run_timers()
+    a.slot.set("used_ns", 0)
+    a.want(0)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert server.stats()["a"]["device_time_us"] == SLICE_US
+
+
+def test_a_higher_priority_socket_tenant_revokes_a_slot_holder(
+        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, grant_socket: str,
+        tenants: Callable[[str], Tenant]) -> None:
+    server = make_server([registration("batch", units=5), registration("urgent", units=5, priority=Priority.HIGH)])
+    batch = tenants("batch")
+    batch.want()
+    server.run_timers()
+    assert batch.holds()
+    urgent = wire.connect_unix(grant_socket, timeout=20)
+    try:
+        urgent.send({"op": wire.OP_HELLO, "id": "urgent"})
+        assert urgent.receive(timeout=20)["op"] == wire.OP_WELCOME
+        urgent.send({"op": wire.OP_WANT})
+        urgent.send({"op": wire.OP_PING})
+        assert urgent.receive(timeout=20)["op"] == wire.OP_PONG
+        state = batch.region.state()
+        assert batch.holds() and state.deadline_ns == clock.now_us * 1000  # told to stop at its next launch
+        clock.now_us += REVOKE_GRACE_US  # time to drain what it has in flight
+        server.run_timers()
+        grant = urgent.receive(timeout=20)
+        assert grant["op"] == wire.OP_GRANT
+        assert batch.region.state().holder == tenants("urgent").index
+        assert server.holders()[KEY] == {"urgent"}
+        urgent.send({"op": wire.OP_RELEASE, "seq": grant["seq"], "used_us": 0})
+        urgent.send({"op": wire.OP_PING})
+        assert urgent.receive(timeout=20)["op"] == wire.OP_PONG
+        assert batch.holds()  # it still wanted: queued again at once, not at the next reading of its slot
+    finally:
+        urgent.close()
+
+
+def test_a_socket_grant_is_published_for_the_pods_other_processes(
+        make_server: Callable[[list[Registration]], GrantServer], grant_socket: str,
+        tenants: Callable[[str], Tenant]) -> None:
+    make_server([registration("a", units=5)])
+    a = tenants("a")
+    client = GrantClient(grant_socket, "a", 0.5)
+    try:
+        lease = client.acquire()
+        assert not lease.local
+        assert a.holds() and a.region.state().epoch == lease.seq
+        client.release(100)
+        client.ping()
+        assert a.region.state().holder == shm.NO_HOLDER
+    finally:
+        client.close()
+
+
+def test_removing_a_registration_removes_its_slot_and_frees_the_card(
+        make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path,
+        tenants: Callable[[str], Tenant]) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    b.want()
+    server.run_timers()
+    holder, other = ("a", "b") if a.holds() else ("b", "a")
+    server.set_registrations([registration(other, units=5)])
+    assert not (shm_dir / shm.slot_name(holder)).exists()
+    assert server.holders()[KEY] == {other}
+    server.stop()
+    assert os.listdir(shm_dir) == []
+
+
+@pytest.mark.parametrize(("before", "after", "delta"), [
+    (0, 1_500_000, 1500), (5_000_000, 1_000, 0), (0, (1 << 64) - 1, 3_600_000_000), (7, 7, 0)])
+def test_usage_delta_of_a_cumulative_counter(before: int, after: int, delta: int) -> None:
+    assert usage_delta_us(before, after) == delta
+
+
+def test_read_report_clamps_every_tenant_field() -> None:
+    huge = (1 << 64) - 1
+    raw = shm.SlotSnapshot(slot_index=0, card_index=0, mem_cap_bytes=0, mem_used_bytes=huge, used_ns=huge,
+                           inflight_est_ns=huge, want=2, doorbell=huge, share_permille=0, priority=0,
+                           mem_peak_bytes=huge, denied_allocs=huge)
+    assert read_report(raw) == SlotReport(want=False, used_ns=1 << 62, mem_used_bytes=1 << 50,
+                                          mem_peak_bytes=1 << 50, denied_allocs=1 << 62)
+
+
+TENANT_FIELDS = ("mem_used_bytes", "used_ns", "inflight_est_ns", "want", "doorbell", "mem_peak_bytes",
+                 "denied_allocs")
+U64 = st.one_of(st.sampled_from([0, 1, 2, (1 << 32) - 1, (1 << 63) - 1, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1))
+
+
+# Each slice the hostile sets its want flag (mostly to 1: then it is served, and its other values are charged) and
+# writes a few other fields.
+STEP = st.tuples(st.tuples(st.just("want"), st.sampled_from([1, 1, 1, 0, 2, 0xFFFFFFFF])),
+                 st.lists(st.tuples(st.sampled_from(TENANT_FIELDS), U64), max_size=4)).map(lambda t: [t[0], *t[1]])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(STEP, min_size=1, max_size=12))
+def test_no_slot_values_keep_the_honest_slots_from_the_card(tmp_path: Path,
+                                                            writes: list[list[tuple[str, int]]]) -> None:
+    # A hostile pod writes anything into its own slot at every slice; two honest slots want the card throughout.
+    clock = ManualClock()
+    directory = tmp_path / f"fuzz-{next(_fuzz_dirs)}"
+    server = GrantServer(str(directory / "grant.sock"), SlicePolicy(quota=10, slice_us=SLICE_US), [CARD],
+                         proc_root=tmp_path, clock_us=clock, timer=False, shm_dir=str(directory))
+    server.start()
+    opened: list[Tenant] = []
+    try:
+        server.set_registrations([registration("a", units=4), registration("b", units=4),
+                                  registration("evil", units=2)])
+        evil, a, b = (Tenant(directory, name) for name in ("evil", "a", "b"))
+        opened += [evil, a, b]
+        a.want()
+        b.want()
+        served = {"a": 0, "b": 0}
+        for step in writes:
+            for name, value in step:
+                _write(evil.slot, name, value)
+            server.run_timers()
+            for name, tenant in (("a", a), ("b", b)):
+                if tenant.holds():
+                    served[name] += 1
+                    tenant.use(SLICE_US)
+            clock.now_us += SLICE_US
+        for _ in range(6):  # then a few more slices: both honest slots get the card
+            server.run_timers()
+            for name, tenant in (("a", a), ("b", b)):
+                served[name] += tenant.holds()
+            clock.now_us += SLICE_US
+        assert served["a"] and served["b"], served
+        assert set(server.holders()[KEY]) <= {"a", "b", "evil"}
+    finally:
+        for tenant in opened:
+            tenant.close()
+        server.stop()
+
+
+_fuzz_dirs = itertools.count()
+
+
+def _write(slot: shm.Slot, name: str, value: int) -> None:
+    size = shm.SLOT_FIELDS[name][1]
+    slot.set(name, value & ((1 << (8 * size)) - 1))
+
+
+def test_with_the_real_clock_a_slot_is_served_and_let_go_by_the_timer_alone(grant_socket: str, shm_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    # No test clock: the timer thread reads the slots, hands out the card and ends the holdings by itself.
+    server = GrantServer(grant_socket, SlicePolicy(quota=10, slice_us=SLICE_US), [CARD], proc_root=tmp_path,
+                         shm_dir=str(shm_dir))
+    server.start()
+    a: Tenant | None = None
+    try:
+        server.set_registrations([registration("a", units=5)])
+        a = Tenant(shm_dir, "a")
+        a.want()
+        wait_for(a.holds, "the timer to grant the card to the slot")
+        first = a.region.state().epoch
+        wait_for(lambda: a is not None and a.region.state().epoch > first, "a renewal at the slice's end")
+        a.want(0)
+        wait_for(lambda: a is not None and a.region.state().holder == shm.NO_HOLDER, "the card to be let go")
+        assert server.stats()["a"]["device_time_us"] >= SLICE_US  # charged at least the slices it held
+    finally:
+        if a is not None:
+            a.close()
+        server.stop()
+
+
+def test_a_tenant_asleep_on_the_region_is_woken_by_its_grant(
+        make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path,
+        tenants: Callable[[str], Tenant]) -> None:
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    # libflexnpu sleeps in FUTEX_WAIT on seq; a writable mapping gives Python the futex address to do the same.
+    region = shm.CardRegion(str(shm_dir / shm.card_name(0)), writable=True)
+    seq = region.state().seq
+    woken: list[int] = []
+    sleeper = threading.Thread(target=lambda: (woken.append(threading.get_native_id()),
+                                               region.futex_wait("seq", seq, timeout_s=60)))
+    a.want()  # before it sleeps, as the protocol says
+    sleeper.start()
+    try:
+        wait_for(lambda: bool(woken) and _in_futex_wait(woken[0]), "the tenant thread to sleep on seq")
+        server.run_timers()  # grants the card: the region changes and the daemon wakes the sleeper
+        sleeper.join(timeout=30)
+        assert not sleeper.is_alive(), "the grant did not wake the tenant asleep on seq"
+        assert a.holds()
+    finally:
+        sleeper.join(timeout=60)
+        region.close()
+
+
+def _in_futex_wait(thread_id: int) -> bool:
+    """True while the thread is blocked in the futex system call (Linux: /proc/<pid>/task/<tid>/syscall)."""
+    try:
+        fields = Path(f"/proc/self/task/{thread_id}/syscall").read_text(encoding="ascii").split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] == str(shm._sys_futex())
