@@ -3,6 +3,8 @@
 #   docker buildx build --platform linux/arm64,linux/amd64 ...   (910B servers are usually arm64)
 
 FROM python:3.11-slim AS build
+# The wheel carries the native interposer libflexnpu.so, which the install builds with the C compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc make libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The project builds from its own files only (.dockerignore keeps tests, caches and virtualenvs out).
 COPY . .

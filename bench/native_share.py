@@ -16,8 +16,9 @@ on the same fake device with no interposer (ungated).
 
 Priority: a critical tenant (priority high, 3 units) runs steps, timed by the program itself on the host's wall
 clock from a step's first launch to the return of its synchronise, beside a saturating batch tenant (7 units):
-long steps (32 kernels of 0.5-1.5 ms) and short steps (8 of 50-200 us). Its p99 is compared with the same
-program alone on the card with no interposer (solo).
+long steps (32 kernels of 0.5-1.5 ms, 300 ms of host time between steps: about 10% of the card) and short steps
+(8 of 50-200 us, 20 ms between: about 5%), inside its 30% share as a latency-critical service is. Its p99 is
+compared with the same program alone on the card with no interposer (solo).
 
 This is wall-clock time on whatever machine runs it (the output says how many CPUs it has and its load): the
 tenants, the daemon and the fake device's host side share those CPUs. Needs ``cc`` and ``make`` and the
@@ -60,8 +61,8 @@ SPLITS: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = (
 BURST, GAP_US = 8, 200  # batch tenants: 1..8 kernels, synchronise, 0..200 us of host time
 # (label, kernels per step, min us, max us, host gap between steps in us)
 STEPS: tuple[tuple[str, int, int, int, int], ...] = (
-    ("long steps 32 x 0.5-1.5 ms", 32, 500, 1500, 100_000),
-    ("short steps 8 x 50-200 us", 8, 50, 200, 10_000),
+    ("long steps 32 x 0.5-1.5 ms", 32, 500, 1500, 300_000),
+    ("short steps 8 x 50-200 us", 8, 50, 200, 20_000),
 )
 CRITICAL_UNITS, BATCH_UNITS = 3, 7
 BATCH_MIX = (200, 5000)
@@ -77,8 +78,9 @@ class Kernel:
     end_ns: int
 
 
-def busy_per_window(kernels: Sequence[Kernel], tenant_of: Mapping[int, str], t0_ns: int, t1_ns: int,
-                    window_ns: int) -> dict[str, list[int]]:
+def busy_per_window(
+    kernels: Sequence[Kernel], tenant_of: Mapping[int, str], t0_ns: int, t1_ns: int, window_ns: int
+) -> dict[str, list[int]]:
     """Device time of each tenant in each full window of [t0, t1), kernels split at window edges."""
     count = max(0, (t1_ns - t0_ns) // window_ns)
     busy = {name: [0] * count for name in sorted(set(tenant_of.values()))}
@@ -127,13 +129,16 @@ def read_kernels(device: Path) -> list[Kernel]:
     (count,) = struct.unpack_from("<Q", data, 40)
     if count > LOG_CAP:
         raise RuntimeError(f"the fake device logged {count} kernels, more than its ring holds: shorten the run")
-    return [Kernel(pid, start, end)
-            for pid, _, start, end in LOG_RECORD.iter_unpack(data[LOG_AT:LOG_AT + count * LOG_RECORD.size])]
+    return [
+        Kernel(pid, start, end)
+        for pid, _, start, end in LOG_RECORD.iter_unpack(data[LOG_AT : LOG_AT + count * LOG_RECORD.size])
+    ]
 
 
 def build(out: Path) -> None:
-    subprocess.run(["make", "-s", "-C", str(NATIVE), f"BUILD={out}", "all", "fakes"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["make", "-s", "-C", str(NATIVE), f"BUILD={out}", "all", "fakes"], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def free_port() -> int:
@@ -156,10 +161,12 @@ class Daemon:
             f"[server]\nhost = 127.0.0.1\nport = {self.port}\n\n"
             f"[flexnpu]\ndevices = sim:910B3x1\npersistent_file_dir = {root / 'state'}\n"
             f"socket_dir = {self.shim_dir}\nschedule_cycle = {slice_us}\n\n[ticker]\nquota = {QUOTA}\n",
-            encoding="utf-8")
+            encoding="utf-8",
+        )
         self.log = (root / "flexnpud.log").open("w")
-        self.process = subprocess.Popen([*self.COMMAND, "--config", str(config)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*self.COMMAND, "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while not self._healthy():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -174,15 +181,29 @@ class Daemon:
 
     def request(self, method: str, path: str, body: object = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as reply:
             return json.loads(reply.read())
 
     def register(self, flexnpu_id: str, units: int, priority: str = "normal") -> None:
-        self.request("POST", "/device/register", {"flexnpu_id": flexnpu_id, "entity": flexnpu_id, "npu": 0,
-                                                   "chip": 0, "aicore_alloc": units, "memory_alloc": 1024,
-                                                   "priority": priority})
+        self.request(
+            "POST",
+            "/device/register",
+            {
+                "flexnpu_id": flexnpu_id,
+                "entity": flexnpu_id,
+                "npu": 0,
+                "chip": 0,
+                "aicore_alloc": units,
+                "memory_alloc": 1024,
+                "priority": priority,
+            },
+        )
         slot = self.shim_dir / shm.slot_name(flexnpu_id)
         deadline = time.monotonic() + 10
         while not slot.exists():
@@ -223,20 +244,27 @@ def tenant_env(build_dir: Path, device: Path, shim_dir: Path | None, flexnpu_id:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXNPU_", "LD_"))}
     env.update(FLEXNPU_FAKEDEV=str(device), LD_LIBRARY_PATH=str(build_dir / "fake"))
     if shim_dir is not None:
-        env.update(LD_PRELOAD=str(build_dir / "libflexnpu.so"), FLEXNPU_SHIM_DIR=str(shim_dir),
-                   FLEXNPU_ID=flexnpu_id)
+        env.update(LD_PRELOAD=str(build_dir / "libflexnpu.so"), FLEXNPU_SHIM_DIR=str(shim_dir), FLEXNPU_ID=flexnpu_id)
     return env
 
 
-def run_tenants(build_dir: Path, device: Path, shim_dir: Path | None, tenants: Sequence[Tenant],
-                stop_after: Sequence[str] = ()) -> tuple[dict[int, str], dict[str, str], int]:
+def run_tenants(
+    build_dir: Path, device: Path, shim_dir: Path | None, tenants: Sequence[Tenant], stop_after: Sequence[str] = ()
+) -> tuple[dict[int, str], dict[str, str], int]:
     """Start every tenant at once; wait for all (those in ``stop_after`` are terminated once the others are done).
     Returns (tenant by pid, stdout by tenant, start time in CLOCK_MONOTONIC ns)."""
     device.unlink(missing_ok=True)
     t0 = time.monotonic_ns()
-    procs = {t.name: subprocess.Popen([str(build_dir / "workload_prog"), *t.argv], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True,
-                                      env=tenant_env(build_dir, device, shim_dir, t.name)) for t in tenants}
+    procs = {
+        t.name: subprocess.Popen(
+            [str(build_dir / "workload_prog"), *t.argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=tenant_env(build_dir, device, shim_dir, t.name),
+        )
+        for t in tenants
+    }
     outputs = {}
     for name, proc in procs.items():
         if name not in stop_after:
@@ -257,11 +285,16 @@ def parse_output(text: str) -> dict[str, str]:
 # ----- the scenarios --------------------------------------------------------------------------------------------
 
 
-def share_run(args: argparse.Namespace, build_dir: Path, work: Path, label: str,
-              split: tuple[tuple[int, str], ...]) -> list[dict[str, Any]]:
-    tenants = [Tenant(f"t{i}-{units}u-{mix}", ("batch", str(args.seconds), str(100 + i), *map(str, MIXES[mix]),
-                                               str(BURST), str(GAP_US)))
-               for i, (units, mix) in enumerate(split)]
+def share_run(
+    args: argparse.Namespace, build_dir: Path, work: Path, label: str, split: tuple[tuple[int, str], ...]
+) -> list[dict[str, Any]]:
+    tenants = [
+        Tenant(
+            f"t{i}-{units}u-{mix}",
+            ("batch", str(args.seconds), str(100 + i), *map(str, MIXES[mix]), str(BURST), str(GAP_US)),
+        )
+        for i, (units, mix) in enumerate(split)
+    ]
     targets = {t.name: units / sum(u for u, _ in split) for t, (units, _) in zip(tenants, split, strict=True)}
     rows = []
     for variant in ("flexnpu", "ungated"):
@@ -277,8 +310,10 @@ def share_run(args: argparse.Namespace, build_dir: Path, work: Path, label: str,
                 cpu0 = d.cpu_s()
                 tenant_of, _, t0 = run_tenants(build_dir, device, d.shim_dir, tenants)
                 daemon_cpu = (d.cpu_s() - cpu0) / args.seconds * 100
-                charged = {r["flexnpu_id"]: float(r["device_time_us"])
-                           for r in d.request("GET", "/device/flexnpu-info")["registrations"]}
+                charged = {
+                    r["flexnpu_id"]: float(r["device_time_us"])
+                    for r in d.request("GET", "/device/flexnpu-info")["registrations"]
+                }
         else:
             tenant_of, _, t0 = run_tenants(build_dir, device, None, tenants)
         kernels = read_kernels(device)
@@ -294,18 +329,36 @@ def share_run(args: argparse.Namespace, build_dir: Path, work: Path, label: str,
         row["card_busy_pct"] = total / (end - start) * 100
         # The daemon's own view beside the ground truth: the device time it charged each tenant (whole run).
         charged_total = sum(charged.values())
-        row["tenants"] = [{"name": name, "target_share": targets[name],
-                           "achieved_share": whole[name][0] / total if total else math.nan,
-                           "daemon_charged_share": charged[name] / charged_total if charged_total else None}
-                          for name in whole]
+        row["tenants"] = [
+            {
+                "name": name,
+                "target_share": targets[name],
+                "achieved_share": whole[name][0] / total if total else math.nan,
+                "daemon_charged_share": charged[name] / charged_total if charged_total else None,
+            }
+            for name in whole
+        ]
         rows.append(row)
-        print(f"  share {label} {variant}: error 1 s {row['error_1000ms_pp']['mean']:.2f} pp, 100 ms "
-              f"{row['error_100ms_pp']['mean']:.2f} pp", file=sys.stderr, flush=True)
+        print(
+            f"  share {label} {variant}: error 1 s {row['error_1000ms_pp']['mean']:.2f} pp, 100 ms "
+            f"{row['error_100ms_pp']['mean']:.2f} pp",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
-def step_run(args: argparse.Namespace, build_dir: Path, work: Path, label: str, kernels: int, lo: int, hi: int,
-             gap_us: int, steps: int) -> list[dict[str, Any]]:
+def step_run(
+    args: argparse.Namespace,
+    build_dir: Path,
+    work: Path,
+    label: str,
+    kernels: int,
+    lo: int,
+    hi: int,
+    gap_us: int,
+    steps: int,
+) -> list[dict[str, Any]]:
     critical = Tenant("critical", ("steps", str(steps), "7", str(kernels), str(lo), str(hi), str(gap_us)))
     batch = Tenant("batch", ("batch", "600", "8", *map(str, BATCH_MIX), str(BURST), "0"))
     rows: list[dict[str, Any]] = []
@@ -330,17 +383,27 @@ def step_run(args: argparse.Namespace, build_dir: Path, work: Path, label: str, 
         whole_end = time.monotonic_ns()
         busy = busy_per_window(read_kernels(device), tenant_of, t0, whole_end, whole_end - t0)
         total = sum(b[0] for b in busy.values())
-        rows.append({"steps": label, "variant": variant, "count": len(step_ms), "p50_ms": percentile(step_ms, 50),
-                     "p99_ms": p99, "p99_over_solo": p99 / solo_p99,
-                     "batch_share_pct": busy["batch"][0] / total * 100 if "batch" in busy and total else 0.0})
+        rows.append(
+            {
+                "steps": label,
+                "variant": variant,
+                "count": len(step_ms),
+                "p50_ms": percentile(step_ms, 50),
+                "p99_ms": p99,
+                "p99_over_solo": p99 / solo_p99,
+                "batch_share_pct": busy["batch"][0] / total * 100 if "batch" in busy and total else 0.0,
+            }
+        )
         print(f"  {label} {variant}: p99 {p99:.2f} ms", file=sys.stderr, flush=True)
     return rows
 
 
 def machine_note() -> str:
     load = os.getloadavg()[0]
-    return (f"real time on this machine: {os.cpu_count()} CPUs, load average {load:.1f} at the start; tenants, "
-            "flexnpud and the fake device's host side share them")
+    return (
+        f"real time on this machine: {os.cpu_count()} CPUs, load average {load:.1f} at the start; tenants, "
+        "flexnpud and the fake device's host side share them"
+    )
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -348,15 +411,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each share run (default 6)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not metered at the start (default 1)")
     parser.add_argument("--slice-us", type=int, default=2000, help="flexnpud's schedule_cycle (default 2000)")
-    parser.add_argument("--long-steps", type=int, default=40, help="critical steps of the long kind (default 40)")
-    parser.add_argument("--short-steps", type=int, default=300, help="critical steps of the short kind (default 300)")
+    parser.add_argument("--long-steps", type=int, default=30, help="critical steps of the long kind (default 30)")
+    parser.add_argument("--short-steps", type=int, default=200, help="critical steps of the short kind (default 200)")
     parser.add_argument("--only", choices=("share", "priority"), help="run one half only")
     add_common_args(parser)
     args = parser.parse_args(list(argv))
     if not (0 <= args.warmup < args.seconds - 1 and args.seconds <= 30):
         parser.error("need 0 <= --warmup < --seconds - 1 and --seconds <= 30")
-    if not (100 <= args.slice_us <= 1_000_000 and 1 <= args.long_steps <= 10_000 and
-            1 <= args.short_steps <= 10_000):
+    if not (100 <= args.slice_us <= 1_000_000 and 1 <= args.long_steps <= 10_000 and 1 <= args.short_steps <= 10_000):
         parser.error("--slice-us in 100..1000000, steps in 1..10000")
     return args
 
@@ -364,22 +426,53 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
     parts = []
     if share:
-        parts.append(format_table(
-            ["split", "run", "err 1 s mean/max pp", "err 100 ms mean/max pp", "card busy %", "daemon CPU %",
-             "achieved (target) [charged]"],
-            [[r["split"], r["variant"],
-              f"{r['error_1000ms_pp']['mean']:.2f} / {r['error_1000ms_pp']['max']:.2f}",
-              f"{r['error_100ms_pp']['mean']:.2f} / {r['error_100ms_pp']['max']:.2f}",
-              f"{r['card_busy_pct']:.1f}", "-" if r["daemon_cpu_pct"] is None else f"{r['daemon_cpu_pct']:.1f}",
-              " ".join(f"{t['achieved_share'] * 100:.1f}({t['target_share'] * 100:.0f})"
-                       + ("" if t["daemon_charged_share"] is None else f"[{t['daemon_charged_share'] * 100:.0f}]")
-                       for t in r["tenants"])]
-             for r in share]))
+        parts.append(
+            format_table(
+                [
+                    "split",
+                    "run",
+                    "err 1 s mean/max pp",
+                    "err 100 ms mean/max pp",
+                    "card busy %",
+                    "daemon CPU %",
+                    "achieved (target) [charged]",
+                ],
+                [
+                    [
+                        r["split"],
+                        r["variant"],
+                        f"{r['error_1000ms_pp']['mean']:.2f} / {r['error_1000ms_pp']['max']:.2f}",
+                        f"{r['error_100ms_pp']['mean']:.2f} / {r['error_100ms_pp']['max']:.2f}",
+                        f"{r['card_busy_pct']:.1f}",
+                        "-" if r["daemon_cpu_pct"] is None else f"{r['daemon_cpu_pct']:.1f}",
+                        " ".join(
+                            f"{t['achieved_share'] * 100:.1f}({t['target_share'] * 100:.0f})"
+                            + ("" if t["daemon_charged_share"] is None else f"[{t['daemon_charged_share'] * 100:.0f}]")
+                            for t in r["tenants"]
+                        ),
+                    ]
+                    for r in share
+                ],
+            )
+        )
     if steps:
-        parts.append(format_table(
-            ["critical", "run", "steps", "p50 ms", "p99 ms", "p99 / solo", "batch share %"],
-            [[r["steps"], r["variant"], r["count"], r["p50_ms"], r["p99_ms"], r["p99_over_solo"],
-              r["batch_share_pct"]] for r in steps]))
+        parts.append(
+            format_table(
+                ["critical", "run", "steps", "p50 ms", "p99 ms", "p99 / solo", "batch share %"],
+                [
+                    [
+                        r["steps"],
+                        r["variant"],
+                        r["count"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r["p99_over_solo"],
+                        r["batch_share_pct"],
+                    ]
+                    for r in steps
+                ],
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -391,21 +484,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             build(work / "build")
         except (OSError, subprocess.CalledProcessError) as exc:
-            print(f"flexnpu bench native_share: cannot build the interposer and fakes ({exc}): needs cc and make",
-                  file=sys.stderr)
+            print(
+                f"flexnpu bench native_share: cannot build the interposer and fakes ({exc}): needs cc and make",
+                file=sys.stderr,
+            )
             return 2
-        share = [] if args.only == "priority" else [
-            row for label, split in SPLITS for row in share_run(args, work / "build", work, label, split)]
-        steps = [] if args.only == "share" else [
-            row for label, kernels, lo, hi, gap in STEPS
-            for row in step_run(args, work / "build", work, label, kernels, lo, hi, gap,
-                                args.long_steps if kernels == 32 else args.short_steps)]
-    result = {"note": note, "meter": "fake device kernel log (device start/end per process); no declared durations",
-              "grant_path": "flexnpud (flexnpu.shim.daemon.main) with its shared-memory grant regions",
-              "seconds": args.seconds, "warmup_s": args.warmup, "slice_us": args.slice_us, "share": share,
-              "priority": steps}
-    header = ("libflexnpu on the fake AscendCL, flexnpud's shared-memory grants; meter: the fake device's kernel "
-              f"log\n({note})")
+        share = (
+            []
+            if args.only == "priority"
+            else [row for label, split in SPLITS for row in share_run(args, work / "build", work, label, split)]
+        )
+        steps = (
+            []
+            if args.only == "share"
+            else [
+                row
+                for label, kernels, lo, hi, gap in STEPS
+                for row in step_run(
+                    args,
+                    work / "build",
+                    work,
+                    label,
+                    kernels,
+                    lo,
+                    hi,
+                    gap,
+                    args.long_steps if kernels == 32 else args.short_steps,
+                )
+            ]
+        )
+    result = {
+        "note": note,
+        "meter": "fake device kernel log (device start/end per process); no declared durations",
+        "grant_path": "flexnpud (flexnpu.shim.daemon.main) with its shared-memory grant regions",
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "slice_us": args.slice_us,
+        "share": share,
+        "priority": steps,
+    }
+    header = (
+        "libflexnpu on the fake AscendCL, flexnpud's shared-memory grants; meter: the fake device's kernel "
+        f"log\n({note})"
+    )
     emit("native_share", result, header + "\n\n" + tables(share, steps), args)
     return 0
 

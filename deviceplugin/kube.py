@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,30 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from flexnpu import names
-from flexnpu.annotations import BindPhase, CardAssignment, Inventory, encode_assignment, encode_inventory
+from flexnpu.annotations import (
+    BindPhase,
+    CardAssignment,
+    Inventory,
+    encode_allocated_containers,
+    encode_assignment,
+    encode_inventory,
+)
 from flexnpu.deviceplugin.core.allocation import PodRef
-from flexnpu.deviceplugin.core.pods import NodePod, read_node_pods
+from flexnpu.deviceplugin.core.containers import PodClaim
+from flexnpu.deviceplugin.core.pods import NodePod, read_node_pods, read_pod_claims
 from flexnpu.errors import FlexnpuError
 
 log = logging.getLogger(__name__)
 _TIMEOUT = 5.0
+_DEFAULT_FILE = "~/.kube/config"
 
 
 class KubeError(FlexnpuError):
-    """The Kubernetes API could not be reached or refused a request."""
+    """The Kubernetes API could not be reached or refused a request (``status``: its HTTP status, if it answered)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class KubeApi:
@@ -38,20 +52,32 @@ class KubeApi:
     def __init__(self, api_client: kubernetes.client.ApiClient, node_name: str) -> None:
         self._client = api_client
         self._core = kubernetes.client.CoreV1Api(api_client)
+        self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self.node_name = node_name
 
     @classmethod
     def connect(cls, node_name: str, kubeconfig: Path | None = None) -> KubeApi:
-        """A client from ``kubeconfig``, or from the pod's service account when None."""
+        """A client built by the ``kubernetes`` config loader, in the order ``kubernetes.config.load_config`` uses.
+
+        ``kubeconfig`` when given; else ``KUBECONFIG`` (a ``:``-separated list of files, merged); else
+        ``~/.kube/config`` when it exists; else the pod's service account (in-cluster). Kubeconfigs with exec
+        plugins (EKS, GKE, OIDC helpers) work through the loader's exec provider.
+        """
         try:
-            if kubeconfig is not None:
-                client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-                return cls(client, node_name)
             configuration = kubernetes.client.Configuration()
-            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
+            files = str(kubeconfig) if kubeconfig is not None else os.environ.get("KUBECONFIG", "")
+            if not files and Path(_DEFAULT_FILE).expanduser().exists():
+                files = _DEFAULT_FILE
+            if files:
+                # The files are named here, not left to the loader's default, which it reads from KUBECONFIG once
+                # at import; persist_config=False: a refreshed token is never written back to a mounted file.
+                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=files, client_configuration=configuration, persist_config=False)
+            else:
+                kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
             return cls(kubernetes.client.ApiClient(configuration), node_name)
-        except (ConfigException, OSError, ValueError) as exc:
+        except (ConfigException, OSError, ValueError, TypeError) as exc:
             raise KubeError(f"cannot configure the Kubernetes client ({exc})") from exc
 
     def close(self) -> None:
@@ -65,11 +91,26 @@ class KubeApi:
         items: list[Mapping[str, Any]] = json.loads(body.data).get("items") or []
         return read_node_pods(items, self.node_name)
 
-    def record_allocation(self, pod: PodRef, assignment: Sequence[CardAssignment]) -> None:
-        """The handshake's last step: the cards the pod got, bind-phase ``allocated``."""
-        self._patch_pod(pod, {names.ANNOTATION_ASSIGNED: encode_assignment(assignment),
-                              names.ANNOTATION_BIND_PHASE: BindPhase.ALLOCATED.value,
-                              names.ANNOTATION_BIND_REASON: None})
+    def record_allocation(self, pod: PodRef, assignment: Sequence[CardAssignment], served: Sequence[str], *,
+                          done: bool) -> None:
+        """Progress of the handshake: the pod's cards, the containers served; ``allocated`` after the last one."""
+        notes: dict[str, str | None] = {names.ANNOTATION_ASSIGNED: encode_assignment(assignment),
+                                        names.ANNOTATION_ALLOCATED_CONTAINERS: encode_allocated_containers(served)}
+        if done:
+            notes |= {names.ANNOTATION_BIND_PHASE: BindPhase.ALLOCATED.value, names.ANNOTATION_BIND_REASON: None}
+        self._patch_pod(pod, notes)
+
+    def pod_claims(self, pod: PodRef) -> list[PodClaim]:
+        """The pod's VNpuClaims (label ``flexnpu.io/pod-uid``) with the registration id each is registered under."""
+        selector = f"{names.LABEL_CLAIM_POD_UID}={pod.uid}"
+        body = self._call(f"list claims of pod {pod}", self._custom.list_namespaced_custom_object, names.CRD_GROUP,
+                          names.CRD_VERSION, pod.namespace, names.CRD_PLURAL, label_selector=selector,
+                          _preload_content=False)
+        try:
+            items = json.loads(body.data).get("items")
+        except (ValueError, AttributeError) as exc:
+            raise KubeError(f"list claims of pod {pod}: not a JSON list ({exc})") from exc
+        return read_pod_claims(items if isinstance(items, list) else [], pod)
 
     def record_failure(self, pod: PodRef, reason: str) -> None:
         self._patch_pod(pod, {names.ANNOTATION_BIND_PHASE: BindPhase.FAILED.value,
@@ -94,6 +135,6 @@ class KubeApi:
         try:
             return method(*args, _request_timeout=_TIMEOUT, **kwargs)
         except ApiException as exc:
-            raise KubeError(f"{what}: HTTP {exc.status} {exc.reason}") from exc
+            raise KubeError(f"{what}: HTTP {exc.status} {exc.reason}", exc.status) from exc
         except (HTTPError, OSError, ValueError) as exc:
             raise KubeError(f"{what}: {exc}") from exc

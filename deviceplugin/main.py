@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from flexnpu.deviceplugin.core.response import NodeLayout
+from flexnpu.deviceplugin.core.response import NodeLayout, preload_text
 from flexnpu.deviceplugin.discovery import DiscoveryError, scanner_for
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.metrics import Metrics
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--card-model", help="model of cards found by --dev-root (910B1..910B4)")
     p.add_argument("--units-per-card", type=int, metavar="U", help="units per card (1..1000, default 10)")
     p.add_argument("--oversubscription", type=float, metavar="F", help="advertise floor(F*U) units per card")
-    p.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster service account)")
+    p.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--no-kubernetes", dest="kubernetes", action="store_const", const=False,
                    help="no API server: no pod handshake, no node annotation (cards from device IDs only)")
     p.add_argument("--cdi", action="store_const", const=True, help="answer Allocate with CDI device names")
@@ -70,14 +70,39 @@ def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
     kube = KubeApi.connect(settings.node_name, settings.kubeconfig) if settings.kubernetes else None
     layout = NodeLayout(units_per_card=settings.units_per_card, use_cdi=settings.cdi,
                         inject_shim=settings.inject_shim, shim_socket_dir=settings.shim_socket_dir,
-                        shim_runtime_dir=settings.shim_runtime_dir)
-    plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics())
+                        shim_runtime_dir=settings.shim_runtime_dir, interposer=settings.interposer,
+                        interposer_host_path=settings.interposer_host_path,
+                        interposer_pod_path=settings.interposer_pod_path,
+                        preload_host_file=settings.preload_host_file)
+    plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics(),
+                        claim_wait=settings.claim_wait)
     return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
+
+
+def write_preload_file(layout: NodeLayout) -> None:
+    """The host file Allocate mounts onto /etc/ld.so.preload: written atomically, world-readable.
+
+    OSError when it cannot be written: pods would then fail to start on a missing mount source, so the plugin
+    stops before it advertises anything.
+    """
+    if not (layout.inject_shim and layout.interposer):
+        return
+    path = Path(layout.preload_host_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = preload_text(layout)
+    if path.is_file() and path.read_text() == text:
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    temporary.chmod(0o644)
+    temporary.replace(path)
+    log.info("interposer: %s names %s", path, layout.interposer_pod_path)
 
 
 def run(settings: DevicePluginSettings, stop: threading.Event) -> int:
     plugin, server = build(settings)
     plugin.rescan()
+    write_preload_file(plugin.layout)
     plugin.metrics.serve(settings.metrics_host, settings.metrics_port)
     server.start()
     try:

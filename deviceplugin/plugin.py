@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flexnpu.annotations import CardAssignment, Inventory
 from flexnpu.cards import Card
@@ -29,6 +29,7 @@ from flexnpu.deviceplugin.core.allocation import (
     placement_from_ids,
     preferred_ids,
 )
+from flexnpu.deviceplugin.core.containers import container_cards, registration_ids
 from flexnpu.deviceplugin.core.devices import UnitDevice, unit_devices
 from flexnpu.deviceplugin.core.pods import NodePod, pending_pods, units_in_use
 from flexnpu.deviceplugin.core.response import ContainerAllocation, NodeLayout, Workload, container_allocation
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # How long the pod GetPreferredAllocation matched stands for the Allocate that follows with the IDs it offered
 # (kubelet calls the two back to back for one container; the Allocate then skips listing the node's pods again).
 PREFERRED_TTL_S = 5.0
+CLAIM_POLL_S = 0.05
+CLAIMS_RETRY_S = 30.0  # after the API said it serves no claims to us (404, 403), ask again this much later
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,19 @@ class Allocation:
     """One container's Allocate outcome: the pod it was for (if found), its cards, and what to inject."""
 
     pod: PendingPod | None
+    container: str
+    pod_cards: tuple[CardAssignment, ...]
+    """The pod's cards (the extender's assignment, or the best fit chosen at its first container)."""
     cards: tuple[CardAssignment, ...]
+    """This container's part of them."""
     placement: str
     response: ContainerAllocation
 
 
 class VnpuPlugin:
     def __init__(self, scanner: Scanner, units: UnitsConfig, layout: NodeLayout, kube: KubeApi | None = None,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
+                 claim_wait: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.scanner = scanner
         self.units = units
         self.layout = layout
@@ -68,7 +76,11 @@ class VnpuPlugin:
         self._version = 0
         self._changed = threading.Condition()
         self._allocate_lock = threading.Lock()
-        self._allocated_uids: set[str] = set()
+        self._served: dict[str, frozenset[str]] = {}  # pod uid -> containers allocated by this process
+        self._pod_cards: dict[str, tuple[CardAssignment, ...]] = {}  # pod uid -> the cards its first container fixed
+        self.claim_wait = claim_wait
+        self._claims_unserved_until = float("-inf")
+        self._sleep = sleep
         self._offered: tuple[frozenset[str], PendingPod, float] | None = None  # the last preferred answer's pod
         self._clock = clock
         self._stopped = False
@@ -136,7 +148,7 @@ class VnpuPlugin:
     # -- kubelet calls -------------------------------------------------------------------------------------
 
     def preferred(self, available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]:
-        """GetPreferredAllocation for one container: units of the assigned (or best-fit) card.
+        """GetPreferredAllocation for one container: units of its part of the assigned (or best-fit) card.
 
         A ValidationError names the field when the request itself is malformed (its size, say).
         """
@@ -145,9 +157,13 @@ class VnpuPlugin:
         pod = match_pod(self._pending(self._node_pods()), size)
         try:
             if pod is not None and pod.placed_by_extender:
-                placement = pod.assignment
+                placement = self._container_cards(pod, pod.assignment)
+            elif pod is not None:  # the first container of a pod nobody placed: a card for the whole pod
+                request = parse_vnpu_request(pod.units, self.units, pod.memory_mib)
+                placement = self._container_cards(
+                    pod, best_fit_placement(cards, free_units(available, cards), request, self.units))
             else:
-                request = parse_vnpu_request(size, self.units, None if pod is None else pod.memory_mib)
+                request = parse_vnpu_request(size, self.units, None)
                 placement = best_fit_placement(cards, free_units(available, cards), request, self.units)
         except (AllocationError, ValidationError) as exc:
             log.warning("preferred allocation of %d unit(s): %s; kubelet chooses", size, exc)
@@ -162,15 +178,17 @@ class VnpuPlugin:
             pod = self._offered_pod(ids)
             if pod is None:
                 pod = match_pod(self._pending(self._node_pods()), len(ids))
+            container = None if pod is None else pod.next_container
+            what = "no pod" if pod is None or container is None else f"pod {pod.ref} container {container.name}"
             try:
                 allocation = self._decide(pod, ids)
             except (AllocationError, ValidationError) as exc:
                 self.metrics.failures.inc()
                 if pod is not None:
                     self._record_failure(pod, str(exc))
-                raise AllocationError(f"{'pod ' + str(pod.ref) if pod else 'no pod'}: {exc}") from exc
+                raise AllocationError(f"{what}: {exc}") from exc
             if pod is not None:
-                self._record(pod, allocation.cards)
+                self._record(pod, allocation)
             self.metrics.allocations.labels(placement=allocation.placement).inc()
             return allocation
 
@@ -180,26 +198,64 @@ class VnpuPlugin:
         if offered is None:
             return None
         offered_ids, pod, at = offered
-        if frozenset(ids) != offered_ids or self._clock() - at > PREFERRED_TTL_S or pod.ref.uid in self._allocated_uids:
+        if frozenset(ids) != offered_ids or self._clock() - at > PREFERRED_TTL_S:
             return None
-        return pod
+        served = self._served.get(pod.ref.uid, frozenset())
+        container = pod.next_container
+        if container is None or container.name in served:
+            return None
+        return replace(pod, served=pod.served | served)
 
     def _decide(self, pod: PendingPod | None, ids: Sequence[str]) -> Allocation:
         cards = self._cards
-        if pod is not None and pod.placed_by_extender:
+        container = None if pod is None else pod.next_container
+        if pod is not None and container is not None and pod.placed_by_extender:
             problems = assignment_on_node(pod.assignment, cards)
             if problems:
                 raise AllocationError("; ".join(problems))
-            chosen, placement = pod.assignment, "extender"
+            pod_cards, placement = pod.assignment, "extender"
+        elif pod is not None and container is not None:
+            request = parse_vnpu_request(pod.units, self.units, pod.memory_mib)
+            pod_cards, placement = placement_from_ids(cards, ids, request, self.units), "best-fit"
         else:
-            request = parse_vnpu_request(len(ids), self.units, None if pod is None else pod.memory_mib)
-            chosen, placement = placement_from_ids(cards, ids, request, self.units), "best-fit"
-            if pod is None:
-                placement = "device-ids"
-                log.warning("Allocate of %d unit(s): no pod of this node matches; answering from the IDs", len(ids))
-        workload = Workload(priority=pod.priority, claim=str(pod.ref)) if pod else Workload(DEFAULT_PRIORITY, "")
-        return Allocation(pod=pod, cards=tuple(chosen), placement=placement,
-                          response=container_allocation(chosen, workload, self.layout))
+            request = parse_vnpu_request(len(ids), self.units, None)
+            chosen = placement_from_ids(cards, ids, request, self.units)
+            log.warning("Allocate of %d unit(s): no pod of this node matches; answering from the IDs", len(ids))
+            return Allocation(pod=None, container="", pod_cards=tuple(chosen), cards=tuple(chosen),
+                              placement="device-ids",
+                              response=container_allocation(chosen, Workload(DEFAULT_PRIORITY, ""), self.layout))
+        chosen = self._container_cards(pod, pod_cards)
+        workload = Workload(priority=pod.priority, claim=str(pod.ref),
+                            flexnpu_ids=self._registration_ids(pod, chosen))
+        return Allocation(pod=pod, container=container.name, pod_cards=tuple(pod_cards), cards=chosen,
+                          placement=placement, response=container_allocation(chosen, workload, self.layout))
+
+    @staticmethod
+    def _container_cards(pod: PendingPod, pod_cards: Sequence[CardAssignment]) -> tuple[CardAssignment, ...]:
+        container = pod.next_container
+        if container is None:
+            return tuple(pod_cards)
+        return container_cards(pod_cards, pod.containers, container)
+
+    def _registration_ids(self, pod: PendingPod, cards: Sequence[CardAssignment]) -> tuple[str, ...]:
+        """The ids the operator registers the pod's claims under; for a pod the extender placed (it creates the
+        claims right after the Binding) the claims are awaited up to ``claim_wait`` seconds."""
+        if self.kube is None or not self.layout.inject_shim or self._clock() < self._claims_unserved_until:
+            return ()
+        deadline = self._clock() + (self.claim_wait if pod.bind_time is not None else 0.0)
+        while True:
+            try:
+                ids = registration_ids(self.kube.pod_claims(pod.ref), cards)
+            except KubeError as exc:
+                if exc.status in (403, 404):  # no CRD, or no RBAC rule: not worth a call per container
+                    self._claims_unserved_until = self._clock() + CLAIMS_RETRY_S
+                log.warning("claims of pod %s not readable, FLEXNPU_ID not set: %s", pod.ref, exc)
+                return ()
+            if ids or self._clock() >= deadline:
+                if not ids:
+                    log.warning("pod %s: no claim for its card(s) yet, FLEXNPU_ID not set", pod.ref)
+                return ids
+            self._sleep(CLAIM_POLL_S)
 
     def _node_pods(self) -> list[NodePod]:
         if self.kube is None:
@@ -211,21 +267,36 @@ class VnpuPlugin:
             return []
 
     def _pending(self, node_pods: list[NodePod]) -> list[PendingPod]:
+        """The pods waiting for an Allocate, with the containers served so far (annotation and memory joined)."""
         for node_pod in node_pods:
             if node_pod.problem:
                 log.warning("pod %s: %s", node_pod.pod.ref, node_pod.problem)
         if self.kube is not None and node_pods:
-            self._allocated_uids &= {p.pod.ref.uid for p in node_pods}
-        return [p for p in pending_pods(node_pods) if p.ref.uid not in self._allocated_uids]
+            present = {p.pod.ref.uid for p in node_pods}
+            self._served = {uid: names for uid, names in self._served.items() if uid in present}
+            self._pod_cards = {uid: cards for uid, cards in self._pod_cards.items() if uid in present}
+        out = []
+        for pod in pending_pods(node_pods):
+            served = pod.served | self._served.get(pod.ref.uid, frozenset())
+            if all(c.name in served for c in pod.containers):
+                continue  # served in full: the API does not show it yet
+            out.append(replace(pod, served=served, assignment=pod.assignment or self._pod_cards.get(pod.ref.uid, ())))
+        return out
 
-    def _record(self, pod: PendingPod, cards: Sequence[CardAssignment]) -> None:
-        # Remembered locally too: a second Allocate may come before the API shows the patch.
-        self._allocated_uids.add(pod.ref.uid)
+    def _record(self, pod: PendingPod, allocation: Allocation) -> None:
+        """Progress on the pod: the containers served, the pod's cards, and ``allocated`` after the last one."""
+        served = pod.served | {allocation.container}
+        # Remembered locally too: the next Allocate may come before the API shows the patch.
+        self._served[pod.ref.uid] = served
+        self._pod_cards[pod.ref.uid] = allocation.pod_cards
+        order = [c.name for c in pod.containers if c.name in served]
+        done = all(c.name in served for c in pod.containers)
         try:
             assert self.kube is not None
-            self.kube.record_allocation(pod.ref, cards)
+            self.kube.record_allocation(pod.ref, allocation.pod_cards, order, done=done)
         except KubeError as exc:
-            log.warning("pod %s allocated on %s but not recorded: %s", pod.ref, [c.uuid for c in cards], exc)
+            log.warning("pod %s allocated on %s but not recorded: %s", pod.ref,
+                        [c.uuid for c in allocation.cards], exc)
 
     def _record_failure(self, pod: PendingPod, reason: str) -> None:
         try:

@@ -13,6 +13,7 @@ from flexnpu._decode import as_list, as_mapping, get_int, get_str
 from flexnpu.cards import Card, Health, card_model
 from flexnpu.errors import ValidationError
 from flexnpu.names import (
+    ANNOTATION_ALLOCATED_CONTAINERS,
     ANNOTATION_ASSIGNED,
     ANNOTATION_BIND_PHASE,
     ANNOTATION_BIND_TIME,
@@ -138,6 +139,32 @@ def decode_assignment(text: str) -> tuple[CardAssignment, ...]:
                                   units=get_int(body, "units", prefix, lo=1),
                                   memory_mib=get_int(body, "memory_mib", prefix, lo=0)))
     return tuple(out)
+
+
+MAX_CONTAINER_NAME = 63
+"""A container name is a DNS-1123 label."""
+MAX_ALLOCATED_CONTAINERS_CHARS = 64 * 1024
+
+
+def encode_allocated_containers(names: Sequence[str]) -> str:
+    """``flexnpu.io/allocated-containers``: the containers kubelet has allocated so far, comma-separated."""
+    return ",".join(names)
+
+
+def decode_allocated_containers(text: str) -> frozenset[str]:
+    """The container names of a ``flexnpu.io/allocated-containers`` value (ValidationError on a malformed one).
+
+    Names that no container of the pod has are harmless (the reader only asks whether its containers are in it).
+    """
+    if len(text) > MAX_ALLOCATED_CONTAINERS_CHARS:
+        raise ValidationError(ANNOTATION_ALLOCATED_CONTAINERS, f"{len(text)} characters",
+                              f"must be at most {MAX_ALLOCATED_CONTAINERS_CHARS}")
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if len(n) > MAX_CONTAINER_NAME]
+    if bad:
+        raise ValidationError(ANNOTATION_ALLOCATED_CONTAINERS, bad[0][:80],
+                              f"container names are at most {MAX_CONTAINER_NAME} characters")
+    return frozenset(names)
 
 
 class BindPhase(enum.StrEnum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
@@ -11,6 +12,27 @@ from flexnpu._decode import as_mapping, get_int, get_str
 from flexnpu.errors import ValidationError
 from flexnpu.priority import Priority, parse_priority
 from flexnpu.registration import MAX_AICORE_ALLOC, MAX_MEMORY_MIB
+
+REGISTRATION_ID_PREFIX = "vnc."
+"""Every registration the operator makes for a claim starts with this (its orphans are told apart by it)."""
+MAX_REGISTRATION_ID = 253
+_UID_CHARS = 8
+
+
+def registration_id(namespace: str, name: str, uid: str) -> str:
+    """The daemon registration id of claim ``namespace/name`` with ``uid``: ``vnc.<namespace>.<name>.<uid[:8]>``.
+
+    The operator registers a claim under this id (then keeps it in ``status.flexnpuId``); the device plugin tells
+    the pod the same id (``FLEXNPU_ID``), so that its interposer finds the slot ``slot-<id>.shm``. The uid part
+    keeps a claim re-created under the same name from colliding with a stale registration; a too long id keeps its
+    head and ends in a digest instead.
+    """
+    short_uid = uid.replace("-", "")[:_UID_CHARS]
+    text = f"{REGISTRATION_ID_PREFIX}{namespace}.{name}" + (f".{short_uid}" if short_uid else "")
+    if len(text) <= MAX_REGISTRATION_ID:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{text[:MAX_REGISTRATION_ID - len(digest) - 1]}.{digest}"
 
 
 class ClaimPhase(enum.StrEnum):

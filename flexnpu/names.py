@@ -25,6 +25,9 @@ ANNOTATION_ASSIGNED: Final = f"{DOMAIN}/assigned"
 ANNOTATION_BIND_PHASE: Final = f"{DOMAIN}/bind-phase"
 ANNOTATION_BIND_TIME: Final = f"{DOMAIN}/bind-time"
 ANNOTATION_BIND_REASON: Final = f"{DOMAIN}/bind-reason"
+# Written by the device plugin as kubelet allocates each container: the names of the containers served so far
+# (comma-separated, kubelet order), so that a restarted plugin resumes with the next one.
+ANNOTATION_ALLOCATED_CONTAINERS: Final = f"{DOMAIN}/allocated-containers"
 
 # Labels.
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -63,6 +66,8 @@ ENV_SHARE: Final = "FLEXNPU_SHARE"
 ENV_MEMORY_MIB: Final = "FLEXNPU_MEMORY_MIB"
 ENV_PRIORITY: Final = "FLEXNPU_PRIORITY"
 ENV_CLAIM: Final = "FLEXNPU_CLAIM"
+ENV_ID: Final = "FLEXNPU_ID"
+ENV_SHIM_DIR: Final = "FLEXNPU_SHIM_DIR"
 ENV_SOCKET: Final = "FLEXNPU_SOCKET"
 ENV_DEVICE: Final = "FLEXNPU_DEVICE"
 ENV_SHIM_DISABLE: Final = "FLEXNPU_SHIM_DISABLE"
@@ -72,6 +77,12 @@ SHIM_SOCKET_DIR: Final = "/var/run/flexnpu"
 SHIM_SOCKET_NAME: Final = "grant.sock"
 SHIM_RUNTIME_HOST_DIR: Final = "/var/lib/flexnpu/runtime"
 SHIM_RUNTIME_POD_DIR: Final = "/usr/local/flexnpu/runtime"
+# The native interposer (DESIGN.md section 7): the library on the node and where pods see it, and the host file
+# holding that pod path, which Allocate bind-mounts read-only onto the container's /etc/ld.so.preload.
+INTERPOSER_HOST_PATH: Final = "/var/lib/flexnpu/lib/libflexnpu.so"
+INTERPOSER_POD_PATH: Final = "/usr/local/flexnpu/lib/libflexnpu.so"
+PRELOAD_HOST_FILE: Final = "/var/lib/flexnpu/ld.so.preload"
+PRELOAD_POD_FILE: Final = "/etc/ld.so.preload"
 
 ASCEND_DEVICE_NODES: Final = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
 ASCEND_DRIVER_MOUNTS: Final = (

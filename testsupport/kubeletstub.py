@@ -2,18 +2,20 @@
 
 It serves ``Registration`` on ``kubelet.sock`` in a directory, and on each registration dials the plugin's
 socket, reads its options and follows ListAndWatch, as kubelet does. ``allocate_units`` walks kubelet's
-admission path: free healthy IDs, GetPreferredAllocation, then Allocate. ``restart`` does what a kubelet restart
-does to the directory: its server goes away, every socket in the directory is deleted, a new ``kubelet.sock``
-appears.
+admission path for one container: free healthy IDs, GetPreferredAllocation, then Allocate; ``admit`` and
+``admit_pods`` walk it as the real kubelet does for whole pods (creation order, init containers and reuse).
+``restart`` does what a kubelet restart does to the directory: its server goes away, every socket in the
+directory is deleted, a new ``kubelet.sock`` appears.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -128,6 +130,52 @@ class StubKubelet:
         response = self.allocate(ids)
         self.allocated.update(ids)
         return ids, response
+
+    def admit_pods(self, pods: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, api.ContainerAllocateResponse]]:
+        """Kubelet's ``HandlePodAdditions``: the pods sorted by creation timestamp, then admitted one at a time."""
+        ordered = sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")))
+        return {str(p["metadata"]["name"]): self.admit(p) for p in ordered}
+
+    def admit(self, pod: Mapping[str, Any]) -> dict[str, api.ContainerAllocateResponse]:
+        """Kubelet's device manager admitting one pod (``devicemanager.ManagerImpl.Allocate``), per container name.
+
+        Init containers, then app containers, in spec order; one Allocate per container whose limits ask for the
+        resource. The IDs of a (non-restartable) init container are reused first by the containers after it
+        (``devicesToReuse``); an app container's or a restartable init container's IDs leave the reuse set. A
+        container that the reused IDs cover gets them with no GetPreferredAllocation; otherwise, when more IDs
+        are free than it still needs, GetPreferredAllocation(free + reused, must include the reused, its size).
+        """
+        reuse: set[str] = set()
+        out: dict[str, api.ContainerAllocateResponse] = {}
+        spec = pod["spec"]
+        for group in ("initContainers", "containers"):
+            for container in spec.get(group) or []:
+                limits = (container.get("resources") or {}).get("limits") or {}
+                needed = int(limits.get(names.RESOURCE_VNPU, 0))
+                if needed <= 0:
+                    continue
+                ids = self._devices_to_allocate(needed, reuse)
+                out[str(container["name"])] = self.allocate(ids)
+                self.allocated.update(ids)
+                if group == "initContainers" and container.get("restartPolicy") != "Always":
+                    reuse |= set(ids)
+                else:
+                    reuse -= set(ids)
+        return out
+
+    def _devices_to_allocate(self, needed: int, reuse: set[str]) -> list[str]:
+        chosen = sorted(reuse)[:needed]
+        if len(chosen) == needed:
+            return chosen
+        available = [d for d in self.free_ids() if d not in chosen]
+        remaining = needed - len(chosen)
+        if len(available) < remaining:
+            raise RuntimeError(f"kubelet stub: {needed} unit(s) asked, {len(available)} free")
+        if remaining < len(available) and self.options and self.options.get_preferred_allocation_available:
+            offered = self.preferred(available + chosen, list(chosen), needed)
+            chosen += [d for d in offered if d in available and d not in chosen][:remaining]
+        chosen += [d for d in available if d not in chosen][:needed - len(chosen)]
+        return chosen
 
     # -- internals -----------------------------------------------------------------------------------------
 

@@ -1,16 +1,19 @@
-"""Placement on the node, as pure functions: which pod an Allocate is for, and which card(s) it gets.
+"""Placement on the node, as pure functions: which pod and container an Allocate is for, and which card(s) it gets.
 
-Kubelet's Allocate does not say which pod it serves (DESIGN.md section 4). The pod is found among the pods bound
-to this node: those in bind-phase ``allocating`` whose unit request matches, oldest bind-time first; then pods
-no extender placed (no bind-phase), oldest first. A pod the extender placed gets exactly its assigned cards. A pod
-nobody placed is packed here: a fraction on the healthy card with the fewest free units that still fit (best
-fit, so large holes stay open), whole cards on fully free cards, on one HCCS ring when one has enough.
+Kubelet's Allocate does not say which pod it serves (DESIGN.md section 4). Kubelet admits the pods of a node one
+at a time, in creation-timestamp order (``HandlePodAdditions`` sorts each batch with ``PodsByCreationTime``), and
+within a pod allocates its init containers, then its app containers, in spec order, one Allocate each. So an
+Allocate of n IDs is for the first pod, in that order, whose next container not yet served asks for n; a pod
+already partly served comes first (kubelet finishes one pod before the next). A pod the extender placed gets
+exactly its assigned cards, split across its containers (flexnpu.deviceplugin.core.containers). A pod nobody
+placed is packed here: a fraction on the healthy card with the fewest free units that still fit (best fit, so
+large holes stay open), whole cards on fully free cards, on one HCCS ring when one has enough.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from flexnpu.annotations import BindPhase, CardAssignment
@@ -40,33 +43,79 @@ class PodRef:
 
 
 @dataclass(frozen=True)
+class ContainerRequest:
+    """One container that asks for ``huawei.com/vnpu``, in kubelet's allocation order."""
+
+    name: str
+    units: int
+    memory_mib: int | None = None
+    """Its own ``huawei.com/vnpu-memory``, when it sets one."""
+    init: bool = False
+    """A (non-restartable) init container: it runs alone, before the app containers, so it does not add up."""
+
+
+@dataclass(frozen=True)
 class PendingPod:
     """A pod bound to this node that may be waiting for its Allocate, as the Kubernetes adapter read it."""
 
     ref: PodRef
-    unit_requests: tuple[int, ...]
-    """``huawei.com/vnpu`` of each container that asks for it (kubelet allocates per container)."""
+    containers: tuple[ContainerRequest, ...]
+    """Every container asking for units, in kubelet's order: init containers, then app containers."""
     memory_mib: int | None = None
+    """The pod's ``huawei.com/vnpu-memory`` as the scheduler counts it (sum, or the largest init container)."""
     priority: Priority = DEFAULT_PRIORITY
     phase: BindPhase | None = None
     bind_time: datetime | None = None
     created: datetime = _EPOCH
     assignment: tuple[CardAssignment, ...] = field(default=())
+    served: frozenset[str] = frozenset()
+    """Containers already allocated (``flexnpu.io/allocated-containers``, and what this plugin remembers)."""
+
+    @property
+    def unit_requests(self) -> tuple[int, ...]:
+        return tuple(c.units for c in self.containers)
+
+    @property
+    def units(self) -> int:
+        """The pod's effective request: the app containers' sum, or the largest init container when larger."""
+        running = sum(c.units for c in self.containers if not c.init)
+        return max([running, *(c.units for c in self.containers if c.init)])
+
+    @property
+    def next_container(self) -> ContainerRequest | None:
+        return next((c for c in self.containers if c.name not in self.served), None)
+
+    @property
+    def partly_served(self) -> bool:
+        return any(c.name in self.served for c in self.containers) and self.next_container is not None
 
     @property
     def placed_by_extender(self) -> bool:
-        return self.phase is BindPhase.ALLOCATING and bool(self.assignment)
+        """Its cards are known: the extender's assignment, or the one recorded at its first container."""
+        recorded_here = self.phase is None and bool(self.served)
+        return bool(self.assignment) and (self.phase is BindPhase.ALLOCATING or recorded_here)
+
+    def serving(self, container: ContainerRequest) -> PendingPod:
+        return replace(self, served=self.served | {container.name})
+
+    @property
+    def all_served(self) -> bool:
+        return self.next_container is None
+
+
+def admission_order(pod: PendingPod) -> tuple[bool, datetime, str, str]:
+    """Kubelet's order: the pod it is in the middle of first, then by creation timestamp, then namespace/name."""
+    return (not pod.partly_served, pod.created, pod.ref.namespace, pod.ref.name)
 
 
 def match_pod(pods: Iterable[PendingPod], units: int) -> PendingPod | None:
-    """The pod an Allocate of ``units`` device IDs is for: allocating pods by bind time, then unplaced pods."""
-    candidates = [p for p in pods if units in p.unit_requests]
-    allocating = [p for p in candidates if p.phase is BindPhase.ALLOCATING]
-    if allocating:
-        return min(allocating, key=lambda p: (p.bind_time or _EPOCH, p.created, str(p.ref)))
-    unplaced = [p for p in candidates if p.phase is None]
-    if unplaced:
-        return min(unplaced, key=lambda p: (p.created, str(p.ref)))
+    """The pod an Allocate of ``units`` device IDs is for: its ``next_container`` is the one being allocated."""
+    waiting = sorted((p for p in pods if p.phase in (None, BindPhase.ALLOCATING) and p.next_container is not None),
+                     key=admission_order)
+    for pod in waiting:
+        container = pod.next_container
+        if container is not None and container.units == units:
+            return pod
     return None
 
 

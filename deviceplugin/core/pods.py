@@ -6,14 +6,23 @@ Malformed flexnpu annotations on a pod make it a pod with a problem, never a cra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from flexnpu import names
-from flexnpu.annotations import BindPhase, CardAssignment, decode_assignment, parse_bind_phase, parse_bind_time
-from flexnpu.deviceplugin.core.allocation import PendingPod, PodRef
+from flexnpu.annotations import (
+    BindPhase,
+    CardAssignment,
+    decode_allocated_containers,
+    decode_assignment,
+    parse_bind_phase,
+    parse_bind_time,
+)
+from flexnpu.claims import registration_id
+from flexnpu.deviceplugin.core.allocation import ContainerRequest, PendingPod, PodRef
+from flexnpu.deviceplugin.core.containers import PodClaim
 from flexnpu.errors import ValidationError
 from flexnpu.priority import DEFAULT_PRIORITY, parse_priority
 
@@ -33,13 +42,15 @@ def read_node_pods(items: list[Mapping[str, Any]], node_name: str) -> list[NodeP
     """The unfinished pods of ``items`` bound to ``node_name`` that ask for units."""
     out = []
     for raw in items:
-        spec = raw.get("spec") or {}
-        phase = (raw.get("status") or {}).get("phase", "Pending")
+        spec, status = raw.get("spec"), raw.get("status") or {}
+        if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+            continue
+        phase = status.get("phase", "Pending")
         if spec.get("nodeName") != node_name or phase in _FINISHED:
             continue
-        requests = unit_requests(spec)
-        if requests:
-            out.append(_node_pod(raw, requests, running=phase == "Running"))
+        containers = container_requests(spec)
+        if containers:
+            out.append(_node_pod(raw, containers, running=phase == "Running"))
     return out
 
 
@@ -60,37 +71,61 @@ def units_in_use(node_pods: list[NodePod]) -> dict[str, int]:
 
 
 def unit_requests(spec: Mapping[str, Any]) -> tuple[int, ...]:
-    """``huawei.com/vnpu`` of every container asking for it (limits, else requests)."""
+    """``huawei.com/vnpu`` of every container asking for it, in kubelet's order."""
+    return tuple(c.units for c in container_requests(spec))
+
+
+def container_requests(spec: Mapping[str, Any]) -> tuple[ContainerRequest, ...]:
+    """The containers asking for units, as kubelet allocates them: init containers, then app containers.
+
+    A container without a usable name gets its position (``#3``): kubelet would refuse such a pod anyway.
+    """
     out = []
-    for container in spec.get("containers") or []:
-        value = _resource(container, names.RESOURCE_VNPU)
-        if value is not None and value.isdigit() and int(value) > 0:
-            out.append(int(value))
+    for group in ("initContainers", "containers"):
+        entries = spec.get(group)
+        for i, container in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(container, Mapping):
+                continue
+            value = _resource(container, names.RESOURCE_VNPU)
+            if value is None or not value.isdigit() or len(value) > 9 or int(value) <= 0:
+                continue
+            memory = _resource(container, names.RESOURCE_VNPU_MEMORY)
+            name = container.get("name")
+            init = group == "initContainers" and container.get("restartPolicy") != "Always"
+            out.append(ContainerRequest(
+                name=name if isinstance(name, str) and name else f"#{group}[{i}]", units=int(value),
+                memory_mib=int(memory) if memory is not None and memory.isdigit() and len(memory) <= 12 else None,
+                init=init))
     return tuple(out)
 
 
 def _resource(container: Mapping[str, Any], name: str) -> str | None:
-    resources = container.get("resources") or {}
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return None
     for key in ("limits", "requests"):
-        value = (resources.get(key) or {}).get(name)
+        group = resources.get(key)
+        value = group.get(name) if isinstance(group, Mapping) else None
         if value is not None:
             return str(value)
     return None
 
 
-def _memory(spec: Mapping[str, Any]) -> int | None:
-    for container in spec.get("containers") or []:
-        value = _resource(container, names.RESOURCE_VNPU_MEMORY)
-        if value is not None and value.isdigit():
-            return int(value)
-    return None
+def pod_memory(containers: Sequence[ContainerRequest]) -> int | None:
+    """The pod's ``huawei.com/vnpu-memory`` as the scheduler counts it: the app containers' sum, or the largest
+    init container when larger; None when no container sets it."""
+    running = [c.memory_mib for c in containers if not c.init and c.memory_mib is not None]
+    init = [c.memory_mib for c in containers if c.init and c.memory_mib is not None]
+    if not running and not init:
+        return None
+    return max([sum(running), *init])
 
 
-def _node_pod(raw: Mapping[str, Any], requests: tuple[int, ...], running: bool) -> NodePod:
+def _node_pod(raw: Mapping[str, Any], containers: tuple[ContainerRequest, ...], running: bool) -> NodePod:
     meta = raw.get("metadata") or {}
     annotations: Mapping[str, str] = meta.get("annotations") or {}
     ref = PodRef(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""))
-    base = PendingPod(ref=ref, unit_requests=requests, memory_mib=_memory(raw.get("spec") or {}),
+    base = PendingPod(ref=ref, containers=containers, memory_mib=pod_memory(containers),
                       created=_created(meta.get("creationTimestamp")))
     try:
         return NodePod(pod=_with_handshake(base, annotations), running=running)
@@ -106,9 +141,10 @@ def _with_handshake(base: PendingPod, annotations: Mapping[str, str]) -> Pending
     assignment: tuple[CardAssignment, ...] = decode_assignment(assigned_text) if assigned_text else ()
     priority = parse_priority(annotations.get(names.ANNOTATION_PRIORITY), names.ANNOTATION_PRIORITY) \
         if annotations.get(names.ANNOTATION_PRIORITY) else DEFAULT_PRIORITY
-    return PendingPod(ref=base.ref, unit_requests=base.unit_requests, memory_mib=base.memory_mib,
-                      priority=priority, phase=phase, bind_time=parse_bind_time(time_text) if time_text else None,
-                      created=base.created, assignment=assignment)
+    served_text = annotations.get(names.ANNOTATION_ALLOCATED_CONTAINERS)
+    served = decode_allocated_containers(served_text) if served_text else frozenset()
+    return replace(base, priority=priority, phase=phase,
+                   bind_time=parse_bind_time(time_text) if time_text else None, assignment=assignment, served=served)
 
 
 def _created(value: object) -> datetime:
@@ -118,3 +154,30 @@ def _created(value: object) -> datetime:
         except ValueError:
             pass
     return datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def read_pod_claims(items: list[Any], pod: PodRef) -> list[PodClaim]:
+    """The claims of ``pod`` among ``items`` (VNpuClaim JSON, labelled with the pod's uid by the extender): the card
+    each is for and its registration id, the one in its status or, before the operator wrote it, the one the
+    operator derives (flexnpu.claims.registration_id). Entries that are not readable claims are skipped."""
+    out = []
+    for raw in items:
+        if not isinstance(raw, Mapping):
+            continue
+        meta, spec, status = (_object(raw.get(k)) for k in ("metadata", "spec", "status"))
+        labels = _object(meta.get("labels"))
+        if not pod.uid or labels.get(names.LABEL_CLAIM_POD_UID) != pod.uid:
+            continue
+        name, uid, npu = meta.get("name"), meta.get("uid"), spec.get("npu")
+        if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
+            continue
+        if not isinstance(npu, int) or isinstance(npu, bool) or meta.get("deletionTimestamp"):
+            continue
+        recorded = status.get("flexnpuId")
+        flexnpu_id = recorded if isinstance(recorded, str) and recorded else registration_id(pod.namespace, name, uid)
+        out.append(PodClaim(name=name, npu=npu, flexnpu_id=flexnpu_id))
+    return out
+
+
+def _object(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

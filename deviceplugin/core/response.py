@@ -4,9 +4,15 @@
   lists the logical IDs the ACL runtime sees inside the container (0..n-1: only the mounted cards exist there).
   Frameworks such as vLLM need the second one for tensor parallelism.
 - Device nodes and read-only driver mounts, or, with CDI, the CDI device names instead of both.
-- The in-pod runtime: its directory mounted read-only with ``PYTHONPATH`` pointing at it (its sitecustomize
-  activates the gate), the node daemon's socket directory (read-only: connecting to a socket needs no write
-  access, and a pod must not be able to remove the socket of its neighbours), and the ``FLEXNPU_*`` variables.
+- The in-pod runtime: its directory mounted read-only with ``PYTHONPATH`` pointing at it (the Python step-level
+  client), the node daemon's socket directory (read-only: connecting to a socket needs no write access, and a
+  pod must not be able to remove the socket of its neighbours; the card regions and registration slots live
+  there too), and the ``FLEXNPU_*`` variables.
+- The native interposer (DESIGN.md section 7): the library mounted read-only, and a host file naming it
+  bind-mounted read-only onto ``/etc/ld.so.preload``, so that the dynamic loader puts it into every process of
+  the container and no variable or interpreter flag turns it off. ``FLEXNPU_SHIM_DIR`` names the directory of
+  the slots, ``FLEXNPU_ID`` the registration whose slot ``slot-<id>.shm`` the pod uses (the id the operator
+  registers the pod's claim under); ``FLEXNPU_CLAIM`` carries the same id for the Python client.
 """
 
 from __future__ import annotations
@@ -56,14 +62,24 @@ class NodeLayout:
     shim_socket_dir: str = names.SHIM_SOCKET_DIR
     shim_runtime_dir: str = names.SHIM_RUNTIME_HOST_DIR
     dev_dir: str = "/dev"
+    interposer: bool = True
+    interposer_host_path: str = names.INTERPOSER_HOST_PATH
+    interposer_pod_path: str = names.INTERPOSER_POD_PATH
+    preload_host_file: str = names.PRELOAD_HOST_FILE
 
 
 @dataclass(frozen=True)
 class Workload:
-    """Who the container belongs to: the pod's priority and its claim (``namespace/name``)."""
+    """Who the container belongs to: the pod's priority, its claim (``namespace/name``) and registration id.
+
+    ``flexnpu_ids`` holds one id per card of the container, in card order (a whole-card pod has a claim per card);
+    empty while the claim is not there yet. The interposer and the Python client use one registration, the first
+    card's: a container spanning several whole cards is gated on its first card only.
+    """
 
     priority: Priority
     claim: str
+    flexnpu_ids: tuple[str, ...] = ()
 
 
 def container_allocation(cards: Sequence[CardAssignment], workload: Workload,
@@ -72,6 +88,8 @@ def container_allocation(cards: Sequence[CardAssignment], workload: Workload,
     mounts = () if layout.use_cdi else driver_mounts()
     if layout.inject_shim:
         mounts += shim_mounts(layout)
+        if layout.interposer:
+            mounts += interposer_mounts(layout)
     devices = () if layout.use_cdi else device_nodes(cards, layout)
     cdi = tuple(f"{names.CDI_KIND}={c.index}" for c in cards) if layout.use_cdi else ()
     return ContainerAllocation(envs=envs, mounts=mounts, devices=devices, cdi_devices=cdi)
@@ -94,10 +112,11 @@ def shim_envs(cards: Sequence[CardAssignment], workload: Workload,
         (names.ENV_SHARE, f"{share:g}"),
         (names.ENV_MEMORY_MIB, str(cards[0].memory_mib)),
         (names.ENV_PRIORITY, workload.priority.value),
-        (names.ENV_CLAIM, workload.claim),
+        (names.ENV_CLAIM, workload.flexnpu_ids[0] if workload.flexnpu_ids else workload.claim),
         (names.ENV_SOCKET, f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}"),
+        (names.ENV_SHIM_DIR, names.SHIM_SOCKET_DIR),
         ("PYTHONPATH", names.SHIM_RUNTIME_POD_DIR),
-    )
+    ) + (((names.ENV_ID, workload.flexnpu_ids[0]),) if workload.flexnpu_ids else ())
 
 
 def driver_mounts() -> tuple[Mount, ...]:
@@ -107,6 +126,17 @@ def driver_mounts() -> tuple[Mount, ...]:
 def shim_mounts(layout: NodeLayout) -> tuple[Mount, ...]:
     return (Mount(container_path=names.SHIM_RUNTIME_POD_DIR, host_path=layout.shim_runtime_dir, read_only=True),
             Mount(container_path=names.SHIM_SOCKET_DIR, host_path=layout.shim_socket_dir, read_only=True))
+
+
+def interposer_mounts(layout: NodeLayout) -> tuple[Mount, ...]:
+    """The library, and the host file naming it (``preload_text``) as the container's ``/etc/ld.so.preload``."""
+    return (Mount(container_path=layout.interposer_pod_path, host_path=layout.interposer_host_path, read_only=True),
+            Mount(container_path=names.PRELOAD_POD_FILE, host_path=layout.preload_host_file, read_only=True))
+
+
+def preload_text(layout: NodeLayout) -> str:
+    """What the host file mounted onto ``/etc/ld.so.preload`` holds: the library's path inside the pod."""
+    return layout.interposer_pod_path + "\n"
 
 
 def device_nodes(cards: Sequence[CardAssignment], layout: NodeLayout) -> tuple[DeviceNode, ...]:

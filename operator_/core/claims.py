@@ -6,18 +6,16 @@ always finds its own registration again (after an operator restart, or if the de
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from flexnpu.claims import ClaimSpec
+from flexnpu.claims import MAX_REGISTRATION_ID, REGISTRATION_ID_PREFIX, ClaimSpec, registration_id
 from flexnpu.registration import Registration
 
-ID_PREFIX = "vnc."
+ID_PREFIX = REGISTRATION_ID_PREFIX
 """Every registration the operator makes starts with this, so that it can tell its own orphans from
 registrations that a person or another tool made with register.sh."""
 
-MAX_ID_LENGTH = 253
-_UID_CHARS = 8
+MAX_ID_LENGTH = MAX_REGISTRATION_ID
 
 
 @dataclass(frozen=True)
@@ -34,17 +32,8 @@ class ClaimRef:
 
 
 def derive_flexnpu_id(ref: ClaimRef) -> str:
-    """``vnc.<namespace>.<name>.<uid[:8]>``; a too long one keeps its head and ends in a digest instead.
-
-    The uid part keeps a claim re-created under the same name from colliding with a stale registration that a
-    lost node could still hold.
-    """
-    uid = ref.uid.replace("-", "")[:_UID_CHARS]
-    text = f"{ID_PREFIX}{ref.namespace}.{ref.name}" + (f".{uid}" if uid else "")
-    if len(text) <= MAX_ID_LENGTH:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return f"{text[:MAX_ID_LENGTH - len(digest) - 1]}.{digest}"
+    """``vnc.<namespace>.<name>.<uid[:8]>`` (flexnpu.claims.registration_id, shared with the device plugin)."""
+    return registration_id(ref.namespace, ref.name, ref.uid)
 
 
 def claim_flexnpu_id(ref: ClaimRef, recorded: str) -> str:

@@ -60,6 +60,13 @@ Charging: usage is reported by the tenant, so it is hostile. Each ``extend`` and
 the others, one that reports more than it could have used (or a non-finite number) pays the bounded maximum. A
 release by a tenant that holds nothing (a withdrawn wish) is charged nothing.
 
+Hand-off: on the shared-memory path a grant ends at its deadline without a drain, so the card may still run the
+former holder's last work (one non-preemptive engine) while the next holder's clock runs. The caller measures
+that tail (the former holder's reported usage after its deadline) and passes it as ``credit_us`` to the next
+holder's charge: the time held counts less by it (never below zero), and the former holder pays it when its
+report arrives (``grace_us`` lets one charge exceed the time held by its undrained work). Under-reporting still
+gains nothing alone; two colluding tenants can only move a charge from one to the other.
+
 ``ops`` mode (the seed's policy, kept for comparison): each round of ``ticker_interval_us`` every tenant may
 dispatch ``aicore_alloc`` operators; several tenants hold grants at once and their work interleaves on the device.
 A grant's budget runs to the end of the round; ``release(..., ops_used=n)`` reports the dispatched operators.
@@ -250,14 +257,16 @@ class CardScheduler:
             state.vtime = max(state.vtime, self._min_vtime(exclude=tenant_id))
         state.wants = True
 
-    def release(self, tenant_id: str, used_us: int, now_us: int, still_wants: bool, ops_used: int = 0) -> int:
+    def release(self, tenant_id: str, used_us: int, now_us: int, still_wants: bool, ops_used: int = 0, *,
+                grace_us: int | None = None, credit_us: int = 0) -> int:
         """The grant of ``tenant_id`` ended after it consumed ``used_us`` of device time (drained).
 
-        Returns the device time charged (see Charging in the module docstring).
+        ``grace_us`` replaces ``policy.charge_grace_us`` and ``credit_us`` is taken off the time held, for this
+        charge (see Hand-off in the module docstring). Returns the device time charged (see Charging).
         """
         self._advance(now_us)
         state = self._state(tenant_id)
-        self._charge(state, self._charge_of(state, used_us))
+        self._charge(state, self._charge_of(state, used_us, grace_us, credit_us))
         if self.policy.mode == "share" and tenant_id in self._holders and not state.bonus and state.budget_given:
             overrun = max(0, state.budget_used - state.budget_given)
             state.overrun_us += (overrun - state.overrun_us) / 4  # a running mean over the last few holdings
@@ -268,17 +277,19 @@ class CardScheduler:
         self._holders.discard(tenant_id)
         return state.last_charge
 
-    def extend(self, tenant_id: str, used_us: int, now_us: int) -> Grant | None:
+    def extend(self, tenant_id: str, used_us: int, now_us: int, *, grace_us: int | None = None,
+               credit_us: int = 0) -> Grant | None:
         """The holder's budget ran out with ``used_us`` consumed so far: a new grant if it would be picked anyway.
 
         On None the tenant keeps the card until it drains and calls ``release`` with the rest of its usage.
+        ``grace_us`` and ``credit_us`` as in ``release``.
         """
         self._advance(now_us)
         state = self._state(tenant_id)
         if self.policy.mode != "share" or tenant_id not in self._holders:
             state.last_charge = 0
             return None
-        self._charge(state, self._charge_of(state, used_us))
+        self._charge(state, self._charge_of(state, used_us, grace_us, credit_us))
         state.held_since = self._now
         pick = self._pick_share(exclude_holder=False)
         if pick is None or pick[0] is not state:
@@ -435,12 +446,14 @@ class CardScheduler:
             busy += state.weight
         return state.weight / max(self.policy.quota, busy)
 
-    def _charge_of(self, state: _State, reported_us: int) -> int:
+    def _charge_of(self, state: _State, reported_us: int, grace_us: int | None = None, credit_us: int = 0) -> int:
         """What the holder pays for the time since its grant (or last extension); a non-holder pays nothing."""
         if state.tenant.tenant_id not in self._holders:
             state.last_charge = 0
         else:
-            state.last_charge = charge_us(reported_us, self._now - state.held_since, self.policy.charge_grace_us)
+            grace = self.policy.charge_grace_us if grace_us is None else grace_us
+            held = self._now - state.held_since
+            state.last_charge = charge_us(reported_us, held - min(max(0, credit_us), max(0, held)), grace)
         return state.last_charge
 
     def _charge(self, state: _State, used_us: int) -> None:

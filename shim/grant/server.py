@@ -53,13 +53,23 @@ MAX_LINE = 4096
 LIMITS = Limits(max_connections=1024, max_per_peer=64)
 
 # How often idle slots are read for a new want, in slices (a want may also come over the socket at once; the
-# slot's doorbell futex is not watched yet): a tenant that only sets its slot's flag waits up to this long.
+# slot's doorbell futex is not watched: a thread per slot asleep on it, tried, made the critical tenant's p99 and
+# the daemon's CPU worse on a loaded 2-core VM): a tenant that only sets its slot's flag waits up to this long.
 SLOT_POLL_SLICES = 4
 
 # Run-ahead the runtime may queue on the device (the wait it can impose on a revoke): generous when nobody of a
 # higher priority shares the card (keeps a lone tenant at native throughput), short when someone does.
 RUN_AHEAD_US = 2000
 RUN_AHEAD_CONTENDED_US = 500
+
+# A slot's holder is charged at its deadline without draining: its report may include work that ran past the
+# previous deadline (the interposer's in-flight cap, and one kernel it launched with nothing in flight). One charge
+# may exceed the time held by this much; the rest of a larger report is carried to the next charge, and a backlog
+# past one window is a lie that is dropped.
+SLOT_CHARGE_GRACE_US = 5000
+# The most of a former holder's work after its deadline that is credited to the next holder (its in-flight cap
+# and one long kernel): a report past it is not believed.
+MAX_TAIL_US = 10_000
 
 CardKey = tuple[int, int]
 
@@ -100,6 +110,10 @@ class _Card:
     holders: dict[str, Session] = field(default_factory=dict)
     wake_at_us: int | None = None
     published: str | None = None  # whom the card's shared-memory region names as the holder
+    # The last slot holder whose grant ended at its deadline, undrained: (flexnpu_id, its used_ns then). Its
+    # usage since is work the card ran during the next holding, credited to that holder (its charge counts less).
+    tail_of: tuple[str, int] | None = None
+    tail_credited_us: int = 0
 
 
 def _now_us() -> int:
@@ -353,16 +367,19 @@ class GrantServer:
             return
         self._hand_out(session, grant, now)
 
-    def _end_grant(self, session: Session, used_us: int, now: int, ops_used: int = 0) -> None:
+    def _end_grant(self, session: Session, used_us: int, now: int, ops_used: int = 0, *,
+                   grace_us: int | None = None, credit_us: int = 0) -> int:
         card = self._cards[session.card]
         session.holding = False
         card.holders.pop(session.flexnpu_id, None)
         still_wants = bool(card.waiting.get(session.flexnpu_id))
         try:
-            charged = card.scheduler.release(session.flexnpu_id, used_us, now, still_wants, ops_used=ops_used)
+            charged = card.scheduler.release(session.flexnpu_id, used_us, now, still_wants, ops_used=ops_used,
+                                             grace_us=grace_us, credit_us=credit_us)
         except UnknownTenantError:
-            return
+            return 0
         self._record_usage(session.flexnpu_id, charged, now)
+        return charged
 
     def _record_usage(self, flexnpu_id: str, used_us: int, now: int) -> None:
         stats = self._stats.get(flexnpu_id)
@@ -430,15 +447,16 @@ class GrantServer:
         session.holding = True
         session.granted_at_us = now
         session.budget_us = grant.budget_us
-        session.deadline_us = now + grant.budget_us + self._expiry_grace_us
+        end = now + grant.budget_us
+        session.deadline_us = end + self._expiry_grace_us
         self._poke_timer(session.deadline_us)
         stats = self._stats.get(grant.tenant_id)
         if stats is not None:
             stats.grants += 1
         if session.conn is None:
-            session.deadline_us = now + grant.budget_us  # no release comes: the holding ends at the deadline
+            session.deadline_us = end  # no release comes: the holding ends at the deadline
         self._cards[session.card].published = session.flexnpu_id
-        self._publish(session.card, session.flexnpu_id, session.seq, now + grant.budget_us)
+        self._publish(session.card, session.flexnpu_id, session.seq, end)
         if not session.send({"op": wire.OP_GRANT, "seq": session.seq, "budget_us": grant.budget_us,
                              "ops": grant.ops, "inflight_us": self._run_ahead_us(session)}):
             _hang_up(session)  # its reader thread drops it and the grant returns
@@ -466,6 +484,8 @@ class GrantServer:
         session.send({"op": wire.OP_REVOKE, "seq": session.seq})
         if session.conn is None:
             self._publish(session.card, tenant_id, session.seq, now)  # the deadline is now: stop at the next launch
+            session.deadline_us = now  # and its holding ends now (charged at the timer, the next one waits its tail)
+            self._poke_timer(now)
         if session.deadline_us > now + self._revoke_grace_us:
             session.deadline_us = now + self._revoke_grace_us
             self._poke_timer(session.deadline_us)
@@ -572,16 +592,22 @@ class GrantServer:
         assert self._shm is not None
         report = self._shm.report(session.flexnpu_id)
         used_ns = report.used_ns if report else session.used_ns_seen
+        # A counter that went backwards is re-based (it charged nothing meanwhile); a backlog past one window is a
+        # lie, of which one window is kept.
+        session.used_ns_seen = max(min(session.used_ns_seen, used_ns), used_ns - self.policy.window_us * 1000)
         used_us = usage_delta_us(session.used_ns_seen, used_ns)
-        session.used_ns_seen = used_ns  # a counter that went backwards is re-based: it charged nothing meanwhile
         wants = report is not None and report.want
         card = self._cards[session.card]
+        grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)
+        credit = self._tail_credit(card, session)
         if wants and session.revoked_seq != session.seq:  # a revoked holder queues again, it is not renewed
             try:
-                grant = card.scheduler.extend(session.flexnpu_id, used_us, now)
-                self._record_usage(session.flexnpu_id, card.scheduler.last_charge_us(session.flexnpu_id), now)
+                grant = card.scheduler.extend(session.flexnpu_id, used_us, now, grace_us=grace, credit_us=credit)
+                charged = card.scheduler.last_charge_us(session.flexnpu_id)
+                self._record_usage(session.flexnpu_id, charged, now)
             except UnknownTenantError:
-                grant = None
+                grant, charged = None, used_us
+            session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged)
             if grant is not None:
                 self._hand_out(session, grant, now)
                 return
@@ -589,7 +615,29 @@ class GrantServer:
         session.holding = False
         if wants:
             self._enqueue(session, now)
-        self._end_grant(session, used_us, now)
+        charged = self._end_grant(session, used_us, now, grace_us=grace, credit_us=credit)
+        if used_us:
+            session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged)
+        card.tail_of, card.tail_credited_us = (session.flexnpu_id, used_ns), 0  # its last work may still run
+
+    def _tail_credit(self, card: _Card, session: Session) -> int:
+        """What the card ran of the former holder's work since its deadline and is not yet credited (µs)."""
+        assert self._shm is not None
+        if card.tail_of is None or card.tail_of[0] == session.flexnpu_id:
+            return 0
+        report = self._shm.report(card.tail_of[0])
+        if report is None:
+            card.tail_of = None
+            return 0
+        tail = min(usage_delta_us(card.tail_of[1], report.used_ns), MAX_TAIL_US)
+        credit = max(0, tail - card.tail_credited_us)
+        card.tail_credited_us += credit
+        return credit
+
+
+def _consumed(seen_ns: int, used_ns: int, charged_us: int) -> int:
+    """A slot's ``used_ns_seen`` after a charge: the reported usage it covered is consumed, the rest is carried."""
+    return min(used_ns, seen_ns + charged_us * 1000)
 
 
 def _welcome(registration: Registration, policy: SlicePolicy) -> Message:

@@ -41,5 +41,6 @@ def library_path(candidates: tuple[Path, ...] = CANDIDATES) -> Path:
     if found is None:
         raise LibraryMissing(
             f"{LIBRARY_NAME} is not installed (looked in {', '.join(str(p) for p in candidates)}): install a C "
-            f"compiler and make, then reinstall (pip install .) or run `make -C {HERE}`")
+            f"compiler and make, then reinstall (pip install .) or run `make -C {HERE}`"
+        )
     return found

@@ -57,6 +57,7 @@ static _Atomic uint64_t g_pace_t0;
 static _Atomic uint64_t g_next_probe;
 static _Atomic uint32_t g_dead_seq = UINT32_MAX; /* seq value at which the daemon was declared gone */
 static _Atomic int g_dead;
+static _Atomic int g_early_want; /* want=1 was set by a launch near the deadline, not by a waiting thread */
 static pthread_key_t g_thread_key;
 static int g_log_ungated, g_log_local, g_log_dead;
 
@@ -284,7 +285,7 @@ static void init_once(void)
     g_inflight_cap_ns = env_u64("FLEXNPU_INFLIGHT_US", 2000, 10, 10000000) * 1000ull;
     g_event_every = (uint32_t)env_u64("FLEXNPU_EVENT_EVERY", 8, 1, 1024);
     g_burst_ns = env_u64("FLEXNPU_SLICE_US", 10000, 100, 10000000) * 1000ull;
-    g_renew_ns = env_u64("FLEXNPU_RENEW_US", 1000, 0, 1000000) * 1000ull;
+    g_renew_ns = env_u64("FLEXNPU_RENEW_US", 1000, 0, 100000000) * 1000ull;
     /* Until events have measured something, assume a launch is half the cap: little queues ahead unmeasured. */
     atomic_store(&g_est_launch_ns, g_inflight_cap_ns / 2);
     pthread_key_create(&g_thread_key, thread_exit);
@@ -394,6 +395,8 @@ static void timing_drain(const struct fx_ops *ops, struct fx_timing *t, int bloc
     }
 }
 
+static void withdraw_early_want(void);
+
 void fx_harvest(const struct fx_ops *ops, int device_idle)
 {
     struct fx_thread *st = t_state;
@@ -404,6 +407,7 @@ void fx_harvest(const struct fx_ops *ops, int device_idle)
         close_open(ops, t); /* the device ran dry: the open interval ends here */
     while (t->count && collect_oldest(ops, t, 0)) {
     }
+    withdraw_early_want();
 }
 
 /* At exit (before the device libraries' destructors run): report this thread's last intervals. */
@@ -463,6 +467,19 @@ static void drain_and_report(const struct fx_ops *ops, struct fx_timing *t)
     }
 }
 
+/* The application synchronised: the early want (set by a launch near the deadline) is withdrawn, or an idle holder
+ * would be renewed slice after slice, and charged for them, while it sleeps. Its next launch near a deadline, or
+ * after one, asks again. Withdrawn whether or not the grant is still running: a sync that returns after the
+ * deadline (its last kernels ran past it) left the flag set, and the daemon would queue the idle tenant again
+ * and again. No thread of this process waits meanwhile (a waiting thread clears g_early_want first). */
+static void withdraw_early_want(void)
+{
+    if (!g_slot || !atomic_load_explicit(&g_early_want, memory_order_relaxed) ||
+        !atomic_exchange(&g_early_want, 0))
+        return;
+    atomic_store(&g_slot->want, 0);
+}
+
 static void ring_doorbell(void)
 {
     if (atomic_exchange(&g_slot->want, 1) == 0) {
@@ -478,6 +495,7 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
 {
     struct fx_card_region *card = atomic_load(&g_card);
     drain_and_report(ops, t);
+    atomic_store(&g_early_want, 0);
     ring_doorbell();
     uint32_t seq = atomic_load_explicit(&card->seq, memory_order_acquire);
     uint64_t since = fx_now_ns();
@@ -595,8 +613,10 @@ static struct fx_timing *gate(const struct fx_ops *ops)
         if (mode == FX_LOCAL || !granted(card, now))
             slow_path(ops, t, now);
         else if (atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_renew_ns &&
-                 atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0)
+                 atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0) {
+            atomic_store(&g_early_want, 1);
             ring_doorbell(); /* launching in the grant's last moments: it will want the card after it too */
+        }
         if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) == 0)
             return t;
         /* In-flight cap, and while granted no more queued than fits before the grant's deadline: work the device

@@ -54,8 +54,21 @@ def test_daemon_mounts_the_socket_dir_at_the_host_path(daemonset: Manifest) -> N
 def test_init_container_fills_the_runtime_dir(daemonset: Manifest) -> None:
     [installer] = daemonset["spec"]["template"]["spec"]["initContainers"]
     mount = host_mount(daemonset, installer, names.SHIM_RUNTIME_HOST_DIR)
-    assert installer["command"][-1] == mount["mountPath"]
+    assert installer["command"][2] == mount["mountPath"]
     assert installer["command"][1] == "/opt/flexnpu/install_runtime.py"
+
+
+def test_init_container_installs_the_interposer_where_allocate_finds_it(daemonset: Manifest) -> None:
+    [installer] = daemonset["spec"]["template"]["spec"]["initContainers"]
+    plugin = containers(daemonset)["device-plugin"]
+    env = {e["name"]: e.get("value") for e in plugin.get("env", [])}
+    host_library = env["FLEXNPU_DEVICEPLUGIN_INTERPOSER_HOST_PATH"]
+    host_dir = host_library.rsplit("/", 1)[0]
+    into = host_mount(daemonset, installer, host_dir)["mountPath"]
+    assert installer["command"][3:] == ["--interposer", f"{into}/libflexnpu.so"]
+    assert host_mount(daemonset, plugin, host_dir)["readOnly"] is True
+    preload_dir = env["FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE"].rsplit("/", 1)[0]
+    assert not host_mount(daemonset, plugin, preload_dir).get("readOnly")
 
 
 def test_driver_and_devices_for_npu_smi(daemonset: Manifest) -> None:

@@ -12,6 +12,7 @@ EXPECTED: dict[tuple[str, str], set[Grant]] = {
     ("ClusterRole", "node"): {
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "patch"),
         ("", "nodes", "get"), ("", "nodes", "patch"), ("", "events", "create"), ("", "events", "patch"),
+        ("flexnpu.io", "vnpuclaims", "list"),  # the registration id of the pod's claim, for FLEXNPU_ID
     },
     ("ClusterRole", "extender"): {
         ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch"),

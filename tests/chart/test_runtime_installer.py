@@ -63,3 +63,30 @@ def test_usage_and_unwritable_target_fail_with_one_line(tmp_path: Path) -> None:
     blocker.write_text("", encoding="utf-8")
     done = install(blocker / "runtime")
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and str(blocker) in done.stderr
+
+
+def test_interposer_is_installed_beside_the_runtime(tmp_path: Path) -> None:
+    from flexnpu.shim.native import find_library
+
+    built = find_library()
+    if built is None:
+        import pytest
+
+        pytest.skip("libflexnpu.so is not built (no C compiler at install time)")
+    dest = tmp_path / "lib" / "libflexnpu.so"
+    done = subprocess.run([sys.executable, str(INSTALLER), str(tmp_path / "runtime"), "--interposer", str(dest)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_bytes() == built.read_bytes()
+    assert os.access(dest, os.X_OK)
+    assert (tmp_path / "runtime" / "flexnpu" / "shim" / "runtime" / "__init__.py").is_file()
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_interposer_into_an_unwritable_place_fails_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    done = subprocess.run([sys.executable, str(INSTALLER), str(tmp_path / "runtime"), "--interposer",
+                           str(blocker / "libflexnpu.so")], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("cannot install libflexnpu.so at")

@@ -94,7 +94,7 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(kubelet: StubKub
         "FLEXNPU_CARD": CARD[5], "FLEXNPU_CARD_INDEX": "5", "FLEXNPU_UNITS": "3", "FLEXNPU_UNITS_PER_CARD": "10",
         "FLEXNPU_SHARE": "0.3", "FLEXNPU_MEMORY_MIB": "16384", "FLEXNPU_PRIORITY": "high",
         "FLEXNPU_CLAIM": "default/infer", "FLEXNPU_SOCKET": f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}",
-        "PYTHONPATH": names.SHIM_RUNTIME_POD_DIR,
+        "FLEXNPU_SHIM_DIR": names.SHIM_SOCKET_DIR, "PYTHONPATH": names.SHIM_RUNTIME_POD_DIR,
     }
     assert [(d.container_path, d.host_path, d.permissions) for d in response.devices] == [
         ("/dev/davinci5", "/dev/davinci5", "rw"), ("/dev/davinci_manager", "/dev/davinci_manager", "rw"),
@@ -103,7 +103,9 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(kubelet: StubKub
     assert {p: mounts[p] for p in names.ASCEND_DRIVER_MOUNTS} == {p: (p, True) for p in names.ASCEND_DRIVER_MOUNTS}
     assert mounts[names.SHIM_RUNTIME_POD_DIR] == (names.SHIM_RUNTIME_HOST_DIR, True)
     assert mounts[names.SHIM_SOCKET_DIR] == (names.SHIM_SOCKET_DIR, True)
-    assert len(mounts) == len(names.ASCEND_DRIVER_MOUNTS) + 2
+    assert mounts[names.INTERPOSER_POD_PATH] == (names.INTERPOSER_HOST_PATH, True)
+    assert mounts[names.PRELOAD_POD_FILE] == (names.PRELOAD_HOST_FILE, True)
+    assert len(mounts) == len(names.ASCEND_DRIVER_MOUNTS) + 4
     assert list(response.cdi_devices) == []
     annotations = k8s.annotations("pod", "infer")
     assert annotations[names.ANNOTATION_BIND_PHASE] == "allocated"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -60,14 +61,20 @@ def test_malformed_inventory_exits_with_one_line(tmp_path: Path, kubelet: StubKu
 
 def test_process_serves_kubelet_and_stops_cleanly(tmp_path: Path, kubelet: StubKubelet) -> None:
     inventory = write_inventory(tmp_path / "inventory.yaml", eight_cards())
+    preload = tmp_path / "host" / "ld.so.preload"
+    env = {**os.environ, "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(preload),
+           "FLEXNPU_DEVICEPLUGIN_INTERPOSER_POD_PATH": "/opt/flexnpu/libflexnpu.so"}
     process = subprocess.Popen([sys.executable, "-m", "flexnpu.cli", "deviceplugin", "--inventory", str(inventory),
                                 "--no-kubernetes", "--kubelet-dir", str(kubelet.directory), "--metrics-port", "0",
-                                "--units-per-card", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--units-per-card", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
     try:
         kubelet.wait_for_registration(timeout=30)
         assert len(kubelet.devices) == 40
         _, response = kubelet.allocate_units(5)
         assert dict(response.envs)[names.ENV_UNITS_PER_CARD] == "5"
+        assert {m.container_path: m.host_path for m in response.mounts}["/etc/ld.so.preload"] == str(preload)
+        assert preload.read_text() == "/opt/flexnpu/libflexnpu.so\n"  # written before the plugin registered
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)

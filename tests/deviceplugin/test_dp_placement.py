@@ -13,6 +13,7 @@ from flexnpu.annotations import BindPhase, CardAssignment
 from flexnpu.cards import Card, Health
 from flexnpu.deviceplugin.core.allocation import (
     AllocationError,
+    ContainerRequest,
     PendingPod,
     PodRef,
     best_fit_card,
@@ -134,15 +135,18 @@ def pod(name: str, units: int, phase: BindPhase | None, bind_second: int | None 
         created_second: int = 0) -> PendingPod:
     def at(second: int) -> datetime:
         return datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC)
-    return PendingPod(ref=PodRef("ns", name, f"uid-{name}"), unit_requests=(units,), phase=phase,
-                      bind_time=None if bind_second is None else at(bind_second), created=at(created_second))
+    return PendingPod(ref=PodRef("ns", name, f"uid-{name}"), containers=(ContainerRequest("main", units),),
+                      phase=phase, bind_time=None if bind_second is None else at(bind_second),
+                      created=at(created_second))
 
 
 @pytest.mark.parametrize(("pods", "units", "expected"), [
-    ([pod("a", 3, BindPhase.ALLOCATING, 5), pod("b", 3, BindPhase.ALLOCATING, 2)], 3, "b"),
+    # Kubelet admits by creation time, whatever the bind order.
+    ([pod("a", 3, BindPhase.ALLOCATING, 2, created_second=5), pod("b", 3, BindPhase.ALLOCATING, 9, 1)], 3, "b"),
     ([pod("a", 3, BindPhase.ALLOCATING, 5), pod("b", 4, BindPhase.ALLOCATING, 2)], 3, "a"),
-    ([pod("a", 3, None, created_second=1), pod("b", 3, BindPhase.ALLOCATING, 9)], 3, "b"),
+    ([pod("a", 3, None, created_second=1), pod("b", 3, BindPhase.ALLOCATING, 9, 2)], 3, "a"),
     ([pod("a", 3, None, created_second=7), pod("b", 3, None, created_second=4)], 3, "b"),
+    ([pod("b", 3, None), pod("a", 3, None)], 3, "a"),  # same second: then namespace/name
     ([pod("a", 3, BindPhase.ALLOCATED, 1), pod("b", 3, BindPhase.FAILED, 1)], 3, None),
     ([], 3, None),
 ])
@@ -172,8 +176,8 @@ def test_reading_node_pods() -> None:
 
 
 @pytest.mark.parametrize(("cdi", "shim", "devices", "cdi_names", "mounts"), [
-    (False, True, 4, [], len(names.ASCEND_DRIVER_MOUNTS) + 2),
-    (True, True, 0, [f"{names.CDI_KIND}=6"], 2),
+    (False, True, 4, [], len(names.ASCEND_DRIVER_MOUNTS) + 4),  # + runtime, sockets, interposer, ld.so.preload
+    (True, True, 0, [f"{names.CDI_KIND}=6"], 4),
     (False, False, 4, [], len(names.ASCEND_DRIVER_MOUNTS)),
 ])
 def test_response_layouts(cdi: bool, shim: bool, devices: int, cdi_names: list[str], mounts: int) -> None:

@@ -40,8 +40,10 @@ def test_percentile_is_nearest_rank() -> None:
 def test_the_fake_device_logs_every_kernel_of_every_process_on_one_engine(pod_without_daemon: Pod) -> None:
     pod = pod_without_daemon
     env = pod.env(None, preload=False)
-    procs = [subprocess.Popen([pod.program("acl_prog"), "launch", "30", "200"], env=env, stdout=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([pod.program("acl_prog"), "launch", "30", "200"], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert all(p.returncode == 0 and parse(o)["launched"] == "30" for p, o in zip(procs, outs, strict=True))
     kernels = read_kernels(pod.device)
@@ -53,8 +55,14 @@ def test_the_fake_device_logs_every_kernel_of_every_process_on_one_engine(pod_wi
 
 def test_the_workload_times_each_step_and_keeps_its_kernels_from_the_runtime(pod_without_daemon: Pod) -> None:
     pod = pod_without_daemon
-    out = subprocess.run([pod.program("workload_prog"), "steps", "5", "1", "8", "50", "200", "0"],
-                         env=pod.env(None, preload=False), capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [pod.program("workload_prog"), "steps", "5", "1", "8", "50", "200", "0"],
+        env=pod.env(None, preload=False),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     result = parse(out.stdout)
     steps = [int(v) for v in result["step_ns"].split(",")]
     kernels = read_kernels(pod.device)
@@ -63,4 +71,4 @@ def test_the_workload_times_each_step_and_keeps_its_kernels_from_the_runtime(pod
     assert min(lengths) >= 50_000 and max(lengths) <= 200_000 and len(set(lengths)) > 1  # random lengths
     # A step ends at its synchronise: it took at least its own kernels' device time.
     for i, took in enumerate(steps):
-        assert took >= sum(lengths[8 * i:8 * i + 8])
+        assert took >= sum(lengths[8 * i : 8 * i + 8])

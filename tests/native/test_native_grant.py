@@ -197,9 +197,12 @@ def test_a_holder_queues_no_more_than_fits_before_its_deadline(pod: Pod) -> None
     try:
         epoch = 0
         while proc.poll() is None and epoch < 200:
-            rung = a.get("doorbell")
-            wait_for(lambda rung=rung: a.get("doorbell") > rung or a.get("want") == 1 or proc.poll() is not None,
-                     "pod-a to ask for the card")
+            rung: int = a.get("doorbell")
+
+            def asked(rung: int = rung) -> bool:
+                return a.get("doorbell") > rung or a.get("want") == 1 or proc.poll() is not None
+
+            wait_for(asked, "pod-a to ask for the card")
             if proc.poll() is not None:
                 break
             epoch += 1
@@ -210,9 +213,12 @@ def test_a_holder_queues_no_more_than_fits_before_its_deadline(pod: Pod) -> None
             grants.append((deadline, FOREVER_NS))
             pod.grant(1, epoch=epoch, deadline_ns=deadline)
             rung = a.get("doorbell")
-            wait_for(lambda rung=rung, deadline=deadline: a.get("doorbell") > rung
-                     or (time.monotonic_ns() > deadline and a.get("want") == 1) or proc.poll() is not None,
-                     "pod-a's grant to end", timeout_s=60)
+
+            def ended(rung: int = rung, deadline: int = deadline) -> bool:
+                return (a.get("doorbell") > rung or (time.monotonic_ns() > deadline and a.get("want") == 1)
+                        or proc.poll() is not None)
+
+            wait_for(ended, "pod-a's grant to end", timeout_s=60)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -226,3 +232,52 @@ def test_a_holder_queues_no_more_than_fits_before_its_deadline(pod: Pod) -> None
         past = [k for k in kernels if k.end_ns > deadline and k.start_ns < next_grant]
         assert len(past) <= 1, (deadline, [(k.start_ns - deadline, k.end_ns - deadline) for k in past])
     assert sum(1 for k in kernels if k.end_ns <= timed[-1][0]) > 0
+
+
+EARLY_WANT = """
+import ctypes, sys
+acl = ctypes.CDLL("libascendcl.so")
+stream = ctypes.c_void_p()
+acl.aclrtCreateStream(ctypes.byref(stream))
+us = ctypes.c_uint64(100)
+print("launched=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+sys.stdin.readline()
+print("synced=%d" % (acl.aclrtSynchronizeStream(stream) == 0), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_withdraws_it(pod: Pod) -> None:
+    """flexnpud decides at the deadline whether its holder still wants the card; a busy holder is then in the middle
+    of its work. A launch within FLEXNPU_RENEW_US of the deadline sets want=1 while it still holds; once the
+    application synchronised (its work done) the early want is withdrawn, so an idle holder is not renewed."""
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() + 50_000_000_000)
+    proc = subprocess.Popen([sys.executable, "-c", EARLY_WANT], env=pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"}),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "launched=1"
+        assert pod.card is not None and pod.card.state().holder == 1  # it still holds the card
+        assert (a.get("want"), a.get("doorbell")) == (1, 1)  # and already asked for the next grant
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "synced=1"
+        assert a.get("want") == 0  # idle now: nothing to renew
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0
+
+
+def test_no_early_want_far_from_the_deadline(pod: Pod) -> None:
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    pod.grant(1, epoch=1)  # no end
+    out = subprocess.run([pod.program("acl_prog"), "launch", "20", "100"], env=pod.env("pod-a"), capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert parse(out)["launched"] == "20"
+    assert (a.get("want"), a.get("doorbell")) == (0, 0)

@@ -41,17 +41,24 @@ def test_the_installed_library_exports_the_interposed_entry_points() -> None:
     assert path.read_bytes()[:4] == b"\x7fELF"
     if shutil.which("nm") is None:
         pytest.skip("no nm to list the exported symbols")
-    symbols = subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True, text=True,
-                             check=True).stdout.split()
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", str(path)], capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in ("aclrtLaunchKernel", "rtKernelLaunch", "cuLaunchKernel", "cuGetProcAddress", "dlsym"):
         assert name in symbols, name
 
 
 def build_wheel(out: Path, env: dict[str, str]) -> tuple[Path, str]:
-    code = ("import sys; from setuptools import build_meta; "
-            "print('WHEEL=' + build_meta.build_wheel(sys.argv[1]))")
-    result = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=600, check=False)
+    code = "import sys; from setuptools import build_meta; print('WHEEL=' + build_meta.build_wheel(sys.argv[1]))"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     name = [line for line in result.stdout.splitlines() if line.startswith("WHEEL=")][-1].split("=", 1)[1]
     return out / name, result.stderr

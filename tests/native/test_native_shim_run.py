@@ -47,15 +47,29 @@ def installed_library() -> str:
 
 def shim_run(pod: Pod, *argv: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
     env = pod.env(None, env_extra, preload=False)
-    return subprocess.Popen([sys.executable, "-m", "flexnpu.cli", "shim", "run", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flexnpu.cli", "shim", "run", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_the_command_sees_the_library_after_an_existing_preload(pod: Pod) -> None:
     library = installed_library()
-    proc = shim_run(pod, "--shim-dir", str(pod.shim_dir), "--id", "pod-q", "--", "sh", "-c",
-                    'echo "preload=$LD_PRELOAD"; echo "dir=$FLEXNPU_SHIM_DIR"; echo "id=$FLEXNPU_ID"',
-                    env_extra={"LD_PRELOAD": "/nonexistent/libother.so"})
+    proc = shim_run(
+        pod,
+        "--shim-dir",
+        str(pod.shim_dir),
+        "--id",
+        "pod-q",
+        "--",
+        "sh",
+        "-c",
+        'echo "preload=$LD_PRELOAD"; echo "dir=$FLEXNPU_SHIM_DIR"; echo "id=$FLEXNPU_ID"',
+        env_extra={"LD_PRELOAD": "/nonexistent/libother.so"},
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert parse(out) == {"preload": f"/nonexistent/libother.so:{library}", "dir": str(pod.shim_dir), "id": "pod-q"}
@@ -66,8 +80,9 @@ def test_shim_run_gates_a_native_program_until_its_registration_holds_the_card(p
     pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     b = pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1)  # pod-a holds the card, with no end
-    proc = shim_run(pod, "--shim-dir", str(pod.shim_dir), "--id", "pod-b", "--", pod.program("acl_prog"),
-                    "launch", "20", "100")
+    proc = shim_run(
+        pod, "--shim-dir", str(pod.shim_dir), "--id", "pod-b", "--", pod.program("acl_prog"), "launch", "20", "100"
+    )
     try:
         wait_for(lambda: b.get("want") == 1 or proc.poll() is not None, "pod-b to ask for the card")
         assert proc.poll() is None, proc.communicate()

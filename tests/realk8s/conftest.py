@@ -41,8 +41,9 @@ WORK_DIR = pytest.StashKey[Path]()
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failing realk8s test names the directory holding every component's log."""
     report: pytest.TestReport = yield
     work = item.config.stash.get(WORK_DIR, None)
@@ -63,8 +64,9 @@ def realk8s_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cluster(realk8s_binary: Path, tmp_path_factory: pytest.TempPathFactory,
-            pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
+def cluster(
+    realk8s_binary: Path, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[ControlPlane]:
     plane = ControlPlane(binary=realk8s_binary, work=tmp_path_factory.mktemp("realk8s", numbered=True))
     pytestconfig.stash[WORK_DIR] = plane.work
     try:
@@ -94,13 +96,19 @@ def core(api: k8s.ApiClient) -> Any:
 @pytest.fixture(scope="session")
 def ready_node(cluster: ControlPlane, core: Any) -> Any:
     """The kubelet's Node, once Ready (and namespace default's ServiceAccount, which pods need, made)."""
-    wait_for("ServiceAccount default/default", lambda: core.read_namespaced_service_account("default", "default"),
-             120, watch=cluster.procs, interval=0.5)
+    wait_for(
+        "ServiceAccount default/default",
+        lambda: core.read_namespaced_service_account("default", "default"),
+        120,
+        watch=cluster.procs,
+        interval=0.5,
+    )
 
     def node_ready() -> Any:
         node = core.read_node(cluster.node_name)
         ready = [c for c in node.status.conditions or [] if c.type == "Ready"]
         return node if ready and ready[0].status == "True" else None
+
     return wait_for("node Ready", node_ready, 180, watch=cluster.procs, interval=0.5)
 
 
@@ -117,5 +125,6 @@ def flexnpu_stack(cluster: ControlPlane, api: k8s.ApiClient, core: Any, ready_no
     def advertised() -> bool | None:
         capacity = core.read_node(cluster.node_name).status.capacity or {}
         return True if capacity.get(names.RESOURCE_VNPU) else None
+
     wait_for("huawei.com/vnpu capacity", advertised, 120, watch=cluster.procs, interval=0.5)
     return stack

@@ -30,14 +30,26 @@ from realk8s_procs import Proc, free_port, http_ok, wait_for
 
 NODE_NAME = "realk8s-node"
 SERVICE_CIDR = "10.96.0.0/24"
-KCM_CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
-                   "serviceaccount-token-controller", "statefulset-controller",
-                   "root-ca-certificate-publisher-controller", "node-lifecycle-controller")
+KCM_CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "statefulset-controller",
+    "root-ca-certificate-publisher-controller",
+    "node-lifecycle-controller",
+)
 DEVICE_PLUGIN_PATH = "/var/lib/kubelet/device-plugins"
 START_TIMEOUT = 180.0
 # The kernel settings kubelet's container manager insists on (pkg/kubelet/cm setupKernelTunables).
-KUBELET_SYSCTLS = {"vm/overcommit_memory": 1, "vm/panic_on_oom": 0, "kernel/panic": 10, "kernel/panic_on_oops": 1,
-                   "kernel/keys/root_maxkeys": 1000000, "kernel/keys/root_maxbytes": 25000000}
+KUBELET_SYSCTLS = {
+    "vm/overcommit_memory": 1,
+    "vm/panic_on_oom": 0,
+    "kernel/panic": 10,
+    "kernel/panic_on_oops": 1,
+    "kernel/keys/root_maxkeys": 1000000,
+    "kernel/keys/root_maxbytes": 25000000,
+}
 
 
 def binary_path() -> Path:
@@ -50,8 +62,9 @@ def binary_path() -> Path:
     return (Path(bin_dir) if bin_dir else cache / "flexnpu-realk8s" / "bin") / "realk8s"
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, *, client: CertPair | None = None,
-                     token: str | None = None) -> Path:
+def write_kubeconfig(
+    path: Path, server: str, ca: Path, *, client: CertPair | None = None, token: str | None = None
+) -> Path:
     """A kubeconfig for ``server`` with either a client certificate or a bearer token."""
     user: dict[str, str] = {}
     if client is not None:
@@ -59,7 +72,9 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, client: CertPair | No
     if token is not None:
         user = {"token": token}
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "realk8s",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "realk8s",
         "clusters": [{"name": "realk8s", "cluster": {"server": server, "certificate-authority": str(ca)}}],
         "users": [{"name": "user", "user": user}],
         "contexts": [{"name": "realk8s", "context": {"cluster": "realk8s", "user": "user"}}],
@@ -126,8 +141,9 @@ class ControlPlane:
         apiserver = self._start_apiserver(etcd)
         wait_for("kube-apiserver /readyz", self._ready, START_TIMEOUT, watch=[etcd, apiserver])
         self._start_controller_manager()
-        self.default_scheduler = self.start_scheduler("kube-scheduler", {
-            "profiles": [{"schedulerName": "default-scheduler"}]})
+        self.default_scheduler = self.start_scheduler(
+            "kube-scheduler", {"profiles": [{"schedulerName": "default-scheduler"}]}
+        )
         cri = self._start_cri()
         wait_for("CRI socket", lambda: True if self.cri_socket.exists() else None, 30, watch=[cri])
         self._start_kubelet()
@@ -144,12 +160,20 @@ class ControlPlane:
     def _start_etcd(self) -> Proc:
         port = free_port()
         self.etcd_url = f"http://127.0.0.1:{port}"
-        etcd = self.component("etcd", "--data-dir", str(self.work / "etcd"), "--listen-client", self.etcd_url,
-                              "--listen-peer", f"http://127.0.0.1:{free_port()}")
+        etcd = self.component(
+            "etcd",
+            "--data-dir",
+            str(self.work / "etcd"),
+            "--listen-client",
+            self.etcd_url,
+            "--listen-peer",
+            f"http://127.0.0.1:{free_port()}",
+        )
 
         def healthy() -> bool | None:
             with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=5) as resp:
                 return True if json.load(resp).get("health") == "true" else None
+
         wait_for("etcd /health", healthy, START_TIMEOUT, watch=[etcd])
         return etcd
 
@@ -160,30 +184,47 @@ class ControlPlane:
         kubelet_client = pki.client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
         return self.component(
             "kube-apiserver",
-            f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.apiserver_port}", f"--cert-dir={self.work / 'apiserver-certs'}",
-            f"--tls-cert-file={pki.serving.cert}", f"--tls-private-key-file={pki.serving.key}",
-            f"--client-ca-file={pki.ca.cert}", "--authorization-mode=Node,RBAC",
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}",
+            f"--cert-dir={self.work / 'apiserver-certs'}",
+            f"--tls-cert-file={pki.serving.cert}",
+            f"--tls-private-key-file={pki.serving.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             f"--service-account-key-file={pki.service_account_pub}",
             f"--service-account-signing-key-file={pki.service_account_key}",
             "--service-account-issuer=https://kubernetes.default.svc",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
             "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address
-            "--profiling=false", "--enable-priority-and-fairness=false", "--v=1")
+            "--profiling=false",
+            "--enable-priority-and-fairness=false",
+            "--v=1",
+        )
 
     def _start_controller_manager(self) -> Proc:
         cert = self.pki.client("kube-controller-manager", "system:kube-controller-manager")
         kubeconfig = write_kubeconfig(self.work / "kcm.kubeconfig", self.server, self.pki.ca.cert, client=cert)
         return self.component(
-            "kube-controller-manager", f"--kubeconfig={kubeconfig}", f"--controllers={','.join(KCM_CONTROLLERS)}",
+            "kube-controller-manager",
+            f"--kubeconfig={kubeconfig}",
+            f"--controllers={','.join(KCM_CONTROLLERS)}",
             f"--service-account-private-key-file={self.pki.service_account_key}",
-            f"--root-ca-file={self.pki.ca.cert}", "--leader-elect=false", "--secure-port=0",
-            "--use-service-account-credentials=true", "--v=1")
+            f"--root-ca-file={self.pki.ca.cert}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--use-service-account-credentials=true",
+            "--v=1",
+        )
 
-    def start_scheduler(self, name: str, config: dict[str, Any], kubeconfig: Path | None = None,
-                        connection_only: bool = False) -> Proc:
+    def start_scheduler(
+        self, name: str, config: dict[str, Any], kubeconfig: Path | None = None, connection_only: bool = False
+    ) -> Proc:
         """A kube-scheduler named ``name`` from a KubeSchedulerConfiguration.
 
         The kubeconfig (default: a client certificate of system:kube-scheduler) is filled in; unless
@@ -191,19 +232,29 @@ class ControlPlane:
         """
         if kubeconfig is None:
             cert = self.pki.client(name, "system:kube-scheduler")
-            kubeconfig = write_kubeconfig(self.work / f"{name}.kubeconfig", self.server, self.pki.ca.cert,
-                                          client=cert)
+            kubeconfig = write_kubeconfig(self.work / f"{name}.kubeconfig", self.server, self.pki.ca.cert, client=cert)
         config = {**config, "clientConnection": {**config.get("clientConnection", {}), "kubeconfig": str(kubeconfig)}}
         if not connection_only:
-            config = {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
-                      **config, "leaderElection": {"leaderElect": False}}
+            config = {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                **config,
+                "leaderElection": {"leaderElect": False},
+            }
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return self.spawn(name, [str(self.binary), "kube-scheduler", f"--config={path}", "--secure-port=0", "--v=2"])
 
     def _start_cri(self) -> Proc:
-        return self.component("cri", "--socket", str(self.cri_socket), "--record-dir", str(self.cri_records),
-                              "--state-dir", str(self.work / "cri" / "state"))
+        return self.component(
+            "cri",
+            "--socket",
+            str(self.cri_socket),
+            "--record-dir",
+            str(self.cri_records),
+            "--state-dir",
+            str(self.work / "cri" / "state"),
+        )
 
     def _namespace_script(self) -> str:
         """Shell run in kubelet's private mount namespace before it execs kubelet ("$@").
@@ -214,9 +265,13 @@ class ControlPlane:
         """
         sysctls = self.work / "sysctl"
         sysctls.mkdir(exist_ok=True)
-        steps = ["set -e", "mount -t tmpfs realk8s /var/lib", "mount -t tmpfs realk8s /var/log",
-                 f"mkdir -p {DEVICE_PLUGIN_PATH}",
-                 f"mount --bind {self.device_plugin_dir} {DEVICE_PLUGIN_PATH}"]
+        steps = [
+            "set -e",
+            "mount -t tmpfs realk8s /var/lib",
+            "mount -t tmpfs realk8s /var/log",
+            f"mkdir -p {DEVICE_PLUGIN_PATH}",
+            f"mount --bind {self.device_plugin_dir} {DEVICE_PLUGIN_PATH}",
+        ]
         for name, value in KUBELET_SYSCTLS.items():
             fake = sysctls / name.replace("/", ".")
             fake.write_text(f"{value}\n", encoding="ascii")
@@ -229,25 +284,61 @@ class ControlPlane:
         self.kubelet_port, self.kubelet_healthz_port = free_port(), free_port()
         endpoint = f"unix://{self.cri_socket}"
         config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": "127.0.0.1", "port": self.kubelet_port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": self.kubelet_healthz_port,
-            "authentication": {"x509": {"clientCAFile": str(self.pki.ca.cert)}, "webhook": {"enabled": False},
-                               "anonymous": {"enabled": False}},
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": "127.0.0.1",
+            "port": self.kubelet_port,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": self.kubelet_healthz_port,
+            "authentication": {
+                "x509": {"clientCAFile": str(self.pki.ca.cert)},
+                "webhook": {"enabled": False},
+                "anonymous": {"enabled": False},
+            },
             "authorization": {"mode": "AlwaysAllow"},
-            "containerRuntimeEndpoint": endpoint, "imageServiceEndpoint": endpoint,
-            "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [],
-            "failCgroupV1": False, "failSwapOn": False, "localStorageCapacityIsolation": False,
-            "evictionHard": {}, "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "resolvConf": "", "nodeStatusReportFrequency": "10s", "syncFrequency": "10s",
-            "fileCheckFrequency": "10s", "serializeImagePulls": False, "protectKernelDefaults": True,
-            "registerNode": True, "podLogsDir": str(self.work / "pod-logs"),
+            "containerRuntimeEndpoint": endpoint,
+            "imageServiceEndpoint": endpoint,
+            "cgroupDriver": "cgroupfs",
+            "cgroupsPerQOS": False,
+            "enforceNodeAllocatable": [],
+            "failCgroupV1": False,
+            "failSwapOn": False,
+            "localStorageCapacityIsolation": False,
+            "evictionHard": {},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "resolvConf": "",
+            "nodeStatusReportFrequency": "10s",
+            "syncFrequency": "10s",
+            "fileCheckFrequency": "10s",
+            "serializeImagePulls": False,
+            "protectKernelDefaults": True,
+            "registerNode": True,
+            "podLogsDir": str(self.work / "pod-logs"),
         }
         path = self.work / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         unshare = shutil.which("unshare") or "unshare"
-        return self.spawn("kubelet", [
-            unshare, "--mount", "--propagation", "private", "sh", "-c", self._namespace_script(), "kubelet",
-            str(self.binary), "kubelet", f"--config={path}", f"--kubeconfig={kubeconfig}",
-            f"--root-dir={self.kubelet_root}", f"--cert-dir={self.work / 'kubelet-pki'}",
-            f"--hostname-override={self.node_name}", "--node-ip=127.0.0.1", "--v=2"])
+        return self.spawn(
+            "kubelet",
+            [
+                unshare,
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                self._namespace_script(),
+                "kubelet",
+                str(self.binary),
+                "kubelet",
+                f"--config={path}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.work / 'kubelet-pki'}",
+                f"--hostname-override={self.node_name}",
+                "--node-ip=127.0.0.1",
+                "--v=2",
+            ],
+        )

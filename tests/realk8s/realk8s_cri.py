@@ -34,8 +34,10 @@ class ContainerRecord:
     @property
     def env(self) -> dict[str, str]:
         """The container's environment (CRI KeyValue values are bytes: base64 in protobuf JSON)."""
-        return {e["key"]: base64.b64decode(e.get("value", "")).decode(errors="replace")
-                for e in self.request["config"].get("envs", [])}
+        return {
+            e["key"]: base64.b64decode(e.get("value", "")).decode(errors="replace")
+            for e in self.request["config"].get("envs", [])
+        }
 
     @property
     def devices(self) -> list[dict[str, str]]:

@@ -8,6 +8,7 @@ Component command lines are the chart's container args with only addresses, path
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,8 @@ from kubernetes import utils as k8s_utils
 from realk8s_cluster import ControlPlane, write_kubeconfig
 from realk8s_procs import Proc, free_port, http_ok, wait_for
 
+from flexnpu.claims import registration_id
+
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "flexnpu"
 RELEASE = "flexnpu"
@@ -28,8 +31,9 @@ NAMESPACE = "flexnpu-system"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"
 # The suite's node: four 910B3 cards (inventory file of the device plugin).
-INVENTORY: tuple[dict[str, Any], ...] = tuple({"index": i, "model": "910B3", "uuid": f"npu-realk8s-{i}"}
-                                              for i in range(4))
+INVENTORY: tuple[dict[str, Any], ...] = tuple(
+    {"index": i, "model": "910B3", "uuid": f"npu-realk8s-{i}"} for i in range(4)
+)
 
 Manifest = dict[str, Any]
 
@@ -39,8 +43,13 @@ def render_chart(values: Mapping[str, Any] | None = None) -> tuple[list[Manifest
     with helm.Chart.load(CHART_DIR) as chart:
         rendered = chart.render(dict(values) if values else None, name=RELEASE, namespace=NAMESPACE)
         crds = [doc for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc]
-    manifests = [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
-                 for doc in yaml.safe_load_all(text) if doc]
+    manifests = [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
     return manifests, crds
 
 
@@ -83,7 +92,8 @@ def apply(api: k8s.ApiClient, manifests: Iterable[Manifest]) -> None:
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
     for manifest in manifests:
         k8s_utils.create_from_dict(  # type: ignore[no-untyped-call]
-            api, manifest, namespace=manifest["metadata"].get("namespace", NAMESPACE))
+            api, manifest, namespace=manifest["metadata"].get("namespace", NAMESPACE)
+        )
 
 
 def service_account_token(api: k8s.ApiClient, account: str, seconds: int = 3600) -> str:
@@ -112,23 +122,43 @@ class Flexnpu:
     def kubeconfig_for(self, component: str) -> Path:
         account = only(self.manifests, "ServiceAccount", component)["metadata"]["name"]
         token = service_account_token(self.api, account)
-        return write_kubeconfig(self.work / f"{component}.kubeconfig", self.cluster.server,
-                                self.cluster.pki.ca.cert, token=token)
+        return write_kubeconfig(
+            self.work / f"{component}.kubeconfig", self.cluster.server, self.cluster.pki.ca.cert, token=token
+        )
 
     def start_device_plugin(self, inventory: Sequence[Mapping[str, Any]]) -> Proc:
         path = self.work / "inventory.yaml"
         path.write_text(yaml.safe_dump({"cards": [dict(c) for c in inventory]}), encoding="utf-8")
-        args = replace_flags(container_args(only(self.manifests, "DaemonSet", "node"), "device-plugin"), {
-            "--kubelet-dir": str(self.cluster.device_plugin_dir), "--node-name": self.cluster.node_name,
-            "--npu-smi": None, "--inventory": str(path), "--metrics-port": str(free_port()),
-            "--kubeconfig": str(self.kubeconfig_for("node"))})
-        return self.cluster.spawn("device-plugin", [self.flexnpu, *args])
+        args = replace_flags(
+            container_args(only(self.manifests, "DaemonSet", "node"), "device-plugin"),
+            {
+                "--kubelet-dir": str(self.cluster.device_plugin_dir),
+                "--node-name": self.cluster.node_name,
+                "--npu-smi": None,
+                "--inventory": str(path),
+                "--metrics-port": str(free_port()),
+                "--kubeconfig": str(self.kubeconfig_for("node")),
+            },
+        )
+        # The chart points the interposer and the ld.so.preload file at host paths; here they live in the work dir.
+        env = {
+            **os.environ,
+            "FLEXNPU_DEVICEPLUGIN_INTERPOSER_HOST_PATH": str(self.work / "lib" / "libflexnpu.so"),
+            "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(self.work / "preload" / "ld.so.preload"),
+        }
+        return self.cluster.spawn("device-plugin", [self.flexnpu, *args], env=env)
 
     def start_extender(self) -> Proc:
         self.extender_port = free_port()
-        args = replace_flags(container_args(only(self.manifests, "Deployment", "extender"), "extender"), {
-            "--listen": f"127.0.0.1:{self.extender_port}", "--namespace": NAMESPACE,
-            "--identity": "extender-0", "--kubeconfig": str(self.kubeconfig_for("extender"))})
+        args = replace_flags(
+            container_args(only(self.manifests, "Deployment", "extender"), "extender"),
+            {
+                "--listen": f"127.0.0.1:{self.extender_port}",
+                "--namespace": NAMESPACE,
+                "--identity": "extender-0",
+                "--kubeconfig": str(self.kubeconfig_for("extender")),
+            },
+        )
         proc = self.cluster.spawn("extender", [self.flexnpu, *args])
         wait_for("extender /readyz (the chart's readiness probe)", self._extender_ready, 120, watch=[proc])
         return proc
@@ -145,5 +175,18 @@ class Flexnpu:
         return config
 
     def start_scheduler(self) -> Proc:
-        return self.cluster.start_scheduler("flexnpu-scheduler", self.scheduler_config(),
-                                            kubeconfig=self.kubeconfig_for("scheduler"), connection_only=True)
+        return self.cluster.start_scheduler(
+            "flexnpu-scheduler",
+            self.scheduler_config(),
+            kubeconfig=self.kubeconfig_for("scheduler"),
+            connection_only=True,
+        )
+
+
+def claim_registration_id(claim: Mapping[str, Any]) -> str:
+    """The registration id a pod's container must be told for ``claim`` (FLEXNPU_CLAIM and FLEXNPU_ID)."""
+    status_id = (claim.get("status") or {}).get("flexnpuId")
+    if status_id:
+        return str(status_id)
+    meta = claim["metadata"]
+    return registration_id(meta["namespace"], meta["name"], meta["uid"])

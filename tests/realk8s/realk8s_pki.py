@@ -52,8 +52,23 @@ def _signed(directory: Path, name: str, subject: str, ca: CertPair, extensions: 
     csr, cert, ext = directory / f"{name}.csr", directory / f"{name}.crt", directory / f"{name}.ext"
     ext.write_text(extensions + "\n", encoding="ascii")
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
-             "-days", "2", "-extfile", str(ext), "-out", str(cert))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
     return CertPair(cert=cert, key=key)
 
 
@@ -62,16 +77,36 @@ def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _key(directory / "ca.key")
     ca_cert = directory / "ca.crt"
-    _openssl("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=realk8s-ca", "-days", "2",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-out", str(ca_cert))
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        str(ca_key),
+        "-subj",
+        "/CN=realk8s-ca",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        str(ca_cert),
+    )
     ca = CertPair(cert=ca_cert, key=ca_key)
-    serving = _signed(directory, "apiserver", "/CN=kube-apiserver", ca, extensions=(
-        "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"))
+    serving = _signed(
+        directory,
+        "apiserver",
+        "/CN=kube-apiserver",
+        ca,
+        extensions=(
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        ),
+    )
     sa_key = _key(directory / "sa.key")
     sa_pub = directory / "sa.pub"
     _openssl("pkey", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))
-    return Pki(ca=ca, serving=serving, service_account_key=sa_key, service_account_pub=sa_pub,
-               directory=directory)
+    return Pki(ca=ca, serving=serving, service_account_key=sa_key, service_account_pub=sa_pub, directory=directory)

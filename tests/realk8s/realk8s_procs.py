@@ -56,13 +56,20 @@ def group_alive(pgid: int) -> bool:
 class Proc:
     """One component process, leader of its own process group."""
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.name, self.argv, self.log = name, list(argv), log
         with log.open("ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=dict(env) if env is not None else None, cwd=cwd,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+            )
         self.pgid = self.popen.pid
 
     def check(self) -> None:
@@ -100,8 +107,9 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool | None:
         return None
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, watch: Sequence[Proc] = (),
-             interval: float = 0.2) -> T:
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float, watch: Sequence[Proc] = (), interval: float = 0.2
+) -> T:
     """Poll ``probe`` until it returns something other than None; fail fast when a watched process dies."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

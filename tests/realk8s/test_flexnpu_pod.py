@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane
 from realk8s_cri import process_env, process_pid, records_of
-from realk8s_flexnpu import INVENTORY, REPO, Flexnpu
+from realk8s_flexnpu import INVENTORY, REPO, Flexnpu, claim_registration_id
 from realk8s_procs import wait_for
 
 from flexnpu import names
@@ -37,6 +37,7 @@ def test_node_advertises_vnpu_units(flexnpu_stack: Flexnpu, cluster: ControlPlan
         node = core.read_node(cluster.node_name)
         capacity = node.status.capacity or {}
         return node if capacity.get(names.RESOURCE_VNPU) else None
+
     node = wait_for("huawei.com/vnpu capacity", advertised, 120, watch=cluster.procs, interval=0.5)
     expected = str(len(INVENTORY) * UNITS_PER_CARD)
     assert node.status.capacity[names.RESOURCE_VNPU] == expected
@@ -45,8 +46,9 @@ def test_node_advertises_vnpu_units(flexnpu_stack: Flexnpu, cluster: ControlPlan
     assert sorted(c["uuid"] for c in inventory["cards"]) == sorted(c["uuid"] for c in INVENTORY)
 
 
-def test_readme_pod_gets_its_assignment(flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any,
-                                        api: k8s.ApiClient) -> None:
+def test_readme_pod_gets_its_assignment(
+    flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
+) -> None:
     manifest = readme_pod()
     name, namespace = manifest["metadata"]["name"], "default"
     core.create_namespaced_pod(namespace, manifest)
@@ -61,6 +63,7 @@ def check_readme_pod(cluster: ControlPlane, core: Any, api: k8s.ApiClient, name:
     def running() -> Any:
         pod = core.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase == "Running" else None
+
     pod = wait_for(f"pod {name} Running", running, 180, watch=cluster.procs, interval=0.5)
     assert pod.spec.node_name == cluster.node_name
     [card] = json.loads(pod.metadata.annotations[names.ANNOTATION_ASSIGNED])
@@ -72,16 +75,35 @@ def check_readme_pod(cluster: ControlPlane, core: Any, api: k8s.ApiClient, name:
     pid = wait_for(f"process of pod {name}", lambda: process_pid(cluster.cri_records, record), 30)
     env = process_env(pid)
     listed: dict[str, Any] = k8s.CustomObjectsApi(api).list_namespaced_custom_object(  # type: ignore[assignment]
-        names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL)
+        names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL
+    )
     claims: list[dict[str, Any]] = listed["items"]
-    [claim] = [c for c in claims if any(o["uid"] == pod.metadata.uid
-                                        for o in c["metadata"].get("ownerReferences", []))]
-    assert {k: env.get(k) for k in (names.ENV_ASCEND_VISIBLE_DEVICES, names.ENV_CARD, names.ENV_CARD_INDEX,
-                                    names.ENV_UNITS, names.ENV_MEMORY_MIB, names.ENV_PRIORITY,
-                                    names.ENV_CLAIM)} == {
-        names.ENV_ASCEND_VISIBLE_DEVICES: str(card["index"]), names.ENV_CARD: card["uuid"],
-        names.ENV_CARD_INDEX: str(card["index"]), names.ENV_UNITS: "3", names.ENV_MEMORY_MIB: "16384",
-        names.ENV_PRIORITY: "high", names.ENV_CLAIM: f"{namespace}/{claim['metadata']['name']}"}
+    [claim] = [c for c in claims if any(o["uid"] == pod.metadata.uid for o in c["metadata"].get("ownerReferences", []))]
+    assert {
+        k: env.get(k)
+        for k in (
+            names.ENV_ASCEND_VISIBLE_DEVICES,
+            names.ENV_CARD,
+            names.ENV_CARD_INDEX,
+            names.ENV_UNITS,
+            names.ENV_MEMORY_MIB,
+            names.ENV_PRIORITY,
+            names.ENV_CLAIM,
+        )
+    } == {
+        names.ENV_ASCEND_VISIBLE_DEVICES: str(card["index"]),
+        names.ENV_CARD: card["uuid"],
+        names.ENV_CARD_INDEX: str(card["index"]),
+        names.ENV_UNITS: "3",
+        names.ENV_MEMORY_MIB: "16384",
+        names.ENV_PRIORITY: "high",
+        names.ENV_CLAIM: claim_registration_id(claim),
+    }
+    # The interposer: its slot's id and directory, and a read-only /etc/ld.so.preload naming the library.
+    assert env.get("FLEXNPU_ID") == claim_registration_id(claim)
+    assert env.get("FLEXNPU_SHIM_DIR") == names.SHIM_SOCKET_DIR
+    [preload] = [m for m in record.mounts if m["containerPath"] == "/etc/ld.so.preload"]
+    assert preload.get("readonly") is True, preload
     assert {d["containerPath"] for d in record.devices} == {f"/dev/davinci{card['index']}", *names.ASCEND_DEVICE_NODES}
     read_only = {m["containerPath"] for m in record.mounts if m.get("readonly")}
     assert read_only >= set(names.ASCEND_DRIVER_MOUNTS)

@@ -16,10 +16,20 @@ IMAGE = "realk8s.local/process:1"
 
 def plain_pod(name: str, env: dict[str, str]) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"containers": [{"name": "main", "image": IMAGE, "command": ["/bin/sleep", "3600"],
-                                 "env": [{"name": k, "value": v} for k, v in env.items()]}],
-                 "terminationGracePeriodSeconds": 1},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": ["/bin/sleep", "3600"],
+                    "env": [{"name": k, "value": v} for k, v in env.items()],
+                }
+            ],
+            "terminationGracePeriodSeconds": 1,
+        },
     }
 
 
@@ -35,6 +45,7 @@ def test_plain_pod_runs_with_its_env(ready_node: Any, cluster: ControlPlane, cor
     def running() -> Any:
         pod = core.read_namespaced_pod("plain", "default")
         return pod if pod.status.phase == "Running" else None
+
     pod = wait_for("pod plain Running", running, 120, watch=cluster.procs, interval=0.5)
     assert pod.spec.node_name == cluster.node_name
 
@@ -50,6 +61,7 @@ def test_plain_pod_runs_with_its_env(ready_node: Any, cluster: ControlPlane, cor
 
     def gone() -> bool | None:
         return None if any(p.metadata.name == "plain" for p in core.list_namespaced_pod("default").items) else True
+
     wait_for("pod plain deleted", gone, 120, watch=cluster.procs, interval=0.5)
     wait_for("process of pod plain ended", lambda: None if _alive(pid) else True, 30)
 

@@ -20,11 +20,22 @@ NAMESPACE = "default"
 
 def pod_with_memory(name: str, memory_mib: int) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"schedulerName": "flexnpu-scheduler", "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "main", "image": "realk8s.local/process:1", "command": ["/bin/sleep", "3600"],
-                                 "resources": {"limits": {names.RESOURCE_VNPU: "2",
-                                                          names.RESOURCE_VNPU_MEMORY: str(memory_mib)}}}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "schedulerName": "flexnpu-scheduler",
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "realk8s.local/process:1",
+                    "command": ["/bin/sleep", "3600"],
+                    "resources": {"limits": {names.RESOURCE_VNPU: "2", names.RESOURCE_VNPU_MEMORY: str(memory_mib)}},
+                }
+            ],
+        },
     }
 
 
@@ -37,18 +48,27 @@ def decided(core: Any, name: str) -> Any:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: extender/pods.py _quantity accepts only digit strings, but the API server stores a whole "
-    "quantity that is a multiple of 1000 in canonical form (2000 -> '2k'), so the extender's filter rejects "
-    "the pod: \"huawei.com/vnpu-memory='2k': must be a whole number\" (deviceplugin/core/pods.py uses isdigit() "
-    "the same way)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "product bug: extender/pods.py _quantity accepts only digit strings, but the API server stores a whole "
+        "quantity that is a multiple of 1000 in canonical form (2000 -> '2k'), so the extender's filter rejects "
+        "the pod: \"huawei.com/vnpu-memory='2k': must be a whole number\" (deviceplugin/core/pods.py uses isdigit() "
+        "the same way)"
+    ),
+)
 def test_memory_that_is_a_multiple_of_1000(flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any) -> None:
     core.create_namespaced_pod(NAMESPACE, pod_with_memory("memory-2000", 2000))
     stored = core.read_namespaced_pod("memory-2000", NAMESPACE).spec.containers[0].resources.limits
     assert stored[names.RESOURCE_VNPU_MEMORY] == "2k"  # what every component reads back
     try:
-        pod = wait_for("pod memory-2000 Running or refused", lambda: decided(core, "memory-2000"), 120,
-                       watch=cluster.procs, interval=0.5)
+        pod = wait_for(
+            "pod memory-2000 Running or refused",
+            lambda: decided(core, "memory-2000"),
+            120,
+            watch=cluster.procs,
+            interval=0.5,
+        )
         scheduled = [c.message for c in pod.status.conditions or [] if c.type == "PodScheduled"]
         assert pod.status.phase == "Running", f"not scheduled: {scheduled}"
     finally:

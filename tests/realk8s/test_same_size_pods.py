@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane
 from realk8s_cri import process_env, process_pid, records_of
-from realk8s_flexnpu import Flexnpu
+from realk8s_flexnpu import Flexnpu, claim_registration_id
 from realk8s_procs import wait_for
 
 from flexnpu import names
@@ -30,37 +30,66 @@ IMAGE = "realk8s.local/process:1"
 
 def same_size_pod(i: int) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": f"same-{i:02d}", "annotations": {names.ANNOTATION_PRIORITY: PRIORITIES[i % 3]}},
-        "spec": {"schedulerName": "flexnpu-scheduler", "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "main", "image": IMAGE, "command": ["/bin/sleep", "3600"],
-                                 "resources": {"limits": {names.RESOURCE_VNPU: "1",
-                                                          names.RESOURCE_VNPU_MEMORY: str(1001 + 10 * i)}}}]},
+        "spec": {
+            "schedulerName": "flexnpu-scheduler",
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": ["/bin/sleep", "3600"],
+                    "resources": {"limits": {names.RESOURCE_VNPU: "1", names.RESOURCE_VNPU_MEMORY: str(1001 + 10 * i)}},
+                }
+            ],
+        },
     }
 
 
 def expected_env(pod: Any, claims: dict[str, str]) -> dict[str, str]:
     [card] = json.loads(pod.metadata.annotations[names.ANNOTATION_ASSIGNED])
-    return {names.ENV_CARD: card["uuid"], names.ENV_MEMORY_MIB: str(card["memory_mib"]),
-            names.ENV_PRIORITY: pod.metadata.annotations[names.ANNOTATION_PRIORITY],
-            names.ENV_CLAIM: f"{NAMESPACE}/{claims[pod.metadata.uid]}"}
+    return {
+        names.ENV_CARD: card["uuid"],
+        names.ENV_MEMORY_MIB: str(card["memory_mib"]),
+        names.ENV_PRIORITY: pod.metadata.annotations[names.ANNOTATION_PRIORITY],
+        names.ENV_CLAIM: claims[pod.metadata.uid],
+    }
 
 
 def claims_by_pod_uid(api: k8s.ApiClient) -> dict[str, str]:
     listed: dict[str, Any] = k8s.CustomObjectsApi(api).list_namespaced_custom_object(  # type: ignore[assignment]
-        names.CRD_GROUP, names.CRD_VERSION, NAMESPACE, names.CRD_PLURAL)
-    return {o["uid"]: c["metadata"]["name"] for c in listed["items"] for o in c["metadata"].get("ownerReferences", [])}
+        names.CRD_GROUP, names.CRD_VERSION, NAMESPACE, names.CRD_PLURAL
+    )
+    return {
+        o["uid"]: claim_registration_id(c) for c in listed["items"] for o in c["metadata"].get("ownerReferences", [])
+    }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (issue 10 case 3): the device plugin matches kubelet's Allocate to a pod by unit count, oldest "
-    "flexnpu.io/bind-time first, while kubelet admits pods in its own order: same-size pods on one card get each "
-    "other's FLEXNPU_MEMORY_MIB, FLEXNPU_PRIORITY and FLEXNPU_CLAIM (seen: same-14 <-> same-15, same-17 <-> same-18)"))
-def test_twenty_same_size_pods_each_get_their_own(flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any,
-                                                  api: k8s.ApiClient) -> None:
+@pytest.mark.xfail(
+    # Not strict: when no two pods share a creation second, the pods can come out right by luck.
+    strict=False,
+    reason=(
+        "product bug (issue 10 case 3), open: the device plugin now matches Allocate in kubelet's admission order "
+        "(creation timestamp, then name), but pods created in the same second tie (timestamps have 1 s "
+        "resolution and kubelet's sort is not stable), so same-size pods still get each other's "
+        "FLEXNPU_MEMORY_MIB, FLEXNPU_PRIORITY and FLEXNPU_CLAIM. Allocate carries no pod; the fix is to take "
+        "pod-specific values from the daemon's identity check (pod UID from the process's cgroup) and to "
+        "reconcile the card from kubelet's pod-resources API after Allocate"
+    ),
+)
+def test_twenty_same_size_pods_each_get_their_own(
+    flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
+) -> None:
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
-    wait_for(f"ServiceAccount {NAMESPACE}/default",
-             lambda: core.read_namespaced_service_account("default", NAMESPACE), 120, watch=cluster.procs)
+    wait_for(
+        f"ServiceAccount {NAMESPACE}/default",
+        lambda: core.read_namespaced_service_account("default", NAMESPACE),
+        120,
+        watch=cluster.procs,
+    )
     for i in range(COUNT):
         core.create_namespaced_pod(NAMESPACE, same_size_pod(i))
 
@@ -68,6 +97,7 @@ def test_twenty_same_size_pods_each_get_their_own(flexnpu_stack: Flexnpu, cluste
         pods = core.list_namespaced_pod(NAMESPACE).items
         done = [p for p in pods if p.status.phase in ("Running", "Failed", "Succeeded")]
         return pods if len(done) == COUNT else None
+
     pods = wait_for("twenty pods started or failed", settled, 300, watch=cluster.procs, interval=1.0)
     failed = {p.metadata.name: (p.status.reason, p.status.message) for p in pods if p.status.phase != "Running"}
     assert not failed, f"pods that did not run: {failed}"

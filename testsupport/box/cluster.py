@@ -166,7 +166,8 @@ class Box:
             return Child(name, [*cli, "daemon", "--config", str(self._daemon_config())], log)
         if name == "deviceplugin":
             env = {**os.environ, "FLEXNPU_DEVICEPLUGIN_SHIM_SOCKET_DIR": str(self.grant_dir),
-                   "FLEXNPU_DEVICEPLUGIN_SHIM_RUNTIME_DIR": str(self.runtime_dir)}
+                   "FLEXNPU_DEVICEPLUGIN_SHIM_RUNTIME_DIR": str(self.runtime_dir),
+                   "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(self.dir / "ld.so.preload")}
             return Child(name, [*cli, "deviceplugin", "--kubelet-dir", str(self.kubelet_dir), "--node-name", NODE,
                                 "--inventory", str(self._inventory()), "--kubeconfig", str(self.kubeconfig),
                                 "--units-per-card", str(self.config.units_per_card),

@@ -405,3 +405,32 @@ def test_a_withdrawn_wish_is_charged_nothing() -> None:
     sched = card(policy(), ("a", 5, NORMAL), wanting=("a",))
     assert sched.release("a", 5000, 1000, still_wants=False) == 0
     assert sched.owed_us("a") == pytest.approx(0.5 * WINDOW)
+
+
+def test_a_credit_takes_another_tenants_tail_off_the_time_held_and_a_grace_lets_a_report_past_it() -> None:
+    # The shared-memory path charges at the deadline without a drain: the holder's report may include work past
+    # its last deadline (grace_us), and the time held may include the former holder's last kernel (credit_us).
+    sched = card(policy(), ("a", 5, NORMAL), ("b", 5, NORMAL), wanting=("a", "b"))
+    first = sched.decide(0).grant
+    assert first is not None
+    other = "b" if first.tenant_id == "a" else "a"
+    assert sched.release(first.tenant_id, 0, 2000, still_wants=True) == 2000
+    assert sched.decide(2000).grant == Grant(other, 2000)
+    assert sched.release(other, 0, 4000, still_wants=True, credit_us=1500) == 500  # held 2000, 1500 was not its
+    third = sched.decide(4000).grant
+    assert third is not None
+    assert sched.release(third.tenant_id, 9000, 6000, still_wants=True, grace_us=5000) == 7000  # 2000 + 5000
+    fourth = sched.decide(6000).grant
+    assert fourth is not None
+    assert sched.release(fourth.tenant_id, 0, 6500, still_wants=False, credit_us=10**9) == 0  # never below zero
+
+
+def test_an_extension_takes_a_credit_and_a_grace_too() -> None:
+    sched = card(policy(), ("a", 5, NORMAL), wanting=("a",))
+    assert sched.decide(0).grant is not None
+    assert sched.extend("a", 0, 2000, credit_us=800) is not None
+    assert sched.last_charge_us("a") == 1200
+    assert sched.extend("a", 4000, 4000, grace_us=1500) is not None
+    assert sched.last_charge_us("a") == 3500
+    assert sched.extend("a", 4000, 6000, credit_us=-5, grace_us=-5) is not None  # nonsense: no credit, no grace
+    assert sched.last_charge_us("a") == 2000

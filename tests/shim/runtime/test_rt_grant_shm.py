@@ -22,7 +22,7 @@ from flexnpu.priority import Priority
 from flexnpu.registration import Registration
 from flexnpu.shim.core.slicing import SlicePolicy
 from flexnpu.shim.grant import shm
-from flexnpu.shim.grant.server import REVOKE_GRACE_US, GrantServer
+from flexnpu.shim.grant.server import REVOKE_GRACE_US, SLOT_CHARGE_GRACE_US, GrantServer
 from flexnpu.shim.grant.shmgrants import SlotReport, read_report, usage_delta_us
 from flexnpu.shim.runtime import wire
 from flexnpu.shim.runtime.grant_client import GrantClient
@@ -169,7 +169,7 @@ def test_two_slots_take_turns_slice_by_slice(make_server: Callable[[list[Registr
 @pytest.mark.parametrize(("want", "used_ns", "charged"), [
     (7, 0, None),  # a want flag that is not exactly 1 is no wish
     (0xFFFFFFFF, 0, None),
-    (1, (1 << 64) - 1, SLICE_US + GRACE_US),  # claims the age of the universe: clamped to held + grace
+    (1, (1 << 64) - 1, SLICE_US + SLOT_CHARGE_GRACE_US),  # claims the age of the universe: held + grace
     (1, 1, SLICE_US),  # a nanosecond: charged the slice it held
 ])
 def test_hostile_slot_values_are_clamped(make_server: Callable[[list[Registration]], GrantServer],
@@ -202,6 +202,61 @@ def test_a_usage_counter_that_goes_backwards_charges_the_time_held(
     clock.now_us += SLICE_US
     server.run_timers()
     assert server.stats()["a"]["device_time_us"] == SLICE_US
+
+
+def test_usage_past_one_charge_is_carried_to_the_next_one(
+        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
+        tenants: Callable[[str], Tenant]) -> None:
+    # Long kernels ran past the deadlines (the daemon does not drain a slot's holder): one charge may exceed the
+    # time held by the slot grace, the rest of the report is charged at the next one, not dropped.
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    a.want()
+    server.run_timers()
+    a.use(SLICE_US + SLOT_CHARGE_GRACE_US + 3000)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert a.holds()
+    assert server.stats()["a"]["device_time_us"] == SLICE_US + SLOT_CHARGE_GRACE_US
+    a.want(0)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert a.region.state().holder == shm.NO_HOLDER
+    assert server.stats()["a"]["device_time_us"] == 2 * SLICE_US + SLOT_CHARGE_GRACE_US + 1000  # 3000 carried
+
+
+@pytest.mark.parametrize(("tail_us", "charged"), [
+    (1500, SLICE_US - 1500),  # held 2000, 1500 of it ran the former holder's last kernel
+    (0, SLICE_US),
+    ((1 << 40), 300),  # a tail claimed longer than the holding: its own report is all it pays
+])
+def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_holder(
+        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
+        tenants: Callable[[str], Tenant], tail_us: int, charged: int) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    b.want()
+    server.run_timers()
+    first, second = (a, b) if a.holds() else (b, a)
+    first_id, second_id = ("a", "b") if first is a else ("b", "a")
+    first.use(SLICE_US)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert second.holds()
+    first.use(tail_us)  # measured when it drained, after its deadline
+    second.use(300)
+    second.want(0)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert server.stats()[second_id]["device_time_us"] == charged
+    assert first.holds()
+    first.want(0)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    # The former holder pays its tail (carried, at most the slot grace more than it held per charge).
+    assert server.stats()[first_id]["device_time_us"] == 2 * SLICE_US + min(SLOT_CHARGE_GRACE_US,
+                                                                             max(0, tail_us - SLICE_US))
 
 
 def test_a_higher_priority_socket_tenant_revokes_a_slot_holder(
@@ -375,8 +430,12 @@ def test_a_tenant_asleep_on_the_region_is_woken_by_its_grant(
     region = shm.CardRegion(str(shm_dir / shm.card_name(0)), writable=True)
     seq = region.state().seq
     woken: list[int] = []
-    sleeper = threading.Thread(target=lambda: (woken.append(threading.get_native_id()),
-                                               region.futex_wait("seq", seq, timeout_s=60)))
+
+    def sleep_on_seq() -> None:
+        woken.append(threading.get_native_id())
+        region.futex_wait("seq", seq, timeout_s=60)
+
+    sleeper = threading.Thread(target=sleep_on_seq)
     a.want()  # before it sleeps, as the protocol says
     sleeper.start()
     try:

@@ -211,8 +211,8 @@ func (s *criServer) PodSandboxStatus(_ context.Context, r *rt.PodSandboxStatusRe
 	return &rt.PodSandboxStatusResponse{Status: &rt.PodSandboxStatus{
 		Id: sb.id, Metadata: sb.config.GetMetadata(), State: sb.state(), CreatedAt: sb.created,
 		Network: &rt.PodSandboxNetworkStatus{Ip: "127.0.0.1"},
-		Linux: &rt.LinuxPodSandboxStatus{Namespaces: &rt.Namespace{Options: sb.config.GetLinux().GetSecurityContext().GetNamespaceOptions()}},
-		Labels: sb.config.GetLabels(), Annotations: sb.config.GetAnnotations(),
+		Linux:   &rt.LinuxPodSandboxStatus{Namespaces: &rt.Namespace{Options: sb.config.GetLinux().GetSecurityContext().GetNamespaceOptions()}},
+		Labels:  sb.config.GetLabels(), Annotations: sb.config.GetAnnotations(),
 	}}, nil
 }
 
