@@ -11,6 +11,7 @@ BENCHMARKS = {
     "share": "achieved vs target device-time share (virtual and real time), flexnpu vs ungated vs seed ops",
     "native_share": "share error (1 s, 100 ms) and critical p99 vs solo through libflexnpu + flexnpud, real time, "
                     "metered by the fake device's kernel log",
+    "native_fastpath": "libflexnpu's per-launch cost on the fake AscendCL: ns (wall) and instructions (callgrind)",
     "priority": "latency-critical p99 beside a saturating batch tenant, over its solo p99",
     "overhead": "one tenant gated vs ungated throughput",
     "idle": "work conservation: batch throughput while the critical tenant idles (share_in_idle=true)",

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from flexnpu.bench.common import add_common_args, emit
 from flexnpu.shim.grant import shm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,13 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callgrind-launches", type=int, default=20_000, help="under valgrind (default 20000)")
     parser.add_argument("--repeat", type=int, default=5, help="wall-clock runs per point, best kept (default 5)")
     parser.add_argument("--no-callgrind", action="store_true", help="skip the instruction counts")
+    add_common_args(parser)
     args = parser.parse_args(argv)
     for tool in ("cc", "make"):
         if shutil.which(tool) is None:
             print(f"native_fastpath: needs `{tool}` on PATH", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="flexnpu-fastpath-") as tmp:
-        print(table(measure(args, Path(tmp))))
+        rows = measure(args, Path(tmp))
+    base_ns, base_ir = rows[0][1], rows[0][2]
+    result = {
+        "meter": "wall clock (best of --repeat runs) and valgrind callgrind instruction counts, slope over N launches",
+        "modes": {
+            name: {"ns_per_launch": ns, "added_ns": ns - base_ns, "instructions_per_launch": ir,
+                   "added_instructions": None if ir is None or base_ir is None else ir - base_ir}
+            for name, ns, ir in rows
+        },
+    }
+    emit("native_fastpath", result, table(rows), args)
     return 0
 
 

@@ -17,9 +17,9 @@ from flexnpu.annotations import Inventory, decode_inventory
 from flexnpu.errors import ValidationError
 from flexnpu.extender.kube import KubeApi, KubeApiError
 from flexnpu.extender.pods import pod_facts, pod_key
-from flexnpu.extender.quantity import cpu_milli, memory_mib
 from flexnpu.extender.state import ClusterState, NodeRecord
 from flexnpu.names import ANNOTATION_INVENTORY
+from flexnpu.quantity import cpu_milli, memory_mib
 
 log = logging.getLogger(__name__)
 

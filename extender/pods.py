@@ -23,7 +23,6 @@ from typing import Any
 from flexnpu.annotations import CardAssignment, decode_assignment
 from flexnpu.errors import ValidationError
 from flexnpu.extender.core.model import PodDemand
-from flexnpu.extender.quantity import cpu_milli, memory_mib
 from flexnpu.names import (
     ANNOTATION_ASSIGNED,
     ANNOTATION_CARD_MODEL,
@@ -32,6 +31,7 @@ from flexnpu.names import (
     RESOURCE_VNPU_MEMORY,
 )
 from flexnpu.priority import Priority, parse_priority
+from flexnpu.quantity import cpu_milli, memory_mib, whole_quantity
 from flexnpu.units import UnitsConfig, parse_vnpu_request
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -232,11 +232,8 @@ def _overhead(overhead: Mapping[str, Any], resource: str, parse: Callable[[objec
 
 
 def _quantity(raw: object, resource: str) -> int:
-    """An integer quantity; extended resources take whole numbers, so suffixes other than none are rejected."""
-    text = str(raw).strip() if isinstance(raw, (str, int)) else ""
-    if isinstance(raw, bool) or not text.isdigit() or len(text) > 18:
-        raise ValidationError(resource, _short(raw), "must be a whole number")
-    return int(text)
+    """An extended resource's whole number, in any form the API server writes it (``2000`` reads back ``"2k"``)."""
+    return whole_quantity(raw, resource)
 
 
 def _short(value: object) -> object:

@@ -2,7 +2,8 @@
 
 Reads ``GET /device/physical-info`` and ``GET /device/flexnpu-info`` of one flexnpud (standard library HTTP,
 so it works from any shell on the node) and prints, per card: units and memory registered, tenants, and per
-tenant its target and achieved share and grant wait p99. ``--node NAME`` asks the daemon at ``NAME`` on the
+tenant its target and achieved share, grant wait p99, and device memory used against its cap (the daemon's
+memory watch). ``--node NAME`` asks the daemon at ``NAME`` on the
 default port (it then needs the daemon's bearer token: ``--token-file``); ``--url`` names any daemon.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from flexnpu.shim.daemon.config import DEFAULT_HOST, DEFAULT_PORT, OneLineParser
 
 TIMEOUT_S = 10.0
+MIB = 1 << 20
 
 
 class StatusError(Exception):
@@ -104,7 +106,7 @@ def render(snapshot: Mapping[str, Any]) -> str:
     parts = [head, "", table(["npu", "chip", "model", "card", "health", "units", "memory MiB", "tenants"], cards)]
     if tenants:
         parts += ["", table(["npu", "chip", "flexnpu_id", "entity", "priority", "units", "memory MiB",
-                             "target", "achieved", "wait p99 ms"], tenants)]
+                             "target", "achieved", "wait p99 ms", "device memory MiB"], tenants)]
     return "\n".join(parts)
 
 
@@ -117,7 +119,18 @@ def _card_row(card: Mapping[str, Any]) -> list[str]:
 def _tenant_row(view: Mapping[str, Any]) -> list[str]:
     return [str(view["npu"]), str(view["chip"]), view["flexnpu_id"], view["entity"] or "-",
             view.get("priority", "normal"), str(view["aicore_alloc"]), str(view["memory_alloc"]),
-            f"{view['target_share']:.1%}", f"{view['achieved_share']:.1%}", f"{view['wait_p99_us'] / 1000:.3f}"]
+            f"{view['target_share']:.1%}", f"{view['achieved_share']:.1%}", f"{view['wait_p99_us'] / 1000:.3f}",
+            memory_cell(view)]
+
+
+def memory_cell(view: Mapping[str, Any]) -> str:
+    """``used/cap`` in MiB from the memory watch (``?`` while unknown), ``OVER by N`` when past the cap."""
+    cap = view.get("memory_cap_bytes", int(view["memory_alloc"]) << 20) / MIB
+    used = view.get("memory_used_bytes")
+    if used is None:
+        return f"?/{cap:.0f}"
+    cell = f"{used / MIB:.0f}/{cap:.0f}"
+    return f"{cell} OVER by {(used / MIB) - cap:.0f}" if view.get("memory_over_cap") else cell
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

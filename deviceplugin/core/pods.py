@@ -25,6 +25,7 @@ from flexnpu.deviceplugin.core.allocation import ContainerRequest, PendingPod, P
 from flexnpu.deviceplugin.core.containers import PodClaim
 from flexnpu.errors import ValidationError
 from flexnpu.priority import DEFAULT_PRIORITY, parse_priority
+from flexnpu.quantity import whole_quantity
 
 _FINISHED = frozenset({"Succeeded", "Failed"})
 
@@ -86,17 +87,25 @@ def container_requests(spec: Mapping[str, Any]) -> tuple[ContainerRequest, ...]:
         for i, container in enumerate(entries if isinstance(entries, list) else []):
             if not isinstance(container, Mapping):
                 continue
-            value = _resource(container, names.RESOURCE_VNPU)
-            if value is None or not value.isdigit() or len(value) > 9 or int(value) <= 0:
+            units = _whole(_resource(container, names.RESOURCE_VNPU), 10**9)
+            if not units:
                 continue
-            memory = _resource(container, names.RESOURCE_VNPU_MEMORY)
             name = container.get("name")
             init = group == "initContainers" and container.get("restartPolicy") != "Always"
             out.append(ContainerRequest(
-                name=name if isinstance(name, str) and name else f"#{group}[{i}]", units=int(value),
-                memory_mib=int(memory) if memory is not None and memory.isdigit() and len(memory) <= 12 else None,
-                init=init))
+                name=name if isinstance(name, str) and name else f"#{group}[{i}]", units=units,
+                memory_mib=_whole(_resource(container, names.RESOURCE_VNPU_MEMORY), 10**12), init=init))
     return tuple(out)
+
+
+def _whole(raw: str | None, limit: int) -> int | None:
+    """A resource's whole number in any form the API server writes (``2000`` reads back as ``"2k"``), else None."""
+    if raw is None:
+        return None
+    try:
+        return whole_quantity(raw, "resources", limit)
+    except ValidationError:
+        return None
 
 
 def _resource(container: Mapping[str, Any], name: str) -> str | None:

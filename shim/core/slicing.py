@@ -63,9 +63,11 @@ release by a tenant that holds nothing (a withdrawn wish) is charged nothing.
 Hand-off: on the shared-memory path a grant ends at its deadline without a drain, so the card may still run the
 former holder's last work (one non-preemptive engine) while the next holder's clock runs. The caller measures
 that tail (the former holder's reported usage after its deadline) and passes it as ``credit_us`` to the next
-holder's charge: the time held counts less by it (never below zero), and the former holder pays it when its
-report arrives (``grace_us`` lets one charge exceed the time held by its undrained work). Under-reporting still
-gains nothing alone; two colluding tenants can only move a charge from one to the other.
+holder's charge, which it then comes off (at most the time held; never below zero): the next holder's time held
+ran it, and so may its event-measured report (an event recorded on an idle stream is stamped when recorded, before
+the card gets to the stream's first kernel). The former holder pays it when its report arrives (``grace_us`` lets
+one charge exceed the time held by its undrained work). Under-reporting still gains nothing alone; two colluding
+tenants can only move a charge from one to the other.
 
 ``ops`` mode (the seed's policy, kept for comparison): each round of ``ticker_interval_us`` every tenant may
 dispatch ``aicore_alloc`` operators; several tenants hold grants at once and their work interleaves on the device.
@@ -261,8 +263,8 @@ class CardScheduler:
                 grace_us: int | None = None, credit_us: int = 0) -> int:
         """The grant of ``tenant_id`` ended after it consumed ``used_us`` of device time (drained).
 
-        ``grace_us`` replaces ``policy.charge_grace_us`` and ``credit_us`` is taken off the time held, for this
-        charge (see Hand-off in the module docstring). Returns the device time charged (see Charging).
+        ``grace_us`` replaces ``policy.charge_grace_us`` for this charge, and ``credit_us`` (at most the time held)
+        comes off it (see Hand-off in the module docstring). Returns the device time charged (see Charging).
         """
         self._advance(now_us)
         state = self._state(tenant_id)
@@ -453,7 +455,8 @@ class CardScheduler:
         else:
             grace = self.policy.charge_grace_us if grace_us is None else grace_us
             held = self._now - state.held_since
-            state.last_charge = charge_us(reported_us, held - min(max(0, credit_us), max(0, held)), grace)
+            credit = min(max(0, credit_us), max(0, held))
+            state.last_charge = max(0, charge_us(reported_us, held, grace) - credit)
         return state.last_charge
 
     def _charge(self, state: _State, used_us: int) -> None:

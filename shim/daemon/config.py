@@ -29,6 +29,7 @@ REGISTRATIONS_FILE: Final = "registrations.json"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 AUTH_MODES: Final = ("auto", "token")
 POLICIES: Final = ("share", "ops")
+ENFORCE_MEMORY: Final = ("report", "kill")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class DaemonSettings:
     policy: str = setting("share", "[flexnpu] policy: share (device-time slices) or ops (the seed's op counting)")
     token_file: str = setting("", "[flexnpu] token_file: file holding the API bearer token", secret=False)
     socket_dir: str = setting(SHIM_SOCKET_DIR, "[flexnpu] socket_dir: directory of the grant socket")
+    enforce_memory: str = setting("report", "[flexnpu] enforce_memory: report (log, metric, status) or kill "
+                                  "(SIGKILL the processes of a pod past its memory cap)")
+    memory_watch_interval: float = setting(5.0, "[flexnpu] memory_watch_interval: seconds between reads of "
+                                           "device memory per process")
     ticker_interval: int = setting(10000, "[ticker] ticker_interval: round length of the ops policy, microseconds")
     quota: int = setting(10, "[ticker] quota: aicore units of one card (0 < quota <= 16)")
 
@@ -141,6 +146,8 @@ _KEYS: Final[dict[str, _Key]] = {
     "policy": _Key("flexnpu", "policy", _choice(*POLICIES)),
     "token_file": _Key("flexnpu", "token_file", _text(allow_empty=True)),
     "socket_dir": _Key("flexnpu", "socket_dir", _text(allow_empty=False)),
+    "enforce_memory": _Key("flexnpu", "enforce_memory", _choice(*ENFORCE_MEMORY)),
+    "memory_watch_interval": _Key("flexnpu", "memory_watch_interval", _float(0.1, 3600.0)),
     "ticker_interval": _Key("ticker", "ticker_interval", _int(100, 10_000_000)),
     "quota": _Key("ticker", "quota", _int(1, 16)),
 }

@@ -3,7 +3,8 @@
 Start-up order: config, token and cards are read and validated first (any problem ends the process with one
 line naming the key); then logging, the HTTP port is taken (so a second daemon stops before it touches the
 first one's grant socket), the grant server starts, the persisted registrations are restored, and only then is
-the API served, so that a client that reaches it finds the registrations and the grant socket in place.
+the API served, so that a client that reaches it finds the registrations and the grant socket in place. The
+memory watch (``memwatch``) starts with the API and stops before the grant server.
 SIGTERM and SIGINT stop the API, then the grant server, and exit 0.
 """
 
@@ -35,6 +36,7 @@ from flexnpu.shim.daemon.config import (
 )
 from flexnpu.shim.daemon.devices import resolve_devices
 from flexnpu.shim.daemon.grant import GrantHost, build_grant_server
+from flexnpu.shim.daemon.memwatch import build_memory_watch
 from flexnpu.shim.daemon.service import DaemonService
 from flexnpu.shim.daemon.store import RegistrationStore
 
@@ -111,7 +113,15 @@ async def serve(startup: Startup) -> int:
             service = DaemonService(startup.cards, Capacity(settings.quota, settings.oversubscription),
                                     RegistrationStore(settings.registrations_path), startup.grant)
             service.restore()
-            await _serve_http(service, startup.token, listener)
+            watch = build_memory_watch(settings.devices, settings.npu_smi, settings.socket_dir,
+                                       lambda: service.registrations, settings.enforce_memory,
+                                       settings.memory_watch_interval)
+            service.watch_memory(watch.figures)
+            watch.start()
+            try:
+                await _serve_http(service, startup.token, listener)
+            finally:
+                watch.stop()
         finally:
             startup.grant.stop()
     finally:

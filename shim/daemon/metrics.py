@@ -1,7 +1,8 @@
 """Prometheus metrics of flexnpud, read from the daemon's state at scrape time (nothing to keep in sync).
 
 Per card: units (aicore) and memory registered and their capacity, tenant count. Per registration: target and
-achieved share, device time, grants and grant-wait p99 from the grant server. A private CollectorRegistry per
+achieved share, device time, grants and grant-wait p99 from the grant server; device memory used (the memory
+watch), its cap, and whether it is past the cap. A private CollectorRegistry per
 daemon, so that tests and several daemons in one process never share globals.
 """
 
@@ -60,6 +61,11 @@ class DaemonCollector(Collector):
         wait = GaugeMetricFamily("flexnpu_tenant_grant_wait_p99_seconds", "p99 wait for a grant", labels=_TENANT)
         device = CounterMetricFamily("flexnpu_tenant_device_time_seconds", "device time used", labels=_TENANT)
         grants = CounterMetricFamily("flexnpu_tenant_grants", "grants served", labels=_TENANT)
+        memory = GaugeMetricFamily("flexnpu_memory_used_bytes", "device memory the registration's pod uses on "
+                                   "its card (absent while unknown)", labels=_TENANT)
+        cap = GaugeMetricFamily("flexnpu_memory_cap_bytes", "the registration's device memory cap", labels=_TENANT)
+        over = GaugeMetricFamily("flexnpu_memory_over_cap", "1 while the pod's device memory is past its cap",
+                                 labels=_TENANT)
         for view in views:
             labels = _labels(view["flexnpu_id"], view["entity"], view["npu"], view["chip"],
                              view.get("priority", "normal"))
@@ -68,7 +74,12 @@ class DaemonCollector(Collector):
             wait.add_metric(labels, view["wait_p99_us"] / 1e6)
             device.add_metric(labels, view["device_time_us"] / 1e6)
             grants.add_metric(labels, view["grants"])
-        yield from (target, achieved, wait, device, grants)
+            used = view.get("memory_used_bytes")
+            if used is not None:
+                memory.add_metric(labels, used)
+            cap.add_metric(labels, view.get("memory_cap_bytes", view["memory_alloc"] << 20))
+            over.add_metric(labels, 1 if view.get("memory_over_cap") else 0)
+        yield from (target, achieved, wait, device, grants, memory, cap, over)
 
 
 def _labels(*values: object) -> list[str]:

@@ -8,13 +8,14 @@ so a failed write never leaves memory, disk and the grant server disagreeing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from flexnpu.annotations import CardPayload, card_payload
 from flexnpu.cards import Card
 from flexnpu.errors import FlexnpuError, ValidationError
 from flexnpu.registration import Registration, RegistrationBody, parse_registration
 from flexnpu.shim.core.admission import Capacity, Decision, Outcome, admit, card_usage, restore_order
+from flexnpu.shim.core.memory import MIB, Verdict
 from flexnpu.shim.daemon.grant import GrantHost
 from flexnpu.shim.daemon.store import RegistrationStore
 
@@ -46,6 +47,9 @@ class RegistrationView(RegistrationBody):
     grants: float
     wait_p99_us: float
     achieved_share: float
+    memory_used_bytes: int | None
+    memory_cap_bytes: int
+    memory_over_cap: bool
 
 
 class CardView(CardPayload):
@@ -66,6 +70,11 @@ class DaemonService:
         self._store = store
         self._grant = grant
         self._registrations: dict[str, Registration] = {}
+        self._memory: Callable[[], Mapping[str, Verdict]] = dict
+
+    def watch_memory(self, figures: Callable[[], Mapping[str, Verdict]]) -> None:
+        """Where the views' memory figures come from (the memory watch's latest verdicts)."""
+        self._memory = figures
 
     def restore(self) -> list[str]:
         """Load the persisted registrations and re-admit them; returns one line per problem (already logged)."""
@@ -118,9 +127,12 @@ class DaemonService:
 
     def registration_views(self) -> list[RegistrationView]:
         stats = self._grant.stats()
-        return [self._registration_view(r, stats.get(r.flexnpu_id, {})) for r in self._registrations.values()]
+        memory = self._memory()
+        return [self._registration_view(r, stats.get(r.flexnpu_id, {}), memory.get(r.flexnpu_id))
+                for r in self._registrations.values()]
 
-    def _registration_view(self, registration: Registration, live: Mapping[str, float]) -> RegistrationView:
+    def _registration_view(self, registration: Registration, live: Mapping[str, float],
+                           memory: Verdict | None = None) -> RegistrationView:
         card = next((c for c in self.cards if c.index == registration.npu and c.chip == registration.chip), None)
         view: RegistrationView = {
             **registration.to_body(),
@@ -130,6 +142,9 @@ class DaemonService:
             "grants": float(live.get("grants", 0.0)),
             "wait_p99_us": float(live.get("wait_p99_us", 0.0)),
             "achieved_share": float(live.get("achieved_share", 0.0)),
+            "memory_used_bytes": memory.used_bytes if memory else None,
+            "memory_cap_bytes": memory.cap_bytes if memory else registration.memory_alloc * MIB,
+            "memory_over_cap": memory.over_cap if memory else False,
         }
         return view
 

@@ -403,8 +403,11 @@ void fx_harvest(const struct fx_ops *ops, int device_idle)
     if (!st || fx_mode() == FX_UNGATED)
         return;
     struct fx_timing *t = &st->abi[ops->abi];
-    if (device_idle)
-        close_open(ops, t); /* the device ran dry: the open interval ends here */
+    /* The application synchronised (the device, or a stream or event): the open interval ends here, whatever was
+     * synchronised. Left open, its start event (stamped when recorded) would time the host gap after this sync as
+     * device time when a later launch closes it: an over-report the daemon charges. */
+    (void)device_idle;
+    close_open(ops, t);
     while (t->count && collect_oldest(ops, t, 0)) {
     }
     withdraw_early_want();

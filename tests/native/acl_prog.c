@@ -7,21 +7,27 @@
  *   acl_prog oom BYTES                   one aclrtMalloc and one rtMalloc of BYTES
  *   acl_prog launch N US [THREADS]       N kernels of US microseconds per thread (aclrtLaunchKernel), synchronise
  *   acl_prog mixed N US                  N each of kernel, model execution, op execution, rtKernelLaunch
+ *   acl_prog gap N US GAP_MS SYNC        N kernels of US microseconds, synchronise, sleep GAP_MS on the host, N
+ *                                        kernels again, synchronise; SYNC: stream (aclrtSynchronizeStream), event
+ *                                        (aclrtRecordEvent + aclrtSynchronizeEvent), rt (rtStreamSynchronize)
  *   acl_prog escape BYTES [nodeep]       tries to get around the cap (see test_native_escape.py)
  *   acl_prog fork BYTES                  allocates, forks; the child allocates and launches; both report
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int aclError;
 typedef void *aclrtStream;
+typedef void *aclrtEvent;
 
 aclError aclInit(const char *configPath);
 aclError aclrtSetDevice(int32_t deviceId);
@@ -36,6 +42,10 @@ aclError aclopExecuteV2(const char *opType, int numInputs, void *inputDesc[], vo
                         void *outputDesc[], void *outputs[], void *attr, aclrtStream stream);
 aclError aclrtSynchronizeStream(aclrtStream stream);
 aclError aclrtSynchronizeDevice(void);
+aclError aclrtCreateEvent(aclrtEvent *event);
+aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream);
+aclError aclrtSynchronizeEvent(aclrtEvent event);
+int rtStreamSynchronize(void *stm);
 int rtMalloc(void **devPtr, uint64_t size, uint32_t type, uint16_t moduleId);
 int rtFree(void *devPtr);
 int rtMemGetInfoEx(int type, size_t *free_bytes, size_t *total);
@@ -168,6 +178,34 @@ static int run_mixed(long n, long us)
     return 0;
 }
 
+static int run_gap(long n, long us, long gap_ms, const char *sync)
+{
+    aclrtStream s = NULL;
+    aclrtEvent e = NULL;
+    aclrtCreateStream(&s);
+    if (aclrtCreateEvent(&e) != 0)
+        return 3;
+    uint64_t d = (uint64_t)us;
+    long ok = 0, synced = 0;
+    for (int phase = 0; phase < 2; phase++) {
+        if (phase) {
+            struct timespec gap = {gap_ms / 1000, gap_ms % 1000 * 1000000L};
+            while (nanosleep(&gap, &gap) != 0 && errno == EINTR) {
+            }
+        }
+        for (long i = 0; i < n; i++)
+            ok += aclrtLaunchKernel(NULL, 1, &d, sizeof d, s) == 0;
+        if (!strcmp(sync, "stream"))
+            synced += aclrtSynchronizeStream(s) == 0;
+        else if (!strcmp(sync, "event"))
+            synced += aclrtRecordEvent(e, s) == 0 && aclrtSynchronizeEvent(e) == 0;
+        else if (!strcmp(sync, "rt"))
+            synced += rtStreamSynchronize(s) == 0;
+    }
+    printf("launched=%ld\nsynced=%ld\n", ok, synced);
+    return 0;
+}
+
 typedef aclError malloc_fn(void **, size_t, int);
 
 static int run_escape(size_t bytes, int deepbind)
@@ -237,6 +275,8 @@ int main(int argc, char **argv)
         return run_launch(atol(argv[2]), atol(argv[3]), argc > 4 ? atoi(argv[4]) : 1);
     if (!strcmp(mode, "mixed") && argc == 4)
         return run_mixed(atol(argv[2]), atol(argv[3]));
+    if (!strcmp(mode, "gap") && argc == 6)
+        return run_gap(atol(argv[2]), atol(argv[3]), atol(argv[4]), argv[5]);
     if (!strcmp(mode, "escape") && argc >= 3)
         return run_escape(strtoull(argv[2], NULL, 10), argc == 3);
     if (!strcmp(mode, "fork") && argc == 3)

@@ -8,14 +8,18 @@
  *   cuda_prog launch N US                 N of each: cuLaunchKernel, the _ptsz variant, cuLaunchKernelEx,
  *                                         cuGraphLaunch; then cuCtxSynchronize
  *   cuda_prog direct N US                 N cuLaunchKernel through dlsym(RTLD_DEFAULT) of the linked name
+ *   cuda_prog gap N US GAP_MS SYNC        as acl_prog gap (cuLaunchKernel); SYNC: stream (cuStreamSynchronize),
+ *                                         event (cuEventRecord + cuEventSynchronize)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -40,6 +44,10 @@ typedef CUresult launch_ex_fn(const CUlaunchConfig *, void *, void **, void **);
 typedef CUresult graph_fn(void *, CUstream);
 typedef CUresult sync_fn(void);
 typedef CUresult stream_create_fn(CUstream *, unsigned int);
+typedef CUresult stream_sync_fn(CUstream);
+typedef CUresult event_create_fn(void **, unsigned int);
+typedef CUresult event_record_fn(void *, CUstream);
+typedef CUresult event_sync_fn(void *);
 
 static proc_fn *g_proc;
 
@@ -166,6 +174,37 @@ static int run_direct(long n, long us)
     return 0;
 }
 
+static int run_gap(long n, long us, long gap_ms, const char *sync)
+{
+    launch_fn *launch = (launch_fn *)get("cuLaunchKernel", 0);
+    stream_sync_fn *stream_sync = (stream_sync_fn *)get("cuStreamSynchronize", 0);
+    event_record_fn *record = (event_record_fn *)get("cuEventRecord", 0);
+    event_sync_fn *event_sync = (event_sync_fn *)get("cuEventSynchronize", 0);
+    CUstream s = NULL;
+    void *e = NULL;
+    ((stream_create_fn *)get("cuStreamCreate", 0))(&s, 0);
+    if (((event_create_fn *)get("cuEventCreate", 0))(&e, 0) != 0)
+        return 3;
+    uint64_t d = (uint64_t)us;
+    void *params[1] = {&d};
+    long ok = 0, synced = 0;
+    for (int phase = 0; phase < 2; phase++) {
+        if (phase) {
+            struct timespec gap = {gap_ms / 1000, gap_ms % 1000 * 1000000L};
+            while (nanosleep(&gap, &gap) != 0 && errno == EINTR) {
+            }
+        }
+        for (long i = 0; i < n; i++)
+            ok += launch(NULL, 1, 1, 1, 1, 1, 1, 0, s, params, NULL) == 0;
+        if (!strcmp(sync, "stream"))
+            synced += stream_sync(s) == 0;
+        else if (!strcmp(sync, "event"))
+            synced += record(e, s) == 0 && event_sync(e) == 0;
+    }
+    printf("launched=%ld\nsynced=%ld\n", ok, synced);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -184,6 +223,8 @@ int main(int argc, char **argv)
         return run_oom(strtoull(argv[2], NULL, 10));
     if (!strcmp(mode, "launch") && argc == 4)
         return run_launch(atol(argv[2]), atol(argv[3]));
+    if (!strcmp(mode, "gap") && argc == 6)
+        return run_gap(atol(argv[2]), atol(argv[3]), atol(argv[4]), argv[5]);
     if (!strcmp(mode, "direct") && argc == 4)
         return run_direct(atol(argv[2]), atol(argv[3]));
     return 2;

@@ -114,10 +114,14 @@ def ready_node(cluster: ControlPlane, core: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def flexnpu_stack(cluster: ControlPlane, api: k8s.ApiClient, core: Any, ready_node: Any) -> Flexnpu:
-    """The chart's RBAC and CRDs applied; device plugin, extender and flexnpu-scheduler running with SA tokens,
-    and the node advertising units (pods created before that wait up to 5 minutes in kube-scheduler's queue)."""
+    """The chart's RBAC, CRDs and daemon-token Secret applied; flexnpud running as the node DaemonSet's pod;
+    device plugin, extender, flexnpu-scheduler and operator running with SA tokens, and the node advertising
+    units (pods created before that wait up to 5 minutes in kube-scheduler's queue)."""
     stack = Flexnpu(cluster, api)
     stack.install_rbac_and_crds()
+    stack.install_daemon_token()
+    stack.start_daemon()
+    stack.start_operator()
     stack.start_device_plugin(INVENTORY)
     stack.start_extender()
     stack.start_scheduler()

@@ -8,9 +8,14 @@ Component command lines are the chart's container args with only addresses, path
 
 from __future__ import annotations
 
+import base64
+import configparser
+import io
+import json
 import os
 import shutil
 import sys
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,18 +27,21 @@ from kubernetes import utils as k8s_utils
 from realk8s_cluster import ControlPlane, write_kubeconfig
 from realk8s_procs import Proc, free_port, http_ok, wait_for
 
-from flexnpu.claims import registration_id
+from flexnpu import names
+from flexnpu.claims import ClaimPhase, registration_id
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "flexnpu"
 RELEASE = "flexnpu"
 NAMESPACE = "flexnpu-system"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+DAEMON_CONFIG_KEY = "flexnpud.conf"
 SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"
-# The suite's node: four 910B3 cards (inventory file of the device plugin).
+# The suite's node: four 910B3 cards (inventory file of the device plugin); flexnpud simulates the same four.
 INVENTORY: tuple[dict[str, Any], ...] = tuple(
     {"index": i, "model": "910B3", "uuid": f"npu-realk8s-{i}"} for i in range(4)
 )
+SUITE_VALUES: dict[str, Any] = {"node": {"daemon": {"devices": f"sim:910B3x{len(INVENTORY)}"}}}
 
 Manifest = dict[str, Any]
 
@@ -108,7 +116,9 @@ def service_account_token(api: k8s.ApiClient, account: str, seconds: int = 3600)
 class Flexnpu:
     """The chart's components as processes against ``cluster``, each with its ServiceAccount's token."""
 
-    def __init__(self, cluster: ControlPlane, api: k8s.ApiClient, values: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, cluster: ControlPlane, api: k8s.ApiClient, values: Mapping[str, Any] | None = SUITE_VALUES
+    ) -> None:
         self.cluster, self.api = cluster, api
         self.manifests, self.crds = render_chart(values)
         self.work = cluster.work / "flexnpu"
@@ -166,6 +176,114 @@ class Flexnpu:
     def _extender_ready(self) -> bool | None:
         return http_ok(f"http://127.0.0.1:{self.extender_port}/readyz")
 
+    def install_daemon_token(self) -> Path:
+        """The chart's daemon-token Secret created; its token (read back from the API) in a file, as mounted."""
+        secret = only(self.manifests, "Secret", "daemon-token")
+        apply(self.api, [secret])
+        read = k8s.CoreV1Api(self.api).read_namespaced_secret(secret["metadata"]["name"], NAMESPACE)
+        [value] = read.data.values()
+        self.token_file = self.work / "daemon-token"
+        self.token_file.write_bytes(base64.b64decode(value))
+        self.token_file.chmod(0o600)
+        return self.token_file
+
+    def daemon_config(self, port: int) -> str:
+        """The chart's node ConfigMap ``flexnpud.conf`` with host, port and paths moved into the work dir."""
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(only(self.manifests, "ConfigMap", "node")["data"][DAEMON_CONFIG_KEY])
+        self.socket_dir, state = self.work / "run", self.work / "daemon-state"
+        self.socket_dir.mkdir(exist_ok=True)
+        state.mkdir(exist_ok=True)
+        parser["server"].update({"host": "127.0.0.1", "port": str(port)})
+        parser["flexnpu"].update(
+            {"persistent_file_dir": str(state), "token_file": str(self.token_file), "socket_dir": str(self.socket_dir)}
+        )
+        out = io.StringIO()
+        parser.write(out)
+        return out.getvalue()
+
+    def daemon_pod(self) -> Manifest:
+        """The node DaemonSet's pod on the suite's node, reduced to its flexnpud container.
+
+        kubelet runs it through the suite's CRI (a local process, host network: the pod's hostIP is the node's
+        127.0.0.1), so the operator finds it exactly as the chart tells it to: by the DaemonSet's labels, the
+        container port named ``daemon`` and the host IP. ConfigMap and Secret volumes are dropped (the CRI does
+        not mount): the config and token files are in the work dir. The port is a free one, not the chart's.
+        """
+        template = only(self.manifests, "DaemonSet", "node")["spec"]["template"]
+        [daemon] = [c for c in template["spec"]["containers"] if c["name"] == "flexnpud"]
+        self.daemon_port = free_port()
+        config = self.work / DAEMON_CONFIG_KEY
+        config.write_text(self.daemon_config(self.daemon_port), encoding="utf-8")
+        [port] = [p for p in daemon["ports"] if p["name"] == "daemon"]
+        args = list(daemon["args"])
+        args[args.index("--config") + 1] = str(config)
+        container = {
+            "name": daemon["name"],
+            "image": daemon["image"],
+            "command": [self.flexnpu],
+            "args": args,
+            "ports": [{**port, "containerPort": self.daemon_port}],
+            "readinessProbe": daemon["readinessProbe"],
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"flexnpu-node-{self.cluster.node_name}", "labels": template["metadata"]["labels"]},
+            "spec": {
+                "nodeName": self.cluster.node_name,
+                "hostNetwork": True,
+                "restartPolicy": "Always",
+                "terminationGracePeriodSeconds": 5,
+                "containers": [container],
+            },
+        }
+
+    def start_daemon(self) -> Any:
+        """flexnpud as the node DaemonSet's pod, once Ready (kubelet's readiness probe: the chart's)."""
+        core = k8s.CoreV1Api(self.api)
+        pod = core.create_namespaced_pod(NAMESPACE, self.daemon_pod())
+
+        def ready() -> Any:
+            got = core.read_namespaced_pod(pod.metadata.name, NAMESPACE)
+            conditions = {c.type: c.status for c in got.status.conditions or []}
+            return got if conditions.get("Ready") == "True" else None
+
+        return wait_for("flexnpud pod Ready", ready, 120, watch=self.cluster.procs, interval=0.5)
+
+    def daemon_get(self, path: str) -> Any:
+        """GET ``path`` of flexnpud with the daemon token."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.daemon_port}{path}",
+            headers={"Authorization": f"Bearer {self.token_file.read_text(encoding='utf-8').strip()}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.load(resp)
+
+    def registrations(self) -> dict[str, dict[str, Any]]:
+        """flexnpud's registrations by id (GET /device/flexnpu-info)."""
+        info = self.daemon_get("/device/flexnpu-info")
+        return {str(r["flexnpu_id"]): r for r in info["registrations"]}
+
+    def start_operator(self) -> Proc:
+        """The operator with the chart's args and env (token file, liveness and metrics ports adjusted)."""
+        deployment = only(self.manifests, "Deployment", "operator")
+        [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"]
+        self.operator_port = free_port()
+        args = replace_flags(container["args"], {"--liveness": f"http://127.0.0.1:{self.operator_port}/healthz"})
+        env = {**os.environ, **{e["name"]: str(e["value"]) for e in container["env"] if "value" in e}}
+        env.update(
+            {
+                "FLEXNPU_OPERATOR_DAEMON_TOKEN_FILE": str(self.token_file),
+                "FLEXNPU_OPERATOR_METRICS_PORT": str(free_port()),
+                "KUBECONFIG": str(self.kubeconfig_for("operator")),
+            }
+        )
+        proc = self.cluster.spawn("operator", [self.flexnpu, *args], env=env)
+        url = f"http://127.0.0.1:{self.operator_port}/healthz"
+        wait_for("operator /healthz (the chart's probes)", lambda: http_ok(url), 120, watch=[proc])
+        return proc
+
     def scheduler_config(self) -> dict[str, Any]:
         """The chart's KubeSchedulerConfiguration with the extender's URL pointed at the extender process."""
         text = only(self.manifests, "ConfigMap", "scheduler")["data"][SCHEDULER_CONFIG_KEY]
@@ -190,3 +308,26 @@ def claim_registration_id(claim: Mapping[str, Any]) -> str:
         return str(status_id)
     meta = claim["metadata"]
     return registration_id(meta["namespace"], meta["name"], meta["uid"])
+
+
+def claim_of_pod(api: k8s.ApiClient, namespace: str, pod_uid: str) -> dict[str, Any] | None:
+    """The VNpuClaim owned by the pod of uid ``pod_uid``, or None while there is none (two would be a bug)."""
+    listed: dict[str, Any] = k8s.CustomObjectsApi(api).list_namespaced_custom_object(  # type: ignore[assignment]
+        names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL
+    )
+    owned = [
+        c for c in listed["items"] if any(o["uid"] == pod_uid for o in c["metadata"].get("ownerReferences", []))
+    ]
+    assert len(owned) <= 1, f"pod {pod_uid} owns {len(owned)} claims: {[c['metadata']['name'] for c in owned]}"
+    return owned[0] if owned else None
+
+
+def wait_registered(stack: Flexnpu, namespace: str, pod_uid: str, timeout: float = 120) -> dict[str, Any]:
+    """The pod's claim once the operator has set phase Registered on it."""
+
+    def registered() -> dict[str, Any] | None:
+        claim = claim_of_pod(stack.api, namespace, pod_uid)
+        phase = ((claim or {}).get("status") or {}).get("phase")
+        return claim if phase == ClaimPhase.REGISTERED.value else None
+
+    return wait_for(f"claim of pod {pod_uid} Registered", registered, timeout, watch=stack.cluster.procs, interval=0.5)

@@ -12,14 +12,16 @@ import yaml
 from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane
 from realk8s_cri import process_env, process_pid, records_of
-from realk8s_flexnpu import INVENTORY, REPO, Flexnpu, claim_registration_id
+from realk8s_flexnpu import INVENTORY, REPO, Flexnpu, claim_registration_id, wait_registered
 from realk8s_procs import wait_for
 
 from flexnpu import names
+from flexnpu.shim.grant.shm import slot_name
 
 pytestmark = [pytest.mark.realk8s, pytest.mark.timeout(600)]
 
 UNITS_PER_CARD = 10  # the chart's default units.unitsPerCard
+MIB = 1 << 20
 
 
 def readme_pod() -> dict[str, Any]:
@@ -53,12 +55,14 @@ def test_readme_pod_gets_its_assignment(
     name, namespace = manifest["metadata"]["name"], "default"
     core.create_namespaced_pod(namespace, manifest)
     try:
-        check_readme_pod(cluster, core, api, name, namespace)
+        check_readme_pod(flexnpu_stack, cluster, core, api, name, namespace)
     finally:
         core.delete_namespaced_pod(name, namespace, grace_period_seconds=1)
 
 
-def check_readme_pod(cluster: ControlPlane, core: Any, api: k8s.ApiClient, name: str, namespace: str) -> None:
+def check_readme_pod(
+    stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient, name: str, namespace: str
+) -> None:
 
     def running() -> Any:
         pod = core.read_namespaced_pod(name, namespace)
@@ -74,11 +78,8 @@ def check_readme_pod(cluster: ControlPlane, core: Any, api: k8s.ApiClient, name:
     [record] = records_of(cluster.cri_records, namespace, name)
     pid = wait_for(f"process of pod {name}", lambda: process_pid(cluster.cri_records, record), 30)
     env = process_env(pid)
-    listed: dict[str, Any] = k8s.CustomObjectsApi(api).list_namespaced_custom_object(  # type: ignore[assignment]
-        names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL
-    )
-    claims: list[dict[str, Any]] = listed["items"]
-    [claim] = [c for c in claims if any(o["uid"] == pod.metadata.uid for o in c["metadata"].get("ownerReferences", []))]
+    # The operator registered the claim on flexnpud under the id the container was told.
+    claim = wait_registered(stack, namespace, pod.metadata.uid)
     assert {
         k: env.get(k)
         for k in (
@@ -107,3 +108,13 @@ def check_readme_pod(cluster: ControlPlane, core: Any, api: k8s.ApiClient, name:
     assert {d["containerPath"] for d in record.devices} == {f"/dev/davinci{card['index']}", *names.ASCEND_DEVICE_NODES}
     read_only = {m["containerPath"] for m in record.mounts if m.get("readonly")}
     assert read_only >= set(names.ASCEND_DRIVER_MOUNTS)
+    assert claim["status"]["flexnpuId"] == env["FLEXNPU_ID"]
+    registration = stack.registrations()[env["FLEXNPU_ID"]]
+    assert {k: registration[k] for k in ("npu", "aicore_alloc", "memory_alloc", "priority")} == {
+        "npu": card["index"],
+        "aicore_alloc": 3,
+        "memory_alloc": 16384,
+        "priority": "high",
+    }
+    assert registration["memory_cap_bytes"] == 16384 * MIB
+    assert (stack.socket_dir / slot_name(env["FLEXNPU_ID"])).is_file()

@@ -48,15 +48,6 @@ def decided(core: Any, name: str) -> Any:
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: extender/pods.py _quantity accepts only digit strings, but the API server stores a whole "
-        "quantity that is a multiple of 1000 in canonical form (2000 -> '2k'), so the extender's filter rejects "
-        "the pod: \"huawei.com/vnpu-memory='2k': must be a whole number\" (deviceplugin/core/pods.py uses isdigit() "
-        "the same way)"
-    ),
-)
 def test_memory_that_is_a_multiple_of_1000(flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any) -> None:
     core.create_namespaced_pod(NAMESPACE, pod_with_memory("memory-2000", 2000))
     stored = core.read_namespaced_pod("memory-2000", NAMESPACE).spec.containers[0].resources.limits

@@ -228,7 +228,7 @@ def test_usage_past_one_charge_is_carried_to_the_next_one(
 @pytest.mark.parametrize(("tail_us", "charged"), [
     (1500, SLICE_US - 1500),  # held 2000, 1500 of it ran the former holder's last kernel
     (0, SLICE_US),
-    ((1 << 40), 300),  # a tail claimed longer than the holding: its own report is all it pays
+    ((1 << 40), 0),  # a tail that covers the whole holding: the former holder pays it, this one nothing
 ])
 def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_holder(
         make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,

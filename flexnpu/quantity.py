@@ -1,12 +1,14 @@
-"""Kubernetes resource quantities (``cpu: "500m"``, ``memory: "16Gi"``) as the extender counts them.
+"""Kubernetes resource quantities (``cpu: "500m"``, ``memory: "16Gi"``, ``huawei.com/vnpu-memory: "2k"``).
 
 kube-scheduler counts CPU in millicores and memory in bytes; the extender keeps CPU in millicores (rounded up, as
-Kubernetes rounds a request) and memory in MiB (rounded up). Every value comes from a pod or a node, so it is
-hostile: anything that is not a finite, non-negative quantity of bounded size is a :class:`ValidationError`
-naming the field. Pure translation, no I/O.
+Kubernetes rounds a request) and memory in MiB (rounded up). Extended resources (``huawei.com/vnpu``,
+``huawei.com/vnpu-memory``) are whole numbers, but the API server stores them in canonical form: a request of
+2000 reads back as ``"2k"``, so every component reads them through :func:`whole_quantity`. Every value comes from
+a pod or a node, so it is hostile: anything that is not a finite, non-negative quantity of bounded size is a
+:class:`ValidationError` naming the field. Pure translation, no I/O.
 
-Public names (stable): :func:`parse_quantity`, :func:`cpu_milli`, :func:`memory_mib`, :data:`MAX_CPU_MILLI`,
-:data:`MAX_MEMORY_MIB`.
+Public names (stable): :func:`parse_quantity`, :func:`cpu_milli`, :func:`memory_mib`, :func:`whole_quantity`,
+:data:`MAX_CPU_MILLI`, :data:`MAX_MEMORY_MIB`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ def memory_mib(raw: object, field: str = "memory") -> int:
     """Memory in MiB, rounded up; at most :data:`MAX_MEMORY_MIB`."""
     value = -(-parse_quantity(raw, field) // _MIB)
     return _bounded(int(value), MAX_MEMORY_MIB, raw, field)
+
+
+def whole_quantity(raw: object, field: str, limit: int = 10**18) -> int:
+    """An extended resource's whole number (``3``, ``"2000"``, ``"2k"``); fractions and values past limit refused."""
+    value = parse_quantity(raw, field)
+    if value.denominator != 1:
+        raise ValidationError(field, raw, "must be a whole number")
+    if value > limit:
+        raise ValidationError(field, raw, f"must be at most {limit}")
+    return int(value)
 
 
 def _bounded(value: int, limit: int, raw: object, field: str) -> int:
