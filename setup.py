@@ -53,8 +53,10 @@ def build_native(out_dir: "str | Path") -> "Path | None":
     compiler = os.environ.get("CC", "cc").split()[0]
     for tool in ("make", compiler):
         if shutil.which(tool) is None:
-            _warn(f"no `{tool}` on PATH: the native interposer {LIBRARY} is not built (the Python parts install; "
-                  f"install a C compiler and make, then reinstall)")
+            _warn(
+                f"no `{tool}` on PATH: the native interposer {LIBRARY} is not built (the Python parts install; "
+                f"install a C compiler and make, then reinstall)"
+            )
             return None
     cmd = ["make", "-s", "-C", str(NATIVE), f"BUILD={out_dir}", "all"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)

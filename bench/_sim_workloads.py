@@ -25,8 +25,14 @@ KERNEL_MIXES: dict[str, tuple[int, int, KernelMix]] = {
 }
 
 
-def batch(name: str, units: int, mix: str, seed: int, priority: Priority = Priority.NORMAL,
-          active: tuple[tuple[int, int], ...] = ()) -> Workload:
+def batch(
+    name: str,
+    units: int,
+    mix: str,
+    seed: int,
+    priority: Priority = Priority.NORMAL,
+    active: tuple[tuple[int, int], ...] = (),
+) -> Workload:
     """A saturating batch tenant: always has kernels to launch, launch queue 8 deep."""
     low, high, dist = KERNEL_MIXES[mix]
     return Workload(name, units, priority, low, high, dist, depth=8, active=active, seed=seed)
@@ -34,9 +40,13 @@ def batch(name: str, units: int, mix: str, seed: int, priority: Priority = Prior
 
 def add_sim_args(parser: argparse.ArgumentParser, seconds: float) -> None:
     parser.add_argument("--seconds", type=float, default=seconds, help=f"virtual seconds per run (default {seconds})")
-    parser.add_argument("--grant-latency-us", type=int, default=30,
-                        help="one-way runtime<->daemon message latency in the model (default 30, the measured "
-                             "unix-socket p99 on the 2-core CI machine)")
+    parser.add_argument(
+        "--grant-latency-us",
+        type=int,
+        default=30,
+        help="one-way runtime<->daemon message latency in the model (default 30, the measured "
+        "unix-socket p99 on the 2-core CI machine)",
+    )
     parser.add_argument("--slice-us", type=int, default=2000, help="schedule_cycle (default 2000)")
 
 

@@ -10,7 +10,7 @@ import sys
 BENCHMARKS = {
     "share": "achieved vs target device-time share (virtual and real time), flexnpu vs ungated vs seed ops",
     "native_share": "share error (1 s, 100 ms) and critical p99 vs solo through libflexnpu + flexnpud, real time, "
-                    "metered by the fake device's kernel log",
+    "metered by the fake device's kernel log",
     "native_fastpath": "libflexnpu's per-launch cost on the fake AscendCL: ns (wall) and instructions (callgrind)",
     "priority": "latency-critical p99 beside a saturating batch tenant, over its solo p99",
     "overhead": "one tenant gated vs ungated throughput",
@@ -43,8 +43,11 @@ def main(argv: list[str]) -> int:
         print(f"flexnpu bench: unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
         return 2
     if name in NEEDS_KMOCK and importlib.util.find_spec("kmock") is None:
-        print(f"flexnpu bench {name}: needs the test extra ({TEST_EXTRA_HINT}): the API server emulator kmock "
-              "is not installed", file=sys.stderr)
+        print(
+            f"flexnpu bench {name}: needs the test extra ({TEST_EXTRA_HINT}): the API server emulator kmock "
+            "is not installed",
+            file=sys.stderr,
+        )
         return 2
     # Benchmarks restart gRPC peers on purpose; gRPC's info logs of the GOAWAYs are noise in their tables.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -20,15 +20,19 @@ RESULTS_DIR = Path("bench-results")
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the JSON figures (default: bench-results/<name>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write the JSON figures (default: bench-results/<name>.json)"
+    )
 
 
 def emit(name: str, result: dict[str, Any], table: str, args: argparse.Namespace) -> None:
     """Stamp ``result`` with when and where it was measured, write it to the file, print table or JSON."""
-    result = {"benchmark": name, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
-              **result}
+    result = {
+        "benchmark": name,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
+        **result,
+    }
     out: Path = args.out or RESULTS_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")

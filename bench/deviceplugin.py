@@ -48,8 +48,9 @@ class _StaticCards:
     source = "benchmark cards"
 
     def scan(self) -> list[Card]:
-        return [Card.of_model("910B3", index=i, uuid=card_uuid_from_bus_id(f"0000:{0xC1 + i:02X}:00.0"))
-                for i in range(8)]
+        return [
+            Card.of_model("910B3", index=i, uuid=card_uuid_from_bus_id(f"0000:{0xC1 + i:02X}:00.0")) for i in range(8)
+        ]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,8 +76,12 @@ def served(kube: KubeApi | None, watch_interval: float) -> Iterator[tuple[StubKu
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def time_allocates(kubelet: StubKubelet, count: int, before: Callable[[int], None] | None = None,
-                   after: Callable[[int, list[str]], None] | None = None) -> list[float]:
+def time_allocates(
+    kubelet: StubKubelet,
+    count: int,
+    before: Callable[[int], None] | None = None,
+    after: Callable[[int, list[str]], None] | None = None,
+) -> list[float]:
     """Seconds per Allocate RPC; units cycle through 1..10, IDs go back to kubelet's free pool afterwards."""
     samples = []
     for i in range(count):
@@ -114,9 +119,15 @@ def bench_api(count: int, workdir: Path) -> list[float] | str:
             card = cards[i % len(cards)]
             units = 1 + i % 10
             assigned = encode_assignment([CardAssignment(card.uuid, card.index, units, 6553 * units)])
-            emulator.create_pod(f"bench-{i}", units, annotations={
-                names.ANNOTATION_BIND_PHASE: "allocating", names.ANNOTATION_ASSIGNED: assigned,
-                names.ANNOTATION_BIND_TIME: format_bind_time(datetime.now(UTC))})
+            emulator.create_pod(
+                f"bench-{i}",
+                units,
+                annotations={
+                    names.ANNOTATION_BIND_PHASE: "allocating",
+                    names.ANNOTATION_ASSIGNED: assigned,
+                    names.ANNOTATION_BIND_TIME: format_bind_time(datetime.now(UTC)),
+                },
+            )
 
         def delete(i: int, ids: list[str]) -> None:
             emulator.request("DELETE", f"/api/v1/namespaces/default/pods/bench-{i}")
@@ -124,8 +135,9 @@ def bench_api(count: int, workdir: Path) -> list[float] | str:
 
         with served(kube, 0.1) as (kubelet, _):
             time_allocates(kubelet, min(20, count), create, delete)
-            samples = time_allocates(kubelet, count, lambda i: create(10_000 + i),
-                                     lambda i, ids: delete(10_000 + i, ids))
+            samples = time_allocates(
+                kubelet, count, lambda i: create(10_000 + i), lambda i, ids: delete(10_000 + i, ids)
+            )
         kube.close()
         return samples
     finally:
@@ -146,16 +158,25 @@ def bench_reregistration(restarts: int, watch_interval: float) -> tuple[list[flo
 
 
 def summary(samples: list[float], scale: float) -> dict[str, float]:
-    return {"n": len(samples), "p50": percentile(samples, 50) * scale, "p99": percentile(samples, 99) * scale,
-            "max": max(samples) * scale, "mean": statistics.fmean(samples) * scale}
+    return {
+        "n": len(samples),
+        "p50": percentile(samples, 50) * scale,
+        "p99": percentile(samples, 99) * scale,
+        "max": max(samples) * scale,
+        "mean": statistics.fmean(samples) * scale,
+    }
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="flexnpu bench deviceplugin", description=__doc__.splitlines()[0])
     parser.add_argument("--allocates", type=int, default=1000, help="Allocate calls per case (default 1000)")
     parser.add_argument("--restarts", type=int, default=20, help="kubelet restarts (default 20)")
-    parser.add_argument("--watch-interval", type=float, default=0.1,
-                        help="plugin's kubelet-socket poll interval in seconds (production default 0.1)")
+    parser.add_argument(
+        "--watch-interval",
+        type=float,
+        default=0.1,
+        help="plugin's kubelet-socket poll interval in seconds (production default 0.1)",
+    )
     parser.add_argument("--quick", action="store_true", help="200 Allocates, 5 restarts")
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -174,8 +195,13 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def build_result(ids: dict[str, float], api: list[float] | str, register: dict[str, float],
-                 devices: dict[str, float], args: argparse.Namespace) -> dict[str, Any]:
+def build_result(
+    ids: dict[str, float],
+    api: list[float] | str,
+    register: dict[str, float],
+    devices: dict[str, float],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     allocate: dict[str, Any] = {"ids_only_ms": ids}
     allocate["with_api_ms"] = api if isinstance(api, str) else summary(api, 1000)
     worst_p99 = max(ids["p99"], allocate["with_api_ms"]["p99"] if not isinstance(api, str) else 0.0)
@@ -183,24 +209,35 @@ def build_result(ids: dict[str, float], api: list[float] | str, register: dict[s
         "allocate": allocate,
         "reregistration_s": {"to_register": register, "to_device_list": devices},
         "targets": {"allocate_p99_ms": ALLOCATE_P99_TARGET_MS, "reregistration_s": REREGISTER_TARGET_S},
-        "meets_targets": {"allocate_p99": worst_p99 <= ALLOCATE_P99_TARGET_MS,
-                          "reregistration": devices["max"] <= REREGISTER_TARGET_S},
-        "params": {"allocates": args.allocates, "restarts": args.restarts, "watch_interval_s": args.watch_interval,
-                   "cards": 8, "units_per_card": 10},
+        "meets_targets": {
+            "allocate_p99": worst_p99 <= ALLOCATE_P99_TARGET_MS,
+            "reregistration": devices["max"] <= REREGISTER_TARGET_S,
+        },
+        "params": {
+            "allocates": args.allocates,
+            "restarts": args.restarts,
+            "watch_interval_s": args.watch_interval,
+            "cards": 8,
+            "units_per_card": 10,
+        },
     }
 
 
 def table(result: dict[str, Any]) -> str:
     rows: list[list[object]] = []
-    for label, key in (("Allocate, IDs only (ms)", "ids_only_ms"), ("Allocate, with API handshake (ms)",
-                                                                    "with_api_ms")):
+    for label, key in (
+        ("Allocate, IDs only (ms)", "ids_only_ms"),
+        ("Allocate, with API handshake (ms)", "with_api_ms"),
+    ):
         s = result["allocate"][key]
         if isinstance(s, str):
             rows.append([label, s, "", "", ALLOCATE_P99_TARGET_MS])
         else:
             rows.append([label, s["p50"], s["p99"], s["max"], f"p99 <= {ALLOCATE_P99_TARGET_MS}"])
-    for label, key in (("kubelet restart -> Register (s)", "to_register"),
-                       ("kubelet restart -> device list (s)", "to_device_list")):
+    for label, key in (
+        ("kubelet restart -> Register (s)", "to_register"),
+        ("kubelet restart -> device list (s)", "to_device_list"),
+    ):
         s = result["reregistration_s"][key]
         rows.append([label, s["p50"], s["p99"], s["max"], f"<= {REREGISTER_TARGET_S}"])
     return format_table(["measure", "p50", "p99", "max", "target"], rows)

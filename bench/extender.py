@@ -76,6 +76,7 @@ def seed(state: ClusterState, nodes: int, cards: int) -> None:
 
 def serve(nodes: int, cards: int, policy: str, pipe: Connection) -> None:
     """The child: seed, serve on a free port, report the port, run until told to stop, report peak memory."""
+
     async def run() -> None:
         state = ClusterState()
         seed(state, nodes, cards)
@@ -91,8 +92,13 @@ def serve(nodes: int, cards: int, policy: str, pipe: Connection) -> None:
         await loop.run_in_executor(None, pipe.recv)
         await service.drain()
         await runner.cleanup()
-        pipe.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "reservation_conflicts": service.counters.conflicts})
+        pipe.send(
+            {
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "reservation_conflicts": service.counters.conflicts,
+            }
+        )
+
     asyncio.run(run())
 
 
@@ -100,10 +106,14 @@ def pod_json(units: int, index: int) -> tuple[str, dict[str, str]]:
     name = f"bench-{index}"
     uid = str(uuid.uuid4())
     limits = {RESOURCE_VNPU: str(units), "cpu": "4"}
-    body = {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "bench", "uid": uid, "annotations": {}},
-            "spec": {"containers": [{"name": "main", "image": "vllm",
-                                     "resources": {"limits": limits, "requests": limits}}]}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "bench", "uid": uid, "annotations": {}},
+        "spec": {
+            "containers": [{"name": "main", "image": "vllm", "resources": {"limits": limits, "requests": limits}}]
+        },
+    }
     return json.dumps(body), {"PodName": name, "PodNamespace": "bench", "PodUID": uid}
 
 
@@ -138,8 +148,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drive(port: int, server_pid: int, nodes: int, pods: int, in_flight: int,
-                seed_value: int) -> dict[str, Any]:
+async def drive(port: int, server_pid: int, nodes: int, pods: int, in_flight: int, seed_value: int) -> dict[str, Any]:
     names_json = json.dumps(node_names(nodes))
     rng = random.Random(seed_value)
     connector = aiohttp.TCPConnector(limit=in_flight + 1)
@@ -172,9 +181,15 @@ async def drive(port: int, server_pid: int, nodes: int, pods: int, in_flight: in
         bound_sustained = sum(await asyncio.gather(*(worker() for _ in range(in_flight))))
         elapsed = time.perf_counter() - started
         server_cpu = cpu_seconds(server_pid) - cpu_before
-    return {"latencies": latencies, "server_ms": inside, "bound_sequential": bound, "cold": cold,
-            "sustained_pods_per_s": pods / elapsed, "bound_sustained": bound_sustained,
-            "server_cpu_ms_per_pod": server_cpu * 1000 / pods}
+    return {
+        "latencies": latencies,
+        "server_ms": inside,
+        "bound_sequential": bound,
+        "cold": cold,
+        "sustained_pods_per_s": pods / elapsed,
+        "bound_sustained": bound_sustained,
+        "server_cpu_ms_per_pod": server_cpu * 1000 / pods,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -196,8 +211,9 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.nodes, args.pods = 500, 200
     ours, theirs = multiprocessing.Pipe()
-    child = multiprocessing.get_context("fork").Process(target=serve, args=(args.nodes, args.cards, args.policy,
-                                                                               theirs), daemon=True)
+    child = multiprocessing.get_context("fork").Process(
+        target=serve, args=(args.nodes, args.cards, args.policy, theirs), daemon=True
+    )
     child.start()
     try:
         port = ours.recv()
@@ -211,30 +227,44 @@ def main(argv: list[str]) -> int:
             child.terminate()
     ms = [s * 1000 for s in figures["latencies"]]
     result = {
-        "nodes": args.nodes, "cards_per_node": args.cards, "pods_per_phase": args.pods, "policy": args.policy,
-        "in_flight": args.in_flight, "state": "seeded directly; bind writes to an in-memory stand-in",
+        "nodes": args.nodes,
+        "cards_per_node": args.cards,
+        "pods_per_phase": args.pods,
+        "policy": args.policy,
+        "in_flight": args.in_flight,
+        "state": "seeded directly; bind writes to an in-memory stand-in",
         "request_form": "nodeCacheCapable: true (NodeNames)",
-        "latency_ms": {"p50": percentile(ms, 0.5), "p90": percentile(ms, 0.9), "p99": percentile(ms, 0.99),
-                       "max": max(ms), "mean": statistics.fmean(ms)},
+        "latency_ms": {
+            "p50": percentile(ms, 0.5),
+            "p90": percentile(ms, 0.9),
+            "p99": percentile(ms, 0.99),
+            "max": max(ms),
+            "mean": statistics.fmean(ms),
+        },
         "server_ms": {"p50": percentile(figures["server_ms"], 0.5), "p99": percentile(figures["server_ms"], 0.99)},
         "cold_filter_ms": [round(c * 1000, 1) for c in figures["cold"]],
         "sustained_pods_per_s": figures["sustained_pods_per_s"],
         "server_cpu_ms_per_pod": figures["server_cpu_ms_per_pod"],
         "server_capacity_pods_per_s": 1000 / figures["server_cpu_ms_per_pod"],
         "bound": {"sequential": figures["bound_sequential"], "sustained": figures["bound_sustained"]},
-        "server_peak_rss_mib": server["peak_rss_mib"], "reservation_conflicts": server["reservation_conflicts"],
+        "server_peak_rss_mib": server["peak_rss_mib"],
+        "reservation_conflicts": server["reservation_conflicts"],
         "targets": {"p99_ms": 10, "pods_per_s": 500},
     }
     lat = result["latency_ms"]
     inside = result["server_ms"]
-    rows = [["filter+prioritize+bind p50 (ms), client", lat["p50"], ""], ["p99 (ms), client", lat["p99"], "<= 10"],
-            ["max (ms), client", lat["max"], ""], ["p50 (ms) inside the extender", inside["p50"], ""],
-            ["p99 (ms) inside the extender", inside["p99"], "<= 10"],
-            ["sustained pods/s, client and extender on the same cores", result["sustained_pods_per_s"], ""],
-            ["extender CPU per pod (ms), sustained", result["server_cpu_ms_per_pod"], ""],
-            ["extender capacity: pods per CPU-second", result["server_capacity_pods_per_s"], ">= 500"],
-            ["server peak RSS (MiB)", result["server_peak_rss_mib"], ""],
-            ["first pod per shape (ms)", " ".join(str(c) for c in result["cold_filter_ms"]), "warm-up"]]
+    rows = [
+        ["filter+prioritize+bind p50 (ms), client", lat["p50"], ""],
+        ["p99 (ms), client", lat["p99"], "<= 10"],
+        ["max (ms), client", lat["max"], ""],
+        ["p50 (ms) inside the extender", inside["p50"], ""],
+        ["p99 (ms) inside the extender", inside["p99"], "<= 10"],
+        ["sustained pods/s, client and extender on the same cores", result["sustained_pods_per_s"], ""],
+        ["extender CPU per pod (ms), sustained", result["server_cpu_ms_per_pod"], ""],
+        ["extender capacity: pods per CPU-second", result["server_capacity_pods_per_s"], ">= 500"],
+        ["server peak RSS (MiB)", result["server_peak_rss_mib"], ""],
+        ["first pod per shape (ms)", " ".join(str(c) for c in result["cold_filter_ms"]), "warm-up"],
+    ]
     table = format_table(["measure", "value", "target"], rows)
     emit("extender", result, f"{args.nodes} nodes x {args.cards} cards, {args.pods} pods per phase\n{table}", args)
     return 0

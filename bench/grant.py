@@ -118,8 +118,9 @@ def measure_round_trips(rounds: int) -> dict[str, Any]:
         out = node.workdir / "rtt.json"
         env = tenant_env(node, TENANT, node.config.quota, gated=False)
         cpu0, t0 = cpu_seconds(node.daemon_pid), time.monotonic()
-        proc = start_worker(node, "flexnpu.bench.grant", ["--worker", "--rounds", str(rounds), "--out-file",
-                                                          str(out)], env)
+        proc = start_worker(
+            node, "flexnpu.bench.grant", ["--worker", "--rounds", str(rounds), "--out-file", str(out)], env
+        )
         wait_worker(proc, timeout_s=300)
         cpu = (cpu_seconds(node.daemon_pid) - cpu0) / (time.monotonic() - t0)
         samples = json.loads(out.read_text())
@@ -132,8 +133,7 @@ def measure_demo_load(seconds: float, slice_us: int) -> dict[str, Any]:
     """flexnpud's CPU while the demo's three tenants run with slices of ``slice_us``."""
     from flexnpu.shim import demo
 
-    config = NodeConfig(quota=demo.QUOTA, oversubscription=demo.OVERSUBSCRIPTION, share_in_idle=True,
-                        slice_us=slice_us)
+    config = NodeConfig(quota=demo.QUOTA, oversubscription=demo.OVERSUBSCRIPTION, share_in_idle=True, slice_us=slice_us)
     with simulated_node(config, prefix="flexnpu-bench-") as node:
         for tenant in demo.TENANTS:
             register(node, tenant.name, tenant.units, tenant.priority)
@@ -147,15 +147,19 @@ def measure_demo_load(seconds: float, slice_us: int) -> dict[str, Any]:
         for proc in workers:
             wait_worker(proc)
         grants = _grants(node)
-    return {"daemon_cpu_core_fraction": cpu, "seconds": seconds, "grants_per_s": grants / seconds,
-            "slice_us": slice_us}
+    return {"daemon_cpu_core_fraction": cpu, "seconds": seconds, "grants_per_s": grants / seconds, "slice_us": slice_us}
 
 
 def _grants(node: Node) -> float:
     from flexnpu.shim import demo
 
-    return float(sum(json.loads((node.workdir / f"{t.name}.json").read_text()).get("slices", 0)
-                     for t in demo.TENANTS if t.role == "batch"))
+    return float(
+        sum(
+            json.loads((node.workdir / f"{t.name}.json").read_text()).get("slices", 0)
+            for t in demo.TENANTS
+            if t.role == "batch"
+        )
+    )
 
 
 def framing_cost(n: int = 20000) -> dict[str, float]:
@@ -171,8 +175,12 @@ def framing_cost(n: int = 20000) -> dict[str, float]:
     for _ in range(n):
         frame.unpack(frame.pack(2, 123456, 1987, True, 12))
     t2 = time.perf_counter()
-    return {"json_us": (t1 - t0) / n * 1e6, "struct_us": (t2 - t1) / n * 1e6,
-            "json_bytes": float(len(encode(message))), "struct_bytes": float(frame.size)}
+    return {
+        "json_us": (t1 - t0) / n * 1e6,
+        "struct_us": (t2 - t1) / n * 1e6,
+        "json_bytes": float(len(encode(message))),
+        "struct_bytes": float(frame.size),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,25 +209,52 @@ def main(argv: Sequence[str]) -> int:
     framing = framing_cost()
     rows: list[list[object]] = [
         [name, trips[key]["p50_us"], trips[key]["p99_us"], trips[key]["max_us"]]
-        for name, key in (("release+want -> grant", "release_want_grant"), ("extend (renew, no drain)", "extend"),
-                          ("ping (through flexnpud, no scheduling)", "ping"))]
-    rows.append(["machine floor: echo between two Python processes", floor["p50_us"], floor["p99_us"],
-                 floor["max_us"]])
+        for name, key in (
+            ("release+want -> grant", "release_want_grant"),
+            ("extend (renew, no drain)", "extend"),
+            ("ping (through flexnpud, no scheduling)", "ping"),
+        )
+    ]
+    rows.append(["machine floor: echo between two Python processes", floor["p50_us"], floor["p99_us"], floor["max_us"]])
     cpu_rows: list[list[object]] = [
-        ["hammered by one client (grant every round trip)", f"{trips['daemon_cpu_core_fraction']:.1%}"]]
-    cpu_rows += [[f"demo load, {load['slice_us'] // 1000} ms slices ({load['grants_per_s']:.0f} batch grants/s)",
-                  f"{load['daemon_cpu_core_fraction']:.1%}"] for load in loads]
-    table = "\n".join([
-        "grant path (REAL TIME, real processes: flexnpu simnpu + flexnpud + client; target p99 <= 100 µs)",
-        format_table(["round trip", "p50 µs", "p99 µs", "max µs"], rows), "",
-        format_table(["flexnpud CPU", "% of one core"], cpu_rows), "",
-        format_table(["framing", "µs per encode+decode", "bytes"], [
-            ["newline JSON (used)", framing["json_us"], framing["json_bytes"]],
-            ["struct frame", framing["struct_us"], framing["struct_bytes"]]]),
-    ])
-    emit("grant", {"clock": "real time", "round_trips": trips, "machine_floor": floor, "demo_load": loads,
-                   "framing": framing,
-                   "targets": {"p99_us": 100, "daemon_cpu_core_fraction": 0.05}}, table, args)
+        ["hammered by one client (grant every round trip)", f"{trips['daemon_cpu_core_fraction']:.1%}"]
+    ]
+    cpu_rows += [
+        [
+            f"demo load, {load['slice_us'] // 1000} ms slices ({load['grants_per_s']:.0f} batch grants/s)",
+            f"{load['daemon_cpu_core_fraction']:.1%}",
+        ]
+        for load in loads
+    ]
+    table = "\n".join(
+        [
+            "grant path (REAL TIME, real processes: flexnpu simnpu + flexnpud + client; target p99 <= 100 µs)",
+            format_table(["round trip", "p50 µs", "p99 µs", "max µs"], rows),
+            "",
+            format_table(["flexnpud CPU", "% of one core"], cpu_rows),
+            "",
+            format_table(
+                ["framing", "µs per encode+decode", "bytes"],
+                [
+                    ["newline JSON (used)", framing["json_us"], framing["json_bytes"]],
+                    ["struct frame", framing["struct_us"], framing["struct_bytes"]],
+                ],
+            ),
+        ]
+    )
+    emit(
+        "grant",
+        {
+            "clock": "real time",
+            "round_trips": trips,
+            "machine_floor": floor,
+            "demo_load": loads,
+            "framing": framing,
+            "targets": {"p99_us": 100, "daemon_cpu_core_fraction": 0.05},
+        },
+        table,
+        args,
+    )
     return 0
 
 

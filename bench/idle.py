@@ -34,8 +34,19 @@ def active_phases(cycles: int) -> tuple[tuple[int, int], ...]:
 
 
 def critical(cycles: int) -> Workload:
-    return Workload(CRITICAL, 3, Priority.HIGH, 500, 1500, "uniform", depth=8, step_kernels=10,
-                    step_period_us=40_000, active=active_phases(cycles), seed=5)
+    return Workload(
+        CRITICAL,
+        3,
+        Priority.HIGH,
+        500,
+        1500,
+        "uniform",
+        depth=8,
+        step_kernels=10,
+        step_period_us=40_000,
+        active=active_phases(cycles),
+        seed=5,
+    )
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,12 @@ class Variant:
     share_in_idle: bool
 
 
-VARIANTS = (Variant("ungated", "ungated", False), Variant("seed ops", "ops", False),
-            Variant("flexnpu share_in_idle=false", "share", False),
-            Variant("flexnpu share_in_idle=true", "share", True))
+VARIANTS = (
+    Variant("ungated", "ungated", False),
+    Variant("seed ops", "ops", False),
+    Variant("flexnpu share_in_idle=false", "share", False),
+    Variant("flexnpu share_in_idle=true", "share", True),
+)
 
 
 def idle_phases(result: SimResult, cycles: int) -> list[tuple[int, int]]:
@@ -62,23 +76,37 @@ def idle_phases(result: SimResult, cycles: int) -> list[tuple[int, int]]:
 
 def ramp_us(result: SimResult, start: int) -> int:
     """Time from ``start`` to the end of the last 1 ms bin under 95% batch utilisation in the next 50 ms."""
-    low = [i for i in range(RAMP_LOOK_US // BIN_US)
-           if result.busy_between(BATCH, start + i * BIN_US, start + (i + 1) * BIN_US) < UTIL * BIN_US]
+    low = [
+        i
+        for i in range(RAMP_LOOK_US // BIN_US)
+        if result.busy_between(BATCH, start + i * BIN_US, start + (i + 1) * BIN_US) < UTIL * BIN_US
+    ]
     return (max(low) + 1) * BIN_US if low else 0
 
 
 def measure(variant: Variant, args: argparse.Namespace, solo_rate: float) -> dict[str, Any]:
     policy = SlicePolicy(slice_us=args.slice_us, share_in_idle=variant.share_in_idle)
     cycles = cycles_of(args)
-    result = run(Scenario((critical(cycles), batch(BATCH, 7, "mixed", seed=11)), variant.gating, policy,
-                          RuntimeModel(args.grant_latency_us), duration_us=cycles * CYCLE_US))
+    result = run(
+        Scenario(
+            (critical(cycles), batch(BATCH, 7, "mixed", seed=11)),
+            variant.gating,
+            policy,
+            RuntimeModel(args.grant_latency_us),
+            duration_us=cycles * CYCLE_US,
+        )
+    )
     phases = idle_phases(result, cycles)
     idle_busy = sum(result.busy_between(BATCH, a, b) for a, b in phases) / sum(b - a for a, b in phases)
     first = sum(result.busy_between(BATCH, a, a + FIRST_US) for a, _ in phases) / (FIRST_US * len(phases))
-    return {"variant": variant.label, "gating": variant.gating, "share_in_idle": variant.share_in_idle,
-            "idle_throughput_pct_of_solo": 100 * idle_busy / solo_rate,
-            "first_10ms_pct_of_solo": 100 * first / solo_rate,
-            "ramp_ms_worst": max(ramp_us(result, a) for a, _ in phases) / 1000}
+    return {
+        "variant": variant.label,
+        "gating": variant.gating,
+        "share_in_idle": variant.share_in_idle,
+        "idle_throughput_pct_of_solo": 100 * idle_busy / solo_rate,
+        "first_10ms_pct_of_solo": 100 * first / solo_rate,
+        "ramp_ms_worst": max(ramp_us(result, a) for a, _ in phases) / 1000,
+    }
 
 
 def solo_rate(args: argparse.Namespace) -> float:
@@ -113,12 +141,33 @@ def main(argv: list[str]) -> int:
         return 2
     solo = solo_rate(args)
     rows = [measure(v, args, solo) for v in VARIANTS]
-    table = format_table(["policy", "idle-phase throughput % of solo", "first 10 ms % of solo", "ramp ms (worst)"],
-                         [[r["variant"], r["idle_throughput_pct_of_solo"], r["first_10ms_pct_of_solo"],
-                           r["ramp_ms_worst"]] for r in rows])
-    result = {"mode": "virtual", "note": VIRTUAL_NOTE, "slice_us": args.slice_us,
-              "grant_latency_us": args.grant_latency_us, "solo_busy_fraction": solo,
-              "target_pct_of_solo": 95.0, "target_ramp_ms": 10.0, "runs": rows}
-    emit("idle", result, "\n".join([f"work conservation while the critical tenant idles ({VIRTUAL_NOTE})", table,
-                                    "target: >= 95% of solo within 10 ms (DESIGN.md section 13)"]), args)
+    table = format_table(
+        ["policy", "idle-phase throughput % of solo", "first 10 ms % of solo", "ramp ms (worst)"],
+        [
+            [r["variant"], r["idle_throughput_pct_of_solo"], r["first_10ms_pct_of_solo"], r["ramp_ms_worst"]]
+            for r in rows
+        ],
+    )
+    result = {
+        "mode": "virtual",
+        "note": VIRTUAL_NOTE,
+        "slice_us": args.slice_us,
+        "grant_latency_us": args.grant_latency_us,
+        "solo_busy_fraction": solo,
+        "target_pct_of_solo": 95.0,
+        "target_ramp_ms": 10.0,
+        "runs": rows,
+    }
+    emit(
+        "idle",
+        result,
+        "\n".join(
+            [
+                f"work conservation while the critical tenant idles ({VIRTUAL_NOTE})",
+                table,
+                "target: >= 95% of solo within 10 ms (DESIGN.md section 13)",
+            ]
+        ),
+        args,
+    )
     return 0

@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "meter": "wall clock (best of --repeat runs) and valgrind callgrind instruction counts, slope over N launches",
         "modes": {
-            name: {"ns_per_launch": ns, "added_ns": ns - base_ns, "instructions_per_launch": ir,
-                   "added_instructions": None if ir is None or base_ir is None else ir - base_ir}
+            name: {
+                "ns_per_launch": ns,
+                "added_ns": ns - base_ns,
+                "instructions_per_launch": ir,
+                "added_instructions": None if ir is None or base_ir is None else ir - base_ir,
+            }
             for name, ns, ir in rows
         },
     }

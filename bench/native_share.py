@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 
 from flexnpu.bench.common import add_common_args, emit, format_table
 from flexnpu.shim.grant import shm
+from flexnpu.waiting import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "shim" / "native"
@@ -139,13 +139,6 @@ def build(out: Path) -> None:
     subprocess.run(
         ["make", "-s", "-C", str(NATIVE), f"BUILD={out}", "all", "fakes"], check=True, stdout=subprocess.DEVNULL
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Daemon:

@@ -95,11 +95,28 @@ def load_nodes(path: Path) -> tuple[NodeState, ...]:
         model = row.text("model").strip()
         if count and not model:
             raise row.error("model", "must name the card model of a node with cards")
-        cards = tuple(CardState(uuid=f"{name}-{i}", index=i, model=model, units_total=UNITS, units_used=0,
-                                memory_total_mib=0, memory_used_mib=0, healthy=True) for i in range(count))
-        nodes.append(NodeState(name=name, cards=cards, units_per_card=UNITS,
-                               cpu_milli_total=row.number("cpu_milli", MAX_CPU_MILLI),
-                               host_memory_mib_total=_optional_number(row, "memory_mib", MAX_MEMORY_MIB)))
+        cards = tuple(
+            CardState(
+                uuid=f"{name}-{i}",
+                index=i,
+                model=model,
+                units_total=UNITS,
+                units_used=0,
+                memory_total_mib=0,
+                memory_used_mib=0,
+                healthy=True,
+            )
+            for i in range(count)
+        )
+        nodes.append(
+            NodeState(
+                name=name,
+                cards=cards,
+                units_per_card=UNITS,
+                cpu_milli_total=row.number("cpu_milli", MAX_CPU_MILLI),
+                host_memory_mib_total=_optional_number(row, "memory_mib", MAX_MEMORY_MIB),
+            )
+        )
     if not nodes:
         raise TraceError(path, 1, "sn", None, "the node list names no node")
     return tuple(nodes)
@@ -129,8 +146,12 @@ def _pod(row: _Row, config: UnitsConfig, models: set[str]) -> TracePod:
     if unknown:
         raise row.error("gpu_spec", f"names card model(s) {', '.join(unknown)} that no node of the node list has")
     request = CPU_ONLY if cards == 0 else parse_vnpu_request(milli if cards == 1 else cards * UNITS, config)
-    demand = PodDemand(request=request, models=wanted, cpu_milli=row.number("cpu_milli", MAX_CPU_MILLI),
-                       host_memory_mib=_optional_number(row, "memory_mib", MAX_MEMORY_MIB))
+    demand = PodDemand(
+        request=request,
+        models=wanted,
+        cpu_milli=row.number("cpu_milli", MAX_CPU_MILLI),
+        host_memory_mib=_optional_number(row, "memory_mib", MAX_MEMORY_MIB),
+    )
     return TracePod(name=row.text("name"), demand=demand, milli=cards * milli)
 
 
@@ -150,8 +171,13 @@ def _rows(path: Path, required: Sequence[str], optional: Sequence[str], ignored:
                 if not cells:
                     continue
                 if len(cells) != len(header):
-                    raise TraceError(path, line, header[min(len(cells), len(header)) - 1], ",".join(cells)[:80],
-                                     f"has {len(cells)} columns, the header {len(header)}")
+                    raise TraceError(
+                        path,
+                        line,
+                        header[min(len(cells), len(header)) - 1],
+                        ",".join(cells)[:80],
+                        f"has {len(cells)} columns, the header {len(header)}",
+                    )
                 yield _Row(path, line, dict(zip(header, cells, strict=True)))
     except UnicodeDecodeError as exc:
         raise TraceError(path, 0, "-", None, f"is not UTF-8 text ({exc.reason})") from exc

@@ -115,8 +115,9 @@ async def _warm_up(kube: Any, daemon: DaemonProcess, registered: dict[str, float
     registered.clear()
 
 
-async def _create_claims(kube: Any, args: argparse.Namespace, daemons: list[DaemonProcess],
-                         created: dict[str, float]) -> None:
+async def _create_claims(
+    kube: Any, args: argparse.Namespace, daemons: list[DaemonProcess], created: dict[str, float]
+) -> None:
     start = time.monotonic()
     for i in range(args.claims):
         if args.rate > 0:
@@ -136,16 +137,28 @@ async def _wait_all(registered: dict[str, float], expected: int, timeout: float)
         await asyncio.sleep(0.05)
 
 
-def _figures(args: argparse.Namespace, created: dict[str, float], registered: dict[str, float], started: float,
-             finished: float, held: int) -> dict[str, Any]:
+def _figures(
+    args: argparse.Namespace,
+    created: dict[str, float],
+    registered: dict[str, float],
+    started: float,
+    finished: float,
+    held: int,
+) -> dict[str, Any]:
     latencies = sorted(registered[n] - created[n] for n in registered if n in created)
     last = max(registered.values(), default=finished)
     span = max(last - started, 1e-9)
     return {
-        "claims": args.claims, "nodes": args.nodes, "daemon_processes": args.nodes,
-        "rate": args.rate or "burst", "registered": len(registered), "held_by_daemons": held,
-        "seconds": round(span, 3), "claims_per_second": round(len(registered) / span, 1),
-        "latency_p50_s": round(_quantile(latencies, 0.50), 3), "latency_p99_s": round(_quantile(latencies, 0.99), 3),
+        "claims": args.claims,
+        "nodes": args.nodes,
+        "daemon_processes": args.nodes,
+        "rate": args.rate or "burst",
+        "registered": len(registered),
+        "held_by_daemons": held,
+        "seconds": round(span, 3),
+        "claims_per_second": round(len(registered) / span, 1),
+        "latency_p50_s": round(_quantile(latencies, 0.50), 3),
+        "latency_p99_s": round(_quantile(latencies, 0.99), 3),
         "latency_max_s": round(latencies[-1] if latencies else 0.0, 3),
         "latency_mean_s": round(statistics.fmean(latencies) if latencies else 0.0, 3),
         "target_p99_s": 2.0,
@@ -160,8 +173,10 @@ def _quantile(values: list[float], q: float) -> float:
 
 def table(result: dict[str, Any]) -> str:
     rows: list[list[object]] = [
-        ["claims / nodes (flexnpud processes)",
-         f"{result['claims']} / {result['nodes']} ({result['daemon_processes']})"],
+        [
+            "claims / nodes (flexnpud processes)",
+            f"{result['claims']} / {result['nodes']} ({result['daemon_processes']})",
+        ],
         ["creation", f"{result['rate']} claims/s" if result["rate"] != "burst" else "burst (all at once)"],
         ["registered (held by daemons)", f"{result['registered']} ({result['held_by_daemons']})"],
         ["claims registered per second", result["claims_per_second"]],

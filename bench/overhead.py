@@ -73,8 +73,10 @@ def worker(begin: float, until: float, out: Path) -> None:
                 ahead = 0.0
     device.finish()
     slicer = device.slicer
-    out.write_text(json.dumps({"slices": slicer.slices if slicer else 0, "drains": slicer.drains if slicer else 0}),
-                   encoding="utf-8")
+    out.write_text(
+        json.dumps({"slices": slicer.slices if slicer else 0, "drains": slicer.drains if slicer else 0}),
+        encoding="utf-8",
+    )
 
 
 def measure(mode: str, seconds: float) -> dict[str, Any]:
@@ -86,9 +88,12 @@ def measure(mode: str, seconds: float) -> dict[str, Any]:
         begin = time.monotonic() + STARTUP_S
         start, end = begin + WARMUP_S, begin + WARMUP_S + seconds
         out = node.workdir / "tenant.json"
-        proc = start_worker(node, "flexnpu.bench.overhead", ["--worker", "--begin", repr(begin), "--until",
-                                                             repr(end), "--out-file", str(out)],
-                            tenant_env(node, TENANT, config.quota, gated=gated))
+        proc = start_worker(
+            node,
+            "flexnpu.bench.overhead",
+            ["--worker", "--begin", repr(begin), "--until", repr(end), "--out-file", str(out)],
+            tenant_env(node, TENANT, config.quota, gated=gated),
+        )
         with SimNpuClient(node.sim_socket, name="bench-observer") as observer:
             wait_until(start)
             first = observer.stats()[TENANT]
@@ -100,8 +105,14 @@ def measure(mode: str, seconds: float) -> dict[str, Any]:
         counts = json.loads(out.read_text())
     busy = (last["busy_us"] - first["busy_us"]) / 1e6
     kernels = last["kernels"] - first["kernels"]
-    return {"mode": mode, "device_share": busy / elapsed, "kernels_per_s": kernels / elapsed,
-            "grants": counts["slices"], "drains": counts["drains"], "seconds": round(elapsed, 2)}
+    return {
+        "mode": mode,
+        "device_share": busy / elapsed,
+        "kernels_per_s": kernels / elapsed,
+        "grants": counts["slices"],
+        "drains": counts["drains"],
+        "seconds": round(elapsed, 2),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,14 +140,37 @@ def main(argv: Sequence[str]) -> int:
     native = rows[0]["device_share"]
     for row in rows:
         row["vs_ungated"] = row["device_share"] / native if native else 0.0
-    table = format_table(["mode", "device share", "kernels/s", "vs ungated", "grants", "drains", "seconds"],
-                         [[r["mode"], r["device_share"], r["kernels_per_s"], f"{r['vs_ungated']:.1%}", r["grants"],
-                           r["drains"], r["seconds"]] for r in rows])
-    header = ("overhead (REAL TIME, simulated 910B3 via flexnpu simnpu + flexnpud; one tenant, kernels 0.05-5 ms; "
-              "target: flexnpu >= 98% of ungated)")
-    emit("overhead", {"clock": "real time", "target": ">= 0.98 of ungated", "modes": rows,
-                      "flexnpu_vs_ungated": rows[1]["vs_ungated"], "seed_ops_vs_ungated": rows[2]["vs_ungated"]},
-         header + "\n" + table, args)
+    table = format_table(
+        ["mode", "device share", "kernels/s", "vs ungated", "grants", "drains", "seconds"],
+        [
+            [
+                r["mode"],
+                r["device_share"],
+                r["kernels_per_s"],
+                f"{r['vs_ungated']:.1%}",
+                r["grants"],
+                r["drains"],
+                r["seconds"],
+            ]
+            for r in rows
+        ],
+    )
+    header = (
+        "overhead (REAL TIME, simulated 910B3 via flexnpu simnpu + flexnpud; one tenant, kernels 0.05-5 ms; "
+        "target: flexnpu >= 98% of ungated)"
+    )
+    emit(
+        "overhead",
+        {
+            "clock": "real time",
+            "target": ">= 0.98 of ungated",
+            "modes": rows,
+            "flexnpu_vs_ungated": rows[1]["vs_ungated"],
+            "seed_ops_vs_ungated": rows[2]["vs_ungated"],
+        },
+        header + "\n" + table,
+        args,
+    )
     return 0
 
 

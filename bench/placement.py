@@ -139,8 +139,9 @@ def arrival_order(pods: Sequence[TracePod], capacity_milli: int, seed: int) -> l
     return order
 
 
-def replay(nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: str, stats: ClusterStats,
-           seed: int) -> SeedResult:
+def replay(
+    nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: str, stats: ClusterStats, seed: int
+) -> SeedResult:
     """Submit each pod once through filter, prioritize and bind; record the unallocated share at each level."""
     chosen = bench_policy(policy_name)
     rng = random.Random(seed)
@@ -180,22 +181,25 @@ def run_one(task: tuple[Path, str, str, int]) -> tuple[str, str, int, SeedResult
     order = arrival_order(trace.pods, trace.capacity_milli, seed)
     policy_name, _, path = column.partition("@")
     if path:
-        result = replay_through_production(trace, order, policy_name, seed, offline=path.startswith("offline"),
-                                           all_pods=path.endswith("-all"))
+        result = replay_through_production(
+            trace, order, policy_name, seed, offline=path.startswith("offline"), all_pods=path.endswith("-all")
+        )
     else:
         result = replay(trace.nodes, order, policy_name, trace_stats(trace.pods, policy_name), seed)
     return trace_name, column, seed, result, time.perf_counter() - started
 
 
-def replay_through_production(trace: Trace, order: Sequence[TracePod], policy_name: str, seed: int, *,
-                              offline: bool, all_pods: bool = False) -> SeedResult:
+def replay_through_production(
+    trace: Trace, order: Sequence[TracePod], policy_name: str, seed: int, *, offline: bool, all_pods: bool = False
+) -> SeedResult:
     """The replay through the extender's service and the kube-scheduler model the chart configures (with
     ``all_pods``, CPU-only pods opt in to flexnpu-scheduler too)."""
     stats = trace_stats(trace.pods, policy_name) if offline else None
     profile = replace(chart_profile(), cpu_pods_to_extender=all_pods)
     outcome = replay_production(trace.nodes, order, policy_name, seed, ARRIVALS, profile=profile, stats=stats)
-    return SeedResult(outcome.unallocated_pct, outcome.arrived_milli, outcome.allocated_milli, len(order),
-                      outcome.failed)
+    return SeedResult(
+        outcome.unallocated_pct, outcome.arrived_milli, outcome.allocated_milli, len(order), outcome.failed
+    )
 
 
 def default_data_dir() -> Path:
@@ -208,16 +212,24 @@ def default_data_dir() -> Path:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="flexnpu bench placement", description=__doc__.splitlines()[0])
     parser.add_argument("--trace", default="default", help=f"trace name or 'all' (known: {', '.join(TRACES)})")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
-                        help="comma-separated seeds, or A-B (default 42-51)")
+    parser.add_argument(
+        "--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds, or A-B (default 42-51)"
+    )
     parser.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated policy names")
-    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                        help="comma-separated: production (the extender's service behind kube-scheduler as the "
-                             "chart configures it, shapes learnt online), offline (the same, shapes from the whole "
-                             "trace), production-all / offline-all (CPU-only pods opt in to flexnpu-scheduler "
-                             "too), core (the placement core alone, fastest); default production,offline")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help=f"folder of the openb CSV files (default ${ENV_DIR} or ../shared/data/openb)")
+    parser.add_argument(
+        "--paths",
+        default=",".join(DEFAULT_PATHS),
+        help="comma-separated: production (the extender's service behind kube-scheduler as the "
+        "chart configures it, shapes learnt online), offline (the same, shapes from the whole "
+        "trace), production-all / offline-all (CPU-only pods opt in to flexnpu-scheduler "
+        "too), core (the placement core alone, fastest); default production,offline",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"folder of the openb CSV files (default ${ENV_DIR} or ../shared/data/openb)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--quick", action="store_true", help="three seeds only (42-44)")
     add_common_args(parser)
@@ -253,8 +265,11 @@ def main(argv: list[str]) -> int:
         for done, ((_, trace, policy, seed), outcome) in enumerate(zip(tasks, runs, strict=True), 1):
             outcomes.append(outcome)
             # Progress on stderr: the JSON or the table on stdout stays clean.
-            print(f"[{done}/{len(tasks)}] {trace} {policy} seed {seed} "
-                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[{done}/{len(tasks)}] {trace} {policy} seed {seed} ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     result = _summary(outcomes, traces, policies, seeds)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     emit("placement", result, _table(result), args)
@@ -284,8 +299,12 @@ def _validated(args: argparse.Namespace) -> tuple[list[str], list[int], list[str
     return traces, seeds, policies, data_dir
 
 
-def _summary(outcomes: Sequence[tuple[str, str, int, SeedResult, float]], traces: Sequence[str],
-             policies: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+def _summary(
+    outcomes: Sequence[tuple[str, str, int, SeedResult, float]],
+    traces: Sequence[str],
+    policies: Sequence[str],
+    seeds: Sequence[int],
+) -> dict[str, Any]:
     per_trace: dict[str, Any] = {}
     for trace in traces:
         rows = {p: {s: r for t, p2, s, r, _ in outcomes if t == trace and p2 == p} for p in policies}
@@ -294,8 +313,12 @@ def _summary(outcomes: Sequence[tuple[str, str, int, SeedResult, float]], traces
             "published": {str(level): PUBLISHED[(trace, level)] for level in ARRIVALS if (trace, level) in PUBLISHED},
             "policies": {p: _policy_summary(rows[p], times[p]) for p in policies},
         }
-    result: dict[str, Any] = {"traces": per_trace, "seeds": list(seeds), "units_per_card": UNITS,
-                              "replay_s": round(sum(o[4] for o in outcomes), 1)}
+    result: dict[str, Any] = {
+        "traces": per_trace,
+        "seeds": list(seeds),
+        "units_per_card": UNITS,
+        "replay_s": round(sum(o[4] for o in outcomes), 1),
+    }
     if len(traces) == 1:
         result["trace"] = traces[0]
         result["policies"] = per_trace[traces[0]]["policies"]
@@ -307,10 +330,15 @@ def _policy_summary(by_seed: dict[int, SeedResult], seconds: dict[int, float]) -
     for level in ARRIVALS:
         values = [r.unallocated_pct[level] for r in by_seed.values() if level in r.unallocated_pct]
         out[f"unallocated_pct_at_{level}"] = round(statistics.median(values), 3) if values else None
-    out["per_seed"] = {str(seed): {"unallocated_pct_at_100": round(r.unallocated_pct.get(100, float("nan")), 3),
-                                   "unallocated_pct_at_130": round(r.unallocated_pct.get(130, float("nan")), 3),
-                                   "pods": r.pods, "failed": r.failed}
-                       for seed, r in sorted(by_seed.items())}
+    out["per_seed"] = {
+        str(seed): {
+            "unallocated_pct_at_100": round(r.unallocated_pct.get(100, float("nan")), 3),
+            "unallocated_pct_at_130": round(r.unallocated_pct.get(130, float("nan")), 3),
+            "pods": r.pods,
+            "failed": r.failed,
+        }
+        for seed, r in sorted(by_seed.items())
+    }
     out["replay_s_median"] = round(statistics.median(times), 1) if (times := list(seconds.values())) else None
     return out
 
@@ -325,8 +353,10 @@ def _table(result: dict[str, Any]) -> str:
             rows.append([trace, f"{level}%", *(published.get(k, "-") for k in ("Random", "BestFit", "FGD")), *ours])
     first = next(iter(result["traces"].values()))["policies"]
     times = ", ".join(f"{p} {body['replay_s_median']} s" for p, body in first.items())
-    note = (f"unallocated % of cards, median of seeds {result['seeds']}; * = published (FGD paper); "
-            f"wall {result['wall_s']} s; median time of one replay: {times}; policy@production = through the "
-            f"extender's service behind kube-scheduler as the chart configures it, shapes learnt online; "
-            f"@offline = the same with the whole trace's shapes; no suffix = the placement core alone")
+    note = (
+        f"unallocated % of cards, median of seeds {result['seeds']}; * = published (FGD paper); "
+        f"wall {result['wall_s']} s; median time of one replay: {times}; policy@production = through the "
+        f"extender's service behind kube-scheduler as the chart configures it, shapes learnt online; "
+        f"@offline = the same with the whole trace's shapes; no suffix = the placement core alone"
+    )
     return format_table(headers, rows) + "\n" + note

@@ -103,8 +103,11 @@ def nodes_to_find(profile: SchedulerProfile, nodes: int) -> int:
 
 def node_object(node: NodeState, units: int) -> dict[str, Any]:
     """A v1.Node as the API server serves it: allocatable CPU, memory and vnpu units (``units`` per card)."""
-    allocatable = {"cpu": f"{node.cpu_milli_total}m", "memory": f"{node.host_memory_mib_total}Mi",
-                   RESOURCE_VNPU: str(units * len(node.cards))}
+    allocatable = {
+        "cpu": f"{node.cpu_milli_total}m",
+        "memory": f"{node.host_memory_mib_total}Mi",
+        RESOURCE_VNPU: str(units * len(node.cards)),
+    }
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name}, "status": {"allocatable": allocatable}}
 
 
@@ -130,10 +133,13 @@ def pod_object(serial: int, pod: TracePod, units: int) -> dict[str, Any]:
         amount = request.units * units // UNITS if request.is_fraction else request.whole_cards * units
         requests[RESOURCE_VNPU] = str(amount)
     notes = {ANNOTATION_CARD_MODEL: "|".join(sorted(demand.models))} if demand.models else {}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"pod-{serial}", "namespace": "openb", "uid": f"uid-{serial}", "annotations": notes},
-            "spec": {"containers": [{"name": "main", "resources": {"requests": requests}}]},
-            "status": {"phase": "Pending"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"pod-{serial}", "namespace": "openb", "uid": f"uid-{serial}", "annotations": notes},
+        "spec": {"containers": [{"name": "main", "resources": {"requests": requests}}]},
+        "status": {"phase": "Pending"},
+    }
 
 
 class ReplayWriter:
@@ -195,8 +201,11 @@ class KubeScheduler:
         for step in range(count):
             i = (self.next_start + step) % count
             processed += 1
-            if (self.cpu[i] + cpu <= self.cpu_cap[i] and self.mem[i] + mem <= self.mem_cap[i]
-                    and self.vnpu[i] + vnpu <= self.vnpu_cap[i]):
+            if (
+                self.cpu[i] + cpu <= self.cpu_cap[i]
+                and self.mem[i] + mem <= self.mem_cap[i]
+                and self.vnpu[i] + vnpu <= self.vnpu_cap[i]
+            ):
                 found.append(self.names[i])
                 if len(found) >= self.to_find:
                     break
@@ -266,9 +275,18 @@ class _VirtualClock:
 class ProductionReplay:
     """One extender service, its state and a kube-scheduler model over one trace's nodes."""
 
-    def __init__(self, nodes: Sequence[NodeState], policy_name: str, *, seed: int, profile: SchedulerProfile,
-                 units: int = UNITS, stats: ClusterStats | None = None, seconds_per_pod: float = SECONDS_PER_POD,
-                 max_shapes: int = 4096) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[NodeState],
+        policy_name: str,
+        *,
+        seed: int,
+        profile: SchedulerProfile,
+        units: int = UNITS,
+        stats: ClusterStats | None = None,
+        seconds_per_pod: float = SECONDS_PER_POD,
+        max_shapes: int = 4096,
+    ) -> None:
         self.state = ClusterState()
         self.units = units
         objects = [node_object(n, units) for n in nodes]
@@ -276,13 +294,20 @@ class ProductionReplay:
             cpu, memory = node_allocatable(obj)
             self.state.set_node(node.name, node_inventory(node, units), cpu, memory)
         self.writer = ReplayWriter()
-        self.service = ExtenderService(self.state, self.writer, policy=policy_name, units=UnitsConfig(units),
-                                       identity="replay")
+        self.service = ExtenderService(
+            self.state, self.writer, policy=policy_name, units=UnitsConfig(units), identity="replay"
+        )
         self.clock = _VirtualClock()
         self.seconds_per_pod = seconds_per_pod
         offline = stats is not None
-        self.service.index = PlacementIndex(self.state, policy_name, units_per_card=units, max_shapes=max_shapes,
-                                            min_pods=10**9 if offline else 100, clock=self.clock)
+        self.service.index = PlacementIndex(
+            self.state,
+            policy_name,
+            units_per_card=units,
+            max_shapes=max_shapes,
+            min_pods=10**9 if offline else 100,
+            clock=self.clock,
+        )
         self.service.index.stats = stats
         self.scheduler = KubeScheduler(objects, profile, random.Random(seed))
 
@@ -311,31 +336,60 @@ class ProductionReplay:
 
     async def _bind(self, obj: dict[str, Any], node: str) -> bool:
         meta = obj["metadata"]
-        result = await self.service.bind({"PodName": meta["name"], "PodNamespace": meta["namespace"],
-                                          "PodUID": meta["uid"], "Node": node})
+        result = await self.service.bind(
+            {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
+        )
         return not result["Error"]
 
     def _watch(self, obj: dict[str, Any], node: str) -> None:
         """The event the pod watch delivers once the pod is bound (with the extender's annotations, if any)."""
         meta = obj["metadata"]
-        bound = {**obj, "metadata": {**meta, "annotations": {**meta["annotations"],
-                                                             **self.writer.annotations.get(meta["name"], {})}},
-                 "spec": {**obj["spec"], "nodeName": node}, "status": {"phase": "Running"}}
+        bound = {
+            **obj,
+            "metadata": {
+                **meta,
+                "annotations": {**meta["annotations"], **self.writer.annotations.get(meta["name"], {})},
+            },
+            "spec": {**obj["spec"], "nodeName": node},
+            "status": {"phase": "Running"},
+        }
         self.state.observe_pod(pod_facts(bound))
 
 
-def replay_production(nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: str, seed: int,
-                      levels: Sequence[int], *, profile: SchedulerProfile, stats: ClusterStats | None = None,
-                      seconds_per_pod: float = SECONDS_PER_POD) -> ProductionOutcome:
+def replay_production(
+    nodes: Sequence[NodeState],
+    order: Sequence[TracePod],
+    policy_name: str,
+    seed: int,
+    levels: Sequence[int],
+    *,
+    profile: SchedulerProfile,
+    stats: ClusterStats | None = None,
+    seconds_per_pod: float = SECONDS_PER_POD,
+) -> ProductionOutcome:
     """Submit each pod once through the production path; record where it went and the unallocated share."""
     return asyncio.run(_replay(nodes, order, policy_name, seed, levels, profile, stats, seconds_per_pod))
 
 
-async def _replay(nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: str, seed: int,
-                  levels: Sequence[int], profile: SchedulerProfile, stats: ClusterStats | None,
-                  seconds_per_pod: float) -> ProductionOutcome:
-    replay = ProductionReplay(nodes, policy_name, seed=seed, profile=profile, units=replay_units(order),
-                              stats=stats, seconds_per_pod=seconds_per_pod)
+async def _replay(
+    nodes: Sequence[NodeState],
+    order: Sequence[TracePod],
+    policy_name: str,
+    seed: int,
+    levels: Sequence[int],
+    profile: SchedulerProfile,
+    stats: ClusterStats | None,
+    seconds_per_pod: float,
+) -> ProductionOutcome:
+    replay = ProductionReplay(
+        nodes,
+        policy_name,
+        seed=seed,
+        profile=profile,
+        units=replay_units(order),
+        stats=stats,
+        seconds_per_pod=seconds_per_pod,
+    )
     capacity = UNITS * sum(len(n.cards) for n in nodes)
     pending = list(levels)
     unallocated: dict[int, float] = {}

@@ -27,8 +27,19 @@ WARMUP_US = 200_000
 
 
 def critical(step_kernels: int, period_us: int) -> Workload:
-    return Workload(CRITICAL, 3, Priority.HIGH, 500, 1500, "uniform", depth=8, step_kernels=step_kernels,
-                    step_period_us=period_us, arrivals="poisson", seed=7)
+    return Workload(
+        CRITICAL,
+        3,
+        Priority.HIGH,
+        500,
+        1500,
+        "uniform",
+        depth=8,
+        step_kernels=step_kernels,
+        step_period_us=period_us,
+        arrivals="poisson",
+        seed=7,
+    )
 
 
 @dataclass(frozen=True)
@@ -54,13 +65,20 @@ def measure(variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
         workloads += (batch("batch", 7, "mixed", seed=11),)
     policy = SlicePolicy(slice_us=args.slice_us, share_in_idle=variant.share_in_idle)
     runtime = RuntimeModel(args.grant_latency_us, inflight_cap_us=args.inflight_cap_us)
-    result = run(Scenario(workloads, variant.gating, policy, runtime, duration_us=round(args.seconds * 1e6),
-                          warmup_us=WARMUP_US))
+    result = run(
+        Scenario(workloads, variant.gating, policy, runtime, duration_us=round(args.seconds * 1e6), warmup_us=WARMUP_US)
+    )
     crit = result.tenants[CRITICAL]
     batch_busy = result.tenants["batch"].busy_us / result.scenario.duration_us if variant.with_batch else 0.0
-    return {"variant": variant.label, "gating": variant.gating, "share_in_idle": variant.share_in_idle,
-            "steps": len(crit.step_latencies_us), "p50_ms": crit.latency_percentile_us(50) / 1000,
-            "p99_ms": crit.latency_percentile_us(99) / 1000, "batch_share": batch_busy}
+    return {
+        "variant": variant.label,
+        "gating": variant.gating,
+        "share_in_idle": variant.share_in_idle,
+        "steps": len(crit.step_latencies_us),
+        "p50_ms": crit.latency_percentile_us(50) / 1000,
+        "p99_ms": crit.latency_percentile_us(99) / 1000,
+        "batch_share": batch_busy,
+    }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -69,8 +87,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_sim_args(parser, seconds=150.0)
     parser.add_argument("--step-kernels", type=int, default=32, help="kernels per critical step (default 32)")
     parser.add_argument("--period-us", type=int, default=500_000, help="mean step interval (default 500000)")
-    parser.add_argument("--inflight-cap-us", type=int, default=500,
-                        help="the runtime's cap on not-started work queued on the device (default 500)")
+    parser.add_argument(
+        "--inflight-cap-us",
+        type=int,
+        default=500,
+        help="the runtime's cap on not-started work queued on the device (default 500)",
+    )
     return parser.parse_args(argv)
 
 
@@ -100,13 +122,36 @@ def main(argv: list[str]) -> int:
     solo_p99 = rows[0]["p99_ms"]
     for row in rows:
         row["p99_over_solo"] = row["p99_ms"] / solo_p99
-    table = format_table(["run", "steps", "p50 ms", "p99 ms", "p99 / solo p99", "batch share %"],
-                         [[r["variant"], r["steps"], r["p50_ms"], r["p99_ms"], r["p99_over_solo"],
-                           r["batch_share"] * 100] for r in rows])
-    result = {"mode": "virtual", "note": VIRTUAL_NOTE, "seconds": args.seconds, "slice_us": args.slice_us,
-              "grant_latency_us": args.grant_latency_us, "inflight_cap_us": args.inflight_cap_us,
-              "step_kernels": args.step_kernels, "period_us": args.period_us, "target_p99_over_solo": 1.1,
-              "solo_p99_ms": solo_p99, "runs": rows}
-    emit("priority", result, "\n".join([f"critical tenant tail latency ({VIRTUAL_NOTE})", table,
-                                        "target: p99 / solo p99 <= 1.1 (DESIGN.md section 13)"]), args)
+    table = format_table(
+        ["run", "steps", "p50 ms", "p99 ms", "p99 / solo p99", "batch share %"],
+        [
+            [r["variant"], r["steps"], r["p50_ms"], r["p99_ms"], r["p99_over_solo"], r["batch_share"] * 100]
+            for r in rows
+        ],
+    )
+    result = {
+        "mode": "virtual",
+        "note": VIRTUAL_NOTE,
+        "seconds": args.seconds,
+        "slice_us": args.slice_us,
+        "grant_latency_us": args.grant_latency_us,
+        "inflight_cap_us": args.inflight_cap_us,
+        "step_kernels": args.step_kernels,
+        "period_us": args.period_us,
+        "target_p99_over_solo": 1.1,
+        "solo_p99_ms": solo_p99,
+        "runs": rows,
+    }
+    emit(
+        "priority",
+        result,
+        "\n".join(
+            [
+                f"critical tenant tail latency ({VIRTUAL_NOTE})",
+                table,
+                "target: p99 / solo p99 <= 1.1 (DESIGN.md section 13)",
+            ]
+        ),
+        args,
+    )
     return 0

@@ -32,8 +32,9 @@ MAX_SPEC_GPU: Final = 8_000
 PUBLISHED: Final = {"fgd-published": "fgd", "bestfit-published": "bestfit"}
 
 
-def published_scores(name: str, demand: PodDemand, fits: Sequence[NodeFit], stats: ClusterStats,
-                     memo: EvaluationMemo, milli: int) -> dict[str, int]:
+def published_scores(
+    name: str, demand: PodDemand, fits: Sequence[NodeFit], stats: ClusterStats, memo: EvaluationMemo, milli: int
+) -> dict[str, int]:
     """Node name -> the published plugin's (normalised) score, for ``fgd-published`` or ``bestfit-published``."""
     if name == "fgd-published":
         return {f.name: _fgd(evaluate(demand, f, "fgd", stats, memo).cost) for f in fits}

@@ -35,8 +35,12 @@ class Variant:
 
 
 def variants(grant_latency_us: int) -> tuple[Variant, ...]:
-    return (Variant("ungated", "ungated", 0), Variant("seed ops", "ops", 0),
-            Variant("flexnpu", "share", grant_latency_us), Variant("flexnpu, 0 us grant path", "share", 0))
+    return (
+        Variant("ungated", "ungated", 0),
+        Variant("seed ops", "ops", 0),
+        Variant("flexnpu", "share", grant_latency_us),
+        Variant("flexnpu, 0 us grant path", "share", 0),
+    )
 
 
 def split_workloads(split: tuple[tuple[int, str], ...]) -> tuple[Workload, ...]:
@@ -45,32 +49,60 @@ def split_workloads(split: tuple[tuple[int, str], ...]) -> tuple[Workload, ...]:
 
 def share_errors(result: SimResult, targets: dict[str, float]) -> list[float]:
     """|achieved - target| in percentage points for every tenant and full window."""
-    return [abs(share - targets[name]) * 100 for name, tenant in result.tenants.items()
-            for share in tenant.window_shares]
+    return [
+        abs(share - targets[name]) * 100 for name, tenant in result.tenants.items() for share in tenant.window_shares
+    ]
 
 
-def measure(split: tuple[tuple[int, str], ...], variant: Variant, policy: SlicePolicy,
-            seconds: float) -> dict[str, Any]:
+def measure(
+    split: tuple[tuple[int, str], ...], variant: Variant, policy: SlicePolicy, seconds: float
+) -> dict[str, Any]:
     workloads = split_workloads(split)
     targets = target_shares(workloads, policy)
-    result = run(Scenario(workloads, variant.gating, policy, RuntimeModel(variant.grant_latency_us),
-                          duration_us=round(seconds * 1_000_000)))
+    result = run(
+        Scenario(
+            workloads,
+            variant.gating,
+            policy,
+            RuntimeModel(variant.grant_latency_us),
+            duration_us=round(seconds * 1_000_000),
+        )
+    )
     errors = share_errors(result, targets)
-    tenants = [{"name": name, "target_share": targets[name],
-                "achieved_share": sum(t.window_shares) / max(1, len(t.window_shares)),
-                "worst_window_share": max(t.window_shares, key=lambda s: abs(s - targets[name]), default=0.0)}
-               for name, t in result.tenants.items()]
+    tenants = [
+        {
+            "name": name,
+            "target_share": targets[name],
+            "achieved_share": sum(t.window_shares) / max(1, len(t.window_shares)),
+            "worst_window_share": max(t.window_shares, key=lambda s: abs(s - targets[name]), default=0.0),
+        }
+        for name, t in result.tenants.items()
+    ]
     busy = sum(t.busy_us for t in result.tenants.values()) / result.scenario.duration_us
-    return {"variant": variant.label, "gating": variant.gating, "grant_latency_us": variant.grant_latency_us,
-            "max_error_pp": max(errors, default=0.0), "mean_error_pp": sum(errors) / max(1, len(errors)),
-            "device_busy": busy, "tenants": tenants}
+    return {
+        "variant": variant.label,
+        "gating": variant.gating,
+        "grant_latency_us": variant.grant_latency_us,
+        "max_error_pp": max(errors, default=0.0),
+        "mean_error_pp": sum(errors) / max(1, len(errors)),
+        "device_busy": busy,
+        "tenants": tenants,
+    }
 
 
 def build_table(rows: list[dict[str, Any]]) -> str:
     headers = ["split", "policy", "max err pp", "mean err pp", "card busy %", "achieved shares % (target)"]
-    lines = [[r["split"], r["variant"], r["max_error_pp"], r["mean_error_pp"], r["device_busy"] * 100,
-              " ".join(f"{t['achieved_share'] * 100:.1f}({t['target_share'] * 100:.0f})" for t in r["tenants"])]
-             for r in rows]
+    lines = [
+        [
+            r["split"],
+            r["variant"],
+            r["max_error_pp"],
+            r["mean_error_pp"],
+            r["device_busy"] * 100,
+            " ".join(f"{t['achieved_share'] * 100:.1f}({t['target_share'] * 100:.0f})" for t in r["tenants"]),
+        ]
+        for r in rows
+    ]
     return format_table(headers, lines)
 
 
@@ -91,11 +123,26 @@ def main(argv: list[str]) -> int:
     if problem:
         print(f"flexnpu bench share: {problem}", file=sys.stderr)
         return 2
-    rows = [{"split": label, **measure(split, variant, policy, args.seconds)}
-            for label, split in SPLITS for variant in variants(args.grant_latency_us)]
-    result = {"mode": "virtual", "note": VIRTUAL_NOTE, "window_s": 1.0, "seconds": args.seconds,
-              "slice_us": args.slice_us, "target_max_error_pp": 1.0, "runs": rows}
-    table = "\n".join([f"share accuracy over 1 s windows ({VIRTUAL_NOTE})", build_table(rows),
-                       "target: max error <= 1 pp (DESIGN.md section 13)"])
+    rows = [
+        {"split": label, **measure(split, variant, policy, args.seconds)}
+        for label, split in SPLITS
+        for variant in variants(args.grant_latency_us)
+    ]
+    result = {
+        "mode": "virtual",
+        "note": VIRTUAL_NOTE,
+        "window_s": 1.0,
+        "seconds": args.seconds,
+        "slice_us": args.slice_us,
+        "target_max_error_pp": 1.0,
+        "runs": rows,
+    }
+    table = "\n".join(
+        [
+            f"share accuracy over 1 s windows ({VIRTUAL_NOTE})",
+            build_table(rows),
+            "target: max error <= 1 pp (DESIGN.md section 13)",
+        ]
+    )
     emit("share", result, table, args)
     return 0

@@ -52,8 +52,9 @@ class NpuSmiScanner:
 
     def scan(self) -> list[Card]:
         try:
-            result = subprocess.run(shlex.split(self.command), capture_output=True, text=True,
-                                    timeout=self.timeout, check=False)
+            result = subprocess.run(
+                shlex.split(self.command), capture_output=True, text=True, timeout=self.timeout, check=False
+            )
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             raise DiscoveryError(f"{self.source} failed: {exc}") from exc
         if result.returncode != 0:
@@ -135,14 +136,21 @@ def _card(raw: object, prefix: str) -> Card:
         raise ValidationError(prefix + "health", health, "must be Healthy or Unhealthy")
     uuid = get_str(body, "uuid", prefix, default=default_uuid, max_len=57)
     device_id(uuid, 0)
-    return Card(uuid=uuid, index=index,
-                model=spec.name, aicores=get_int(body, "aicores", prefix, lo=1, default=spec.aicores),
-                hbm_mib=get_int(body, "hbm_mib", prefix, lo=1, default=spec.hbm_mib),
-                chip=get_int(body, "chip", prefix, lo=0, default=0), health=Health(health), bus_id=bus_id)
+    return Card(
+        uuid=uuid,
+        index=index,
+        model=spec.name,
+        aicores=get_int(body, "aicores", prefix, lo=1, default=spec.aicores),
+        hbm_mib=get_int(body, "hbm_mib", prefix, lo=1, default=spec.hbm_mib),
+        chip=get_int(body, "chip", prefix, lo=0, default=0),
+        health=Health(health),
+        bus_id=bus_id,
+    )
 
 
-def scanner_for(npu_smi: str, inventory: Path | None, dev_root: Path | None, model: str,
-                default_npu_smi: str) -> Scanner:
+def scanner_for(
+    npu_smi: str, inventory: Path | None, dev_root: Path | None, model: str, default_npu_smi: str
+) -> Scanner:
     """The backend the settings name (npu-smi when none is named)."""
     if inventory is not None:
         return InventoryFileScanner(inventory)

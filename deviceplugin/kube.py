@@ -72,10 +72,12 @@ class KubeApi:
                 # The files are named here, not left to the loader's default, which it reads from KUBECONFIG once
                 # at import; persist_config=False: a refreshed token is never written back to a mounted file.
                 kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=files, client_configuration=configuration, persist_config=False)
+                    config_file=files, client_configuration=configuration, persist_config=False
+                )
             else:
                 kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration)
+                    client_configuration=configuration
+                )
             return cls(kubernetes.client.ApiClient(configuration), node_name)
         except (ConfigException, OSError, ValueError, TypeError) as exc:
             raise KubeError(f"cannot configure the Kubernetes client ({exc})") from exc
@@ -86,16 +88,20 @@ class KubeApi:
     def node_pods(self) -> list[NodePod]:
         """The unfinished pods bound to this node that ask for units."""
         selector = f"spec.nodeName={self.node_name}"
-        body = self._call("list pods", self._core.list_pod_for_all_namespaces, field_selector=selector,
-                          _preload_content=False)
+        body = self._call(
+            "list pods", self._core.list_pod_for_all_namespaces, field_selector=selector, _preload_content=False
+        )
         items: list[Mapping[str, Any]] = json.loads(body.data).get("items") or []
         return read_node_pods(items, self.node_name)
 
-    def record_allocation(self, pod: PodRef, assignment: Sequence[CardAssignment], served: Sequence[str], *,
-                          done: bool) -> None:
+    def record_allocation(
+        self, pod: PodRef, assignment: Sequence[CardAssignment], served: Sequence[str], *, done: bool
+    ) -> None:
         """Progress of the handshake: the pod's cards, the containers served; ``allocated`` after the last one."""
-        notes: dict[str, str | None] = {names.ANNOTATION_ASSIGNED: encode_assignment(assignment),
-                                        names.ANNOTATION_ALLOCATED_CONTAINERS: encode_allocated_containers(served)}
+        notes: dict[str, str | None] = {
+            names.ANNOTATION_ASSIGNED: encode_assignment(assignment),
+            names.ANNOTATION_ALLOCATED_CONTAINERS: encode_allocated_containers(served),
+        }
         if done:
             notes |= {names.ANNOTATION_BIND_PHASE: BindPhase.ALLOCATED.value, names.ANNOTATION_BIND_REASON: None}
         self._patch_pod(pod, notes)
@@ -103,9 +109,16 @@ class KubeApi:
     def pod_claims(self, pod: PodRef) -> list[PodClaim]:
         """The pod's VNpuClaims (label ``flexnpu.io/pod-uid``) with the registration id each is registered under."""
         selector = f"{names.LABEL_CLAIM_POD_UID}={pod.uid}"
-        body = self._call(f"list claims of pod {pod}", self._custom.list_namespaced_custom_object, names.CRD_GROUP,
-                          names.CRD_VERSION, pod.namespace, names.CRD_PLURAL, label_selector=selector,
-                          _preload_content=False)
+        body = self._call(
+            f"list claims of pod {pod}",
+            self._custom.list_namespaced_custom_object,
+            names.CRD_GROUP,
+            names.CRD_VERSION,
+            pod.namespace,
+            names.CRD_PLURAL,
+            label_selector=selector,
+            _preload_content=False,
+        )
         try:
             items = json.loads(body.data).get("items")
         except (ValueError, AttributeError) as exc:
@@ -113,8 +126,9 @@ class KubeApi:
         return read_pod_claims(items if isinstance(items, list) else [], pod)
 
     def record_failure(self, pod: PodRef, reason: str) -> None:
-        self._patch_pod(pod, {names.ANNOTATION_BIND_PHASE: BindPhase.FAILED.value,
-                              names.ANNOTATION_BIND_REASON: reason})
+        self._patch_pod(
+            pod, {names.ANNOTATION_BIND_PHASE: BindPhase.FAILED.value, names.ANNOTATION_BIND_REASON: reason}
+        )
 
     def publish_inventory(self, inventory: Inventory) -> None:
         """The node's ``flexnpu.io/inventory`` annotation, read by the extender."""
@@ -127,8 +141,7 @@ class KubeApi:
 
     def _write(self, what: str, method: Any, *args: Any) -> None:
         """A merge patch whose answer is drained, not decoded: a V1Pod model costs more than the round trip."""
-        response = self._call(what, method, *args, _content_type="application/merge-patch+json",
-                              _preload_content=False)
+        response = self._call(what, method, *args, _content_type="application/merge-patch+json", _preload_content=False)
         response.data  # noqa: B018 - reading the body returns the connection to the pool
 
     def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:

@@ -49,8 +49,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--units-per-card", type=int, metavar="U", help="units per card (1..1000, default 10)")
     p.add_argument("--oversubscription", type=float, metavar="F", help="advertise floor(F*U) units per card")
     p.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster)")
-    p.add_argument("--no-kubernetes", dest="kubernetes", action="store_const", const=False,
-                   help="no API server: no pod handshake, no node annotation (cards from device IDs only)")
+    p.add_argument(
+        "--no-kubernetes",
+        dest="kubernetes",
+        action="store_const",
+        const=False,
+        help="no API server: no pod handshake, no node annotation (cards from device IDs only)",
+    )
     p.add_argument("--cdi", action="store_const", const=True, help="answer Allocate with CDI device names")
     p.add_argument("--scan-interval", type=float, metavar="S", help="seconds between discovery scans")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0: off; default 9401)")
@@ -65,17 +70,20 @@ def load(argv: Sequence[str]) -> DevicePluginSettings:
 
 
 def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
-    scanner = scanner_for(settings.npu_smi, settings.inventory, settings.dev_root, settings.card_model,
-                          DEFAULT_NPU_SMI)
+    scanner = scanner_for(settings.npu_smi, settings.inventory, settings.dev_root, settings.card_model, DEFAULT_NPU_SMI)
     kube = KubeApi.connect(settings.node_name, settings.kubeconfig) if settings.kubernetes else None
-    layout = NodeLayout(units_per_card=settings.units_per_card, use_cdi=settings.cdi,
-                        inject_shim=settings.inject_shim, shim_socket_dir=settings.shim_socket_dir,
-                        shim_runtime_dir=settings.shim_runtime_dir, interposer=settings.interposer,
-                        interposer_host_path=settings.interposer_host_path,
-                        interposer_pod_path=settings.interposer_pod_path,
-                        preload_host_file=settings.preload_host_file)
-    plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics(),
-                        claim_wait=settings.claim_wait)
+    layout = NodeLayout(
+        units_per_card=settings.units_per_card,
+        use_cdi=settings.cdi,
+        inject_shim=settings.inject_shim,
+        shim_socket_dir=settings.shim_socket_dir,
+        shim_runtime_dir=settings.shim_runtime_dir,
+        interposer=settings.interposer,
+        interposer_host_path=settings.interposer_host_path,
+        interposer_pod_path=settings.interposer_pod_path,
+        preload_host_file=settings.preload_host_file,
+    )
+    plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics(), claim_wait=settings.claim_wait)
     return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
 
 

@@ -14,23 +14,37 @@ from flexnpu.cards import Card, Health
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.cards = Gauge("flexnpu_deviceplugin_cards", "cards on this node by health", ["health"],
-                           registry=self.registry)
-        self.units_total = Gauge("flexnpu_deviceplugin_units", "units advertised to kubelet",
-                                 registry=self.registry)
-        self.units_used = Gauge("flexnpu_deviceplugin_units_used", "units held by allocated pods, per card",
-                                ["card"], registry=self.registry)
-        self.units_free = Gauge("flexnpu_deviceplugin_units_free", "advertised units not held by allocated pods",
-                                registry=self.registry)
-        self.allocations = Counter("flexnpu_deviceplugin_allocations", "Allocate calls answered, by placement",
-                                   ["placement"], registry=self.registry)
-        self.failures = Counter("flexnpu_deviceplugin_allocation_failures", "Allocate calls refused",
-                                registry=self.registry)
-        self.registrations = Counter("flexnpu_deviceplugin_registrations", "registrations with kubelet",
-                                     registry=self.registry)
-        self.allocate_seconds = Histogram("flexnpu_deviceplugin_allocate_seconds", "Allocate latency",
-                                          buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
-                                          registry=self.registry)
+        self.cards = Gauge(
+            "flexnpu_deviceplugin_cards", "cards on this node by health", ["health"], registry=self.registry
+        )
+        self.units_total = Gauge("flexnpu_deviceplugin_units", "units advertised to kubelet", registry=self.registry)
+        self.units_used = Gauge(
+            "flexnpu_deviceplugin_units_used",
+            "units held by allocated pods, per card",
+            ["card"],
+            registry=self.registry,
+        )
+        self.units_free = Gauge(
+            "flexnpu_deviceplugin_units_free", "advertised units not held by allocated pods", registry=self.registry
+        )
+        self.allocations = Counter(
+            "flexnpu_deviceplugin_allocations",
+            "Allocate calls answered, by placement",
+            ["placement"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "flexnpu_deviceplugin_allocation_failures", "Allocate calls refused", registry=self.registry
+        )
+        self.registrations = Counter(
+            "flexnpu_deviceplugin_registrations", "registrations with kubelet", registry=self.registry
+        )
+        self.allocate_seconds = Histogram(
+            "flexnpu_deviceplugin_allocate_seconds",
+            "Allocate latency",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

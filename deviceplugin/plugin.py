@@ -64,9 +64,17 @@ class Allocation:
 
 
 class VnpuPlugin:
-    def __init__(self, scanner: Scanner, units: UnitsConfig, layout: NodeLayout, kube: KubeApi | None = None,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 claim_wait: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        scanner: Scanner,
+        units: UnitsConfig,
+        layout: NodeLayout,
+        kube: KubeApi | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        claim_wait: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.scanner = scanner
         self.units = units
         self.layout = layout
@@ -161,7 +169,8 @@ class VnpuPlugin:
             elif pod is not None:  # the first container of a pod nobody placed: a card for the whole pod
                 request = parse_vnpu_request(pod.units, self.units, pod.memory_mib)
                 placement = self._container_cards(
-                    pod, best_fit_placement(cards, free_units(available, cards), request, self.units))
+                    pod, best_fit_placement(cards, free_units(available, cards), request, self.units)
+                )
             else:
                 request = parse_vnpu_request(size, self.units, None)
                 placement = best_fit_placement(cards, free_units(available, cards), request, self.units)
@@ -221,14 +230,24 @@ class VnpuPlugin:
             request = parse_vnpu_request(len(ids), self.units, None)
             chosen = placement_from_ids(cards, ids, request, self.units)
             log.warning("Allocate of %d unit(s): no pod of this node matches; answering from the IDs", len(ids))
-            return Allocation(pod=None, container="", pod_cards=tuple(chosen), cards=tuple(chosen),
-                              placement="device-ids",
-                              response=container_allocation(chosen, Workload(DEFAULT_PRIORITY, ""), self.layout))
+            return Allocation(
+                pod=None,
+                container="",
+                pod_cards=tuple(chosen),
+                cards=tuple(chosen),
+                placement="device-ids",
+                response=container_allocation(chosen, Workload(DEFAULT_PRIORITY, ""), self.layout),
+            )
         chosen = self._container_cards(pod, pod_cards)
-        workload = Workload(priority=pod.priority, claim=str(pod.ref),
-                            flexnpu_ids=self._registration_ids(pod, chosen))
-        return Allocation(pod=pod, container=container.name, pod_cards=tuple(pod_cards), cards=chosen,
-                          placement=placement, response=container_allocation(chosen, workload, self.layout))
+        workload = Workload(priority=pod.priority, claim=str(pod.ref), flexnpu_ids=self._registration_ids(pod, chosen))
+        return Allocation(
+            pod=pod,
+            container=container.name,
+            pod_cards=tuple(pod_cards),
+            cards=chosen,
+            placement=placement,
+            response=container_allocation(chosen, workload, self.layout),
+        )
 
     @staticmethod
     def _container_cards(pod: PendingPod, pod_cards: Sequence[CardAssignment]) -> tuple[CardAssignment, ...]:
@@ -295,8 +314,7 @@ class VnpuPlugin:
             assert self.kube is not None
             self.kube.record_allocation(pod.ref, allocation.pod_cards, order, done=done)
         except KubeError as exc:
-            log.warning("pod %s allocated on %s but not recorded: %s", pod.ref,
-                        [c.uuid for c in allocation.cards], exc)
+            log.warning("pod %s allocated on %s but not recorded: %s", pod.ref, [c.uuid for c in allocation.cards], exc)
 
     def _record_failure(self, pod: PendingPod, reason: str) -> None:
         try:

@@ -52,13 +52,20 @@ class Servicer(api_grpc.DevicePluginServicer):
                 version, devices = self.plugin.devices()
                 yield list_and_watch_response(devices)
 
-    def GetPreferredAllocation(self, request: api.PreferredAllocationRequest,
-                               context: grpc.ServicerContext) -> api.PreferredAllocationResponse:
+    def GetPreferredAllocation(
+        self, request: api.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> api.PreferredAllocationResponse:
         try:
-            return api.PreferredAllocationResponse(container_responses=[
-                api.ContainerPreferredAllocationResponse(deviceIDs=self.plugin.preferred(
-                    list(r.available_deviceIDs), list(r.must_include_deviceIDs), r.allocation_size))
-                for r in request.container_requests])
+            return api.PreferredAllocationResponse(
+                container_responses=[
+                    api.ContainerPreferredAllocationResponse(
+                        deviceIDs=self.plugin.preferred(
+                            list(r.available_deviceIDs), list(r.must_include_deviceIDs), r.allocation_size
+                        )
+                    )
+                    for r in request.container_requests
+                ]
+            )
         except ValidationError as exc:
             log.warning("GetPreferredAllocation refused: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
@@ -66,8 +73,10 @@ class Servicer(api_grpc.DevicePluginServicer):
     def Allocate(self, request: api.AllocateRequest, context: grpc.ServicerContext) -> api.AllocateResponse:
         started = time.perf_counter()
         try:
-            responses = [container_response(self.plugin.allocate(list(r.devices_ids)).response)
-                         for r in request.container_requests]
+            responses = [
+                container_response(self.plugin.allocate(list(r.devices_ids)).response)
+                for r in request.container_requests
+            ]
         except AllocationError as exc:
             log.warning("Allocate refused: %s", exc)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(str(exc)))
@@ -75,8 +84,9 @@ class Servicer(api_grpc.DevicePluginServicer):
             self.plugin.metrics.allocate_seconds.observe(time.perf_counter() - started)
         return api.AllocateResponse(container_responses=responses)
 
-    def PreStartContainer(self, request: api.PreStartContainerRequest,
-                          context: grpc.ServicerContext) -> api.PreStartContainerResponse:
+    def PreStartContainer(
+        self, request: api.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> api.PreStartContainerResponse:
         return api.PreStartContainerResponse()
 
 
@@ -98,10 +108,14 @@ def list_and_watch_response(devices: list[UnitDevice]) -> api.ListAndWatchRespon
 def container_response(allocation: ContainerAllocation) -> api.ContainerAllocateResponse:
     return api.ContainerAllocateResponse(
         envs=allocation.env(),
-        mounts=[api.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
-                for m in allocation.mounts],
-        devices=[api.DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions)
-                 for d in allocation.devices],
+        mounts=[
+            api.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+            for m in allocation.mounts
+        ],
+        devices=[
+            api.DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions)
+            for d in allocation.devices
+        ],
         cdi_devices=[api.CDIDevice(name=n) for n in allocation.cdi_devices],
     )
 
@@ -109,8 +123,15 @@ def container_response(allocation: ContainerAllocation) -> api.ContainerAllocate
 class PluginServer:
     """Serves the plugin to kubelet and keeps it registered across kubelet restarts."""
 
-    def __init__(self, plugin: VnpuPlugin, kubelet_dir: Path, socket_name: str = names.PLUGIN_SOCKET_NAME,
-                 resource_name: str = names.RESOURCE_VNPU, watch_interval: float = 0.1, workers: int = 8) -> None:
+    def __init__(
+        self,
+        plugin: VnpuPlugin,
+        kubelet_dir: Path,
+        socket_name: str = names.PLUGIN_SOCKET_NAME,
+        resource_name: str = names.RESOURCE_VNPU,
+        watch_interval: float = 0.1,
+        workers: int = 8,
+    ) -> None:
         self.plugin = plugin
         self.kubelet_dir = kubelet_dir
         self.socket_path = kubelet_dir / socket_name
@@ -180,8 +201,12 @@ class PluginServer:
             self._server = None
 
     def _register(self, kubelet: tuple[int, int]) -> None:
-        request = api.RegisterRequest(version=names.DEVICE_PLUGIN_API_VERSION, endpoint=self.socket_path.name,
-                                      resource_name=self.resource_name, options=plugin_options())
+        request = api.RegisterRequest(
+            version=names.DEVICE_PLUGIN_API_VERSION,
+            endpoint=self.socket_path.name,
+            resource_name=self.resource_name,
+            options=plugin_options(),
+        )
         try:
             with grpc.insecure_channel(f"unix:{self.kubelet_socket}") as channel:
                 api_grpc.RegistrationStub(channel).Register(request, timeout=_REGISTER_TIMEOUT)

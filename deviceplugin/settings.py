@@ -29,8 +29,10 @@ class DevicePluginSettings:
     units_per_card: int = setting(DEFAULT_UNITS_PER_CARD, "units U per card (1..1000)")
     oversubscription: float = setting(DEFAULT_OVERSUBSCRIPTION, "each card advertises floor(f*U) units (1..16)")
     scan_interval: float = setting(5.0, "seconds between discovery scans (health changes, cards gone)")
-    kubeconfig: Path | None = setting(None, "kubeconfig file; empty: KUBECONFIG, else ~/.kube/config if it "
-                                            "exists, else the in-cluster service account")
+    kubeconfig: Path | None = setting(
+        None,
+        "kubeconfig file; empty: KUBECONFIG, else ~/.kube/config if it exists, else the in-cluster service account",
+    )
     kubernetes: bool = setting(True, "use the Kubernetes API (pod handshake, node inventory); false: IDs only")
     cdi: bool = setting(False, f"answer Allocate with CDI names ({names.CDI_KIND}=<index>) instead of devices")
     inject_shim: bool = setting(True, "mount the in-pod runtime and set FLEXNPU_* variables")
@@ -39,9 +41,10 @@ class DevicePluginSettings:
     interposer: bool = setting(True, "mount the native interposer and a read-only /etc/ld.so.preload naming it")
     interposer_host_path: str = setting(names.INTERPOSER_HOST_PATH, "host path of libflexnpu.so")
     interposer_pod_path: str = setting(names.INTERPOSER_POD_PATH, "where pods see libflexnpu.so")
-    preload_host_file: str = setting(names.PRELOAD_HOST_FILE,
-                                     "host file holding interposer_pod_path, mounted onto /etc/ld.so.preload "
-                                     "(written at start)")
+    preload_host_file: str = setting(
+        names.PRELOAD_HOST_FILE,
+        "host file holding interposer_pod_path, mounted onto /etc/ld.so.preload (written at start)",
+    )
     claim_wait: float = setting(1.0, "seconds an Allocate waits for the pod's VNpuClaim (its FLEXNPU_ID), 0..30")
     metrics_port: int = setting(9401, "port of the Prometheus /metrics endpoint (0: off)")
     metrics_host: str = setting("0.0.0.0", "address of the /metrics endpoint")
@@ -60,8 +63,13 @@ class DevicePluginSettings:
             raise ConfigError("metrics_port", self.metrics_port, "must be a port (0: off)")
         if self.kubernetes and not self.node_name:
             raise ConfigError("node_name", self.node_name, "is required with the Kubernetes API (or kubernetes=false)")
-        for key in ("shim_socket_dir", "shim_runtime_dir", "interposer_host_path", "interposer_pod_path",
-                    "preload_host_file"):
+        for key in (
+            "shim_socket_dir",
+            "shim_runtime_dir",
+            "interposer_host_path",
+            "interposer_pod_path",
+            "preload_host_file",
+        ):
             _absolute_path(key, getattr(self, key))
         if self.interposer_pod_path == names.PRELOAD_POD_FILE or self.interposer_pod_path.endswith("/"):
             raise ConfigError("interposer_pod_path", self.interposer_pod_path, "must name the library file")

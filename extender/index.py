@@ -40,8 +40,9 @@ from flexnpu.extender.state import ClusterState
 from flexnpu.priority import Priority
 
 # Refusals that evicting pods cannot cure: kube-scheduler skips these nodes when it looks for preemption.
-UNRESOLVABLE: Final = frozenset({RefusalKind.REQUEST, RefusalKind.NO_CARDS, RefusalKind.TOO_FEW_CARDS,
-                                 RefusalKind.MODEL, RefusalKind.UNHEALTHY})
+UNRESOLVABLE: Final = frozenset(
+    {RefusalKind.REQUEST, RefusalKind.NO_CARDS, RefusalKind.TOO_FEW_CARDS, RefusalKind.MODEL, RefusalKind.UNHEALTHY}
+)
 DEFAULT_MAX_SHAPES: Final = 256
 DEFAULT_STATS_REFRESH_S: Final = 600.0
 DEFAULT_HISTORY: Final = 5000
@@ -98,10 +99,18 @@ class FilterVerdict:
 class PlacementIndex:
     """Verdicts per (shape, policy) over a :class:`ClusterState`; not thread-safe (the event loop owns it)."""
 
-    def __init__(self, state: ClusterState, policy: str, *, units_per_card: int = 10,
-                 max_shapes: int = DEFAULT_MAX_SHAPES, stats_refresh_s: float = DEFAULT_STATS_REFRESH_S,
-                 history: int = DEFAULT_HISTORY, min_pods: int = DEFAULT_MIN_PODS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        policy: str,
+        *,
+        units_per_card: int = 10,
+        max_shapes: int = DEFAULT_MAX_SHAPES,
+        stats_refresh_s: float = DEFAULT_STATS_REFRESH_S,
+        history: int = DEFAULT_HISTORY,
+        min_pods: int = DEFAULT_MIN_PODS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.state = state
         self.policy = policy
         self.memo = EvaluationMemo()
@@ -140,8 +149,9 @@ class PlacementIndex:
             # The verdicts already are the answer: copy them (C-level), no per-node work.
             fits = list(costs)
             self._last_fits = (verdicts, verdicts.seen, fits, True)
-            return FilterVerdict(fits, dict(verdicts.failed), dict(verdicts.unresolvable),
-                                 [] if fits else list(refusals.values()))
+            return FilterVerdict(
+                fits, dict(verdicts.failed), dict(verdicts.unresolvable), [] if fits else list(refusals.values())
+            )
         fits = [n for n in names if n in costs]
         self._last_fits = (verdicts, verdicts.seen, fits, len(fits) == len(costs))
         if len(fits) == len(names):

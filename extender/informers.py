@@ -91,8 +91,13 @@ class Informers:
         await self._pods_synced.wait()
         self.synced.set()
 
-    async def _loop(self, path: str, relist: Callable[[list[dict[str, Any]]], None],
-                    on_event: Callable[[str, dict[str, Any]], None], synced: asyncio.Event) -> None:
+    async def _loop(
+        self,
+        path: str,
+        relist: Callable[[list[dict[str, Any]]], None],
+        on_event: Callable[[str, dict[str, Any]], None],
+        synced: asyncio.Event,
+    ) -> None:
         while True:
             try:
                 items, version = await self.api.list(path)
@@ -138,4 +143,3 @@ class Informers:
             self.state.forget_pod(pod_key(pod).uid)
         else:
             self.state.observe_pod(pod_facts(pod))
-

@@ -146,8 +146,9 @@ class KubeApi:
         items = body.get("items") or []
         return list(items), str((body.get("metadata") or {}).get("resourceVersion") or "")
 
-    async def watch(self, path: str, resource_version: str = "",
-                    timeout_s: int = 300) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def watch(
+        self, path: str, resource_version: str = "", timeout_s: int = 300
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(event type, object) as the server streams them, until the server ends the watch."""
         params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_s)}
         if resource_version and resource_version.isdigit():
@@ -163,13 +164,15 @@ class KubeApi:
         except aiohttp.ClientError as exc:
             raise KubeApiError(0, "Unreachable", str(exc) or type(exc).__name__) from exc
 
-    async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
-                    content_type: str = "application/json") -> dict[str, Any]:
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, content_type: str = "application/json"
+    ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": content_type} if data is not None else {}
         try:
-            async with self._open().request(method, path, data=data, headers=headers,
-                                             timeout=self._timeout) as response:
+            async with self._open().request(
+                method, path, data=data, headers=headers, timeout=self._timeout
+            ) as response:
                 await _raise_for_status(response)
                 result = await response.json(content_type=None)
         except aiohttp.ClientError as exc:
@@ -211,8 +214,11 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     except ValueError:
         status = {}
     status = status if isinstance(status, dict) else {}
-    raise _error(response.status, str(status.get("reason") or response.reason or ""),
-                 str(status.get("message") or f"{response.method} {response.url.path}"))
+    raise _error(
+        response.status,
+        str(status.get("reason") or response.reason or ""),
+        str(status.get("message") or f"{response.method} {response.url.path}"),
+    )
 
 
 def _error(status: int, reason: str, message: str) -> KubeApiError:
@@ -275,8 +281,9 @@ class KubeWriter:
         return await self.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
 
     async def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
-        await self.api.patch(f"/api/v1/namespaces/{namespace}/pods/{name}",
-                             {"metadata": {"annotations": dict(annotations)}})
+        await self.api.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{name}", {"metadata": {"annotations": dict(annotations)}}
+        )
 
     async def bind_pod(self, key: PodKey, node: str) -> None:
         await self.api.create(f"/api/v1/namespaces/{key.namespace}/pods/{key.name}/binding", binding(key, node))

@@ -57,11 +57,13 @@ def decide(lease: LeaseRecord | None, identity: str, now: datetime) -> Action:
 
 def parse_lease(body: Mapping[str, Any]) -> LeaseRecord:
     spec = body.get("spec") or {}
-    return LeaseRecord(holder=str(spec.get("holderIdentity") or ""),
-                       duration_s=int(spec.get("leaseDurationSeconds") or 15),
-                       renew_time=_parse_time(spec.get("renewTime")),
-                       transitions=int(spec.get("leaseTransitions") or 0),
-                       resource_version=str((body.get("metadata") or {}).get("resourceVersion") or ""))
+    return LeaseRecord(
+        holder=str(spec.get("holderIdentity") or ""),
+        duration_s=int(spec.get("leaseDurationSeconds") or 15),
+        renew_time=_parse_time(spec.get("renewTime")),
+        transitions=int(spec.get("leaseTransitions") or 0),
+        resource_version=str((body.get("metadata") or {}).get("resourceVersion") or ""),
+    )
 
 
 def format_time(when: datetime) -> str:
@@ -92,8 +94,9 @@ class ElectionConfig:
 class LeaderElector:
     """Runs the election loop; ``is_leader`` and ``leader`` say where things stand for the bind handler."""
 
-    def __init__(self, api: KubeApi, config: ElectionConfig,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, api: KubeApi, config: ElectionConfig, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.api = api
         self.config = config
         self.clock = clock
@@ -151,8 +154,13 @@ class LeaderElector:
         else:
             assert lease is not None
             transitions = lease.transitions + (action is Action.ACQUIRE)
-            patch = self._spec_patch(lease, holder=self.config.identity, renew=now, transitions=transitions,
-                                     acquired=now if action is Action.ACQUIRE else None)
+            patch = self._spec_patch(
+                lease,
+                holder=self.config.identity,
+                renew=now,
+                transitions=transitions,
+                acquired=now if action is Action.ACQUIRE else None,
+            )
             await self.api.patch(self.path, patch)
         self._last_renew = now
         self._set(True, self.config.identity)
@@ -171,15 +179,33 @@ class LeaderElector:
 
     def _new_lease(self, now: datetime) -> dict[str, Any]:
         c = self.config
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": c.name, "namespace": c.namespace},
-                "spec": {"holderIdentity": c.identity, "leaseDurationSeconds": c.lease_duration_s,
-                         "acquireTime": format_time(now), "renewTime": format_time(now), "leaseTransitions": 0}}
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": c.name, "namespace": c.namespace},
+            "spec": {
+                "holderIdentity": c.identity,
+                "leaseDurationSeconds": c.lease_duration_s,
+                "acquireTime": format_time(now),
+                "renewTime": format_time(now),
+                "leaseTransitions": 0,
+            },
+        }
 
-    def _spec_patch(self, lease: LeaseRecord, *, holder: str, renew: datetime | None, transitions: int | None = None,
-                    acquired: datetime | None = None) -> dict[str, Any]:
-        spec: dict[str, Any] = {"holderIdentity": holder, "leaseDurationSeconds": self.config.lease_duration_s,
-                                "renewTime": format_time(renew) if renew else None}
+    def _spec_patch(
+        self,
+        lease: LeaseRecord,
+        *,
+        holder: str,
+        renew: datetime | None,
+        transitions: int | None = None,
+        acquired: datetime | None = None,
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": self.config.lease_duration_s,
+            "renewTime": format_time(renew) if renew else None,
+        }
         if transitions is not None:
             spec["leaseTransitions"] = transitions
         if acquired is not None:

@@ -34,8 +34,11 @@ log = logging.getLogger("flexnpu.extender")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flexnpu extender", description="The kube-scheduler extender: places pods "
-                                "requesting huawei.com/vnpu on a node and a card (filter, prioritize, bind, preempt).")
+    p = argparse.ArgumentParser(
+        prog="flexnpu extender",
+        description="The kube-scheduler extender: places pods "
+        "requesting huawei.com/vnpu on a node and a card (filter, prioritize, bind, preempt).",
+    )
     p.add_argument("--config", type=Path, help="YAML/JSON settings file (keys as the long flags)")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8888)")
     p.add_argument("--policy", help="placement policy: binpack, spread, bestfit, fgd, default")
@@ -56,8 +59,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
     try:
-        settings = load_settings(ExtenderSettings, flags=flags, env=os.environ, file=args.config,
-                                 env_prefix=ENV_PREFIX)
+        settings = load_settings(ExtenderSettings, flags=flags, env=os.environ, file=args.config, env_prefix=ENV_PREFIX)
         kube = kube_config(settings, os.environ)
     except ConfigError as exc:
         print(f"flexnpu extender: {exc}", file=sys.stderr)
@@ -86,13 +88,25 @@ async def serve(settings: ExtenderSettings, kube: KubeConfig, stop: asyncio.Even
     me = identity(settings)
     async with KubeApi(kube) as api:
         state = ClusterState()
-        elector = LeaderElector(api, ElectionConfig(
-            namespace=settings.namespace or kube.namespace, name=settings.lease_name, identity=me,
-            lease_duration_s=int(settings.lease_duration), renew_deadline_s=settings.renew_deadline,
-            retry_period_s=settings.retry_period)) if settings.leader_elect else None
+        elector = (
+            LeaderElector(
+                api,
+                ElectionConfig(
+                    namespace=settings.namespace or kube.namespace,
+                    name=settings.lease_name,
+                    identity=me,
+                    lease_duration_s=int(settings.lease_duration),
+                    renew_deadline_s=settings.renew_deadline,
+                    retry_period_s=settings.retry_period,
+                ),
+            )
+            if settings.leader_elect
+            else None
+        )
         leadership: Leadership = elector if elector is not None else SoleReplica()
-        service = ExtenderService(state, KubeWriter(api), policy=settings.policy, units=settings.units,
-                                  leadership=leadership, identity=me)
+        service = ExtenderService(
+            state, KubeWriter(api), policy=settings.policy, units=settings.units, leadership=leadership, identity=me
+        )
         runner = web.AppRunner(make_app(service, max_body_bytes=settings.max_body_bytes))
         await runner.setup()
         host, port = parse_listen(settings.listen)

@@ -35,9 +35,11 @@ class _ServiceCollector(Collector):
         for outcome, count in sorted(service.counters.binds.items()):
             binds.add_metric([outcome], count)
         yield binds
-        yield CounterMetricFamily("flexnpu_extender_reservation_conflicts",
-                                  "binds whose cards were taken between choice and reservation",
-                                  value=service.counters.conflicts)
+        yield CounterMetricFamily(
+            "flexnpu_extender_reservation_conflicts",
+            "binds whose cards were taken between choice and reservation",
+            value=service.counters.conflicts,
+        )
         yield CounterMetricFamily("flexnpu_extender_events", "Kubernetes Events sent", value=service.counters.events)
 
 
@@ -48,10 +50,19 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 class ExtenderMetrics:
     def __init__(self, service: ExtenderService) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("flexnpu_extender_requests", "extender requests by verb and HTTP status",
-                                ["verb", "status"], registry=self.registry)
-        self.latency = Histogram("flexnpu_extender_request_seconds", "extender request latency by verb", ["verb"],
-                                 buckets=_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "flexnpu_extender_requests",
+            "extender requests by verb and HTTP status",
+            ["verb", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flexnpu_extender_request_seconds",
+            "extender request latency by verb",
+            ["verb"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_ServiceCollector(service))
 
     def observe(self, verb: str, status: int, seconds: float) -> None:

@@ -85,8 +85,11 @@ class PodFacts:
 
 def pod_key(pod: Mapping[str, Any]) -> PodKey:
     meta = _mapping(pod.get("metadata"), "metadata")
-    return PodKey(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or ""),
-                  uid=str(meta.get("uid") or ""))
+    return PodKey(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+    )
 
 
 def pod_annotations(pod: Mapping[str, Any]) -> Mapping[str, str]:
@@ -134,9 +137,13 @@ def pod_demand(pod: Mapping[str, Any], units: UnitsConfig) -> PodDemand:
     request = parse_vnpu_request(amounts[0], units, amounts[1])
     notes = pod_annotations(pod)
     cpu, memory = pod_requests(pod)
-    return PodDemand(request=request, models=card_models(notes.get(ANNOTATION_CARD_MODEL)),
-                     priority=parse_priority(notes.get(ANNOTATION_PRIORITY), ANNOTATION_PRIORITY),
-                     cpu_milli=cpu, host_memory_mib=memory)
+    return PodDemand(
+        request=request,
+        models=card_models(notes.get(ANNOTATION_CARD_MODEL)),
+        priority=parse_priority(notes.get(ANNOTATION_PRIORITY), ANNOTATION_PRIORITY),
+        cpu_milli=cpu,
+        host_memory_mib=memory,
+    )
 
 
 def card_models(value: object) -> frozenset[str]:
@@ -165,12 +172,21 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         cpu, memory = pod_requests(pod)
     except ValidationError:
         cpu, memory = 0, 0
-    key = PodKey(namespace=str(meta.get("namespace") or "default"), name=str(meta.get("name") or ""),
-                 uid=str(meta.get("uid") or ""))
-    return PodFacts(key=key, node_name=str(_lenient(pod.get("spec")).get("nodeName") or ""),
-                    phase=str(_lenient(pod.get("status")).get("phase") or "Pending"), priority=priority,
-                    assignments=assignments, deleting=bool(meta.get("deletionTimestamp")), cpu_milli=cpu,
-                    memory_mib=memory)
+    key = PodKey(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+    )
+    return PodFacts(
+        key=key,
+        node_name=str(_lenient(pod.get("spec")).get("nodeName") or ""),
+        phase=str(_lenient(pod.get("status")).get("phase") or "Pending"),
+        priority=priority,
+        assignments=assignments,
+        deleting=bool(meta.get("deletionTimestamp")),
+        cpu_milli=cpu,
+        memory_mib=memory,
+    )
 
 
 def _mapping(value: object, field: str) -> Mapping[str, Any]:
@@ -202,21 +218,22 @@ def _containers(spec: Mapping[str, Any], group: str) -> list[tuple[str, Mapping[
 
 def _effective(spec: Mapping[str, Any], resource: str, parse: Callable[[object, str], int]) -> int | None:
     total = _sum(_containers(spec, "containers"), resource, parse)
-    init = [v for v in (_amount(w, c, resource, parse) for w, c in _containers(spec, "initContainers"))
-            if v is not None]
+    init = [
+        v for v in (_amount(w, c, resource, parse) for w, c in _containers(spec, "initContainers")) if v is not None
+    ]
     if total is None and not init:
         return None
     return max([total or 0, *init])
 
 
-def _sum(containers: list[tuple[str, Mapping[str, Any]]], resource: str,
-         parse: Callable[[object, str], int]) -> int | None:
+def _sum(
+    containers: list[tuple[str, Mapping[str, Any]]], resource: str, parse: Callable[[object, str], int]
+) -> int | None:
     amounts = [v for v in (_amount(w, c, resource, parse) for w, c in containers) if v is not None]
     return sum(amounts) if amounts else None
 
 
-def _amount(where: str, container: Mapping[str, Any], resource: str,
-            parse: Callable[[object, str], int]) -> int | None:
+def _amount(where: str, container: Mapping[str, Any], resource: str, parse: Callable[[object, str], int]) -> int | None:
     resources = _mapping(container.get("resources"), f"{where}.resources")
     requests = _mapping(resources.get("requests"), f"{where}.resources.requests")
     limits = _mapping(resources.get("limits"), f"{where}.resources.limits")

@@ -43,8 +43,9 @@ def without(node: NodeState, occupants: Iterable[Occupant]) -> NodeState:
     return node.with_assignments(freed)
 
 
-def victims_for(demand: PodDemand, node: NodeState, occupants: Sequence[Occupant],
-                already: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
+def victims_for(
+    demand: PodDemand, node: NodeState, occupants: Sequence[Occupant], already: frozenset[str] = frozenset()
+) -> tuple[str, ...] | None:
     """Uids to evict on ``node`` (``already`` first, then the fewest more), or None when nothing would do."""
     chosen = [o for o in occupants if o.uid in already]
     base = without(node, chosen)

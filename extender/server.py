@@ -93,6 +93,7 @@ def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]
             return _json({"Error": f"internal error in {name}: {type(exc).__name__}: {exc}"}, 500)
         finally:
             metrics.observe(name, status, time.perf_counter() - started)
+
     return handle
 
 
@@ -139,15 +140,20 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _json({"Error": f"{request.method} {request.path}: {exc.reason}"}, exc.status)
 
 
-def make_app(service: ExtenderService, *, max_body_bytes: int, metrics: ExtenderMetrics | None = None,
-             prefix: str = "") -> web.Application:
+def make_app(
+    service: ExtenderService, *, max_body_bytes: int, metrics: ExtenderMetrics | None = None, prefix: str = ""
+) -> web.Application:
     # aiohttp's own limit sits above ours so that the handler, not aiohttp, words the 413.
     app = web.Application(client_max_size=max_body_bytes + 1, middlewares=[_json_errors])
     app[SERVICE_KEY] = service
     app[METRICS_KEY] = metrics or ExtenderMetrics(service)
     app[LIMIT_KEY] = max_body_bytes
     verbs: dict[str, Callable[[ExtenderService, Any], Awaitable[object]]] = {
-        "filter": _filter, "prioritize": _prioritize, "bind": _bind, "preempt": _preempt}
+        "filter": _filter,
+        "prioritize": _prioritize,
+        "bind": _bind,
+        "preempt": _preempt,
+    }
     for name, call in verbs.items():
         app.router.add_post(f"{prefix}/{name}", _verb(name, call))
     app.router.add_get("/healthz", _healthz)

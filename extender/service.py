@@ -75,9 +75,17 @@ class Counters:
 
 
 class ExtenderService:
-    def __init__(self, state: ClusterState, writer: writes.ClusterWriter, *, policy: str,
-                 units: UnitsConfig | None = None, leadership: Leadership | None = None,
-                 identity: str = "", clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        writer: writes.ClusterWriter,
+        *,
+        policy: str,
+        units: UnitsConfig | None = None,
+        leadership: Leadership | None = None,
+        identity: str = "",
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.state = state
         self.writer = writer
         self.policy = policy
@@ -210,8 +218,9 @@ class ExtenderService:
                 return self._refuse(key, EVENT_BIND_REFUSED, f"node {node}: has no flexnpu cards")
             try:
                 assignments = choose(demand, state, self.policy, self.index.stats, memo=self.index.memo)
-                self.state.reserve(key, node, assignments, demand.priority.rank, demand.cpu_milli,
-                                   demand.host_memory_mib)
+                self.state.reserve(
+                    key, node, assignments, demand.priority.rank, demand.cpu_milli, demand.host_memory_mib
+                )
                 return assignments
             except PlacementError as exc:
                 return self._refuse(key, EVENT_BIND_REFUSED, exc.refusal.reason)
@@ -224,8 +233,9 @@ class ExtenderService:
     async def _write(self, key: PodKey, node: str, demand: PodDemand, assignments: tuple[CardAssignment, ...]) -> str:
         """Annotations, then the Binding, then the claims; a failure before the Binding gives the cards back."""
         try:
-            await self.writer.patch_pod_annotations(key.namespace, key.name,
-                                                    writes.assigned_annotations(assignments, self._clock()))
+            await self.writer.patch_pod_annotations(
+                key.namespace, key.name, writes.assigned_annotations(assignments, self._clock())
+            )
             await self.writer.bind_pod(key, node)
         except FlexnpuError as exc:
             self.state.release(key.uid)

@@ -30,8 +30,11 @@ class ExtenderSettings:
     policy: str = setting(DEFAULT_POLICY, "placement policy: binpack, spread, bestfit, fgd or default")
     kubeconfig: Path | None = setting(None, "kubeconfig file; empty: the in-cluster service account")
     api_server: str = setting("", "Kubernetes API URL without auth (tests, benchmarks); overrides kubeconfig")
-    node_cache_capable: bool = setting(True, "kube-scheduler's nodeCacheCapable: true sends node names only; "
-                                             "false sends full nodes, whose inventories then refresh the cache")
+    node_cache_capable: bool = setting(
+        True,
+        "kube-scheduler's nodeCacheCapable: true sends node names only; "
+        "false sends full nodes, whose inventories then refresh the cache",
+    )
     lease_name: str = setting("flexnpu-extender", "name of the coordination.k8s.io/v1 Lease the replicas share")
     namespace: str = setting("", "namespace of the Lease; empty: the kubeconfig's or service account's")
     identity: str = setting("", "this replica's name in the Lease; empty: hostname and process id")
@@ -49,9 +52,11 @@ class ExtenderSettings:
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes", self.max_body_bytes, "must be at least 1024")
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ConfigError("retry_period/renew_deadline/lease_duration",
-                              (self.retry_period, self.renew_deadline, self.lease_duration),
-                              "must satisfy 0 < retry_period < renew_deadline < lease_duration")
+            raise ConfigError(
+                "retry_period/renew_deadline/lease_duration",
+                (self.retry_period, self.renew_deadline, self.lease_duration),
+                "must satisfy 0 < retry_period < renew_deadline < lease_duration",
+            )
         if not self.lease_name:
             raise ConfigError("lease_name", self.lease_name, "must not be empty")
 

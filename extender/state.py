@@ -90,7 +90,7 @@ class ClusterState:
         with self._lock:
             if sequence < self._log_base:
                 return None
-            return set(self._log[sequence - self._log_base:])
+            return set(self._log[sequence - self._log_base :])
 
     def node(self, name: str) -> NodeState | None:
         return self._nodes.get(name)
@@ -180,8 +180,15 @@ class ClusterState:
 
     # -- binds -----------------------------------------------------------------------------------------------
 
-    def reserve(self, key: PodKey, node: str, assignments: Sequence[CardAssignment], priority_rank: int = 1,
-                cpu_milli: int = 0, memory_mib: int = 0) -> None:
+    def reserve(
+        self,
+        key: PodKey,
+        node: str,
+        assignments: Sequence[CardAssignment],
+        priority_rank: int = 1,
+        cpu_milli: int = 0,
+        memory_mib: int = 0,
+    ) -> None:
         """Take ``assignments`` (and the CPU and memory) on ``node`` for the pod, or raise ReservationConflict
         naming what is missing."""
         with self._lock:
@@ -193,8 +200,17 @@ class ClusterState:
                 raise ReservationConflict(node, f"pod {key.entity} already holds cards on {held}")
             self._check_room(state, assignments)
             self._check_node_room(state, cpu_milli, memory_mib)
-            self._put(Holding(key, node, tuple(assignments), reserved=True, priority_rank=priority_rank,
-                              cpu_milli=cpu_milli, memory_mib=memory_mib))
+            self._put(
+                Holding(
+                    key,
+                    node,
+                    tuple(assignments),
+                    reserved=True,
+                    priority_rank=priority_rank,
+                    cpu_milli=cpu_milli,
+                    memory_mib=memory_mib,
+                )
+            )
 
     def release(self, uid: str) -> None:
         """A bind failed: give back its reservation (an observed holding is left alone)."""
@@ -207,16 +223,24 @@ class ClusterState:
 
     @staticmethod
     def _observed(pod: PodFacts) -> Holding:
-        return Holding(pod.key, pod.node_name, pod.assignments, reserved=False, priority_rank=pod.priority.rank,
-                       cpu_milli=pod.cpu_milli, memory_mib=pod.memory_mib)
+        return Holding(
+            pod.key,
+            pod.node_name,
+            pod.assignments,
+            reserved=False,
+            priority_rank=pod.priority.rank,
+            cpu_milli=pod.cpu_milli,
+            memory_mib=pod.memory_mib,
+        )
 
     @staticmethod
     def _check_node_room(state: NodeState, cpu_milli: int, memory_mib: int) -> None:
         if state.cpu_tracked and cpu_milli > state.cpu_milli_free:
             raise ReservationConflict(state.name, f"has {state.cpu_milli_free}m CPU free, {cpu_milli}m needed")
         if state.host_memory_tracked and memory_mib > state.host_memory_mib_free:
-            raise ReservationConflict(state.name, f"has {state.host_memory_mib_free} MiB of memory free, "
-                                                  f"{memory_mib} MiB needed")
+            raise ReservationConflict(
+                state.name, f"has {state.host_memory_mib_free} MiB of memory free, {memory_mib} MiB needed"
+            )
 
     def _check_room(self, state: NodeState, assignments: Sequence[CardAssignment]) -> None:
         wanted: dict[str, tuple[int, int]] = {}
@@ -231,11 +255,14 @@ class ClusterState:
             if not card.healthy:
                 raise ReservationConflict(state.name, f"card {card.index} ({uuid}) is unhealthy")
             if card.units_free < units:
-                raise ReservationConflict(state.name, f"card {card.index} ({uuid}) has {card.units_free} free "
-                                                      f"units, {units} needed")
+                raise ReservationConflict(
+                    state.name, f"card {card.index} ({uuid}) has {card.units_free} free units, {units} needed"
+                )
             if card.memory_free_mib < memory:
-                raise ReservationConflict(state.name, f"card {card.index} ({uuid}) has {card.memory_free_mib} MiB "
-                                                      f"free memory, {memory} MiB needed")
+                raise ReservationConflict(
+                    state.name,
+                    f"card {card.index} ({uuid}) has {card.memory_free_mib} MiB free memory, {memory} MiB needed",
+                )
 
     def _put(self, holding: Holding) -> None:
         old = self._holdings.get(holding.key.uid)
@@ -269,10 +296,15 @@ class ClusterState:
         assignments = [a for h in holdings for a in h.assignments]
         if name not in self._nodes:
             self._membership += 1
-        self._nodes[name] = node_state(name, record.inventory, assignments, cpu_milli_total=record.cpu_milli,
-                                       cpu_milli_used=sum(h.cpu_milli for h in holdings),
-                                       host_memory_mib_total=record.memory_mib,
-                                       host_memory_mib_used=sum(h.memory_mib for h in holdings))
+        self._nodes[name] = node_state(
+            name,
+            record.inventory,
+            assignments,
+            cpu_milli_total=record.cpu_milli,
+            cpu_milli_used=sum(h.cpu_milli for h in holdings),
+            host_memory_mib_total=record.memory_mib,
+            host_memory_mib_used=sum(h.memory_mib for h in holdings),
+        )
         self._changed(name)
 
     def _changed(self, name: str) -> None:

@@ -31,6 +31,7 @@ def _plain(text: str) -> bool:
     except UnicodeEncodeError:
         return False
 
+
 # A Kubernetes object (v1.Pod, v1.Node) as JSON: the extender reads only a few fields of it.
 KubeObject = Mapping[str, Any]
 
@@ -129,8 +130,12 @@ def read_extender_args(body: object) -> ExtenderArgs:
 
 def read_binding_args(body: object) -> ExtenderBindingArgs:
     args = _object(body, "ExtenderBindingArgs")
-    return {"PodName": _text(args, "PodName"), "PodNamespace": _text(args, "PodNamespace"),
-            "PodUID": _text(args, "PodUID", allow_empty=True), "Node": _text(args, "Node")}
+    return {
+        "PodName": _text(args, "PodName"),
+        "PodNamespace": _text(args, "PodNamespace"),
+        "PodUID": _text(args, "PodUID", allow_empty=True),
+        "Node": _text(args, "Node"),
+    }
 
 
 def read_preemption_args(body: object) -> ExtenderPreemptionArgs:
@@ -139,8 +144,9 @@ def read_preemption_args(body: object) -> ExtenderPreemptionArgs:
     out: ExtenderPreemptionArgs = {"Pod": dict(pod)}
     meta = args.get("NodeNameToMetaVictims")
     if meta is not None:
-        out["NodeNameToMetaVictims"] = {node: _meta_victims(v, node) for node, v in _object(
-            meta, "NodeNameToMetaVictims").items()}
+        out["NodeNameToMetaVictims"] = {
+            node: _meta_victims(v, node) for node, v in _object(meta, "NodeNameToMetaVictims").items()
+        }
     full = args.get("NodeNameToVictims")
     if full is not None:
         out["NodeNameToVictims"] = {node: _victims(v, node) for node, v in _object(full, "NodeNameToVictims").items()}
@@ -176,25 +182,39 @@ def pdb_violations(args: ExtenderPreemptionArgs) -> dict[str, int]:
 # Builders.
 
 
-def filter_result(args: ExtenderArgs, fits: list[str], failed: dict[str, str],
-                  unresolvable: dict[str, str]) -> ExtenderFilterResult:
+def filter_result(
+    args: ExtenderArgs, fits: list[str], failed: dict[str, str], unresolvable: dict[str, str]
+) -> ExtenderFilterResult:
     """Answer in the form the request used: names for names, the node objects for a NodeList."""
     nodes = args["Nodes"]
     if args["NodeNames"] is not None or nodes is None:
-        return {"Nodes": None, "NodeNames": fits, "FailedNodes": failed,
-                "FailedAndUnresolvableNodes": unresolvable, "Error": ""}
+        return {
+            "Nodes": None,
+            "NodeNames": fits,
+            "FailedNodes": failed,
+            "FailedAndUnresolvableNodes": unresolvable,
+            "Error": "",
+        }
     keep = set(fits)
     items = [item for item in nodes["items"] if item.get("metadata", {}).get("name") in keep]
-    return {"Nodes": {**nodes, "items": items}, "NodeNames": None, "FailedNodes": failed,
-            "FailedAndUnresolvableNodes": unresolvable, "Error": ""}
+    return {
+        "Nodes": {**nodes, "items": items},
+        "NodeNames": None,
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
+        "Error": "",
+    }
 
 
 def encode_score_groups(groups: list[tuple[int, list[str]]]) -> str:
     """The JSON of a HostPriorityList given as ``[(score, hosts), ...]``: one C-level join per score."""
     if not all(_plain("".join(hosts)) for _, hosts in groups):
         return json.dumps([{"Host": h, "Score": s} for s, hosts in groups for h in hosts], separators=(",", ":"))
-    parts = ['{"Host":"' + f'","Score":{int(score)}}},{{"Host":"'.join(hosts) + f'","Score":{int(score)}}}'
-             for score, hosts in groups if hosts]
+    parts = [
+        '{"Host":"' + f'","Score":{int(score)}}},{{"Host":"'.join(hosts) + f'","Score":{int(score)}}}'
+        for score, hosts in groups
+        if hosts
+    ]
     return "[" + ",".join(parts) + "]"
 
 
@@ -287,8 +307,10 @@ def _victims(value: object, node: str) -> Victims:
     pods = body.get("Pods") or []
     if not isinstance(pods, list):
         raise ExtenderPayloadError(f"NodeNameToVictims[{node}].Pods", _short(pods), "must be a JSON list")
-    return {"Pods": [dict(_object(p, f"NodeNameToVictims[{node}].Pods[]")) for p in pods],
-            "NumPDBViolations": _count(body, node)}
+    return {
+        "Pods": [dict(_object(p, f"NodeNameToVictims[{node}].Pods[]")) for p in pods],
+        "NumPDBViolations": _count(body, node),
+    }
 
 
 def _count(body: Mapping[str, Any], node: str) -> int:

@@ -38,8 +38,7 @@ class ClusterWriter(Protocol):
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any]: ...
 
-    async def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
-        ...
+    async def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None: ...
 
     async def bind_pod(self, key: PodKey, node: str) -> None: ...
 
@@ -49,22 +48,33 @@ class ClusterWriter(Protocol):
 
 
 def assigned_annotations(assignments: Sequence[CardAssignment], when: datetime) -> dict[str, str | None]:
-    return {ANNOTATION_ASSIGNED: encode_assignment(assignments), ANNOTATION_BIND_PHASE: BindPhase.ALLOCATING.value,
-            ANNOTATION_BIND_TIME: format_bind_time(when), ANNOTATION_BIND_REASON: None}
+    return {
+        ANNOTATION_ASSIGNED: encode_assignment(assignments),
+        ANNOTATION_BIND_PHASE: BindPhase.ALLOCATING.value,
+        ANNOTATION_BIND_TIME: format_bind_time(when),
+        ANNOTATION_BIND_REASON: None,
+    }
 
 
 def failed_annotations(reason: str) -> dict[str, str | None]:
     """A bind that wrote its assignment but could not finish: take the assignment back, say why."""
-    return {ANNOTATION_ASSIGNED: None, ANNOTATION_BIND_PHASE: BindPhase.FAILED.value,
-            ANNOTATION_BIND_REASON: reason[:1000]}
+    return {
+        ANNOTATION_ASSIGNED: None,
+        ANNOTATION_BIND_PHASE: BindPhase.FAILED.value,
+        ANNOTATION_BIND_REASON: reason[:1000],
+    }
 
 
 def binding(key: PodKey, node: str) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": key.name, "namespace": key.namespace}
     if key.uid:
         meta["uid"] = key.uid
-    return {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": meta,
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    }
 
 
 def claim_name(key: PodKey, assignment: CardAssignment, cards: int) -> str:
@@ -72,7 +82,7 @@ def claim_name(key: PodKey, assignment: CardAssignment, cards: int) -> str:
     if cards == 1:
         return key.name
     suffix = f"-npu{assignment.index}"
-    return key.name[:MAX_NAME - len(suffix)] + suffix
+    return key.name[: MAX_NAME - len(suffix)] + suffix
 
 
 def claims(key: PodKey, node: str, assignments: Sequence[CardAssignment], priority: Priority) -> list[dict[str, Any]]:
@@ -81,29 +91,62 @@ def claims(key: PodKey, node: str, assignments: Sequence[CardAssignment], priori
 
 
 def claim(key: PodKey, node: str, assignment: CardAssignment, priority: Priority, name: str) -> dict[str, Any]:
-    spec = ClaimSpec(node_name=node, npu=assignment.index, aicore_alloc=assignment.units,
-                     memory_mib=assignment.memory_mib, priority=priority, entity=key.entity,
-                     pod_ref=PodRef(name=key.name, uid=key.uid) if key.uid else None)
-    owner = {"apiVersion": "v1", "kind": "Pod", "name": key.name, "uid": key.uid, "controller": True,
-             "blockOwnerDeletion": True}
-    meta: dict[str, Any] = {"name": name, "namespace": key.namespace,
-                            "labels": {LABEL_MANAGED_BY: "flexnpu", LABEL_COMPONENT: "extender",
-                                       LABEL_CLAIM_POD_UID: key.uid}}
+    spec = ClaimSpec(
+        node_name=node,
+        npu=assignment.index,
+        aicore_alloc=assignment.units,
+        memory_mib=assignment.memory_mib,
+        priority=priority,
+        entity=key.entity,
+        pod_ref=PodRef(name=key.name, uid=key.uid) if key.uid else None,
+    )
+    owner = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": key.name,
+        "uid": key.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": key.namespace,
+        "labels": {LABEL_MANAGED_BY: "flexnpu", LABEL_COMPONENT: "extender", LABEL_CLAIM_POD_UID: key.uid},
+    }
     if key.uid:
         meta["ownerReferences"] = [owner]
-    return {"apiVersion": f"{CRD_GROUP}/{CRD_VERSION}", "kind": CRD_KIND, "metadata": meta,
-            "spec": dict(spec.to_payload())}
+    return {
+        "apiVersion": f"{CRD_GROUP}/{CRD_VERSION}",
+        "kind": CRD_KIND,
+        "metadata": meta,
+        "spec": dict(spec.to_payload()),
+    }
 
 
-def event(key: PodKey, reason: str, message: str, *, warning: bool = True, instance: str = "",
-          when: datetime | None = None) -> dict[str, Any]:
+def event(
+    key: PodKey, reason: str, message: str, *, warning: bool = True, instance: str = "", when: datetime | None = None
+) -> dict[str, Any]:
     """A core/v1 Event on the pod. Named explicitly (``<pod>.<random>``) as client-go's recorder does."""
     now = format_bind_time(when or datetime.now(UTC))
-    name = f"{key.name[:MAX_NAME - 17]}.{secrets.token_hex(8)}"
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": key.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": key.name, "namespace": key.namespace,
-                               "uid": key.uid},
-            "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
-            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": instance,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+    name = f"{key.name[: MAX_NAME - 17]}.{secrets.token_hex(8)}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": key.namespace},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": key.name,
+            "namespace": key.namespace,
+            "uid": key.uid,
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

@@ -20,8 +20,15 @@ def as_list(value: object, field: str) -> list[Any]:
     return value
 
 
-def get_int(body: Mapping[str, Any], key: str, prefix: str = "", *, lo: int = 0, hi: int | None = None,
-            default: int | None = None) -> int:
+def get_int(
+    body: Mapping[str, Any],
+    key: str,
+    prefix: str = "",
+    *,
+    lo: int = 0,
+    hi: int | None = None,
+    default: int | None = None,
+) -> int:
     field = prefix + key
     value = body.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -32,8 +39,15 @@ def get_int(body: Mapping[str, Any], key: str, prefix: str = "", *, lo: int = 0,
     return value
 
 
-def get_str(body: Mapping[str, Any], key: str, prefix: str = "", *, default: str | None = None,
-            allow_empty: bool = False, max_len: int = 253) -> str:
+def get_str(
+    body: Mapping[str, Any],
+    key: str,
+    prefix: str = "",
+    *,
+    default: str | None = None,
+    allow_empty: bool = False,
+    max_len: int = 253,
+) -> str:
     field = prefix + key
     value = body.get(key, default)
     if not isinstance(value, str):

@@ -85,8 +85,15 @@ def decode_inventory(text: str) -> Inventory:
 
 
 def card_payload(card: Card) -> CardPayload:
-    return {"uuid": card.uuid, "index": card.index, "chip": card.chip, "model": card.model,
-            "aicores": card.aicores, "hbm_mib": card.hbm_mib, "health": card.health.value}
+    return {
+        "uuid": card.uuid,
+        "index": card.index,
+        "chip": card.chip,
+        "model": card.model,
+        "aicores": card.aicores,
+        "hbm_mib": card.hbm_mib,
+        "health": card.health.value,
+    }
 
 
 def _card(raw: object, prefix: str) -> Card:
@@ -96,10 +103,15 @@ def _card(raw: object, prefix: str) -> Card:
     health = get_str(body, "health", prefix, default=Health.HEALTHY.value)
     if health not in {h.value for h in Health}:
         raise ValidationError(prefix + "health", health, "must be Healthy or Unhealthy")
-    return Card(uuid=get_str(body, "uuid", prefix, max_len=60), index=get_int(body, "index", prefix),
-                chip=get_int(body, "chip", prefix, default=0), model=model,
-                aicores=get_int(body, "aicores", prefix, lo=1), hbm_mib=get_int(body, "hbm_mib", prefix, lo=1),
-                health=Health(health))
+    return Card(
+        uuid=get_str(body, "uuid", prefix, max_len=60),
+        index=get_int(body, "index", prefix),
+        chip=get_int(body, "chip", prefix, default=0),
+        model=model,
+        aicores=get_int(body, "aicores", prefix, lo=1),
+        hbm_mib=get_int(body, "hbm_mib", prefix, lo=1),
+        health=Health(health),
+    )
 
 
 class AssignmentPayload(TypedDict):
@@ -135,9 +147,14 @@ def decode_assignment(text: str) -> tuple[CardAssignment, ...]:
     for i, raw in enumerate(items):
         prefix = f"assigned[{i}]."
         body = as_mapping(raw, prefix.rstrip("."))
-        out.append(CardAssignment(uuid=get_str(body, "uuid", prefix), index=get_int(body, "index", prefix),
-                                  units=get_int(body, "units", prefix, lo=1),
-                                  memory_mib=get_int(body, "memory_mib", prefix, lo=0)))
+        out.append(
+            CardAssignment(
+                uuid=get_str(body, "uuid", prefix),
+                index=get_int(body, "index", prefix),
+                units=get_int(body, "units", prefix, lo=1),
+                memory_mib=get_int(body, "memory_mib", prefix, lo=0),
+            )
+        )
     return tuple(out)
 
 
@@ -157,13 +174,17 @@ def decode_allocated_containers(text: str) -> frozenset[str]:
     Names that no container of the pod has are harmless (the reader only asks whether its containers are in it).
     """
     if len(text) > MAX_ALLOCATED_CONTAINERS_CHARS:
-        raise ValidationError(ANNOTATION_ALLOCATED_CONTAINERS, f"{len(text)} characters",
-                              f"must be at most {MAX_ALLOCATED_CONTAINERS_CHARS}")
+        raise ValidationError(
+            ANNOTATION_ALLOCATED_CONTAINERS,
+            f"{len(text)} characters",
+            f"must be at most {MAX_ALLOCATED_CONTAINERS_CHARS}",
+        )
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if len(n) > MAX_CONTAINER_NAME]
     if bad:
-        raise ValidationError(ANNOTATION_ALLOCATED_CONTAINERS, bad[0][:80],
-                              f"container names are at most {MAX_CONTAINER_NAME} characters")
+        raise ValidationError(
+            ANNOTATION_ALLOCATED_CONTAINERS, bad[0][:80], f"container names are at most {MAX_CONTAINER_NAME} characters"
+        )
     return frozenset(names)
 
 

@@ -66,8 +66,7 @@ class Card:
     def of_model(cls, model: str, index: int, uuid: str, **extra: object) -> Card:
         """A card whose cores and HBM are those of its model."""
         spec = card_model(model)
-        return cls(uuid=uuid, index=index, model=spec.name, aicores=spec.aicores, hbm_mib=spec.hbm_mib,
-                   **extra)  # type: ignore[arg-type]
+        return cls(uuid=uuid, index=index, model=spec.name, aicores=spec.aicores, hbm_mib=spec.hbm_mib, **extra)  # type: ignore[arg-type]
 
 
 def hccs_ring(index: int) -> int:

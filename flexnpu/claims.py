@@ -32,7 +32,7 @@ def registration_id(namespace: str, name: str, uid: str) -> str:
     if len(text) <= MAX_REGISTRATION_ID:
         return text
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return f"{text[:MAX_REGISTRATION_ID - len(digest) - 1]}.{digest}"
+    return f"{text[: MAX_REGISTRATION_ID - len(digest) - 1]}.{digest}"
 
 
 class ClaimPhase(enum.StrEnum):
@@ -79,8 +79,13 @@ class ClaimSpec:
 
     def to_payload(self) -> ClaimSpecPayload:
         payload: ClaimSpecPayload = {
-            "nodeName": self.node_name, "npu": self.npu, "chip": self.chip, "aicoreAlloc": self.aicore_alloc,
-            "memoryMiB": self.memory_mib, "priority": self.priority.value, "entity": self.entity,
+            "nodeName": self.node_name,
+            "npu": self.npu,
+            "chip": self.chip,
+            "aicoreAlloc": self.aicore_alloc,
+            "memoryMiB": self.memory_mib,
+            "priority": self.priority.value,
+            "entity": self.entity,
         }
         if self.pod_ref is not None:
             payload["podRef"] = {"name": self.pod_ref.name, "uid": self.pod_ref.uid}
@@ -132,8 +137,11 @@ class ClaimStatus:
     last_sync_time: str = ""
 
     def to_payload(self) -> ClaimStatusPayload:
-        payload: ClaimStatusPayload = {"phase": self.phase.value, "message": self.message,
-                                       "observedGeneration": self.observed_generation}
+        payload: ClaimStatusPayload = {
+            "phase": self.phase.value,
+            "message": self.message,
+            "observedGeneration": self.observed_generation,
+        }
         if self.flexnpu_id:
             payload["flexnpuId"] = self.flexnpu_id
         if self.last_sync_time:

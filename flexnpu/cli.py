@@ -22,33 +22,53 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "demo": Command("flexnpu.shim.demo", "[--json] [--seconds N] [--plot FILE.png]",
-                    "run a simulated 910B3 node with two batch tenants (2:8) and a latency-critical one"),
-    "daemon": Command("flexnpu.shim.daemon.main", "--config flexnpud.conf",
-                      "the node daemon flexnpud: registrations, slice scheduler, grant socket"),
-    "deviceplugin": Command("flexnpu.deviceplugin.main",
-                            "[--kubelet-dir DIR] [--node-name NAME] [--npu-smi CMD | --inventory FILE] "
-                            "[--units-per-card U]",
-                            "the kubelet device plugin advertising huawei.com/vnpu units"),
-    "extender": Command("flexnpu.extender.main", "[--listen ADDR] [--policy NAME]",
-                        "the kube-scheduler extender placing pods on nodes and cards"),
-    "operator": Command("flexnpu.operator.main", "[kopf options]",
-                        "the operator reconciling VNpuClaims into node-daemon registrations"),
+    "demo": Command(
+        "flexnpu.shim.demo",
+        "[--json] [--seconds N] [--plot FILE.png]",
+        "run a simulated 910B3 node with two batch tenants (2:8) and a latency-critical one",
+    ),
+    "daemon": Command(
+        "flexnpu.shim.daemon.main",
+        "--config flexnpud.conf",
+        "the node daemon flexnpud: registrations, slice scheduler, grant socket",
+    ),
+    "deviceplugin": Command(
+        "flexnpu.deviceplugin.main",
+        "[--kubelet-dir DIR] [--node-name NAME] [--npu-smi CMD | --inventory FILE] [--units-per-card U]",
+        "the kubelet device plugin advertising huawei.com/vnpu units",
+    ),
+    "extender": Command(
+        "flexnpu.extender.main",
+        "[--listen ADDR] [--policy NAME]",
+        "the kube-scheduler extender placing pods on nodes and cards",
+    ),
+    "operator": Command(
+        "flexnpu.operator.main", "[kopf options]", "the operator reconciling VNpuClaims into node-daemon registrations"
+    ),
     "shim": Command("flexnpu.shim.cli", "run -- CMD...", "run a command under the in-pod time-slicing runtime"),
-    "simnpu": Command("flexnpu.shim.simnpu.main", "[--socket PATH] [--model 910B3]",
-                      "a simulated NPU that separate processes share"),
-    "bench": Command("flexnpu.bench.cli", "NAME [--json] [--out FILE]",
-                     "run one benchmark (share, priority, overhead, idle, grant, placement, extender, "
-                     "deviceplugin, operator)"),
-    "status": Command("flexnpu.shim.status", "[--node NAME]",
-                      "per card: units, memory, tenants, achieved share, wait p99"),
+    "simnpu": Command(
+        "flexnpu.shim.simnpu.main", "[--socket PATH] [--model 910B3]", "a simulated NPU that separate processes share"
+    ),
+    "bench": Command(
+        "flexnpu.bench.cli",
+        "NAME [--json] [--out FILE]",
+        "run one benchmark (share, priority, overhead, idle, grant, placement, extender, deviceplugin, operator)",
+    ),
+    "status": Command(
+        "flexnpu.shim.status", "[--node NAME]", "per card: units, memory, tenants, achieved share, wait p99"
+    ),
 }
 
 
 def usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = [f"usage: flexnpu [--version] COMMAND [ARGS...]  (flexnpu {__version__})", "",
-             "Share Ascend 910B NPUs between Kubernetes pods.", "", "commands:"]
+    lines = [
+        f"usage: flexnpu [--version] COMMAND [ARGS...]  (flexnpu {__version__})",
+        "",
+        "Share Ascend 910B NPUs between Kubernetes pods.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
     lines += ["", "Run 'flexnpu COMMAND --help' for a command's options."]
     return "\n".join(lines)

@@ -31,7 +31,8 @@ _CHIP_ROW = re.compile(r"^(?P<chip>\d+)(\s+(?P<phy>\d+))?$")
 _BUS_ID = re.compile(r"^[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
 # aicore%, then memory "used / total" (absent on some models), then HBM "used / total"
 _CHIP_FIGURES = re.compile(
-    r"^(?P<aicore>\d+(\.\d+)?|NA|-)\s+(\d+\s*/\s*\d+\s+)?(?P<hbm_used>\d+)\s*/\s*(?P<hbm_total>\d+)$")
+    r"^(?P<aicore>\d+(\.\d+)?|NA|-)\s+(\d+\s*/\s*\d+\s+)?(?P<hbm_used>\d+)\s*/\s*(?P<hbm_total>\d+)$"
+)
 _NO_PROCESS = re.compile(r"^No running processes found in NPU (?P<npu>\d+)$")
 _PROCESS_NPU = re.compile(r"^(?P<npu>\d+)\s+(?P<chip>\d+)$")
 _TITLE_WORDS = ("NPU", "Chip")
@@ -169,13 +170,26 @@ def _chip_row(line_no: int, line: str, cells: list[str], header: _Header) -> Car
     if figures is None or int(figures["hbm_total"]) == 0:
         raise NpuSmiError(line_no, line, "expected '<aicore%> [<mem used> / <total>] <hbm used> / <hbm total>'")
     spec = card_model(header.model)
-    card = Card(uuid=card_uuid_from_bus_id(cells[1]), index=header.npu, model=spec.name, aicores=spec.aicores,
-                hbm_mib=int(figures["hbm_total"]), chip=int(chip["chip"]), health=_health(header.health_word),
-                bus_id=cells[1])
+    card = Card(
+        uuid=card_uuid_from_bus_id(cells[1]),
+        index=header.npu,
+        model=spec.name,
+        aicores=spec.aicores,
+        hbm_mib=int(figures["hbm_total"]),
+        chip=int(chip["chip"]),
+        health=_health(header.health_word),
+        bus_id=cells[1],
+    )
     power, temperature = _power_and_temperature(header.power_cell)
     aicore = None if figures["aicore"] in ("NA", "-") else float(figures["aicore"])
-    return CardReading(card=card, hbm_used_mib=int(figures["hbm_used"]), aicore_percent=aicore, power_w=power,
-                       temperature_c=temperature, health_word=header.health_word)
+    return CardReading(
+        card=card,
+        hbm_used_mib=int(figures["hbm_used"]),
+        aicore_percent=aicore,
+        power_w=power,
+        temperature_c=temperature,
+        health_word=header.health_word,
+    )
 
 
 def _model_name(name: str) -> str:
@@ -207,8 +221,11 @@ def _process_row(line_no: int, line: str, cells: list[str]) -> list[NpuProcess]:
     npu = _PROCESS_NPU.match(cells[0])
     if len(cells) != 4 or npu is None or not cells[1].isdigit() or not cells[3].isdigit():
         raise NpuSmiError(line_no, line, "expected a process row: '| <npu> <chip> | <pid> | <name> | <MB> |'")
-    return [NpuProcess(npu=int(npu["npu"]), chip=int(npu["chip"]), pid=int(cells[1]), name=cells[2],
-                       memory_mib=int(cells[3]))]
+    return [
+        NpuProcess(
+            npu=int(npu["npu"]), chip=int(npu["chip"]), pid=int(cells[1]), name=cells[2], memory_mib=int(cells[3])
+        )
+    ]
 
 
 def parse_npu_smi_processes(text: str) -> list[NpuProcess]:
@@ -223,8 +240,12 @@ def parse_chip_mapping(text: str) -> list[ChipMapping]:
         words = line.split()
         if not words or words[:2] == ["NPU", "ID"]:
             continue
-        if len(words) < 4 or not words[0].isdigit() or not words[1].isdigit() \
-                or not (words[2].isdigit() or words[2] == "-"):
+        if (
+            len(words) < 4
+            or not words[0].isdigit()
+            or not words[1].isdigit()
+            or not (words[2].isdigit() or words[2] == "-")
+        ):
             raise NpuSmiError(line_no, line, "expected '<npu id> <chip id> <logic id or -> <chip name>'")
         logic = int(words[2]) if words[2].isdigit() else None
         rows.append(ChipMapping(npu=int(words[0]), chip=int(words[1]), logic_id=logic, name=" ".join(words[3:])))
@@ -257,5 +278,9 @@ def parse_board_info(text: str) -> BoardInfo:
     if not fields:
         raise NpuSmiError(1, "", "empty board query output")
     npu = fields.get("NPU ID", "")
-    return BoardInfo(npu=int(npu) if npu.isdigit() else None, serial_number=fields.get("Serial Number", ""),
-                     bus_id=fields.get("PCIe Bus Info", ""), fields=fields)
+    return BoardInfo(
+        npu=int(npu) if npu.isdigit() else None,
+        serial_number=fields.get("Serial Number", ""),
+        bus_id=fields.get("PCIe Bus Info", ""),
+        fields=fields,
+    )

@@ -41,8 +41,11 @@ def parse_quantity(raw: object, field: str) -> Fraction:
     text = raw.strip() if isinstance(raw, str) else repr(raw)
     match = _QUANTITY.match(text) if len(text) <= _MAX_TEXT else None
     if match is None:
-        raise ValidationError(field, raw if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "...",
-                              "must be a non-negative Kubernetes quantity such as 500m, 2 or 16Gi")
+        raise ValidationError(
+            field,
+            raw if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "...",
+            "must be a non-negative Kubernetes quantity such as 500m, 2 or 16Gi",
+        )
     number, exponent, suffix = match.groups()
     value = Fraction(number)
     if exponent is not None:

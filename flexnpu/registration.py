@@ -44,8 +44,13 @@ class Registration:
 
     def to_body(self) -> RegistrationBody:
         body: RegistrationBody = {
-            "flexnpu_id": self.flexnpu_id, "entity": self.entity, "npu": self.npu, "chip": self.chip,
-            "aicore_alloc": self.aicore_alloc, "memory_alloc": self.memory_alloc, "priority": self.priority.value,
+            "flexnpu_id": self.flexnpu_id,
+            "entity": self.entity,
+            "npu": self.npu,
+            "chip": self.chip,
+            "aicore_alloc": self.aicore_alloc,
+            "memory_alloc": self.memory_alloc,
+            "priority": self.priority.value,
         }
         if self.pod_uid:
             body["pod_uid"] = self.pod_uid
@@ -77,5 +82,11 @@ def same_registration(a: Registration, b: Registration) -> bool:
     return a == b
 
 
-__all__ = ["MAX_AICORE_ALLOC", "Registration", "RegistrationBody", "ValidationError", "parse_registration",
-           "same_registration"]
+__all__ = [
+    "MAX_AICORE_ALLOC",
+    "Registration",
+    "RegistrationBody",
+    "ValidationError",
+    "parse_registration",
+    "same_registration",
+]

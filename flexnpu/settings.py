@@ -27,8 +27,14 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def load_settings(cls: type[T], *, flags: Mapping[str, object] | None = None, env: Mapping[str, str] | None = None,
-                  file: Path | str | None = None, env_prefix: str = "FLEXNPU_") -> T:
+def load_settings(
+    cls: type[T],
+    *,
+    flags: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+    file: Path | str | None = None,
+    env_prefix: str = "FLEXNPU_",
+) -> T:
     """Build ``cls`` from flags (None means unset) > ``env_prefix + FIELD`` variables > a YAML/JSON file."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
@@ -50,8 +56,9 @@ def load_settings(cls: type[T], *, flags: Mapping[str, object] | None = None, en
         raise ConfigError(cls.__name__, values, str(exc)) from exc
 
 
-def _pick(name: str, flags: Mapping[str, object], env: Mapping[str, str], from_file: Mapping[str, object],
-          env_prefix: str) -> tuple[str, object]:
+def _pick(
+    name: str, flags: Mapping[str, object], env: Mapping[str, str], from_file: Mapping[str, object], env_prefix: str
+) -> tuple[str, object]:
     if flags.get(name) is not None:
         return "--" + name.replace("_", "-"), flags[name]
     env_key = env_prefix + name.upper()

@@ -79,7 +79,8 @@ def parse_vnpu_request(units: object, config: UnitsConfig, memory_mib: object = 
         request = VnpuRequest(units=u, whole_cards=u // per_card)
     else:
         raise ValidationError(
-            RESOURCE_VNPU, u,
+            RESOURCE_VNPU,
+            u,
             f"must be 1..{per_card} (a fraction of one card) or a multiple of {per_card} (whole cards)",
         )
     if memory_mib is None:

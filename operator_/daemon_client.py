@@ -79,8 +79,9 @@ class DaemonClient:
         token = self._token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            async with self._session.request(method, url, json=body, headers=headers,
-                                             timeout=self._timeout) as response:
+            async with self._session.request(
+                method, url, json=body, headers=headers, timeout=self._timeout
+            ) as response:
                 text = await response.text()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

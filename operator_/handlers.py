@@ -100,24 +100,40 @@ class Runtime:
 
 def claim_ref(meta: Mapping[str, Any]) -> ClaimRef:
     generation = meta.get("generation")
-    return ClaimRef(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
-                    uid=str(meta.get("uid") or ""), generation=generation if isinstance(generation, int) else 0)
+    return ClaimRef(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid") or ""),
+        generation=generation if isinstance(generation, int) else 0,
+    )
 
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def report(runtime: Runtime, body: kopf.Body, ref: ClaimRef, outcome: Outcome, patch: kopf.Patch,
-           logger: Logger, *, always: bool) -> None:
+def report(
+    runtime: Runtime,
+    body: kopf.Body,
+    ref: ClaimRef,
+    outcome: Outcome,
+    patch: kopf.Patch,
+    logger: Logger,
+    *,
+    always: bool,
+) -> None:
     """Write the status (when it changed, or ``always``), post an Event on a new phase or reason, log, count."""
     old: Mapping[str, Any] = body.get("status") or {}
     status = build_status(outcome, previous_conditions(old), now=utc_now(), generation=ref.generation)
     if always or status_changed(old, status):
         patch["status"] = dict(status)
     if should_announce(old, outcome):
-        kopf.event(body, type="Warning" if outcome.is_warning else "Normal", reason=outcome.reason.value,
-                   message=outcome.message)
+        kopf.event(
+            body,
+            type="Warning" if outcome.is_warning else "Normal",
+            reason=outcome.reason.value,
+            message=outcome.message,
+        )
         level = logging.WARNING if outcome.is_warning else logging.INFO
         logger.log(level, "%s: %s (%s)", outcome.phase.value, outcome.message, outcome.reason.value)
     runtime.metrics.set_phase(str(ref), outcome.phase)
@@ -158,8 +174,13 @@ def _register_indexes(runtime: Runtime, registry: kopf.OperatorRegistry) -> None
 
     @kopf.index("v1", "pods", id="daemon_pods", labels=selector, when=in_daemon_namespace, registry=registry)
     def daemon_pods(body: kopf.Body, **_: Any) -> dict[str, DaemonEndpoint] | None:
-        endpoint = endpoint_from_pod(body, port_name=settings.daemon_port_name, default_port=settings.daemon_port,
-                                     address=settings.daemon_address, scheme=settings.daemon_scheme)
+        endpoint = endpoint_from_pod(
+            body,
+            port_name=settings.daemon_port_name,
+            default_port=settings.daemon_port,
+            address=settings.daemon_address,
+            scheme=settings.daemon_scheme,
+        )
         return {endpoint.node: endpoint} if endpoint is not None else None
 
     @kopf.index("v1", "pods", id="pod_uids", registry=registry)
@@ -178,20 +199,44 @@ def _register_claim_handlers(runtime: Runtime, registry: kopf.OperatorRegistry) 
     @kopf.on.resume(*CLAIMS, id="reconcile", registry=registry)
     @kopf.on.create(*CLAIMS, id="reconcile", registry=registry)
     @kopf.on.update(*CLAIMS, id="reconcile", registry=registry)
-    async def reconcile_claim(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
-                              patch: kopf.Patch, logger: Logger, reason: str, **kwargs: Any) -> None:
+    async def reconcile_claim(
+        body: kopf.Body,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        logger: Logger,
+        reason: str,
+        **kwargs: Any,
+    ) -> None:
         ref = claim_ref(meta)
         locate = runtime.locator(kwargs["daemon_pods"])
-        result = await _timed(runtime, ref, str(reason), lambda: runtime.reconciler.apply(
-            ref, spec, str(status.get("flexnpuId") or ""), locate))
+        result = await _timed(
+            runtime,
+            ref,
+            str(reason),
+            lambda: runtime.reconciler.apply(ref, spec, str(status.get("flexnpuId") or ""), locate),
+        )
         report(runtime, body, ref, result.outcome, patch, logger, always=True)
         if result.retry:
             raise kopf.TemporaryError(result.outcome.message, delay=settings.handler_retry_delay)
 
-    @kopf.timer(*CLAIMS, id="resync", interval=settings.resync_interval, initial_delay=settings.resync_interval,
-                registry=registry)
-    async def resync_claim(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
-                           patch: kopf.Patch, logger: Logger, **kwargs: Any) -> None:
+    @kopf.timer(
+        *CLAIMS,
+        id="resync",
+        interval=settings.resync_interval,
+        initial_delay=settings.resync_interval,
+        registry=registry,
+    )
+    async def resync_claim(
+        body: kopf.Body,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        logger: Logger,
+        **kwargs: Any,
+    ) -> None:
         ref = claim_ref(meta)
         locate = runtime.locator(kwargs["daemon_pods"])
         pod_uids: Mapping[str, object] = kwargs["pod_uids"]
@@ -199,29 +244,34 @@ def _register_claim_handlers(runtime: Runtime, registry: kopf.OperatorRegistry) 
         recorded = str(status.get("flexnpuId") or "")
         pod_uid = (spec.get("podRef") or {}).get("uid")
         if settings.release_gone_pods and pod_uid and pod_uid not in pod_uids:
-            result = await _timed(runtime, ref, "release", lambda: _release_gone_pod(runtime, ref, spec, recorded,
-                                                                                 locate))
+            result = await _timed(
+                runtime, ref, "release", lambda: _release_gone_pod(runtime, ref, spec, recorded, locate)
+            )
         else:
             known = list(claim_ids.get(str(spec.get("nodeName", "")), ()))
-            result = await _timed(runtime, ref, "resync", lambda: runtime.reconciler.apply(ref, spec, recorded,
-                                                                                          locate, known))
+            result = await _timed(
+                runtime, ref, "resync", lambda: runtime.reconciler.apply(ref, spec, recorded, locate, known)
+            )
         report(runtime, body, ref, result.outcome, patch, logger, always=False)
 
     @kopf.on.delete(*CLAIMS, id="release", registry=registry)
-    async def release_claim(meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, logger: Logger,
-                            **kwargs: Any) -> None:
+    async def release_claim(
+        meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, logger: Logger, **kwargs: Any
+    ) -> None:
         ref = claim_ref(meta)
         async with runtime.lock(ref):
-            outcome = await runtime.reconciler.release(ref, spec, str(status.get("flexnpuId") or ""),
-                                                       runtime.locator(kwargs["daemon_pods"]), Reason.RELEASING)
+            outcome = await runtime.reconciler.release(
+                ref, spec, str(status.get("flexnpuId") or ""), runtime.locator(kwargs["daemon_pods"]), Reason.RELEASING
+            )
         logger.log(logging.INFO if outcome.daemon_reachable else logging.WARNING, "%s", outcome.message)
         runtime.drop(ref)
 
     _ = (reconcile_claim, resync_claim, release_claim)
 
 
-async def _release_gone_pod(runtime: Runtime, ref: ClaimRef, spec: Mapping[str, Any], recorded: str,
-                            locate: Locate) -> Result:
+async def _release_gone_pod(
+    runtime: Runtime, ref: ClaimRef, spec: Mapping[str, Any], recorded: str, locate: Locate
+) -> Result:
     pod_ref = spec.get("podRef") or {}
     outcome = await runtime.reconciler.release(ref, spec, recorded, locate, Reason.POD_GONE)
     message = f"pod {pod_ref.get('name')} ({pod_ref.get('uid')}) is gone; {outcome.message}"

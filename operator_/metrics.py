@@ -18,13 +18,19 @@ from flexnpu.claims import ClaimPhase
 class OperatorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.claims = Gauge("flexnpu_operator_claims", "VNpuClaims managed, by phase", ["phase"],
-                            registry=self.registry)
+        self.claims = Gauge(
+            "flexnpu_operator_claims", "VNpuClaims managed, by phase", ["phase"], registry=self.registry
+        )
         self.reconcile_seconds = Histogram(
-            "flexnpu_operator_reconcile_seconds", "time to reconcile one claim with its daemon", ["trigger"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
-        self.daemon_errors = Counter("flexnpu_operator_daemon_errors", "failed calls to node daemons",
-                                     ["node", "kind"], registry=self.registry)
+            "flexnpu_operator_reconcile_seconds",
+            "time to reconcile one claim with its daemon",
+            ["trigger"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.daemon_errors = Counter(
+            "flexnpu_operator_daemon_errors", "failed calls to node daemons", ["node", "kind"], registry=self.registry
+        )
         self._phases: dict[str, ClaimPhase] = {}
         for phase in ClaimPhase:
             self.claims.labels(phase=phase.value).set(0)

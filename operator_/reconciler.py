@@ -41,8 +41,14 @@ class Reconciler:
         self._client = client
         self._metrics = metrics
 
-    async def apply(self, ref: ClaimRef, raw_spec: Mapping[str, Any], recorded_id: str, locate: Locate,
-                    known_ids: Iterable[str] | None = None) -> Result:
+    async def apply(
+        self,
+        ref: ClaimRef,
+        raw_spec: Mapping[str, Any],
+        recorded_id: str,
+        locate: Locate,
+        known_ids: Iterable[str] | None = None,
+    ) -> Result:
         """Make the node's daemon hold exactly this claim's registration; ``known_ids`` enables orphan collection."""
         flexnpu_id = claim_flexnpu_id(ref, recorded_id)
         try:
@@ -62,12 +68,15 @@ class Reconciler:
             return Result(self._refused(spec, flexnpu_id, exc))
         except DaemonUnreachable as exc:
             return Result(self._unreachable(spec.node_name, flexnpu_id, exc), retry=True)
-        message = (f"registered on node {spec.node_name} card {spec.npu}: {spec.aicore_alloc} units, "
-                   f"{spec.memory_mib} MiB, priority {spec.priority.value}")
+        message = (
+            f"registered on node {spec.node_name} card {spec.npu}: {spec.aicore_alloc} units, "
+            f"{spec.memory_mib} MiB, priority {spec.priority.value}"
+        )
         return Result(Outcome(ClaimPhase.REGISTERED, Reason.REGISTERED, message, flexnpu_id, daemon_reachable=True))
 
-    async def release(self, ref: ClaimRef, raw_spec: Mapping[str, Any], recorded_id: str, locate: Locate,
-                      reason: Reason) -> Outcome:
+    async def release(
+        self, ref: ClaimRef, raw_spec: Mapping[str, Any], recorded_id: str, locate: Locate, reason: Reason
+    ) -> Outcome:
         """Deregister the claim, trying ``retry_attempts`` times at most: a lost node never holds this up."""
         flexnpu_id = claim_flexnpu_id(ref, recorded_id)
         node = raw_spec.get("nodeName")
@@ -82,8 +91,9 @@ class Reconciler:
             message = f"released; deregistration on node {endpoint.node} failed ({exc.message}), collected later"
             return Outcome(ClaimPhase.RELEASING, reason, message, flexnpu_id, daemon_reachable=False)
         what = "deregistered" if held else "was not registered"
-        return Outcome(ClaimPhase.RELEASING, reason, f"released: {what} on node {endpoint.node}", flexnpu_id,
-                       daemon_reachable=True)
+        return Outcome(
+            ClaimPhase.RELEASING, reason, f"released: {what} on node {endpoint.node}", flexnpu_id, daemon_reachable=True
+        )
 
     async def _converge(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration | None) -> None:
         action = plan(desired, actual)
@@ -92,8 +102,13 @@ class Reconciler:
         elif action == Action.REPLACE and actual is not None:
             await self._replace(endpoint, desired, actual)
         if action != Action.NOTHING:
-            log.info("claim %s on node %s: %s", desired.flexnpu_id, endpoint.node, action.value,
-                     extra={"flexnpu_id": desired.flexnpu_id, "node": endpoint.node, "action": action.value})
+            log.info(
+                "claim %s on node %s: %s",
+                desired.flexnpu_id,
+                endpoint.node,
+                action.value,
+                extra={"flexnpu_id": desired.flexnpu_id, "node": endpoint.node, "action": action.value},
+            )
 
     async def _replace(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration) -> None:
         """Re-register under the held id; flexnpud treats that as an atomic update that keeps the old body on a
@@ -110,15 +125,25 @@ class Reconciler:
             await self._retrying(lambda: self._client.register(endpoint.url, desired))
         except DaemonRefused as exc:
             await self._retrying(lambda: self._client.register(endpoint.url, actual))
-            raise DaemonRefused(exc.url, exc.status, f"{exc.message}; the previous registration "
-                                f"({actual.aicore_alloc} units, {actual.memory_alloc} MiB) is kept", exc.field) from exc
+            raise DaemonRefused(
+                exc.url,
+                exc.status,
+                f"{exc.message}; the previous registration "
+                f"({actual.aicore_alloc} units, {actual.memory_alloc} MiB) is kept",
+                exc.field,
+            ) from exc
 
-    async def _collect(self, endpoint: DaemonEndpoint, held: Mapping[str, Registration],
-                       known_ids: Iterable[str]) -> None:
+    async def _collect(
+        self, endpoint: DaemonEndpoint, held: Mapping[str, Registration], known_ids: Iterable[str]
+    ) -> None:
         for orphan in orphans(held, known_ids, ID_PREFIX):
             await self._unregister(endpoint, orphan)
-            log.info("node %s: deregistered orphan %s", endpoint.node, orphan,
-                     extra={"flexnpu_id": orphan, "node": endpoint.node, "action": "collect"})
+            log.info(
+                "node %s: deregistered orphan %s",
+                endpoint.node,
+                orphan,
+                extra={"flexnpu_id": orphan, "node": endpoint.node, "action": "collect"},
+            )
 
     async def _unregister(self, endpoint: DaemonEndpoint, flexnpu_id: str) -> bool:
         return await self._retrying(lambda: self._client.unregister(endpoint.url, flexnpu_id))
@@ -129,8 +154,10 @@ class Reconciler:
 
     def _no_daemon(self, node: str, flexnpu_id: str) -> Outcome:
         where = self._settings.daemon_namespace or "any namespace"
-        message = (f"node {node} has no flexnpu daemon (no pod with labels {self._settings.daemon_selector} "
-                   f"in {where} runs there)")
+        message = (
+            f"node {node} has no flexnpu daemon (no pod with labels {self._settings.daemon_selector} "
+            f"in {where} runs there)"
+        )
         return Outcome(ClaimPhase.PENDING, Reason.NO_DAEMON, message, flexnpu_id, daemon_reachable=False)
 
     def _unreachable(self, node: str, flexnpu_id: str, exc: DaemonUnreachable) -> Outcome:

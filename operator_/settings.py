@@ -17,15 +17,18 @@ ENV_PREFIX = "FLEXNPU_OPERATOR_"
 class OperatorSettings:
     """How the operator finds node daemons, how hard it retries, and how kopf runs it."""
 
-    daemon_selector: str = setting("app.kubernetes.io/name=flexnpu,app.kubernetes.io/component=node",
-                                   "labels of the flexnpu node DaemonSet's pods (key=value,...)")
+    daemon_selector: str = setting(
+        "app.kubernetes.io/name=flexnpu,app.kubernetes.io/component=node",
+        "labels of the flexnpu node DaemonSet's pods (key=value,...)",
+    )
     daemon_namespace: str = setting("", "namespace of the node daemon pods (empty: any)")
     daemon_port: int = setting(names.DAEMON_PORT, "flexnpud's port when its pod names no port daemon_port_name")
     daemon_port_name: str = setting(names.DAEMON_PORT_NAME, "name of the daemon pod's container port")
     daemon_address: AddressKind = setting(AddressKind.POD_IP, "pod-ip, or host-ip for a daemon bound to the node")
     daemon_scheme: str = setting("http", "http or https")
-    daemon_url_template: str = setting("", "static daemon URL, '{node}' replaced by the node name; "
-                                           "replaces the pod lookup")
+    daemon_url_template: str = setting(
+        "", "static daemon URL, '{node}' replaced by the node name; replaces the pod lookup"
+    )
     daemon_token: str = setting("", "bearer token for the daemon (prefer daemon_token_file)", secret=True)
     daemon_token_file: Path | None = setting(None, "file holding the daemon's bearer token (a mounted Secret)")
     daemon_timeout: float = setting(5.0, "seconds per daemon request")
@@ -38,8 +41,9 @@ class OperatorSettings:
     collect_orphans: bool = setting(True, "deregister vnc.* registrations no claim owns any more")
     metrics_port: int = setting(9108, "port of the Prometheus /metrics endpoint (0: off)")
     metrics_host: str = setting("0.0.0.0", "address of the /metrics endpoint")
-    api_server: str = setting("", "Kubernetes API URL without auth (tests, benchmarks); empty: kubeconfig or "
-                                  "in-cluster service account")
+    api_server: str = setting(
+        "", "Kubernetes API URL without auth (tests, benchmarks); empty: kubeconfig or in-cluster service account"
+    )
 
     def __post_init__(self) -> None:
         parse_selector(self.daemon_selector)

@@ -36,10 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--share", help=f"guaranteed share used while flexnpud is away (default ${names.ENV_SHARE})")
     run.add_argument("--memory-mib", help=f"device-memory cap in MiB (default ${names.ENV_MEMORY_MIB})")
     run.add_argument("--device", help=f"auto|npu|cuda|cpu|step|simnpu:<socket> (default ${names.ENV_DEVICE})")
-    run.add_argument("--shim-dir", help=f"flexnpud's card regions and slots (default ${native.ENV_SHIM_DIR}, "
-                     f"else {native.DEFAULT_SHIM_DIR})")
-    run.add_argument("--id", help=f"registration whose slot the interposer uses (default ${native.ENV_ID}, else the "
-                     "claim)")
+    run.add_argument(
+        "--shim-dir",
+        help=f"flexnpud's card regions and slots (default ${native.ENV_SHIM_DIR}, else {native.DEFAULT_SHIM_DIR})",
+    )
+    run.add_argument(
+        "--id", help=f"registration whose slot the interposer uses (default ${native.ENV_ID}, else the claim)"
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     return parser
 
@@ -49,9 +52,13 @@ def child_env(args: argparse.Namespace, base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     path = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = SITE_DIR + (os.pathsep + path if path else "")
-    for value, key in ((args.claim, names.ENV_CLAIM), (args.socket, names.ENV_SOCKET),
-                       (args.share, names.ENV_SHARE), (args.memory_mib, names.ENV_MEMORY_MIB),
-                       (args.device, names.ENV_DEVICE)):
+    for value, key in (
+        (args.claim, names.ENV_CLAIM),
+        (args.socket, names.ENV_SOCKET),
+        (args.share, names.ENV_SHARE),
+        (args.memory_mib, names.ENV_MEMORY_MIB),
+        (args.device, names.ENV_DEVICE),
+    ):
         if value is not None:
             env[key] = str(value)
     if args.shim_dir is not None:
@@ -84,8 +91,11 @@ def main(argv: Sequence[str]) -> int:
         return 1
     env = with_preload(child_env(args, dict(os.environ)), str(library))
     if not env.get(native.ENV_ID):
-        print(f"flexnpu shim run: warning: no --id, --claim, ${native.ENV_ID} or ${names.ENV_CLAIM}: the interposer "
-              f"uses the only slot in the shim directory, else runs ungated", file=sys.stderr)
+        print(
+            f"flexnpu shim run: warning: no --id, --claim, ${native.ENV_ID} or ${names.ENV_CLAIM}: the interposer "
+            f"uses the only slot in the shim directory, else runs ungated",
+            file=sys.stderr,
+        )
     try:
         return subprocess.call(command, env=env)
     except FileNotFoundError:

@@ -60,8 +60,11 @@ class TenantSpec:
     role: str  # batch | critical
 
 
-TENANTS = (TenantSpec("batch-2", 2, "normal", "batch"), TenantSpec("batch-8", 8, "normal", "batch"),
-           TenantSpec("critical", 2, "high", "critical"))
+TENANTS = (
+    TenantSpec("batch-2", 2, "normal", "batch"),
+    TenantSpec("batch-8", 8, "normal", "batch"),
+    TenantSpec("critical", 2, "high", "critical"),
+)
 
 
 DemoError = NodeError
@@ -115,8 +118,9 @@ class Series:
     points: list[tuple[float, dict[str, float], dict[str, float]]] = field(default_factory=list)
 
     def add(self, stats: dict[str, dict[str, float]]) -> None:
-        self.points.append((time.monotonic(), {n: s["busy_us"] for n, s in stats.items()},
-                            {n: s["kernels"] for n, s in stats.items()}))
+        self.points.append(
+            (time.monotonic(), {n: s["busy_us"] for n, s in stats.items()}, {n: s["kernels"] for n, s in stats.items()})
+        )
 
     def share(self, name: str, start: int = 0, end: int = -1) -> float:
         (t0, b0, _), (t1, b1, _) = self.points[start], self.points[end]
@@ -149,8 +153,12 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def start_tenant(node: Node, tenant: TenantSpec, begin: float, until: float) -> subprocess.Popen[bytes]:
     env = tenant_env(node, tenant.name, tenant.units, tenant.priority)
     out = node.workdir / f"{tenant.name}.json"
-    return start_worker(node, "flexnpu.shim.demo", ["--worker", tenant.role, "--begin", repr(begin),
-                                                    "--until", repr(until), "--out", str(out)], env)
+    return start_worker(
+        node,
+        "flexnpu.shim.demo",
+        ["--worker", tenant.role, "--begin", repr(begin), "--until", repr(until), "--out", str(out)],
+        env,
+    )
 
 
 def run_demo(seconds: float) -> tuple[dict[str, Any], Series, float]:
@@ -187,18 +195,35 @@ def summarize(solo: Series, series: Series, outputs: dict[str, Any], settled_at:
             entry: dict[str, Any] = {"throughput": series.rate(tenant.name, first)}
         else:
             target = min(solo.share("critical"), tenant.units / QUOTA)
-            entry = {"throughput": len(shared_lat) / max(1e-9, series.points[-1][0] - series.points[first][0]),
-                     "p50_ms": _percentile(shared_lat, 0.50), "p99_ms": _percentile(shared_lat, 0.99),
-                     "solo_p50_ms": _percentile(solo_lat, 0.50), "solo_p99_ms": _percentile(solo_lat, 0.99)}
-        tenants.append({"name": tenant.name, "units": tenant.units, "priority": tenant.priority,
-                        "target_share": round(target, 4), "achieved_share": round(series.share(tenant.name, first),
-                                                                                  4), **entry})
+            entry = {
+                "throughput": len(shared_lat) / max(1e-9, series.points[-1][0] - series.points[first][0]),
+                "p50_ms": _percentile(shared_lat, 0.50),
+                "p99_ms": _percentile(shared_lat, 0.99),
+                "solo_p50_ms": _percentile(solo_lat, 0.50),
+                "solo_p99_ms": _percentile(solo_lat, 0.99),
+            }
+        tenants.append(
+            {
+                "name": tenant.name,
+                "units": tenant.units,
+                "priority": tenant.priority,
+                "target_share": round(target, 4),
+                "achieved_share": round(series.share(tenant.name, first), 4),
+                **entry,
+            }
+        )
     units = sum(t.units for t in TENANTS)
-    return {"card": "910B3 (simulated, real time)", "quota": QUOTA, "registered_units": units,
-            "oversubscribed": units > QUOTA, "oversubscription": OVERSUBSCRIPTION,
-            "measured_seconds": round(series.points[-1][0] - series.points[first][0], 2),
-            "card_busy": round(sum(series.share(t.name, first) for t in TENANTS), 4),
-            "batch_split": batch_split(tenants), "tenants": tenants}
+    return {
+        "card": "910B3 (simulated, real time)",
+        "quota": QUOTA,
+        "registered_units": units,
+        "oversubscribed": units > QUOTA,
+        "oversubscription": OVERSUBSCRIPTION,
+        "measured_seconds": round(series.points[-1][0] - series.points[first][0], 2),
+        "card_busy": round(sum(series.share(t.name, first) for t in TENANTS), 4),
+        "batch_split": batch_split(tenants),
+        "tenants": tenants,
+    }
 
 
 def batch_split(tenants: list[dict[str, Any]]) -> dict[str, float]:
@@ -215,32 +240,49 @@ def render(result: dict[str, Any]) -> str:
     rows = [["tenant", "units", "priority", "target", "achieved", "throughput", "p50 ms", "p99 ms", "solo p99 ms"]]
     for t in result["tenants"]:
         unit = "kernels/s" if "p99_ms" not in t else "req/s"
-        rows.append([t["name"], str(t["units"]), t["priority"], f"{t['target_share']:.1%}",
-                     f"{t['achieved_share']:.1%}", f"{t['throughput']:.0f} {unit}",
-                     *(f"{t[k]:.2f}" if k in t else "-" for k in ("p50_ms", "p99_ms", "solo_p99_ms"))])
+        rows.append(
+            [
+                t["name"],
+                str(t["units"]),
+                t["priority"],
+                f"{t['target_share']:.1%}",
+                f"{t['achieved_share']:.1%}",
+                f"{t['throughput']:.0f} {unit}",
+                *(f"{t[k]:.2f}" if k in t else "-" for k in ("p50_ms", "p99_ms", "solo_p99_ms")),
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     units, quota = result["registered_units"], result["quota"]
-    verdict = (f"the card is oversubscribed: {units} units registered on a {quota}-unit card (f = "
-               f"{result['oversubscription']}), so units act as weights among busy tenants and the high-priority "
-               f"tenant is served first" if result["oversubscribed"] else
-               f"the quota leaves room: {units} of {quota} units registered")
+    verdict = (
+        f"the card is oversubscribed: {units} units registered on a {quota}-unit card (f = "
+        f"{result['oversubscription']}), so units act as weights among busy tenants and the high-priority "
+        f"tenant is served first"
+        if result["oversubscribed"]
+        else f"the quota leaves room: {units} of {quota} units registered"
+    )
     critical = next(t for t in result["tenants"] if "p99_ms" in t)
-    head = (f"flexnpu demo: {result['card']}, {result['measured_seconds']} s measured (real time; shares are the "
-            f"simulated NPU's ground truth), card busy {result['card_busy']:.1%}")
-    tail = (f"critical tenant p99 {critical['p99_ms']:.2f} ms shared vs {critical['solo_p99_ms']:.2f} ms solo "
-            f"({critical['p99_ms'] / max(1e-9, critical['solo_p99_ms']):.2f}x); the device does not preempt, so a "
-            f"step waits for the batch kernel in flight (up to {max(BATCH_KERNELS_US) / 1000:g} ms here) and for "
-            f"this machine's process wake-ups. 'flexnpu bench priority' measures the tail in virtual time.")
+    head = (
+        f"flexnpu demo: {result['card']}, {result['measured_seconds']} s measured (real time; shares are the "
+        f"simulated NPU's ground truth), card busy {result['card_busy']:.1%}"
+    )
+    tail = (
+        f"critical tenant p99 {critical['p99_ms']:.2f} ms shared vs {critical['solo_p99_ms']:.2f} ms solo "
+        f"({critical['p99_ms'] / max(1e-9, critical['solo_p99_ms']):.2f}x); the device does not preempt, so a "
+        f"step waits for the batch kernel in flight (up to {max(BATCH_KERNELS_US) / 1000:g} ms here) and for "
+        f"this machine's process wake-ups. 'flexnpu bench priority' measures the tail in virtual time."
+    )
     lines = [head, verdict, "", *lines, "", tail]
     if result["card_busy"] < BUSY_EXPECTED:
         split = " / ".join(f"{name} {part:.3f}" for name, part in result["batch_split"].items())
-        lines.append(f"the card idled {1 - result['card_busy']:.1%} of the time, so the batch tenants reached less "
-                     f"than their targets (computed for a card kept busy): at each slice boundary the card waits "
-                     f"for a grant round trip and the next holder's first kernel, and the tenants share this "
-                     f"machine's CPUs with the simulated NPU and flexnpud. Of the time they used, the batch tenants "
-                     f"split {split} (registered 2:8).")
+        lines.append(
+            f"the card idled {1 - result['card_busy']:.1%} of the time, so the batch tenants reached less "
+            f"than their targets (computed for a card kept busy): at each slice boundary the card waits "
+            f"for a grant round trip and the next holder's first kernel, and the tenants share this "
+            f"machine's CPUs with the simulated NPU and flexnpud. Of the time they used, the batch tenants "
+            f"split {split} (registered 2:8)."
+        )
     return "\n".join(lines)
 
 
@@ -272,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of shared measurement (default 10)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the shares over time into FILE.png")
-    parser.add_argument("--cluster", action="store_true",
-                        help="run the whole product instead: API server emulator, extender, device plugin, operator, "
-                             "flexnpud and pods as processes (see 'flexnpu demo --cluster --help')")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the whole product instead: API server emulator, extender, device plugin, operator, "
+        "flexnpud and pods as processes (see 'flexnpu demo --cluster --help')",
+    )
     parser.add_argument("--worker", choices=("batch", "critical"), help=argparse.SUPPRESS)
     parser.add_argument("--begin", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--until", type=float, help=argparse.SUPPRESS)

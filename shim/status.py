@@ -29,12 +29,16 @@ class StatusError(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="flexnpu status", description="Per card: units, memory, tenants, achieved "
-                                "share and grant wait p99, from a node daemon (flexnpud).")
+    p = OneLineParser(
+        prog="flexnpu status",
+        description="Per card: units, memory, tenants, achieved "
+        "share and grant wait p99, from a node daemon (flexnpud).",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--node", metavar="NAME", help=f"the daemon on node NAME (port {DEFAULT_PORT})")
-    where.add_argument("--url", metavar="URL", help=f"the daemon's base URL (default http://{DEFAULT_HOST}:"
-                       f"{DEFAULT_PORT})")
+    where.add_argument(
+        "--url", metavar="URL", help=f"the daemon's base URL (default http://{DEFAULT_HOST}:{DEFAULT_PORT})"
+    )
     p.add_argument("--token-file", type=Path, metavar="FILE", help="file holding the daemon's bearer token")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     return p
@@ -69,8 +73,13 @@ def fetch(base: str, token: str = "") -> dict[str, Any]:
     """``{"cards": [...], "registrations": [...], "quota", "oversubscription"}`` from the daemon at ``base``."""
     physical = _get(f"{base}/device/physical-info", token)
     info = _get(f"{base}/device/flexnpu-info", token)
-    return {"url": base, "quota": physical.get("quota"), "oversubscription": physical.get("oversubscription"),
-            "cards": physical.get("cards", []), "registrations": info.get("registrations", [])}
+    return {
+        "url": base,
+        "quota": physical.get("quota"),
+        "oversubscription": physical.get("oversubscription"),
+        "cards": physical.get("cards", []),
+        "registrations": info.get("registrations", []),
+    }
 
 
 def _get(url: str, token: str) -> Mapping[str, Any]:
@@ -101,26 +110,61 @@ def render(snapshot: Mapping[str, Any]) -> str:
     """Two tables: the cards, then the tenants grouped by card."""
     cards = [_card_row(c) for c in snapshot["cards"]]
     tenants = [_tenant_row(r) for r in sorted(snapshot["registrations"], key=lambda r: (r["npu"], r["chip"]))]
-    head = (f"flexnpud at {snapshot['url']}: quota {snapshot['quota']}, oversubscription "
-            f"{snapshot['oversubscription']}, {len(tenants)} registration(s)")
+    head = (
+        f"flexnpud at {snapshot['url']}: quota {snapshot['quota']}, oversubscription "
+        f"{snapshot['oversubscription']}, {len(tenants)} registration(s)"
+    )
     parts = [head, "", table(["npu", "chip", "model", "card", "health", "units", "memory MiB", "tenants"], cards)]
     if tenants:
-        parts += ["", table(["npu", "chip", "flexnpu_id", "entity", "priority", "units", "memory MiB",
-                             "target", "achieved", "wait p99 ms", "device memory MiB"], tenants)]
+        parts += [
+            "",
+            table(
+                [
+                    "npu",
+                    "chip",
+                    "flexnpu_id",
+                    "entity",
+                    "priority",
+                    "units",
+                    "memory MiB",
+                    "target",
+                    "achieved",
+                    "wait p99 ms",
+                    "device memory MiB",
+                ],
+                tenants,
+            ),
+        ]
     return "\n".join(parts)
 
 
 def _card_row(card: Mapping[str, Any]) -> list[str]:
-    return [str(card["index"]), str(card["chip"]), card["model"], card["uuid"], card["health"],
-            f"{card['aicore_used']}/{card['aicore_capacity']:g}", f"{card['memory_used_mib']}/{card['hbm_mib']}",
-            str(card["tenants"])]
+    return [
+        str(card["index"]),
+        str(card["chip"]),
+        card["model"],
+        card["uuid"],
+        card["health"],
+        f"{card['aicore_used']}/{card['aicore_capacity']:g}",
+        f"{card['memory_used_mib']}/{card['hbm_mib']}",
+        str(card["tenants"]),
+    ]
 
 
 def _tenant_row(view: Mapping[str, Any]) -> list[str]:
-    return [str(view["npu"]), str(view["chip"]), view["flexnpu_id"], view["entity"] or "-",
-            view.get("priority", "normal"), str(view["aicore_alloc"]), str(view["memory_alloc"]),
-            f"{view['target_share']:.1%}", f"{view['achieved_share']:.1%}", f"{view['wait_p99_us'] / 1000:.3f}",
-            memory_cell(view)]
+    return [
+        str(view["npu"]),
+        str(view["chip"]),
+        view["flexnpu_id"],
+        view["entity"] or "-",
+        view.get("priority", "normal"),
+        str(view["aicore_alloc"]),
+        str(view["memory_alloc"]),
+        f"{view['target_share']:.1%}",
+        f"{view['achieved_share']:.1%}",
+        f"{view['wait_p99_us'] / 1000:.3f}",
+        memory_cell(view),
+    ]
 
 
 def memory_cell(view: Mapping[str, Any]) -> str:

@@ -8,8 +8,12 @@ import pytest
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--e2e", action="store_true", default=False,
-                     help="run tests marked e2e (they need FLEXNPU_E2E_KUBECONFIG pointing at a real cluster)")
+    parser.addoption(
+        "--e2e",
+        action="store_true",
+        default=False,
+        help="run tests marked e2e (they need FLEXNPU_E2E_KUBECONFIG pointing at a real cluster)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

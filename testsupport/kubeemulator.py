@@ -40,9 +40,11 @@ class KubeEmulator:
     async def _enter(self) -> None:
         self.emulator = kmock.KubernetesEmulator()
         self.emulator.resources["v1/pods"] = kmock.ResourceInfo(
-            kind="Pod", namespaced=True, singular="pod", verbs={"list", "get", "create", "patch", "delete"})
+            kind="Pod", namespaced=True, singular="pod", verbs={"list", "get", "create", "patch", "delete"}
+        )
         self.emulator.resources["v1/nodes"] = kmock.ResourceInfo(
-            kind="Node", namespaced=False, singular="node", verbs={"list", "get", "create", "patch"})
+            kind="Node", namespaced=False, singular="node", verbs={"list", "get", "create", "patch"}
+        )
         await self.emulator.__aenter__()
         self.server = kmock.Server(self.emulator)
         await self.server.__aenter__()
@@ -70,29 +72,54 @@ class KubeEmulator:
 
     def kubeconfig(self, directory: Path) -> Path:
         path = directory / "kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "kmock", "user": {}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "kmock",
+                    "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+                    "users": [{"name": "kmock", "user": {}}],
+                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+                }
+            )
+        )
         return path
 
     def create_node(self, name: str = NODE) -> None:
         self.request("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
 
-    def create_pod(self, name: str, units: int, *, annotations: dict[str, str] | None = None, node: str = NODE,
-                   namespace: str = "default", memory_mib: int | None = None, phase: str = "Pending",
-                   created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    def create_pod(
+        self,
+        name: str,
+        units: int,
+        *,
+        annotations: dict[str, str] | None = None,
+        node: str = NODE,
+        namespace: str = "default",
+        memory_mib: int | None = None,
+        phase: str = "Pending",
+        created: str = "2026-01-01T00:00:00Z",
+    ) -> dict[str, Any]:
         limits = {names.RESOURCE_VNPU: str(units)}
         if memory_mib is not None:
             limits[names.RESOURCE_VNPU_MEMORY] = str(memory_mib)
-        body = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-                             "creationTimestamp": created, "annotations": annotations or {}},
-                "spec": {"nodeName": node, "containers": [{"name": "main", "image": "app",
-                                                            "resources": {"limits": limits}}]},
-                "status": {"phase": phase}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": f"uid-{name}",
+                "creationTimestamp": created,
+                "annotations": annotations or {},
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "main", "image": "app", "resources": {"limits": limits}}],
+            },
+            "status": {"phase": phase},
+        }
         result: dict[str, Any] = self.request("POST", f"/api/v1/namespaces/{namespace}/pods", body)
         return result
 
@@ -106,6 +133,7 @@ class KubeEmulator:
 
     def forget_requests(self) -> None:
         """Drop kmock's log of served requests (kept for test assertions; long benchmarks slow down with it)."""
+
         async def clear() -> None:
             self.emulator._requests.clear()
 

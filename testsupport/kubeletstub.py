@@ -87,15 +87,19 @@ class StubKubelet:
     # -- what the plugin told us -------------------------------------------------------------------------
 
     def wait_for_registration(self, count: int = 1, timeout: float = 10.0) -> api.RegisterRequest:
-        self._wait(lambda: len(self.registrations) >= count and self.updates_since(count) > 0, timeout,
-                   f"registration #{count} with a device list")
+        self._wait(
+            lambda: len(self.registrations) >= count and self.updates_since(count) > 0,
+            timeout,
+            f"registration #{count} with a device list",
+        )
         return self.registrations[count - 1][1]
 
     def updates_since(self, registration: int) -> int:
         return len(self._updates_by_registration.get(registration, []))
 
-    def wait_for_devices(self, predicate: Callable[[list[api.Device]], bool], timeout: float = 10.0) -> list[
-            api.Device]:
+    def wait_for_devices(
+        self, predicate: Callable[[list[api.Device]], bool], timeout: float = 10.0
+    ) -> list[api.Device]:
         self._wait(lambda: bool(self.updates) and predicate(self.updates[-1]), timeout, "a matching device list")
         return self.updates[-1]
 
@@ -107,8 +111,13 @@ class StubKubelet:
     # -- kubelet's calls -----------------------------------------------------------------------------------
 
     def preferred(self, available: list[str], must_include: list[str], size: int) -> list[str]:
-        request = api.PreferredAllocationRequest(container_requests=[api.ContainerPreferredAllocationRequest(
-            available_deviceIDs=available, must_include_deviceIDs=must_include, allocation_size=size)])
+        request = api.PreferredAllocationRequest(
+            container_requests=[
+                api.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=available, must_include_deviceIDs=must_include, allocation_size=size
+                )
+            ]
+        )
         response = self._plugin().GetPreferredAllocation(request, timeout=10)
         return list(response.container_responses[0].deviceIDs)
 
@@ -125,8 +134,11 @@ class StubKubelet:
         free = self.free_ids()
         if len(free) < units:
             raise RuntimeError(f"kubelet stub: {units} unit(s) asked, {len(free)} free")
-        ids = self.preferred(free, [], units) if self.options and self.options.get_preferred_allocation_available \
+        ids = (
+            self.preferred(free, [], units)
+            if self.options and self.options.get_preferred_allocation_available
             else free[:units]
+        )
         response = self.allocate(ids)
         self.allocated.update(ids)
         return ids, response
@@ -174,7 +186,7 @@ class StubKubelet:
         if remaining < len(available) and self.options and self.options.get_preferred_allocation_available:
             offered = self.preferred(available + chosen, list(chosen), needed)
             chosen += [d for d in offered if d in available and d not in chosen][:remaining]
-        chosen += [d for d in available if d not in chosen][:needed - len(chosen)]
+        chosen += [d for d in available if d not in chosen][: needed - len(chosen)]
         return chosen
 
     # -- internals -----------------------------------------------------------------------------------------
@@ -198,8 +210,7 @@ class StubKubelet:
             return
         with self._state:
             self._channel, self._stub, self.options = channel, stub, options
-        self._watch = threading.Thread(target=self._follow, args=(stub, number), name="kubelet-stub-watch",
-                                       daemon=True)
+        self._watch = threading.Thread(target=self._follow, args=(stub, number), name="kubelet-stub-watch", daemon=True)
         self._watch.start()
 
     def _follow(self, stub: api_grpc.DevicePluginStub, number: int) -> None:

@@ -51,10 +51,13 @@ class DaemonProcess:
 
     def _config(self, state_dir: Path) -> Path:
         path = self.workdir / f"{self.node}.conf"
-        path.write_text(f"[server]\nport = {self.port}\n[logger]\nlog_level = WARNING\n"
-                        f"[flexnpu]\ndevices = {self.devices}\npersistent_file_dir = {state_dir}\n"
-                        f"oversubscription = {self.oversubscription}\n"
-                        f"socket_dir = {self.workdir / (self.node + '-sock')}\n", encoding="utf-8")
+        path.write_text(
+            f"[server]\nport = {self.port}\n[logger]\nlog_level = WARNING\n"
+            f"[flexnpu]\ndevices = {self.devices}\npersistent_file_dir = {state_dir}\n"
+            f"oversubscription = {self.oversubscription}\n"
+            f"socket_dir = {self.workdir / (self.node + '-sock')}\n",
+            encoding="utf-8",
+        )
         return path
 
     async def start(self, *, fresh_state: bool = False) -> None:
@@ -67,7 +70,9 @@ class DaemonProcess:
         log = (self.workdir / f"{self.node}.log").open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "flexnpu.cli", "daemon", "--config", str(self._config(state_dir))],
-            stdout=log, stderr=log)
+            stdout=log,
+            stderr=log,
+        )
         log.close()
         await self._wait_healthy()
 
@@ -109,37 +114,76 @@ class DaemonProcess:
             return reply.status
 
 
-def daemon_pod(node: str, port: int, settings: OperatorSettings, *,
-               namespace: str = "flexnpu-system") -> dict[str, Any]:
+def daemon_pod(
+    node: str, port: int, settings: OperatorSettings, *, namespace: str = "flexnpu-system"
+) -> dict[str, Any]:
     """The node DaemonSet's pod on ``node`` as the API server would show it, its port named as the chart names it."""
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"flexnpu-node-{node}", "namespace": namespace, "uid": str(uuid.uuid4()),
-                     "labels": parse_selector(settings.daemon_selector)},
-        "spec": {"nodeName": node, "containers": [
-            {"name": "flexnpud", "image": "flexnpu", "ports": [{"name": settings.daemon_port_name,
-                                                                 "containerPort": port}]}]},
-        "status": {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
-                   "conditions": [{"type": "Ready", "status": "True"}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"flexnpu-node-{node}",
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "labels": parse_selector(settings.daemon_selector),
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "flexnpud",
+                    "image": "flexnpu",
+                    "ports": [{"name": settings.daemon_port_name, "containerPort": port}],
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "hostIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
     }
 
 
 def workload_pod(name: str, node: str, *, namespace: str = "default") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
-            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "app"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.9"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "app"}]},
+        "status": {"phase": "Running", "podIP": "10.0.0.9"},
+    }
 
 
-def claim(name: str, node: str, *, npu: int = 0, aicore: int = 2, memory: int = 1024, namespace: str = "default",
-          priority: str = "normal", pod: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"nodeName": node, "npu": npu, "chip": 0, "aicoreAlloc": aicore, "memoryMiB": memory,
-                            "priority": priority, "entity": name}
+def claim(
+    name: str,
+    node: str,
+    *,
+    npu: int = 0,
+    aicore: int = 2,
+    memory: int = 1024,
+    namespace: str = "default",
+    priority: str = "normal",
+    pod: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "nodeName": node,
+        "npu": npu,
+        "chip": 0,
+        "aicoreAlloc": aicore,
+        "memoryMiB": memory,
+        "priority": priority,
+        "entity": name,
+    }
     if pod is not None:
         spec["podRef"] = {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
-    return {"apiVersion": f"{names.CRD_GROUP}/{names.CRD_VERSION}", "kind": names.CRD_KIND,
-            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
-            "spec": spec}
+    return {
+        "apiVersion": f"{names.CRD_GROUP}/{names.CRD_VERSION}",
+        "kind": names.CRD_KIND,
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+        "spec": spec,
+    }
 
 
 def emulator_class() -> Any:
@@ -188,10 +232,14 @@ def emulator_class() -> Any:
                 return
             current = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
             for op in request.data:
-                if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion" \
-                        and op.get("value") != current:
-                    raise kmock.KubernetesError(status=422, reason="Invalid",
-                                                message=f"resourceVersion {op.get('value')} is not {current}")
+                if (
+                    op.get("op") == "test"
+                    and op.get("path") == "/metadata/resourceVersion"
+                    and op.get("value") != current
+                ):
+                    raise kmock.KubernetesError(
+                        status=422, reason="Invalid", message=f"resourceVersion {op.get('value')} is not {current}"
+                    )
 
     return Emulator
 
@@ -207,10 +255,16 @@ async def kubernetes() -> AsyncIterator[Any]:
         kube.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=verbs)
         kube.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=verbs)
         kube.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-            kind="CustomResourceDefinition", namespaced=False, verbs=verbs)
+            kind="CustomResourceDefinition", namespaced=False, verbs=verbs
+        )
         kube.resources[f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"] = kmock.ResourceInfo(
-            kind=names.CRD_KIND, singular=names.CRD_SINGULAR, namespaced=True, verbs=verbs,
-            shortnames={names.CRD_SHORT_NAME}, subresources={"status"})
+            kind=names.CRD_KIND,
+            singular=names.CRD_SINGULAR,
+            namespaced=True,
+            verbs=verbs,
+            shortnames={names.CRD_SHORT_NAME},
+            subresources={"status"},
+        )
         yield kube
 
 
@@ -233,8 +287,11 @@ async def patch_claim(kube: Any, namespace: str, name: str, patch: Mapping[str, 
 
 
 async def delete(kube: Any, kind: str, namespace: str, name: str) -> None:
-    base = f"/api/v1/namespaces/{namespace}/pods" if kind == "Pod" else \
-        f"{CLAIMS_PATH}/namespaces/{namespace}/{names.CRD_PLURAL}"
+    base = (
+        f"/api/v1/namespaces/{namespace}/pods"
+        if kind == "Pod"
+        else f"{CLAIMS_PATH}/namespaces/{namespace}/{names.CRD_PLURAL}"
+    )
     async with kube.delete(f"{base}/{name}") as reply:
         if reply.status >= 300:
             raise RuntimeError(f"delete {name}: {reply.status} {await reply.text()}")
@@ -260,9 +317,16 @@ async def running_operator(settings: OperatorSettings, api_server: str) -> Async
     options = kopf_settings()
     options.queueing.idle_timeout = 0.5  # a stopping operator waits this long for idle workers to end
     options.queueing.exit_timeout = 0.5
-    task = asyncio.create_task(kopf.operator(
-        registry=build_registry(runtime), settings=options, standalone=True, clusterwide=True,
-        stop_flag=stop_flag, ready_flag=ready_flag))
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=build_registry(runtime),
+            settings=options,
+            standalone=True,
+            clusterwide=True,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    )
     try:
         ready = asyncio.create_task(ready_flag.wait())
         await asyncio.wait({ready, task}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)

@@ -110,8 +110,10 @@ def admission_order(pod: PendingPod) -> tuple[bool, datetime, str, str]:
 
 def match_pod(pods: Iterable[PendingPod], units: int) -> PendingPod | None:
     """The pod an Allocate of ``units`` device IDs is for: its ``next_container`` is the one being allocated."""
-    waiting = sorted((p for p in pods if p.phase in (None, BindPhase.ALLOCATING) and p.next_container is not None),
-                     key=admission_order)
+    waiting = sorted(
+        (p for p in pods if p.phase in (None, BindPhase.ALLOCATING) and p.next_container is not None),
+        key=admission_order,
+    )
     for pod in waiting:
         container = pod.next_container
         if container is not None and container.units == units:
@@ -132,8 +134,10 @@ def best_fit_card(cards: Sequence[Card], free: Mapping[str, int], units: int) ->
 
 def choose_whole_cards(cards: Sequence[Card], free: Mapping[str, int], count: int, units: UnitsConfig) -> list[Card]:
     """``count`` fully free healthy cards, all on one HCCS ring when a ring has enough (the fullest such ring)."""
-    empty = sorted((c for c in cards if c.healthy and free.get(c.uuid, 0) >= units.advertised_per_card),
-                   key=lambda c: (c.index, c.chip))
+    empty = sorted(
+        (c for c in cards if c.healthy and free.get(c.uuid, 0) >= units.advertised_per_card),
+        key=lambda c: (c.index, c.chip),
+    )
     if len(empty) < count:
         raise AllocationError(f"{count} whole card(s) requested, {len(empty)} fully free healthy card(s) on the node")
     rings: dict[int, list[Card]] = {}
@@ -147,8 +151,9 @@ def choose_whole_cards(cards: Sequence[Card], free: Mapping[str, int], count: in
     return spread[:count]
 
 
-def best_fit_placement(cards: Sequence[Card], free: Mapping[str, int], request: VnpuRequest,
-                       units: UnitsConfig) -> tuple[CardAssignment, ...]:
+def best_fit_placement(
+    cards: Sequence[Card], free: Mapping[str, int], request: VnpuRequest, units: UnitsConfig
+) -> tuple[CardAssignment, ...]:
     """Where a pod no extender placed goes, given the free units per card."""
     if request.is_fraction:
         card = best_fit_card(cards, free, request.units)
@@ -159,20 +164,26 @@ def best_fit_placement(cards: Sequence[Card], free: Mapping[str, int], request: 
     return tuple(_assignment(c, request, units) for c in choose_whole_cards(cards, free, request.whole_cards, units))
 
 
-def placement_from_ids(cards: Sequence[Card], ids: Sequence[str], request: VnpuRequest,
-                       units: UnitsConfig) -> tuple[CardAssignment, ...]:
+def placement_from_ids(
+    cards: Sequence[Card], ids: Sequence[str], request: VnpuRequest, units: UnitsConfig
+) -> tuple[CardAssignment, ...]:
     """The card(s) holding most of the device IDs kubelet allocated (when no pod could be matched)."""
     counts = free_units(ids, cards)
     ranked = sorted((c for c in cards if c.uuid in counts), key=lambda c: (-counts[c.uuid], c.index, c.chip))
     if len(ranked) < request.cards:
-        raise AllocationError(f"{describe_ids(ids)} name {len(ranked)} card(s) of this node, "
-                              f"the request needs {request.cards}")
-    return tuple(_assignment(c, request, units) for c in ranked[:request.cards])
+        raise AllocationError(
+            f"{describe_ids(ids)} name {len(ranked)} card(s) of this node, the request needs {request.cards}"
+        )
+    return tuple(_assignment(c, request, units) for c in ranked[: request.cards])
 
 
 def _assignment(card: Card, request: VnpuRequest, units: UnitsConfig) -> CardAssignment:
-    return CardAssignment(uuid=card.uuid, index=card.index, units=request.units_per_touched_card(units.units_per_card),
-                          memory_mib=default_memory_mib(request, card.hbm_mib, units.units_per_card))
+    return CardAssignment(
+        uuid=card.uuid,
+        index=card.index,
+        units=request.units_per_touched_card(units.units_per_card),
+        memory_mib=default_memory_mib(request, card.hbm_mib, units.units_per_card),
+    )
 
 
 def describe_ids(ids: Iterable[str]) -> str:
@@ -192,12 +203,18 @@ def check_preferred_request(available: Sequence[str], must_include: Sequence[str
     if not must <= free:
         raise ValidationError("must_include_deviceIDs", describe_ids(must - free), "must all be available")
     if not max(1, len(must)) <= size <= len(free):
-        raise ValidationError("allocation_size", size,
-                              f"must be in {max(1, len(must))}..{len(free)} (must-include..available IDs)")
+        raise ValidationError(
+            "allocation_size", size, f"must be in {max(1, len(must))}..{len(free)} (must-include..available IDs)"
+        )
 
 
-def preferred_ids(placement: Sequence[CardAssignment], available: Sequence[str], must_include: Sequence[str],
-                  size: int, cards: Sequence[Card]) -> list[str]:
+def preferred_ids(
+    placement: Sequence[CardAssignment],
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    cards: Sequence[Card],
+) -> list[str]:
     """``size`` IDs for kubelet: the must-include ones, then units of the placed cards, then any available.
 
     The filler only matters when kubelet's free IDs disagree with the placement; kubelet needs ``size`` IDs.
@@ -207,7 +224,7 @@ def preferred_ids(placement: Sequence[CardAssignment], available: Sequence[str],
     by_card = ids_by_card(remaining, cards)
     for assigned in placement:
         wanted = assigned.units - _on_card(chosen, assigned.uuid, cards)
-        chosen += by_card.get(assigned.uuid, [])[:max(0, wanted)]
+        chosen += by_card.get(assigned.uuid, [])[: max(0, wanted)]
     taken = set(chosen)
     chosen += [did for did in remaining if did not in taken]
     return chosen[:size]

@@ -31,9 +31,11 @@ def card_unit_ids(card: Card, units: UnitsConfig) -> list[str]:
 
 def unit_devices(cards: Iterable[Card], units: UnitsConfig) -> list[UnitDevice]:
     """Every unit of every card, with the health of its card, ordered by card index then unit."""
-    return [UnitDevice(id=did, card_uuid=card.uuid, k=k, health=card.health)
-            for card in sorted(cards, key=lambda c: (c.index, c.chip))
-            for k, did in enumerate(card_unit_ids(card, units))]
+    return [
+        UnitDevice(id=did, card_uuid=card.uuid, k=k, health=card.health)
+        for card in sorted(cards, key=lambda c: (c.index, c.chip))
+        for k, did in enumerate(card_unit_ids(card, units))
+    ]
 
 
 def ids_by_card(ids: Iterable[str], cards: Sequence[Card]) -> dict[str, list[str]]:

@@ -57,8 +57,7 @@ def read_node_pods(items: list[Mapping[str, Any]], node_name: str) -> list[NodeP
 
 def pending_pods(node_pods: list[NodePod]) -> list[PendingPod]:
     """Pods that may still be waiting for their Allocate: not running, handshake not finished, readable."""
-    return [p.pod for p in node_pods
-            if not p.running and not p.problem and p.pod.phase in (None, BindPhase.ALLOCATING)]
+    return [p.pod for p in node_pods if not p.running and not p.problem and p.pod.phase in (None, BindPhase.ALLOCATING)]
 
 
 def units_in_use(node_pods: list[NodePod]) -> dict[str, int]:
@@ -92,9 +91,14 @@ def container_requests(spec: Mapping[str, Any]) -> tuple[ContainerRequest, ...]:
                 continue
             name = container.get("name")
             init = group == "initContainers" and container.get("restartPolicy") != "Always"
-            out.append(ContainerRequest(
-                name=name if isinstance(name, str) and name else f"#{group}[{i}]", units=units,
-                memory_mib=_whole(_resource(container, names.RESOURCE_VNPU_MEMORY), 10**12), init=init))
+            out.append(
+                ContainerRequest(
+                    name=name if isinstance(name, str) and name else f"#{group}[{i}]",
+                    units=units,
+                    memory_mib=_whole(_resource(container, names.RESOURCE_VNPU_MEMORY), 10**12),
+                    init=init,
+                )
+            )
     return tuple(out)
 
 
@@ -134,8 +138,12 @@ def _node_pod(raw: Mapping[str, Any], containers: tuple[ContainerRequest, ...], 
     meta = raw.get("metadata") or {}
     annotations: Mapping[str, str] = meta.get("annotations") or {}
     ref = PodRef(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""))
-    base = PendingPod(ref=ref, containers=containers, memory_mib=pod_memory(containers),
-                      created=_created(meta.get("creationTimestamp")))
+    base = PendingPod(
+        ref=ref,
+        containers=containers,
+        memory_mib=pod_memory(containers),
+        created=_created(meta.get("creationTimestamp")),
+    )
     try:
         return NodePod(pod=_with_handshake(base, annotations), running=running)
     except ValidationError as exc:
@@ -148,12 +156,21 @@ def _with_handshake(base: PendingPod, annotations: Mapping[str, str]) -> Pending
     time_text = annotations.get(names.ANNOTATION_BIND_TIME)
     assigned_text = annotations.get(names.ANNOTATION_ASSIGNED)
     assignment: tuple[CardAssignment, ...] = decode_assignment(assigned_text) if assigned_text else ()
-    priority = parse_priority(annotations.get(names.ANNOTATION_PRIORITY), names.ANNOTATION_PRIORITY) \
-        if annotations.get(names.ANNOTATION_PRIORITY) else DEFAULT_PRIORITY
+    priority = (
+        parse_priority(annotations.get(names.ANNOTATION_PRIORITY), names.ANNOTATION_PRIORITY)
+        if annotations.get(names.ANNOTATION_PRIORITY)
+        else DEFAULT_PRIORITY
+    )
     served_text = annotations.get(names.ANNOTATION_ALLOCATED_CONTAINERS)
     served = decode_allocated_containers(served_text) if served_text else frozenset()
-    return replace(base, priority=priority, phase=phase,
-                   bind_time=parse_bind_time(time_text) if time_text else None, assignment=assignment, served=served)
+    return replace(
+        base,
+        priority=priority,
+        phase=phase,
+        bind_time=parse_bind_time(time_text) if time_text else None,
+        assignment=assignment,
+        served=served,
+    )
 
 
 def _created(value: object) -> datetime:

@@ -82,8 +82,9 @@ class Workload:
     flexnpu_ids: tuple[str, ...] = ()
 
 
-def container_allocation(cards: Sequence[CardAssignment], workload: Workload,
-                         layout: NodeLayout) -> ContainerAllocation:
+def container_allocation(
+    cards: Sequence[CardAssignment], workload: Workload, layout: NodeLayout
+) -> ContainerAllocation:
     envs = visible_device_envs(cards) + (shim_envs(cards, workload, layout) if layout.inject_shim else ())
     mounts = () if layout.use_cdi else driver_mounts()
     if layout.inject_shim:
@@ -96,12 +97,13 @@ def container_allocation(cards: Sequence[CardAssignment], workload: Workload,
 
 
 def visible_device_envs(cards: Sequence[CardAssignment]) -> tuple[tuple[str, str], ...]:
-    return ((names.ENV_ASCEND_VISIBLE_DEVICES, ",".join(str(c.index) for c in cards)),
-            (names.ENV_ASCEND_RT_VISIBLE_DEVICES, ",".join(str(i) for i in range(len(cards)))))
+    return (
+        (names.ENV_ASCEND_VISIBLE_DEVICES, ",".join(str(c.index) for c in cards)),
+        (names.ENV_ASCEND_RT_VISIBLE_DEVICES, ",".join(str(i) for i in range(len(cards)))),
+    )
 
 
-def shim_envs(cards: Sequence[CardAssignment], workload: Workload,
-              layout: NodeLayout) -> tuple[tuple[str, str], ...]:
+def shim_envs(cards: Sequence[CardAssignment], workload: Workload, layout: NodeLayout) -> tuple[tuple[str, str], ...]:
     units = sum(c.units for c in cards) if len(cards) > 1 else cards[0].units
     share = min(1.0, cards[0].units / layout.units_per_card)
     return (
@@ -124,14 +126,18 @@ def driver_mounts() -> tuple[Mount, ...]:
 
 
 def shim_mounts(layout: NodeLayout) -> tuple[Mount, ...]:
-    return (Mount(container_path=names.SHIM_RUNTIME_POD_DIR, host_path=layout.shim_runtime_dir, read_only=True),
-            Mount(container_path=names.SHIM_SOCKET_DIR, host_path=layout.shim_socket_dir, read_only=True))
+    return (
+        Mount(container_path=names.SHIM_RUNTIME_POD_DIR, host_path=layout.shim_runtime_dir, read_only=True),
+        Mount(container_path=names.SHIM_SOCKET_DIR, host_path=layout.shim_socket_dir, read_only=True),
+    )
 
 
 def interposer_mounts(layout: NodeLayout) -> tuple[Mount, ...]:
     """The library, and the host file naming it (``preload_text``) as the container's ``/etc/ld.so.preload``."""
-    return (Mount(container_path=layout.interposer_pod_path, host_path=layout.interposer_host_path, read_only=True),
-            Mount(container_path=names.PRELOAD_POD_FILE, host_path=layout.preload_host_file, read_only=True))
+    return (
+        Mount(container_path=layout.interposer_pod_path, host_path=layout.interposer_host_path, read_only=True),
+        Mount(container_path=names.PRELOAD_POD_FILE, host_path=layout.preload_host_file, read_only=True),
+    )
 
 
 def preload_text(layout: NodeLayout) -> str:
@@ -141,5 +147,7 @@ def preload_text(layout: NodeLayout) -> str:
 
 def device_nodes(cards: Sequence[CardAssignment], layout: NodeLayout) -> tuple[DeviceNode, ...]:
     per_card = tuple(f"/dev/davinci{c.index}" for c in cards)
-    return tuple(DeviceNode(container_path=p, host_path=layout.dev_dir + p.removeprefix("/dev"))
-                 for p in per_card + names.ASCEND_DEVICE_NODES)
+    return tuple(
+        DeviceNode(container_path=p, host_path=layout.dev_dir + p.removeprefix("/dev"))
+        for p in per_card + names.ASCEND_DEVICE_NODES
+    )

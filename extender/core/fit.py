@@ -66,18 +66,26 @@ def fit_node(demand: PodDemand, node: NodeState) -> NodeFit | Refusal:
     request = demand.request
     units = demand.units_per_card(node.units_per_card)
     if request.is_fraction and request.units > node.units_per_card:
-        return _refuse(node, RefusalKind.REQUEST,
-                       f"asks {request.units} units of one card but cards here have {node.units_per_card}")
+        return _refuse(
+            node,
+            RefusalKind.REQUEST,
+            f"asks {request.units} units of one card but cards here have {node.units_per_card}",
+        )
     if node.cpu_milli_total > 0 and demand.cpu_milli > node.cpu_milli_total - node.cpu_milli_used:
         missing = demand.cpu_milli - node.cpu_milli_free
-        return Refusal(node.name, RefusalKind.CPU,
-                       f"node {node.name}: needs {demand.cpu_milli}m CPU, {node.cpu_milli_free}m free",
-                       missing_cpu_milli=missing)
+        return Refusal(
+            node.name,
+            RefusalKind.CPU,
+            f"node {node.name}: needs {demand.cpu_milli}m CPU, {node.cpu_milli_free}m free",
+            missing_cpu_milli=missing,
+        )
     if node.host_memory_tracked and demand.host_memory_mib > node.host_memory_mib_free:
-        return Refusal(node.name, RefusalKind.HOST_MEMORY,
-                       f"node {node.name}: needs {demand.host_memory_mib} MiB of memory, "
-                       f"{node.host_memory_mib_free} MiB free",
-                       missing_host_memory_mib=demand.host_memory_mib - node.host_memory_mib_free)
+        return Refusal(
+            node.name,
+            RefusalKind.HOST_MEMORY,
+            f"node {node.name}: needs {demand.host_memory_mib} MiB of memory, {node.host_memory_mib_free} MiB free",
+            missing_host_memory_mib=demand.host_memory_mib - node.host_memory_mib_free,
+        )
     if request.units == 0:
         return NodeFit(node=node, positions=(), units=0, cards_needed=0)
     positions = tuple(i for i, card in enumerate(node.cards) if _card_fits(demand, node, card, units))
@@ -88,8 +96,12 @@ def fit_node(demand: PodDemand, node: NodeState) -> NodeFit | Refusal:
 
 
 def _card_fits(demand: PodDemand, node: NodeState, card: CardState, units: int) -> bool:
-    return (card.healthy and card.units_total - card.units_used >= units and demand.allows(card.model)
-            and card.memory_total_mib - card.memory_used_mib >= demand.memory_mib(card, node.units_per_card))
+    return (
+        card.healthy
+        and card.units_total - card.units_used >= units
+        and demand.allows(card.model)
+        and card.memory_total_mib - card.memory_used_mib >= demand.memory_mib(card, node.units_per_card)
+    )
 
 
 def _refuse(node: NodeState, kind: RefusalKind, what: str) -> Refusal:
@@ -109,14 +121,19 @@ def _explain(demand: PodDemand, node: NodeState, units: int, needed: int, fittin
         return _refuse(node, RefusalKind.MODEL, f"needs card model {wanted}, the node has {have}")
     healthy = [c for c in allowed if c.healthy]
     if len(healthy) < needed:
-        return _refuse(node, RefusalKind.UNHEALTHY, f"{len(allowed) - len(healthy)} of {len(allowed)} "
-                       f"usable cards are unhealthy, {needed} needed")
+        return _refuse(
+            node,
+            RefusalKind.UNHEALTHY,
+            f"{len(allowed) - len(healthy)} of {len(allowed)} usable cards are unhealthy, {needed} needed",
+        )
     return _short_of_room(demand, node, healthy, units, needed, fitting)
 
 
-def _short_of_room(demand: PodDemand, node: NodeState, healthy: list[CardState], units: int, needed: int,
-                   fitting: int) -> Refusal:
+def _short_of_room(
+    demand: PodDemand, node: NodeState, healthy: list[CardState], units: int, needed: int, fitting: int
+) -> Refusal:
     """Healthy usable cards exist but lack units or memory: name the closest card and what it misses."""
+
     def shortfall(card: CardState) -> tuple[int, int]:
         memory = demand.memory_mib(card, node.units_per_card)
         return max(0, units - card.units_free), max(0, memory - card.memory_free_mib)
@@ -127,11 +144,20 @@ def _short_of_room(demand: PodDemand, node: NodeState, healthy: list[CardState],
     scope = f"{fitting} of {needed} cards have room; " if needed > 1 else ""
     if missing_units:
         kind = RefusalKind.UNITS
-        what = (f"{scope}closest card {closest.index} ({closest.uuid}) has {closest.units_free} free units, "
-                f"{units} needed")
+        what = (
+            f"{scope}closest card {closest.index} ({closest.uuid}) has {closest.units_free} free units, {units} needed"
+        )
     else:
         kind = RefusalKind.MEMORY
-        what = (f"{scope}closest card {closest.index} ({closest.uuid}) has {closest.memory_free_mib} MiB free "
-                f"memory, {demand.memory_mib(closest, node.units_per_card)} MiB needed")
-    return Refusal(node.name, kind, f"node {node.name}: {what}", card=closest.uuid,
-                   missing_units=missing_units, missing_memory_mib=missing_memory)
+        what = (
+            f"{scope}closest card {closest.index} ({closest.uuid}) has {closest.memory_free_mib} MiB free "
+            f"memory, {demand.memory_mib(closest, node.units_per_card)} MiB needed"
+        )
+    return Refusal(
+        node.name,
+        kind,
+        f"node {node.name}: {what}",
+        card=closest.uuid,
+        missing_units=missing_units,
+        missing_memory_mib=missing_memory,
+    )

@@ -58,8 +58,9 @@ def node_profile(node: NodeState, stats: ClusterStats) -> NodeProfile:
     return NodeProfile(total_free, blocked_weight, tuple(open_shapes), value)
 
 
-def fragmentation_after(node: NodeState, profile: NodeProfile, positions: Sequence[int], units: int,
-                        cpu_milli: int) -> float:
+def fragmentation_after(
+    node: NodeState, profile: NodeProfile, positions: Sequence[int], units: int, cpu_milli: int
+) -> float:
     """The node's weighted fragmentation once a pod took ``units`` on each card of ``positions``."""
     cards = node.cards
     frees = [cards[p].units_total - cards[p].units_used for p in positions]

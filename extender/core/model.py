@@ -88,8 +88,9 @@ class NodeState:
                 return position
         raise KeyError(uuid)
 
-    def with_assignments(self, assignments: Iterable[CardAssignment], cpu_milli: int = 0,
-                         host_memory_mib: int = 0) -> NodeState:
+    def with_assignments(
+        self, assignments: Iterable[CardAssignment], cpu_milli: int = 0, host_memory_mib: int = 0
+    ) -> NodeState:
         """This node after a pod took ``assignments`` (and ``cpu_milli`` of CPU, ``host_memory_mib`` of its memory).
         Unknown cards are ignored."""
         by_uuid: dict[str, tuple[int, int]] = {}
@@ -97,8 +98,12 @@ class NodeState:
             units, memory = by_uuid.get(a.uuid, (0, 0))
             by_uuid[a.uuid] = (units + a.units, memory + a.memory_mib)
         cards = tuple(c.taking(*by_uuid[c.uuid]) if c.uuid in by_uuid else c for c in self.cards)
-        return replace(self, cards=cards, cpu_milli_used=self.cpu_milli_used + cpu_milli,
-                       host_memory_mib_used=self.host_memory_mib_used + host_memory_mib)
+        return replace(
+            self,
+            cards=cards,
+            cpu_milli_used=self.cpu_milli_used + cpu_milli,
+            host_memory_mib_used=self.host_memory_mib_used + host_memory_mib,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,21 +132,39 @@ class PodDemand:
 def card_state(inventory: Inventory, position: int) -> CardState:
     """The unused state of the inventory's card at ``position``."""
     card = inventory.cards[position]
-    return CardState(uuid=card.uuid, index=card.index, model=card.model,
-                     units_total=inventory.units.advertised_per_card, units_used=0,
-                     memory_total_mib=card.hbm_mib, memory_used_mib=0, healthy=card.healthy)
+    return CardState(
+        uuid=card.uuid,
+        index=card.index,
+        model=card.model,
+        units_total=inventory.units.advertised_per_card,
+        units_used=0,
+        memory_total_mib=card.hbm_mib,
+        memory_used_mib=0,
+        healthy=card.healthy,
+    )
 
 
-def node_state(name: str, inventory: Inventory, assignments: Iterable[CardAssignment] = (),
-               cpu_milli_total: int = 0, cpu_milli_used: int = 0, host_memory_mib_total: int = 0,
-               host_memory_mib_used: int = 0) -> NodeState:
+def node_state(
+    name: str,
+    inventory: Inventory,
+    assignments: Iterable[CardAssignment] = (),
+    cpu_milli_total: int = 0,
+    cpu_milli_used: int = 0,
+    host_memory_mib_total: int = 0,
+    host_memory_mib_used: int = 0,
+) -> NodeState:
     """A node from its ``flexnpu.io/inventory`` and the ``flexnpu.io/assigned`` entries of the pods bound to it.
 
     ``assignments`` is every assignment of every live pod on the node, flattened; entries naming a card the
     inventory no longer lists are ignored (the card left; its pods will be evicted by kubelet).
     """
-    empty = NodeState(name=name, cards=tuple(card_state(inventory, i) for i in range(len(inventory.cards))),
-                      units_per_card=inventory.units.units_per_card, cpu_milli_total=cpu_milli_total,
-                      cpu_milli_used=cpu_milli_used, host_memory_mib_total=host_memory_mib_total,
-                      host_memory_mib_used=host_memory_mib_used)
+    empty = NodeState(
+        name=name,
+        cards=tuple(card_state(inventory, i) for i in range(len(inventory.cards))),
+        units_per_card=inventory.units.units_per_card,
+        cpu_milli_total=cpu_milli_total,
+        cpu_milli_used=cpu_milli_used,
+        host_memory_mib_total=host_memory_mib_total,
+        host_memory_mib_used=host_memory_mib_used,
+    )
     return empty.with_assignments(assignments)

@@ -98,8 +98,9 @@ class EvaluationMemo:
             out.append(entry[1])
         return out
 
-    def placements(self, demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy,
-                   stats: ClusterStats) -> list[Placement]:
+    def placements(
+        self, demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy, stats: ClusterStats
+    ) -> list[Placement]:
         key = (demand, chosen.name, stats)
         table = self._placements.get(key)
         if table is None:
@@ -122,8 +123,9 @@ class EvaluationMemo:
         return entry[1]
 
 
-def filter_nodes(demand: PodDemand, nodes: Iterable[NodeState],
-                 memo: EvaluationMemo | None = None) -> tuple[list[NodeFit], dict[str, str]]:
+def filter_nodes(
+    demand: PodDemand, nodes: Iterable[NodeState], memo: EvaluationMemo | None = None
+) -> tuple[list[NodeFit], dict[str, str]]:
     """The nodes that can take the pod, and for each other node why not (node name -> reason)."""
     fits: list[NodeFit] = []
     failed: dict[str, str] = {}
@@ -136,14 +138,24 @@ def filter_nodes(demand: PodDemand, nodes: Iterable[NodeState],
     return fits, failed
 
 
-def evaluate(demand: PodDemand, fit: NodeFit, chosen: Policy | str = DEFAULT_POLICY,
-             stats: ClusterStats | None = None, memo: EvaluationMemo | None = None) -> Placement:
+def evaluate(
+    demand: PodDemand,
+    fit: NodeFit,
+    chosen: Policy | str = DEFAULT_POLICY,
+    stats: ClusterStats | None = None,
+    memo: EvaluationMemo | None = None,
+) -> Placement:
     """The cheapest placement of the pod on the fitting node under a policy."""
     return _placements(demand, [fit], chosen, stats, memo)[0]
 
 
-def score_nodes(demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy | str = DEFAULT_POLICY,
-                cluster_stats: ClusterStats | None = None, memo: EvaluationMemo | None = None) -> dict[str, int]:
+def score_nodes(
+    demand: PodDemand,
+    fits: Iterable[NodeFit],
+    chosen: Policy | str = DEFAULT_POLICY,
+    cluster_stats: ClusterStats | None = None,
+    memo: EvaluationMemo | None = None,
+) -> dict[str, int]:
     """0..10 per fitting node: 10 for the cheapest placement(s), the others scaled down by their cost."""
     costs = {p.node: p.cost for p in _placements(demand, fits, chosen, cluster_stats, memo)}
     if not costs:
@@ -152,29 +164,45 @@ def score_nodes(demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy | str
     return {name: scale_score(cost, best, worst) for name, cost in costs.items()}
 
 
-def choose(demand: PodDemand, node: NodeState, chosen: Policy | str = DEFAULT_POLICY,
-           cluster_stats: ClusterStats | None = None, memo: EvaluationMemo | None = None,
-           ) -> tuple[CardAssignment, ...]:
+def choose(
+    demand: PodDemand,
+    node: NodeState,
+    chosen: Policy | str = DEFAULT_POLICY,
+    cluster_stats: ClusterStats | None = None,
+    memo: EvaluationMemo | None = None,
+) -> tuple[CardAssignment, ...]:
     """The card(s) the pod gets on ``node``; PlacementError (with the refusal) when it does not fit there."""
     verdict = memo.fits(demand, [node])[0] if memo is not None else fit_node(demand, node)
     if isinstance(verdict, Refusal):
         raise PlacementError(verdict)
     placement = evaluate(demand, verdict, chosen, cluster_stats, memo)
     cards = node.cards
-    return tuple(CardAssignment(uuid=cards[p].uuid, index=cards[p].index, units=verdict.units,
-                                memory_mib=demand.memory_mib(cards[p], node.units_per_card))
-                 for p in placement.positions)
+    return tuple(
+        CardAssignment(
+            uuid=cards[p].uuid,
+            index=cards[p].index,
+            units=verdict.units,
+            memory_mib=demand.memory_mib(cards[p], node.units_per_card),
+        )
+        for p in placement.positions
+    )
 
 
-def workload_stats(demands: Iterable[PodDemand], units_per_card: int,
-                   chosen: Policy | str = DEFAULT_POLICY) -> ClusterStats:
+def workload_stats(
+    demands: Iterable[PodDemand], units_per_card: int, chosen: Policy | str = DEFAULT_POLICY
+) -> ClusterStats:
     """The typical shapes of the pods seen (one demand per pod, CPU-only ones included), as the policy cuts them."""
     shapes = [demand_shape(d, units_per_card) for d in demands]
     return cluster_stats(shapes, units_per_card, _policy(chosen).shape_coverage)
 
 
-def _placements(demand: PodDemand, fits: Iterable[NodeFit], chosen: Policy | str, stats: ClusterStats | None,
-                memo: EvaluationMemo | None) -> list[Placement]:
+def _placements(
+    demand: PodDemand,
+    fits: Iterable[NodeFit],
+    chosen: Policy | str,
+    stats: ClusterStats | None,
+    memo: EvaluationMemo | None,
+) -> list[Placement]:
     chosen = _policy(chosen)
     fits = list(fits)
     if stats is None:
@@ -206,8 +234,9 @@ def _uniform(units_per_card: int) -> ClusterStats:
     return stats
 
 
-def _evaluate(demand: PodDemand, fit: NodeFit, chosen: Policy, stats: ClusterStats,
-              profile_of: _ProfileFn) -> Placement:
+def _evaluate(
+    demand: PodDemand, fit: NodeFit, chosen: Policy, stats: ClusterStats, profile_of: _ProfileFn
+) -> Placement:
     def node_profile_of(node: NodeState) -> NodeProfile:
         return profile_of(node, stats)
 
@@ -217,8 +246,12 @@ def _evaluate(demand: PodDemand, fit: NodeFit, chosen: Policy, stats: ClusterSta
     cards = fit.node.cards
     for positions in _candidates(fit, chosen):
         cost = chosen.cost(Candidate(demand, fit, positions, stats, node_profile_of))
-        key = (cost, tuple(chosen.card_order(cards[p])[:2] for p in positions), _ring_leftover(fit, positions),
-               positions)
+        key = (
+            cost,
+            tuple(chosen.card_order(cards[p])[:2] for p in positions),
+            _ring_leftover(fit, positions),
+            positions,
+        )
         if best is None or key < best:
             best = key
     assert best is not None  # a NodeFit has at least cards_needed fitting positions
@@ -250,6 +283,5 @@ def _candidates(fit: NodeFit, chosen: Policy) -> list[tuple[int, ...]]:
     rings: dict[int, list[int]] = {}
     for p in ordered:
         rings.setdefault(hccs_ring(cards[p].index), []).append(p)
-    on_one_ring = [tuple(ring[:fit.cards_needed]) for ring in rings.values() if len(ring) >= fit.cards_needed]
-    return on_one_ring or [tuple(ordered[:fit.cards_needed])]
-
+    on_one_ring = [tuple(ring[: fit.cards_needed]) for ring in rings.values() if len(ring) >= fit.cards_needed]
+    return on_one_ring or [tuple(ordered[: fit.cards_needed])]

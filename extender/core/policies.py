@@ -138,8 +138,12 @@ def _stranding(c: Candidate) -> float:
 
 
 def _fgd_plus(c: Candidate) -> float:
-    return (_gradient(c) + STRANDED_WEIGHT * _stranding(c) + CONSOLIDATION_WEIGHT * _node_free_share_after(c)
-            + TIE * _card_free_share_after(c))
+    return (
+        _gradient(c)
+        + STRANDED_WEIGHT * _stranding(c)
+        + CONSOLIDATION_WEIGHT * _node_free_share_after(c)
+        + TIE * _card_free_share_after(c)
+    )
 
 
 def _policies(entries: Sequence[Policy]) -> dict[str, Policy]:
@@ -148,14 +152,22 @@ def _policies(entries: Sequence[Policy]) -> dict[str, Policy]:
 
 DEFAULT_POLICY: Final = "default"
 
-POLICIES: Final[dict[str, Policy]] = _policies([
-    Policy("binpack", "fullest node and card first", _binpack, tight_cards_first=True),
-    Policy("spread", "emptiest node and card first", _spread, tight_cards_first=False),
-    Policy("bestfit", "least CPU and compute left on the node, tightest card", _bestfit, tight_cards_first=True),
-    Policy("fgd", "fragmentation gradient descent as published", _fgd, tight_cards_first=True, uses_stats=True),
-    Policy(DEFAULT_POLICY, "fragmentation gradient + CPU stranding + consolidation", _fgd_plus,
-           tight_cards_first=True, uses_stats=True, shape_coverage=1.0),
-])
+POLICIES: Final[dict[str, Policy]] = _policies(
+    [
+        Policy("binpack", "fullest node and card first", _binpack, tight_cards_first=True),
+        Policy("spread", "emptiest node and card first", _spread, tight_cards_first=False),
+        Policy("bestfit", "least CPU and compute left on the node, tightest card", _bestfit, tight_cards_first=True),
+        Policy("fgd", "fragmentation gradient descent as published", _fgd, tight_cards_first=True, uses_stats=True),
+        Policy(
+            DEFAULT_POLICY,
+            "fragmentation gradient + CPU stranding + consolidation",
+            _fgd_plus,
+            tight_cards_first=True,
+            uses_stats=True,
+            shape_coverage=1.0,
+        ),
+    ]
+)
 ALIASES: Final = {"fgd+": DEFAULT_POLICY}
 
 

@@ -79,8 +79,11 @@ def cluster_stats(shapes: Iterable[Shape], units_per_card: int, coverage: float 
             break
         kept.append((shape, count))
         covered += count
-    return ClusterStats(tuple(Shape(s.units, s.cards, s.cpu_milli, s.models, c / covered) for s, c in kept),
-                        units_per_card, cpu_per_unit)
+    return ClusterStats(
+        tuple(Shape(s.units, s.cards, s.cpu_milli, s.models, c / covered) for s, c in kept),
+        units_per_card,
+        cpu_per_unit,
+    )
 
 
 def uniform_stats(units_per_card: int) -> ClusterStats:

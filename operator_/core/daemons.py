@@ -54,8 +54,9 @@ def url_from_template(template: str, node: str) -> str:
     return template.replace("{node}", node).rstrip("/")
 
 
-def endpoint_from_pod(pod: Mapping[str, Any], *, port_name: str, default_port: int, address: AddressKind,
-                      scheme: str = "http") -> DaemonEndpoint | None:
+def endpoint_from_pod(
+    pod: Mapping[str, Any], *, port_name: str, default_port: int, address: AddressKind, scheme: str = "http"
+) -> DaemonEndpoint | None:
     """The daemon endpoint a pod body offers; None while it has no node, no address, or is finished."""
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -66,8 +67,9 @@ def endpoint_from_pod(pod: Mapping[str, Any], *, port_name: str, default_port: i
         return None
     port = _named_port(spec.get("containers") or [], port_name) or default_port
     host = f"[{ip}]" if ":" in str(ip) else str(ip)
-    return DaemonEndpoint(node=str(node), url=f"{scheme}://{host}:{port}", pod=str(meta.get("name", "")),
-                          ready=_is_ready(status))
+    return DaemonEndpoint(
+        node=str(node), url=f"{scheme}://{host}:{port}", pod=str(meta.get("name", "")), ready=_is_ready(status)
+    )
 
 
 def _named_port(containers: Iterable[Mapping[str, Any]], name: str) -> int | None:

@@ -21,9 +21,9 @@ CONDITION_DAEMON = "DaemonReachable"
 class Action(enum.StrEnum):
     """One step towards the desired state of one claim on its daemon."""
 
-    NOTHING = "nothing"        # the daemon holds exactly the desired registration (or nothing to release)
-    REGISTER = "register"      # the daemon lacks it: a new claim, or a daemon that restarted empty
-    REPLACE = "replace"        # the daemon holds another body under the id: the spec changed, or drift
+    NOTHING = "nothing"  # the daemon holds exactly the desired registration (or nothing to release)
+    REGISTER = "register"  # the daemon lacks it: a new claim, or a daemon that restarted empty
+    REPLACE = "replace"  # the daemon holds another body under the id: the spec changed, or drift
     UNREGISTER = "unregister"  # the claim is going away (deleted, or its pod is gone)
 
 
@@ -96,8 +96,9 @@ class Outcome:
         return self.phase == ClaimPhase.FAILED or self.reason in (Reason.NO_DAEMON, Reason.DAEMON_UNREACHABLE)
 
 
-def build_status(outcome: Outcome, previous: Sequence[Mapping[str, object]], *, now: str,
-                 generation: int) -> ClaimStatusPayload:
+def build_status(
+    outcome: Outcome, previous: Sequence[Mapping[str, object]], *, now: str, generation: int
+) -> ClaimStatusPayload:
     """The claim's whole status for ``outcome``; a condition keeps its lastTransitionTime while it holds."""
     registered = outcome.phase == ClaimPhase.REGISTERED
     conditions = [_condition(CONDITION_REGISTERED, registered, outcome.reason, outcome.message, previous, now)]
@@ -106,16 +107,20 @@ def build_status(outcome: Outcome, previous: Sequence[Mapping[str, object]], *, 
         message = "" if outcome.daemon_reachable else outcome.message
         conditions.append(_condition(CONDITION_DAEMON, outcome.daemon_reachable, reason, message, previous, now))
     status: ClaimStatusPayload = {
-        "phase": outcome.phase.value, "message": outcome.message, "conditions": conditions,
-        "observedGeneration": generation, "lastSyncTime": now,
+        "phase": outcome.phase.value,
+        "message": outcome.message,
+        "conditions": conditions,
+        "observedGeneration": generation,
+        "lastSyncTime": now,
     }
     if outcome.flexnpu_id:
         status["flexnpuId"] = outcome.flexnpu_id
     return status
 
 
-def _condition(kind: str, holds: bool, reason: Reason, message: str, previous: Sequence[Mapping[str, object]],
-               now: str) -> ConditionPayload:
+def _condition(
+    kind: str, holds: bool, reason: Reason, message: str, previous: Sequence[Mapping[str, object]], now: str
+) -> ConditionPayload:
     state = "True" if holds else "False"
     before = next((c for c in previous if c.get("type") == kind), None)
     since = now

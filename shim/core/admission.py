@@ -72,12 +72,16 @@ def find_card(cards: Iterable[Card], npu: int, chip: int = 0) -> Card | None:
 def card_usage(registrations: Iterable[Registration], card: Card, *, skip_id: str = "") -> CardUsage:
     """The aicore and memory sums of the registrations on ``card`` (leaving out ``skip_id``)."""
     on_card = [r for r in registrations if r.npu == card.index and r.chip == card.chip and r.flexnpu_id != skip_id]
-    return CardUsage(aicore=sum(r.aicore_alloc for r in on_card), memory_mib=sum(r.memory_alloc for r in on_card),
-                     tenants=len(on_card))
+    return CardUsage(
+        aicore=sum(r.aicore_alloc for r in on_card),
+        memory_mib=sum(r.memory_alloc for r in on_card),
+        tenants=len(on_card),
+    )
 
 
-def admit(candidate: Registration, existing: Mapping[str, Registration], cards: Sequence[Card],
-          capacity: Capacity) -> Decision:
+def admit(
+    candidate: Registration, existing: Mapping[str, Registration], cards: Sequence[Card], capacity: Capacity
+) -> Decision:
     """Decide whether ``candidate`` may be registered beside ``existing`` (keyed by flexnpu_id) on ``cards``."""
     previous = existing.get(candidate.flexnpu_id)
     if previous == candidate:
@@ -96,8 +100,9 @@ def _unknown_card(candidate: Registration, cards: Sequence[Card]) -> Decision:
         known = ", ".join(str(i) for i in sorted({c.index for c in cards})) or "none"
         return Decision(Outcome.INVALID, f"npu={candidate.npu}: no such card on this node (cards: {known})", "npu")
     chips = ", ".join(str(c.chip) for c in cards if c.index == candidate.npu)
-    return Decision(Outcome.INVALID, f"chip={candidate.chip}: npu {candidate.npu} has no such chip (chips: {chips})",
-                    "chip")
+    return Decision(
+        Outcome.INVALID, f"chip={candidate.chip}: npu {candidate.npu} has no such chip (chips: {chips})", "chip"
+    )
 
 
 def _overflow(candidate: Registration, existing: Iterable[Registration], card: Card, capacity: Capacity) -> str:
@@ -107,18 +112,23 @@ def _overflow(candidate: Registration, existing: Iterable[Registration], card: C
     limit = capacity.aicore_limit
     if used.aicore + candidate.aicore_alloc > limit:
         free = max(0.0, limit - used.aicore)
-        return (f"aicore_alloc {candidate.aicore_alloc} does not fit on {where}: {used.aicore} of "
-                f"{_number(limit)} already registered (quota {capacity.quota} x oversubscription "
-                f"{_number(capacity.oversubscription)}), {_number(free)} free")
+        return (
+            f"aicore_alloc {candidate.aicore_alloc} does not fit on {where}: {used.aicore} of "
+            f"{_number(limit)} already registered (quota {capacity.quota} x oversubscription "
+            f"{_number(capacity.oversubscription)}), {_number(free)} free"
+        )
     if used.memory_mib + candidate.memory_alloc > card.hbm_mib:
         free_mib = max(0, card.hbm_mib - used.memory_mib)
-        return (f"memory_alloc {candidate.memory_alloc} MiB does not fit on {where}: {used.memory_mib} of "
-                f"{card.hbm_mib} MiB already registered, {free_mib} MiB free")
+        return (
+            f"memory_alloc {candidate.memory_alloc} MiB does not fit on {where}: {used.memory_mib} of "
+            f"{card.hbm_mib} MiB already registered, {free_mib} MiB free"
+        )
     return ""
 
 
-def restore_order(registrations: Iterable[Registration], cards: Sequence[Card],
-                  capacity: Capacity) -> tuple[dict[str, Registration], list[tuple[Registration, Decision]]]:
+def restore_order(
+    registrations: Iterable[Registration], cards: Sequence[Card], capacity: Capacity
+) -> tuple[dict[str, Registration], list[tuple[Registration, Decision]]]:
     """Re-admit persisted registrations one by one: the accepted ones, and the refused ones with their decisions.
 
     A configuration change between two runs (fewer cards, a smaller quota) can make saved registrations no

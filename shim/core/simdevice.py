@@ -41,8 +41,9 @@ class SimDeviceOutOfMemoryError(DeviceError):
         self.nbytes = nbytes
         self.used = used
         self.limit = limit
-        super().__init__(f"out of device memory: client {client!r} asked {nbytes} bytes with {used} in use, "
-                         f"{what} is {limit} bytes")
+        super().__init__(
+            f"out of device memory: client {client!r} asked {nbytes} bytes with {used} in use, {what} is {limit} bytes"
+        )
 
 
 @dataclass(frozen=True)
@@ -195,8 +196,14 @@ class SimDevice:
         kernel = self._running
         if kernel is None or kernel.started_us >= self._now:
             return None
-        return CompletedKernel(kernel.client, kernel.kernel_id, self._now - kernel.started_us, kernel.submitted_us,
-                               kernel.started_us, self._now)
+        return CompletedKernel(
+            kernel.client,
+            kernel.kernel_id,
+            self._now - kernel.started_us,
+            kernel.submitted_us,
+            kernel.started_us,
+            self._now,
+        )
 
     # ----- internals ----------------------------------------------------------------------------------------
 
@@ -210,8 +217,9 @@ class SimDevice:
         self.total_busy_us += kernel.duration_us
         self._running = None
         self._start_next(finished)
-        return CompletedKernel(kernel.client, kernel.kernel_id, kernel.duration_us, kernel.submitted_us,
-                               kernel.started_us, finished)
+        return CompletedKernel(
+            kernel.client, kernel.kernel_id, kernel.duration_us, kernel.submitted_us, kernel.started_us, finished
+        )
 
     def _start_next(self, at_us: int) -> None:
         if not self._queue:

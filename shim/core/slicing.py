@@ -259,8 +259,17 @@ class CardScheduler:
             state.vtime = max(state.vtime, self._min_vtime(exclude=tenant_id))
         state.wants = True
 
-    def release(self, tenant_id: str, used_us: int, now_us: int, still_wants: bool, ops_used: int = 0, *,
-                grace_us: int | None = None, credit_us: int = 0) -> int:
+    def release(
+        self,
+        tenant_id: str,
+        used_us: int,
+        now_us: int,
+        still_wants: bool,
+        ops_used: int = 0,
+        *,
+        grace_us: int | None = None,
+        credit_us: int = 0,
+    ) -> int:
         """The grant of ``tenant_id`` ended after it consumed ``used_us`` of device time (drained).
 
         ``grace_us`` replaces ``policy.charge_grace_us`` for this charge, and ``credit_us`` (at most the time held)
@@ -279,8 +288,9 @@ class CardScheduler:
         self._holders.discard(tenant_id)
         return state.last_charge
 
-    def extend(self, tenant_id: str, used_us: int, now_us: int, *, grace_us: int | None = None,
-               credit_us: int = 0) -> Grant | None:
+    def extend(
+        self, tenant_id: str, used_us: int, now_us: int, *, grace_us: int | None = None, credit_us: int = 0
+    ) -> Grant | None:
         """The holder's budget ran out with ``used_us`` consumed so far: a new grant if it would be picked anyway.
 
         On None the tenant keeps the card until it drains and calls ``release`` with the rest of its usage.
@@ -356,8 +366,11 @@ class CardScheduler:
     def _pick_share(self, exclude_holder: bool) -> tuple[_State, bool] | None:
         """The tenant to serve next and whether it would run on a bonus grant."""
         busy = self._busy_weight()
-        waiting = [(s, self._owed(s, busy)) for s in self._states.values()
-                   if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)]
+        waiting = [
+            (s, self._owed(s, busy))
+            for s in self._states.values()
+            if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)
+        ]
         entitled = [(s, owed) for s, owed in waiting if owed > 0]
         if not entitled and busy >= self.policy.quota:
             # Nobody is owed more than its typical overrun, and the busy tenants' shares fill the card: rather than
@@ -390,9 +403,11 @@ class CardScheduler:
     def _next_entitled_us(self, above_rank: int) -> int | None:
         """When the first waiting tenant of rank > ``above_rank`` becomes entitled, if any is not yet."""
         busy = self._busy_weight()
-        times = [self._entitled_again_us(s, busy) for s in self._states.values()
-                 if s.wants and s.rank > above_rank and s.tenant.tenant_id not in self._holders
-                 and self._owed(s, busy) <= 0]
+        times = [
+            self._entitled_again_us(s, busy)
+            for s in self._states.values()
+            if s.wants and s.rank > above_rank and s.tenant.tenant_id not in self._holders and self._owed(s, busy) <= 0
+        ]
         return min(times) if times else None
 
     def _entitled_again_us(self, state: _State, busy: int) -> int:
@@ -416,8 +431,9 @@ class CardScheduler:
                 state.held_since = self._now
                 state.grant_round, state.granted_ops, state.ops_left = self._round, state.ops_left, 0
                 return Decision(grant=Grant(tenant_id, round_end - self._now, state.granted_ops))
-        starving = any(s.wants and s.ops_left == 0 and s.tenant.tenant_id not in self._holders
-                       for s in self._states.values())
+        starving = any(
+            s.wants and s.ops_left == 0 and s.tenant.tenant_id not in self._holders for s in self._states.values()
+        )
         return Decision(wake_at_us=round_end if starving else None)
 
     # ----- accounting ---------------------------------------------------------------------------------------
@@ -437,8 +453,7 @@ class CardScheduler:
 
     def _busy_weight(self) -> int:
         """The summed weight of the tenants that want the card or hold it."""
-        return sum(s.weight for s in self._states.values()
-                   if s.wants or s.tenant.tenant_id in self._holders)
+        return sum(s.weight for s in self._states.values() if s.wants or s.tenant.tenant_id in self._holders)
 
     def _rate(self, state: _State, busy: int | None = None) -> float:
         """The tenant's fraction of the card when the tenants of summed weight ``busy`` (and it) want it."""
@@ -475,8 +490,11 @@ class CardScheduler:
         return self._rate(state, busy) * self.policy.window_us - state.window_used - state.overrun_us
 
     def _min_vtime(self, exclude: str | None = None) -> float:
-        active = [s.vtime for s in self._states.values()
-                  if (s.wants or s.tenant.tenant_id in self._holders) and s.tenant.tenant_id != exclude]
+        active = [
+            s.vtime
+            for s in self._states.values()
+            if (s.wants or s.tenant.tenant_id in self._holders) and s.tenant.tenant_id != exclude
+        ]
         return min(active) if active else 0.0
 
     def _state(self, tenant_id: str) -> _State:

@@ -223,8 +223,10 @@ class _Simulation:
         self.device = SimDevice(_DEVICE_MEMORY)
         self.tenants = {w.name: _TenantSim(w, random.Random(w.seed)) for w in scenario.workloads}
         mode: Mode = "ops" if scenario.gating == "ops" else "share"
-        self.sched = CardScheduler(replace(scenario.policy, mode=mode), [Tenant(w.name, w.aicore_alloc, w.priority)
-                                                     for w in scenario.workloads])
+        self.sched = CardScheduler(
+            replace(scenario.policy, mode=mode),
+            [Tenant(w.name, w.aicore_alloc, w.priority) for w in scenario.workloads],
+        )
         self.events: list[_Event] = []
         self.seq = 0
         self.wakes: set[int] = set()
@@ -253,8 +255,9 @@ class _Simulation:
         return self._result()
 
     def _next_time(self) -> int | None:
-        times = [t for t in (self.device.next_completion_us(), self.events[0][0] if self.events else None)
-                 if t is not None]
+        times = [
+            t for t in (self.device.next_completion_us(), self.events[0][0] if self.events else None) if t is not None
+        ]
         return min(times) if times else None
 
     def _push(self, at_us: int, kind: str, name: str = "", payload: object = None) -> None:
@@ -399,10 +402,17 @@ class _Simulation:
         results = {}
         for name, tenant in self.tenants.items():
             mine = [k for k in timeline if k.client == name]
-            shares = tuple(_window_busy(mine, i * self.scenario.window_us, self.scenario.window_us)
-                           / self.scenario.window_us for i in range(windows))
-            results[name] = TenantResult(name, sum(_overlap(k, 0, self.scenario.duration_us) for k in mine),
-                                         len(mine), shares, tuple(tenant.latencies))
+            shares = tuple(
+                _window_busy(mine, i * self.scenario.window_us, self.scenario.window_us) / self.scenario.window_us
+                for i in range(windows)
+            )
+            results[name] = TenantResult(
+                name,
+                sum(_overlap(k, 0, self.scenario.duration_us) for k in mine),
+                len(mine),
+                shares,
+                tuple(tenant.latencies),
+            )
         return SimResult(self.scenario, results, timeline)
 
 

@@ -74,8 +74,9 @@ def app_runner(service: DaemonService, token: str = "") -> web.AppRunner:
 class _JsonErrorsHandler(web.RequestHandler):
     """aiohttp's connection handler with its own error replies (parser errors, unexpected failures) in JSON."""
 
-    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; raises when a response was already sent
         response = error(status, _protocol_error_text(status, message))
         response.force_close()
@@ -102,9 +103,13 @@ class _JsonErrorsServer(web.Server):
 class _JsonErrorsRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        return _JsonErrorsServer(server.request_handler, request_factory=server.request_factory,
-                                 handler_cancellation=server.handler_cancellation, loop=server._loop,
-                                 **server._kwargs)
+        return _JsonErrorsServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
 
 
 def error(status: int, message: str, field: str = "", **headers: str) -> web.Response:

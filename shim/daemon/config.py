@@ -52,10 +52,14 @@ class DaemonSettings:
     policy: str = setting("share", "[flexnpu] policy: share (device-time slices) or ops (the seed's op counting)")
     token_file: str = setting("", "[flexnpu] token_file: file holding the API bearer token", secret=False)
     socket_dir: str = setting(SHIM_SOCKET_DIR, "[flexnpu] socket_dir: directory of the grant socket")
-    enforce_memory: str = setting("report", "[flexnpu] enforce_memory: report (log, metric, status) or kill "
-                                  "(SIGKILL the processes of a pod past its memory cap)")
-    memory_watch_interval: float = setting(5.0, "[flexnpu] memory_watch_interval: seconds between reads of "
-                                           "device memory per process")
+    enforce_memory: str = setting(
+        "report",
+        "[flexnpu] enforce_memory: report (log, metric, status) or kill "
+        "(SIGKILL the processes of a pod past its memory cap)",
+    )
+    memory_watch_interval: float = setting(
+        5.0, "[flexnpu] memory_watch_interval: seconds between reads of device memory per process"
+    )
     ticker_interval: int = setting(10000, "[ticker] ticker_interval: round length of the ops policy, microseconds")
     quota: int = setting(10, "[ticker] quota: aicore units of one card (0 < quota <= 16)")
 
@@ -88,6 +92,7 @@ def _int(lo: int, hi: int) -> Callable[[str, str], int]:
         if not lo <= value <= hi:
             raise ConfigError(name, value, f"must be in {lo}..{hi}")
         return value
+
     return parse
 
 
@@ -100,6 +105,7 @@ def _float(lo: float, hi: float) -> Callable[[str, str], float]:
         if not math.isfinite(value) or not lo <= value <= hi:
             raise ConfigError(name, value, f"must be a number in {lo:g}..{hi:g}")
         return value
+
     return parse
 
 
@@ -109,6 +115,7 @@ def _choice(*allowed: str, upper: bool = False) -> Callable[[str, str], str]:
         if value not in allowed:
             raise ConfigError(name, text, f"must be one of {', '.join(allowed)}")
         return value
+
     return parse
 
 
@@ -126,6 +133,7 @@ def _text(*, allow_empty: bool) -> Callable[[str, str], str]:
         if not text and not allow_empty:
             raise ConfigError(name, text, "must not be empty")
         return text
+
     return parse
 
 
@@ -204,8 +212,11 @@ def _unknown_keys(parser: configparser.ConfigParser, path: Path) -> list[str]:
         if section not in sections:
             warnings.append(f"{path}: unknown section [{section}] ignored")
             continue
-        warnings += [f"{path}: unknown key [{section}] {key} ignored"
-                     for key in parser.options(section) if (section, key) not in known]
+        warnings += [
+            f"{path}: unknown key [{section}] {key} ignored"
+            for key in parser.options(section)
+            if (section, key) not in known
+        ]
     return warnings
 
 
@@ -232,8 +243,9 @@ def read_token(settings: DaemonSettings) -> str:
     name = key_name("token_file")
     if not settings.token_file:
         if settings.token_required:
-            raise ConfigError(name, "", f"a token is required when the API binds to {settings.host!r} "
-                                        f"(auth={settings.auth})")
+            raise ConfigError(
+                name, "", f"a token is required when the API binds to {settings.host!r} (auth={settings.auth})"
+            )
         return ""
     try:
         token = Path(settings.token_file).read_text(encoding="utf-8").strip()
@@ -255,8 +267,12 @@ def configure_logging(settings: DaemonSettings) -> None:
     if settings.log_file:
         from logging.handlers import RotatingFileHandler
 
-        handler = RotatingFileHandler(settings.log_file, maxBytes=settings.log_file_size << 20,
-                                      backupCount=settings.log_file_archive_count, encoding="utf-8")
+        handler = RotatingFileHandler(
+            settings.log_file,
+            maxBytes=settings.log_file_size << 20,
+            backupCount=settings.log_file_archive_count,
+            encoding="utf-8",
+        )
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

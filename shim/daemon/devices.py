@@ -59,8 +59,11 @@ def run_npu_smi(command: str) -> str:
         raise ConfigError(DEVICES_KEY, "auto", f"cannot run {shlex.join(argv)!r} ({exc})") from exc
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
-        raise ConfigError(DEVICES_KEY, "auto", f"{shlex.join(argv)!r} exited with {done.returncode}"
-                          + (f": {detail[-1]}" if detail else ""))
+        raise ConfigError(
+            DEVICES_KEY,
+            "auto",
+            f"{shlex.join(argv)!r} exited with {done.returncode}" + (f": {detail[-1]}" if detail else ""),
+        )
     return done.stdout
 
 
@@ -75,4 +78,5 @@ def _checked(parse: NpuSmiParser) -> NpuSmiParser:
             return parse(text)
         except ValidationError as exc:
             raise ConfigError(DEVICES_KEY, "auto", f"cannot parse npu-smi output ({exc})") from exc
+
     return run

@@ -43,11 +43,17 @@ class GrantHost(Protocol):
 def build_grant_server(settings: DaemonSettings, cards: Sequence[Card]) -> GrantHost:
     """The real grant server on ``settings.socket_path``, scheduling with the configured policy."""
     mode: Mode = "ops" if settings.policy == "ops" else "share"
-    policy = SlicePolicy(quota=settings.quota, share_in_idle=settings.share_in_idle, slice_us=settings.schedule_cycle,
-                         mode=mode, ticker_interval_us=settings.ticker_interval,
-                         oversubscription=settings.oversubscription)
-    return GrantServer(str(settings.socket_path), policy, cards, shm_dir=settings.socket_dir,
-                       daemon_pid_start=daemon_pid_start())
+    policy = SlicePolicy(
+        quota=settings.quota,
+        share_in_idle=settings.share_in_idle,
+        slice_us=settings.schedule_cycle,
+        mode=mode,
+        ticker_interval_us=settings.ticker_interval,
+        oversubscription=settings.oversubscription,
+    )
+    return GrantServer(
+        str(settings.socket_path), policy, cards, shm_dir=settings.socket_dir, daemon_pid_start=daemon_pid_start()
+    )
 
 
 def daemon_pid_start() -> int:

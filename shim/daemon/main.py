@@ -55,10 +55,18 @@ class Startup:
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
-    p = OneLineParser(prog=prog, description="flexnpud, the flexnpu node daemon: registration API, "
-                                "admission, persistence and the grant socket of the time-slicing runtime.")
-    p.add_argument("--config", type=Path, default=None, metavar="FILE",
-                   help="flexnpud.conf (INI); without it every key takes its default")
+    p = OneLineParser(
+        prog=prog,
+        description="flexnpud, the flexnpu node daemon: registration API, "
+        "admission, persistence and the grant socket of the time-slicing runtime.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="flexnpud.conf (INI); without it every key takes its default",
+    )
     return p
 
 
@@ -72,8 +80,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "flexnpu daemon") -> int
     try:
         configure_logging(startup.settings)
     except OSError as exc:
-        print(f"{prog}: [logger] log_file={startup.settings.log_file!r}: cannot be opened ({exc.strerror})",
-              file=sys.stderr)
+        print(
+            f"{prog}: [logger] log_file={startup.settings.log_file!r}: cannot be opened ({exc.strerror})",
+            file=sys.stderr,
+        )
         return 2
     try:
         return asyncio.run(serve(startup))
@@ -110,12 +120,21 @@ async def serve(startup: Startup) -> int:
     try:
         start_grant_server(startup.grant, settings.socket_dir)
         try:
-            service = DaemonService(startup.cards, Capacity(settings.quota, settings.oversubscription),
-                                    RegistrationStore(settings.registrations_path), startup.grant)
+            service = DaemonService(
+                startup.cards,
+                Capacity(settings.quota, settings.oversubscription),
+                RegistrationStore(settings.registrations_path),
+                startup.grant,
+            )
             service.restore()
-            watch = build_memory_watch(settings.devices, settings.npu_smi, settings.socket_dir,
-                                       lambda: service.registrations, settings.enforce_memory,
-                                       settings.memory_watch_interval)
+            watch = build_memory_watch(
+                settings.devices,
+                settings.npu_smi,
+                settings.socket_dir,
+                lambda: service.registrations,
+                settings.enforce_memory,
+                settings.memory_watch_interval,
+            )
             service.watch_memory(watch.figures)
             watch.start()
             try:
@@ -142,8 +161,9 @@ def start_grant_server(grant: GrantHost, socket_dir: str) -> None:
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; a ConfigError naming ``[server] port`` when that is impossible."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         listener = socket.socket(family, kind, proto)
     except OSError as exc:
         raise ConfigError("[server] host", host, f"cannot be used ({exc})") from exc

@@ -34,10 +34,8 @@ class DaemonCollector(Collector):
     def _card_metrics(self) -> Iterator[Metric]:
         families = {
             "units": GaugeMetricFamily("flexnpu_card_units_used", "aicore units registered on the card", labels=_CARD),
-            "capacity": GaugeMetricFamily("flexnpu_card_units_capacity", "quota times oversubscription",
-                                          labels=_CARD),
-            "memory": GaugeMetricFamily("flexnpu_card_memory_used_mib", "device memory registered, MiB",
-                                        labels=_CARD),
+            "capacity": GaugeMetricFamily("flexnpu_card_units_capacity", "quota times oversubscription", labels=_CARD),
+            "memory": GaugeMetricFamily("flexnpu_card_memory_used_mib", "device memory registered, MiB", labels=_CARD),
             "hbm": GaugeMetricFamily("flexnpu_card_memory_total_mib", "device memory of the card, MiB", labels=_CARD),
             "tenants": GaugeMetricFamily("flexnpu_card_registrations", "registrations on the card", labels=_CARD),
         }
@@ -56,19 +54,23 @@ class DaemonCollector(Collector):
         total.add_metric([], len(views))
         yield total
         target = GaugeMetricFamily("flexnpu_tenant_target_share", "aicore_alloc / quota", labels=_TENANT)
-        achieved = GaugeMetricFamily("flexnpu_tenant_achieved_share", "share of device time achieved",
-                                     labels=_TENANT)
+        achieved = GaugeMetricFamily("flexnpu_tenant_achieved_share", "share of device time achieved", labels=_TENANT)
         wait = GaugeMetricFamily("flexnpu_tenant_grant_wait_p99_seconds", "p99 wait for a grant", labels=_TENANT)
         device = CounterMetricFamily("flexnpu_tenant_device_time_seconds", "device time used", labels=_TENANT)
         grants = CounterMetricFamily("flexnpu_tenant_grants", "grants served", labels=_TENANT)
-        memory = GaugeMetricFamily("flexnpu_memory_used_bytes", "device memory the registration's pod uses on "
-                                   "its card (absent while unknown)", labels=_TENANT)
+        memory = GaugeMetricFamily(
+            "flexnpu_memory_used_bytes",
+            "device memory the registration's pod uses on its card (absent while unknown)",
+            labels=_TENANT,
+        )
         cap = GaugeMetricFamily("flexnpu_memory_cap_bytes", "the registration's device memory cap", labels=_TENANT)
-        over = GaugeMetricFamily("flexnpu_memory_over_cap", "1 while the pod's device memory is past its cap",
-                                 labels=_TENANT)
+        over = GaugeMetricFamily(
+            "flexnpu_memory_over_cap", "1 while the pod's device memory is past its cap", labels=_TENANT
+        )
         for view in views:
-            labels = _labels(view["flexnpu_id"], view["entity"], view["npu"], view["chip"],
-                             view.get("priority", "normal"))
+            labels = _labels(
+                view["flexnpu_id"], view["entity"], view["npu"], view["chip"], view.get("priority", "normal")
+            )
             target.add_metric(labels, view["target_share"])
             achieved.add_metric(labels, view["achieved_share"])
             wait.add_metric(labels, view["wait_p99_us"] / 1e6)

@@ -128,11 +128,14 @@ class DaemonService:
     def registration_views(self) -> list[RegistrationView]:
         stats = self._grant.stats()
         memory = self._memory()
-        return [self._registration_view(r, stats.get(r.flexnpu_id, {}), memory.get(r.flexnpu_id))
-                for r in self._registrations.values()]
+        return [
+            self._registration_view(r, stats.get(r.flexnpu_id, {}), memory.get(r.flexnpu_id))
+            for r in self._registrations.values()
+        ]
 
-    def _registration_view(self, registration: Registration, live: Mapping[str, float],
-                           memory: Verdict | None = None) -> RegistrationView:
+    def _registration_view(
+        self, registration: Registration, live: Mapping[str, float], memory: Verdict | None = None
+    ) -> RegistrationView:
         card = next((c for c in self.cards if c.index == registration.npu and c.chip == registration.chip), None)
         view: RegistrationView = {
             **registration.to_body(),
@@ -153,8 +156,13 @@ class DaemonService:
 
     def _card_view(self, card: Card) -> CardView:
         used = card_usage(self._registrations.values(), card)
-        return {**card_payload(card), "aicore_used": used.aicore, "aicore_capacity": self.capacity.aicore_limit,
-                "memory_used_mib": used.memory_mib, "tenants": used.tenants}
+        return {
+            **card_payload(card),
+            "aicore_used": used.aicore,
+            "aicore_capacity": self.capacity.aicore_limit,
+            "memory_used_mib": used.memory_mib,
+            "tenants": used.tenants,
+        }
 
 
 def _flexnpu_id(raw: object) -> str:

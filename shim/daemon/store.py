@@ -75,8 +75,9 @@ class RegistrationStore:
             entries = _entries(_parse_json(raw))
         except (ValueError, ValidationError) as exc:
             aside = self._move_aside()
-            return Loaded([], [f"registrations file {self.path} is corrupt ({exc}); moved to {aside}, "
-                               "nothing restored from it"])
+            return Loaded(
+                [], [f"registrations file {self.path} is corrupt ({exc}); moved to {aside}, nothing restored from it"]
+            )
         return self._parse_entries(entries)
 
     def _parse_entries(self, entries: list[Any]) -> Loaded:
@@ -131,8 +132,11 @@ def _parse_json(raw: bytes) -> object:
 
 def _entries(document: object) -> list[Any]:
     if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
-        raise ValidationError("version", document.get("version") if isinstance(document, dict) else document,
-                              f"the file must be an object with version {FORMAT_VERSION}")
+        raise ValidationError(
+            "version",
+            document.get("version") if isinstance(document, dict) else document,
+            f"the file must be an object with version {FORMAT_VERSION}",
+        )
     entries = document.get("registrations")
     if not isinstance(entries, list):
         raise ValidationError("registrations", entries, "must be a list")

@@ -64,5 +64,6 @@ def check_peer(peer: Peer, flexnpu_id: str, pod_uid: str) -> None:
     peer: whoever can reach the socket directory may use it.
     """
     if pod_uid and peer.pod_uid != pod_uid:
-        raise IdentityError(f"registration {flexnpu_id!r} belongs to pod {pod_uid}, but the caller is "
-                            f"{peer.describe()}")
+        raise IdentityError(
+            f"registration {flexnpu_id!r} belongs to pod {pod_uid}, but the caller is {peer.describe()}"
+        )

@@ -83,8 +83,12 @@ def parse(message: Mapping[str, object]) -> Event:
     if op == wire.OP_WANT:
         return Want()
     if op == wire.OP_RELEASE:
-        return Release(seq_of(message.get("seq")), usage_us(message.get("used_us")), message.get("want") is True,
-                       _count(message.get("ops_used"), MAX_OPS))
+        return Release(
+            seq_of(message.get("seq")),
+            usage_us(message.get("used_us")),
+            message.get("want") is True,
+            _count(message.get("ops_used"), MAX_OPS),
+        )
     if op == wire.OP_EXTEND:
         return Extend(seq_of(message.get("seq")), usage_us(message.get("used_us")))
     if op == wire.OP_PING:

@@ -132,11 +132,22 @@ class GrantServer:
     ``run_timers`` themselves, so that expiry happens exactly when they move the clock.
     """
 
-    def __init__(self, socket_path: str, policy: SlicePolicy, cards: Sequence[Card], *,
-                 proc_root: str | os.PathLike[str] = "/proc", clock_us: Callable[[], int] = _now_us,
-                 expiry_grace_us: int = EXPIRY_GRACE_US, revoke_grace_us: int = REVOKE_GRACE_US,
-                 hello_timeout_s: float = HELLO_TIMEOUT_S, limits: Limits = LIMITS, timer: bool = True,
-                 shm_dir: str | None = None, daemon_pid_start: int = 0) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        policy: SlicePolicy,
+        cards: Sequence[Card],
+        *,
+        proc_root: str | os.PathLike[str] = "/proc",
+        clock_us: Callable[[], int] = _now_us,
+        expiry_grace_us: int = EXPIRY_GRACE_US,
+        revoke_grace_us: int = REVOKE_GRACE_US,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+        limits: Limits = LIMITS,
+        timer: bool = True,
+        shm_dir: str | None = None,
+        daemon_pid_start: int = 0,
+    ) -> None:
         self.socket_path = socket_path
         self.policy = policy
         self._proc_root = Path(proc_root)
@@ -159,9 +170,15 @@ class GrantServer:
         self._slot_sessions: dict[str, Session] = {}
         self._next_poll_us: int | None = None
         self._server: UnixServer[Peer] = UnixServer(
-            socket_path, self._serve, lambda sock: peer_of(sock, self._proc_root), name="grant socket",
-            limits=limits, peer_key=_pod_or_process, mode=0o666,  # pods run as any uid: identity is the cgroup
-            refuse=_refuse_busy)
+            socket_path,
+            self._serve,
+            lambda sock: peer_of(sock, self._proc_root),
+            name="grant socket",
+            limits=limits,
+            peer_key=_pod_or_process,
+            mode=0o666,  # pods run as any uid: identity is the cgroup
+            refuse=_refuse_busy,
+        )
 
     # ----- the API flexnpud uses ------------------------------------------------------------------------------
 
@@ -180,8 +197,9 @@ class GrantServer:
             self._registrations = {r.flexnpu_id: r for r in registrations}
             now = self._clock()
             for key, card in self._cards.items():
-                tenants = [Tenant(r.flexnpu_id, r.aicore_alloc, r.priority) for r in registrations
-                           if (r.npu, r.chip) == key]
+                tenants = [
+                    Tenant(r.flexnpu_id, r.aicore_alloc, r.priority) for r in registrations if (r.npu, r.chip) == key
+                ]
                 card.scheduler.set_tenants(tenants, now)
                 for tenant in tenants:
                     self._stats.setdefault(tenant.tenant_id, TenantStats(now))
@@ -190,8 +208,9 @@ class GrantServer:
                     del self._stats[flexnpu_id]
             for session in list(self._sessions):
                 if session.flexnpu_id and session.flexnpu_id not in self._registrations:
-                    self._refuse_later(session, wire.ERR_UNREGISTERED,
-                                       f"registration {session.flexnpu_id!r} was removed")
+                    self._refuse_later(
+                        session, wire.ERR_UNREGISTERED, f"registration {session.flexnpu_id!r} was removed"
+                    )
             self._sync_slots(registrations, now)
             for key in self._cards:
                 self._decide(key, now)
@@ -207,8 +226,11 @@ class GrantServer:
         report = None if self._shm is None else self._shm.report(flexnpu_id)
         if report is None:
             return {}
-        return {"memory_used_mib": report.mem_used_bytes / MIB, "memory_peak_mib": report.mem_peak_bytes / MIB,
-                "denied_allocs": float(report.denied_allocs)}
+        return {
+            "memory_used_mib": report.mem_used_bytes / MIB,
+            "memory_peak_mib": report.mem_peak_bytes / MIB,
+            "denied_allocs": float(report.denied_allocs),
+        }
 
     def holders(self) -> Mapping[CardKey, frozenset[str]]:
         """Who holds each card now, as the scheduler sees it."""
@@ -274,8 +296,13 @@ class GrantServer:
         except BadMessage as exc:
             session.send({"op": wire.OP_ERROR, "code": exc.code, "message": str(exc)})
         except TimeoutError:
-            session.send({"op": wire.OP_ERROR, "code": wire.ERR_PROTOCOL,
-                          "message": f"no hello within {self._hello_timeout_s:g} s"})
+            session.send(
+                {
+                    "op": wire.OP_ERROR,
+                    "code": wire.ERR_PROTOCOL,
+                    "message": f"no hello within {self._hello_timeout_s:g} s",
+                }
+            )
         except (WireError, OSError):
             pass
         finally:
@@ -289,9 +316,11 @@ class GrantServer:
             if registration is not None:
                 flexnpu_id = registration.flexnpu_id
             if registration is None or (registration.npu, registration.chip) not in self._cards:
-                raise BadMessage(wire.ERR_UNKNOWN_REGISTRATION,
-                                 f"no registration {flexnpu_id!r} on this node's cards (register it first: "
-                                 f"POST /device/register or a VNpuClaim)")
+                raise BadMessage(
+                    wire.ERR_UNKNOWN_REGISTRATION,
+                    f"no registration {flexnpu_id!r} on this node's cards (register it first: "
+                    f"POST /device/register or a VNpuClaim)",
+                )
             try:
                 check_peer(session.peer, flexnpu_id, registration.pod_uid)
             except IdentityError as exc:
@@ -367,15 +396,24 @@ class GrantServer:
             return
         self._hand_out(session, grant, now)
 
-    def _end_grant(self, session: Session, used_us: int, now: int, ops_used: int = 0, *,
-                   grace_us: int | None = None, credit_us: int = 0) -> int:
+    def _end_grant(
+        self,
+        session: Session,
+        used_us: int,
+        now: int,
+        ops_used: int = 0,
+        *,
+        grace_us: int | None = None,
+        credit_us: int = 0,
+    ) -> int:
         card = self._cards[session.card]
         session.holding = False
         card.holders.pop(session.flexnpu_id, None)
         still_wants = bool(card.waiting.get(session.flexnpu_id))
         try:
-            charged = card.scheduler.release(session.flexnpu_id, used_us, now, still_wants, ops_used=ops_used,
-                                             grace_us=grace_us, credit_us=credit_us)
+            charged = card.scheduler.release(
+                session.flexnpu_id, used_us, now, still_wants, ops_used=ops_used, grace_us=grace_us, credit_us=credit_us
+            )
         except UnknownTenantError:
             return 0
         self._record_usage(session.flexnpu_id, charged, now)
@@ -457,8 +495,15 @@ class GrantServer:
             session.deadline_us = end  # no release comes: the holding ends at the deadline
         self._cards[session.card].published = session.flexnpu_id
         self._publish(session.card, session.flexnpu_id, session.seq, end)
-        if not session.send({"op": wire.OP_GRANT, "seq": session.seq, "budget_us": grant.budget_us,
-                             "ops": grant.ops, "inflight_us": self._run_ahead_us(session)}):
+        if not session.send(
+            {
+                "op": wire.OP_GRANT,
+                "seq": session.seq,
+                "budget_us": grant.budget_us,
+                "ops": grant.ops,
+                "inflight_us": self._run_ahead_us(session),
+            }
+        ):
             _hang_up(session)  # its reader thread drops it and the grant returns
 
     def _publish(self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_us: int) -> None:
@@ -470,8 +515,10 @@ class GrantServer:
         mine = self._registrations.get(session.flexnpu_id)
         if mine is None:
             return RUN_AHEAD_CONTENDED_US
-        above = any(r.priority.rank > mine.priority.rank and (r.npu, r.chip) == session.card
-                    for r in self._registrations.values())
+        above = any(
+            r.priority.rank > mine.priority.rank and (r.npu, r.chip) == session.card
+            for r in self._registrations.values()
+        )
         return RUN_AHEAD_CONTENDED_US if above else RUN_AHEAD_US
 
     def _revoke(self, card: _Card, tenant_id: str, now: int) -> None:
@@ -542,17 +589,22 @@ class GrantServer:
             return
         self._shm.sync(registrations, self.policy.quota)
         keys = {r.flexnpu_id: (r.npu, r.chip) for r in registrations}
-        for flexnpu_id in [f for f, s in self._slot_sessions.items()
-                           if not self._shm.has_slot(f) or keys.get(f) != s.card]:
+        for flexnpu_id in [
+            f for f, s in self._slot_sessions.items() if not self._shm.has_slot(f) or keys.get(f) != s.card
+        ]:
             self._drop(self._slot_sessions.pop(flexnpu_id))
         for registration in registrations:
             fid = registration.flexnpu_id
             if fid in self._slot_sessions or not self._shm.has_slot(fid):
                 continue
             report = self._shm.report(fid)
-            self._slot_sessions[fid] = Session(None, Peer(0, 0, 0, registration.pod_uid), flexnpu_id=fid,
-                                               card=(registration.npu, registration.chip),
-                                               used_ns_seen=report.used_ns if report else 0)
+            self._slot_sessions[fid] = Session(
+                None,
+                Peer(0, 0, 0, registration.pod_uid),
+                flexnpu_id=fid,
+                card=(registration.npu, registration.chip),
+                used_ns_seen=report.used_ns if report else 0,
+            )
         self._next_poll_us = now if self._slot_sessions else None
         self._poke_timer(self._next_poll_us)
 
@@ -641,9 +693,14 @@ def _consumed(seen_ns: int, used_ns: int, charged_us: int) -> int:
 
 
 def _welcome(registration: Registration, policy: SlicePolicy) -> Message:
-    return {"op": wire.OP_WELCOME, "share": registration.aicore_alloc / policy.quota,
-            "priority": registration.priority.value, "slice_us": policy.slice_us,
-            "memory_mib": registration.memory_alloc, "mode": policy.mode}
+    return {
+        "op": wire.OP_WELCOME,
+        "share": registration.aicore_alloc / policy.quota,
+        "priority": registration.priority.value,
+        "slice_us": policy.slice_us,
+        "memory_mib": registration.memory_alloc,
+        "mode": policy.mode,
+    }
 
 
 def _hang_up(session: Session) -> None:

@@ -51,10 +51,13 @@ class SlotReport:
 
 def read_report(snapshot: shm.SlotSnapshot) -> SlotReport:
     """A slot's tenant-written fields as values the daemon may use (pure)."""
-    return SlotReport(want=snapshot.want == 1, used_ns=min(snapshot.used_ns, MAX_COUNT),
-                      mem_used_bytes=min(snapshot.mem_used_bytes, MAX_MEMORY_BYTES),
-                      mem_peak_bytes=min(snapshot.mem_peak_bytes, MAX_MEMORY_BYTES),
-                      denied_allocs=min(snapshot.denied_allocs, MAX_COUNT))
+    return SlotReport(
+        want=snapshot.want == 1,
+        used_ns=min(snapshot.used_ns, MAX_COUNT),
+        mem_used_bytes=min(snapshot.mem_used_bytes, MAX_MEMORY_BYTES),
+        mem_peak_bytes=min(snapshot.mem_peak_bytes, MAX_MEMORY_BYTES),
+        denied_allocs=min(snapshot.denied_allocs, MAX_COUNT),
+    )
 
 
 def usage_delta_us(before_ns: int, after_ns: int) -> int:
@@ -162,13 +165,20 @@ class ShmGrants:
         self._next_index += 1
         path = self._path(shm.slot_name(registration.flexnpu_id))
         try:
-            slot = shm.Slot.create(path, slot_index=index, card_index=registration.npu,
-                                   mem_cap_bytes=registration.memory_alloc * MIB,
-                                   share_permille=_permille(registration, quota),
-                                   priority=registration.priority.rank)
+            slot = shm.Slot.create(
+                path,
+                slot_index=index,
+                card_index=registration.npu,
+                mem_cap_bytes=registration.memory_alloc * MIB,
+                share_permille=_permille(registration, quota),
+                priority=registration.priority.rank,
+            )
         except (OSError, shm.ShmError) as exc:
-            log.warning("shared-memory grant path: no slot for %r (%s); it gets grants over the socket only",
-                        registration.flexnpu_id, exc)
+            log.warning(
+                "shared-memory grant path: no slot for %r (%s); it gets grants over the socket only",
+                registration.flexnpu_id,
+                exc,
+            )
             return
         # Every process of the pod maps its slot read-write, whatever uid it runs as (the card region stays 0644).
         # Which pods see which slots is the device plugin's mount, not this file's mode.

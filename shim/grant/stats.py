@@ -32,8 +32,12 @@ class TenantStats:
         self._trim(now_us)
         window = min(SHARE_WINDOW_US, max(1, now_us - self.since_us))
         share = sum(used for _, used in self._usage) / window
-        return {"device_time_us": float(self.device_time_us), "grants": float(self.grants),
-                "wait_p99_us": float(_p99(self._waits)), "achieved_share": min(1.0, share)}
+        return {
+            "device_time_us": float(self.device_time_us),
+            "grants": float(self.grants),
+            "wait_p99_us": float(_p99(self._waits)),
+            "achieved_share": min(1.0, share),
+        }
 
     def _trim(self, now_us: int) -> None:
         while self._usage and self._usage[0][0] < now_us - SHARE_WINDOW_US:

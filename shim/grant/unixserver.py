@@ -66,10 +66,18 @@ class Limits:
 class UnixServer(Generic[P]):
     """Accepts on ``path`` and runs ``handle(sock, peer)`` in a thread per connection, within ``limits``."""
 
-    def __init__(self, path: str, handle: Callable[[socket.socket, P], None],
-                 identify: Callable[[socket.socket], P], *, name: str, limits: Limits = Limits(),
-                 peer_key: Callable[[P], Hashable] = _itself, mode: int | None = None,
-                 refuse: Callable[[socket.socket, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        handle: Callable[[socket.socket, P], None],
+        identify: Callable[[socket.socket], P],
+        *,
+        name: str,
+        limits: Limits = Limits(),
+        peer_key: Callable[[P], Hashable] = _itself,
+        mode: int | None = None,
+        refuse: Callable[[socket.socket, str], None] | None = None,
+    ) -> None:
         self.path = path
         self.name = name
         self.limits = limits
@@ -164,8 +172,7 @@ class UnixServer(Generic[P]):
             if not reason:
                 self._open[sock] = key
                 self._per_peer[key] += 1
-                thread = threading.Thread(target=self._run, args=(sock, peer), name=f"{self.name}-conn",
-                                          daemon=True)
+                thread = threading.Thread(target=self._run, args=(sock, peer), name=f"{self.name}-conn", daemon=True)
                 self._threads.add(thread)
         if reason:
             self._turn_away(sock, reason)

@@ -99,6 +99,14 @@ struct fx_symbols *fx_acl_symbols(void) { return &g_table; }
 
 #define REAL(name) ((name##_t *)fx_real_fast(&g_table, I_##name))
 
+/* ---- the wrapper shapes (wrap.h) --------------------------------------------------------------------------- */
+
+typedef aclError fx_result;
+#define FX_OK ACL_SUCCESS
+#define FX_NO_MEMORY ACL_ERROR_RT_MEMORY_ALLOCATION
+#define MISSING ACL_ERROR_RT_INTERNAL_ERROR
+#include "wrap.h"
+
 /* ---- device events for the core (the interposer's own events, through the real AscendCL) ---------------- */
 
 typedef aclError create_event_t(aclrtEvent *);
@@ -107,33 +115,25 @@ typedef aclError record_event_t(aclrtEvent, aclrtStream);
 typedef aclError query_event_t(aclrtEvent, int *);
 typedef aclError elapsed_t(float *, aclrtEvent, aclrtEvent);
 
-static void *helper(const char *name) { return fx_resolve(name, g_libraries); }
-
 static int ev_create(void **event)
 {
-    create_event_t *f = (create_event_t *)helper("aclrtCreateEvent");
+    HELPER(create_event_t, "aclrtCreateEvent");
     return f ? f(event) : -1;
 }
 static void ev_destroy(void *event)
 {
-    destroy_event_t *f = (destroy_event_t *)helper("aclrtDestroyEvent");
+    HELPER(destroy_event_t, "aclrtDestroyEvent");
     if (f)
         f(event);
 }
 static int ev_record(void *event, void *stream)
 {
-    static record_event_t *_Atomic fn;
-    record_event_t *f = atomic_load_explicit(&fn, memory_order_relaxed);
-    if (!f)
-        atomic_store(&fn, f = (record_event_t *)helper("aclrtRecordEvent"));
+    HELPER(record_event_t, "aclrtRecordEvent");
     return f ? f(event, stream) : -1;
 }
 static int ev_done(void *event)
 {
-    static query_event_t *_Atomic fn;
-    query_event_t *f = atomic_load_explicit(&fn, memory_order_relaxed);
-    if (!f)
-        atomic_store(&fn, f = (query_event_t *)helper("aclrtQueryEventStatus"));
+    HELPER(query_event_t, "aclrtQueryEventStatus");
     int status = 0;
     if (!f || f(event, &status) != ACL_SUCCESS)
         return -1;
@@ -146,10 +146,7 @@ static int ev_sync(void *event)
 }
 static int ev_elapsed(void *start, void *end, uint64_t *ns)
 {
-    static elapsed_t *_Atomic fn;
-    elapsed_t *f = atomic_load_explicit(&fn, memory_order_relaxed);
-    if (!f)
-        atomic_store(&fn, f = (elapsed_t *)helper("aclrtEventElapsedTime"));
+    HELPER(elapsed_t, "aclrtEventElapsedTime");
     float ms = 0;
     if (!f || f(&ms, start, end) != ACL_SUCCESS || !(ms >= 0.0f) || ms > 1e9f)
         return -1;
@@ -169,86 +166,6 @@ static int not_capturing(void *stream)
 
 static const struct fx_ops g_ops = {FX_ABI_ACL, ev_create, ev_destroy, ev_record, ev_done,
                                     ev_sync, ev_elapsed, dev_sync, not_capturing};
-
-/* ---- shared bodies ---------------------------------------------------------------------------------------- */
-
-#define MISSING ACL_ERROR_RT_INTERNAL_ERROR
-
-/* Gate one launch-like call: `call` is the real call expression, `stream` its stream. */
-#define GATED(name, stream, ...)                                                                                 \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        fx_launch_enter(&g_ops, (stream));                                                                       \
-        fx_nest_in();                                                                                            \
-        aclError r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        fx_launch_exit(&g_ops, (stream), r_ == ACL_SUCCESS);                                                     \
-        return r_;                                                                                               \
-    } while (0)
-
-/* Allocate `bytes` through the real call, within the pod's cap; `out` receives the pointer or handle. */
-#define ALLOCATE(name, out, bytes, ...)                                                                          \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        uint64_t n_ = (uint64_t)(bytes);                                                                         \
-        if (fx_mem_reserve(n_) != 0)                                                                             \
-            return ACL_ERROR_RT_MEMORY_ALLOCATION;                                                               \
-        fx_nest_in();                                                                                            \
-        aclError r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        if (r_ == ACL_SUCCESS && (out) && *(out))                                                                \
-            fx_mem_commit((uint64_t)(uintptr_t) * (out), n_);                                                    \
-        else                                                                                                     \
-            fx_mem_unreserve(n_);                                                                                \
-        return r_;                                                                                               \
-    } while (0)
-
-#define RELEASE(name, key, ...)                                                                                  \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        uint64_t k_ = (uint64_t)(uintptr_t)(key), n_ = fx_mem_forget(k_);                                        \
-        fx_nest_in();                                                                                            \
-        aclError r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        if (r_ == ACL_SUCCESS)                                                                                   \
-            fx_mem_unreserve(n_);                                                                                \
-        else if (n_)                                                                                             \
-            fx_mem_commit(k_, n_);                                                                               \
-        return r_;                                                                                               \
-    } while (0)
-
-#define SYNCED(name, idle, ...)                                                                                        \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        fx_nest_in();                                                                                            \
-        aclError r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        fx_harvest(&g_ops, (idle));                                                                                      \
-        return r_;                                                                                               \
-    } while (0)
-
-static aclError mem_view(aclError r, size_t *free_bytes, size_t *total)
-{
-    if (r == ACL_SUCCESS)
-        fx_mem_view(free_bytes, total);
-    return r;
-}
 
 /* ---- AscendCL --------------------------------------------------------------------------------------------- */
 
@@ -293,7 +210,7 @@ FX_EXPORT aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free_bytes, size_t
     fx_nest_out();
     /* HBM kinds (ACL_HBM_MEM, _HUGE, _NORMAL, _P2P_*) are device memory; DDR kinds are host-side */
     int hbm = attr == ACL_HBM_MEM || attr == 4 || attr == 5 || attr == 8 || attr == 9;
-    return hbm ? mem_view(r, free_bytes, total) : r;
+    return hbm ? fx_mem_viewed(r, free_bytes, total) : r;
 }
 
 FX_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim, const void *argsData,
@@ -378,7 +295,7 @@ FX_EXPORT rtError_t rtMemGetInfoEx(rtMemInfoType_t memInfoType, size_t *free_byt
     int hbm = memInfoType == ACL_HBM_MEM || memInfoType == 4 || memInfoType == 5 || memInfoType == 8 ||
               memInfoType == 9;
     rtError_t r = real(memInfoType, free_bytes, total);
-    return hbm ? mem_view(r, free_bytes, total) : r;
+    return hbm ? fx_mem_viewed(r, free_bytes, total) : r;
 }
 
 FX_EXPORT rtError_t rtMemGetInfo(size_t *free_bytes, size_t *total)
@@ -388,7 +305,7 @@ FX_EXPORT rtError_t rtMemGetInfo(size_t *free_bytes, size_t *total)
         return MISSING;
     if (fx_nested())
         return real(free_bytes, total);
-    return mem_view(real(free_bytes, total), free_bytes, total);
+    return fx_mem_viewed(real(free_bytes, total), free_bytes, total);
 }
 
 FX_EXPORT rtError_t rtKernelLaunch(const void *stubFunc, uint32_t blockDim, void *args, uint32_t argsSize,

@@ -95,6 +95,14 @@ struct fx_symbols *fx_cuda_symbols(void) { return &g_table; }
 
 #define REAL(name) ((name##_t *)fx_real_fast(&g_table, I_##name))
 
+/* ---- the wrapper shapes (wrap.h) ----------------------------------------------------------------------------- */
+
+typedef CUresult fx_result;
+#define FX_OK CUDA_SUCCESS
+#define FX_NO_MEMORY CUDA_ERROR_OUT_OF_MEMORY
+#define MISSING CUDA_ERROR_NOT_FOUND
+#include "wrap.h"
+
 /* ---- device events for the core ----------------------------------------------------------------------------- */
 
 typedef CUresult event_create_t(CUevent *, unsigned int);
@@ -102,12 +110,6 @@ typedef CUresult event_one_t(CUevent);
 typedef CUresult event_record_t(CUevent, CUstream);
 typedef CUresult elapsed_t(float *, CUevent, CUevent);
 typedef CUresult capturing_t(CUstream, CUstreamCaptureStatus *);
-
-#define HELPER(type, name)                                                                                       \
-    static type *_Atomic fn_;                                                                                    \
-    type *f = atomic_load_explicit(&fn_, memory_order_relaxed);                                                  \
-    if (!f)                                                                                                      \
-        atomic_store(&fn_, f = (type *)fx_resolve(name, g_libraries))
 
 static int ev_create(void **event)
 {
@@ -163,76 +165,6 @@ static int capturing(void *stream)
 
 static const struct fx_ops g_ops = {FX_ABI_CUDA, ev_create, ev_destroy, ev_record, ev_done,
                                     ev_sync, ev_elapsed, dev_sync, capturing};
-
-/* ---- shared bodies ------------------------------------------------------------------------------------------- */
-
-#define MISSING CUDA_ERROR_NOT_FOUND
-
-#define GATED(name, stream, ...)                                                                                 \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        void *s_ = (void *)(stream);                                                                             \
-        fx_launch_enter(&g_ops, s_);                                                                             \
-        fx_nest_in();                                                                                            \
-        CUresult r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        fx_launch_exit(&g_ops, s_, r_ == CUDA_SUCCESS);                                                          \
-        return r_;                                                                                               \
-    } while (0)
-
-#define ALLOCATE(name, out, bytes, ...)                                                                          \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        uint64_t n_ = (uint64_t)(bytes);                                                                         \
-        if (fx_mem_reserve(n_) != 0)                                                                             \
-            return CUDA_ERROR_OUT_OF_MEMORY;                                                                     \
-        fx_nest_in();                                                                                            \
-        CUresult r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        if (r_ == CUDA_SUCCESS && (out) && *(out))                                                               \
-            fx_mem_commit((uint64_t) * (out), n_);                                                               \
-        else                                                                                                     \
-            fx_mem_unreserve(n_);                                                                                \
-        return r_;                                                                                               \
-    } while (0)
-
-#define RELEASE(name, key, ...)                                                                                  \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        if (fx_nested())                                                                                         \
-            return real_(__VA_ARGS__);                                                                           \
-        uint64_t k_ = (uint64_t)(key), n_ = fx_mem_forget(k_);                                                   \
-        fx_nest_in();                                                                                            \
-        CUresult r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        if (r_ == CUDA_SUCCESS)                                                                                  \
-            fx_mem_unreserve(n_);                                                                                \
-        else if (n_)                                                                                             \
-            fx_mem_commit(k_, n_);                                                                               \
-        return r_;                                                                                               \
-    } while (0)
-
-#define SYNCED(name, idle, ...)                                                                                        \
-    do {                                                                                                         \
-        name##_t *real_ = REAL(name);                                                                            \
-        if (!real_)                                                                                              \
-            return MISSING;                                                                                      \
-        fx_nest_in();                                                                                            \
-        CUresult r_ = real_(__VA_ARGS__);                                                                        \
-        fx_nest_out();                                                                                           \
-        fx_harvest(&g_ops, (idle));                                                                                      \
-        return r_;                                                                                               \
-    } while (0)
 
 /* ---- launches ------------------------------------------------------------------------------------------------ */
 
@@ -347,10 +279,7 @@ FX_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
     cuMemGetInfo_v2_t *real = REAL(cuMemGetInfo_v2);
     if (!real)
         return MISSING;
-    CUresult r = real(free_bytes, total);
-    if (r == CUDA_SUCCESS)
-        fx_mem_view(free_bytes, total);
-    return r;
+    return fx_mem_viewed(real(free_bytes, total), free_bytes, total);
 }
 
 /* ---- synchronisation ----------------------------------------------------------------------------------------- */

@@ -64,11 +64,17 @@ class RuntimeConfig:
             return None
         device = env.get(names.ENV_DEVICE, "").strip() or "auto"
         if device not in DEVICE_KINDS and not (device.startswith(SIMNPU_PREFIX) and len(device) > len(SIMNPU_PREFIX)):
-            raise RuntimeConfigError("%s=%r: must be one of %s or simnpu:<socket>"
-                                     % (names.ENV_DEVICE, device, ", ".join(DEVICE_KINDS)))
-        return cls(flexnpu_id=flexnpu_id, socket_path=env.get(names.ENV_SOCKET, "").strip() or DEFAULT_SOCKET,
-                   share=_share(env.get(names.ENV_SHARE, "")), memory_mib=_mib(env.get(names.ENV_MEMORY_MIB, "")),
-                   priority=env.get(names.ENV_PRIORITY, "").strip() or "normal", device=device)
+            raise RuntimeConfigError(
+                "%s=%r: must be one of %s or simnpu:<socket>" % (names.ENV_DEVICE, device, ", ".join(DEVICE_KINDS))
+            )
+        return cls(
+            flexnpu_id=flexnpu_id,
+            socket_path=env.get(names.ENV_SOCKET, "").strip() or DEFAULT_SOCKET,
+            share=_share(env.get(names.ENV_SHARE, "")),
+            memory_mib=_mib(env.get(names.ENV_MEMORY_MIB, "")),
+            priority=env.get(names.ENV_PRIORITY, "").strip() or "normal",
+            device=device,
+        )
 
 
 def _share(raw: str) -> float:
@@ -114,7 +120,7 @@ class Runtime:
         self.memory: Any = None
         self.torch_kind = ""
         if config.device.startswith(SIMNPU_PREFIX):
-            self.slicer = self._simnpu(config.device[len(SIMNPU_PREFIX):])
+            self.slicer = self._simnpu(config.device[len(SIMNPU_PREFIX) :])
         else:
             self._device: Any = _NoDevice()
             self.slicer = Slicer(self.grants, self, METER_WALL)
@@ -219,8 +225,9 @@ class _ImportHook(importlib.abc.MetaPathFinder):
         self.callback = callback
         self._finding = False
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
-                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+    def find_spec(
+        self, fullname: str, path: Optional[Sequence[str]], target: Optional[ModuleType] = None
+    ) -> Optional[importlib.machinery.ModuleSpec]:
         if fullname != self.name or self._finding:
             return None
         self._finding = True

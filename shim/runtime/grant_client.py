@@ -33,8 +33,14 @@ class Lease(object):
 
     __slots__ = ("budget_us", "inflight_us", "local", "ops", "seq")
 
-    def __init__(self, seq: int, budget_us: int, ops: Optional[int] = None, local: bool = False,
-                 inflight_us: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        seq: int,
+        budget_us: int,
+        ops: Optional[int] = None,
+        local: bool = False,
+        inflight_us: Optional[int] = None,
+    ) -> None:
         self.seq = seq
         self.budget_us = budget_us
         self.ops = ops
@@ -48,9 +54,16 @@ class Lease(object):
 class GrantClient:
     """One process's connection to the grant server for registration ``flexnpu_id``."""
 
-    def __init__(self, socket_path: str, flexnpu_id: str, fallback_share: float, *,
-                 reconnect_interval_s: float = 0.5, local_slice_us: int = DEFAULT_LOCAL_SLICE_US,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        flexnpu_id: str,
+        fallback_share: float,
+        *,
+        reconnect_interval_s: float = 0.5,
+        local_slice_us: int = DEFAULT_LOCAL_SLICE_US,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.socket_path = socket_path
         self.flexnpu_id = flexnpu_id
         self.share = min(1.0, max(0.01, fallback_share))
@@ -101,8 +114,9 @@ class GrantClient:
         text = str(reply.get("message", "refused by flexnpud"))
         # After a daemon restart the registration may not be restored yet: keep pacing and retry. A daemon at its
         # connection limit is no verdict on us either.
-        retry = code == wire.ERR_BUSY or (code in (wire.ERR_UNKNOWN_REGISTRATION, wire.ERR_UNREGISTERED)
-                                          and self._ever_connected)
+        retry = code == wire.ERR_BUSY or (
+            code in (wire.ERR_UNKNOWN_REGISTRATION, wire.ERR_UNREGISTERED) and self._ever_connected
+        )
         if retry:
             log.warning("flexnpu: %s; pacing locally at share %.2f", text, self.share)
             return
@@ -151,8 +165,9 @@ class GrantClient:
         if self._conn is None:
             return
         try:
-            self._conn.send({"op": wire.OP_RELEASE, "seq": lease.seq, "used_us": int(used_us), "want": want,
-                             "ops_used": ops_used})
+            self._conn.send(
+                {"op": wire.OP_RELEASE, "seq": lease.seq, "used_us": int(used_us), "want": want, "ops_used": ops_used}
+            )
             self._want_sent = want
         except WireError:
             self._lost()
@@ -214,8 +229,12 @@ class GrantClient:
 
     def _take(self, reply: Message) -> Lease:
         ops, inflight = reply.get("ops"), reply.get("inflight_us")
-        self._lease = Lease(int(reply["seq"]), int(reply["budget_us"]), int(ops) if ops is not None else None,
-                            inflight_us=int(inflight) if isinstance(inflight, int) else None)
+        self._lease = Lease(
+            int(reply["seq"]),
+            int(reply["budget_us"]),
+            int(ops) if ops is not None else None,
+            inflight_us=int(inflight) if isinstance(inflight, int) else None,
+        )
         self._revoked = False
         return self._lease
 
@@ -233,4 +252,3 @@ class GrantClient:
         self._want_sent = False
         if self._lease is not None and not self._lease.local:
             self._lease = Lease(0, self._lease.budget_us, None, local=True)
-

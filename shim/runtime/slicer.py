@@ -42,9 +42,14 @@ class Device(Protocol):
 class Slicer:
     """Launch-boundary gating of one process (one thread launching at a time)."""
 
-    def __init__(self, grants: GrantClient, device: Device, meter: str = METER_WALL,
-                 clock: Callable[[], float] = time.perf_counter, inflight_cap_us: float = DEFAULT_INFLIGHT_CAP_US
-                 ) -> None:
+    def __init__(
+        self,
+        grants: GrantClient,
+        device: Device,
+        meter: str = METER_WALL,
+        clock: Callable[[], float] = time.perf_counter,
+        inflight_cap_us: float = DEFAULT_INFLIGHT_CAP_US,
+    ) -> None:
         if meter not in (METER_DECLARED, METER_WALL):
             raise ValueError("meter must be 'declared' or 'wall', not %r" % (meter,))
         self.grants = grants

@@ -95,8 +95,10 @@ class MemoryAccount:
         entry = self._live.get(ptr)
         if entry is None:
             if self.cap_bytes is not None and self.used_bytes + nbytes > self.cap_bytes:
-                raise self.error("flexnpu: out of device memory: %d bytes more would pass this pod's cap of %d "
-                                 "bytes (%d in use)" % (nbytes, self.cap_bytes, self.used_bytes))
+                raise self.error(
+                    "flexnpu: out of device memory: %d bytes more would pass this pod's cap of %d "
+                    "bytes (%d in use)" % (nbytes, self.cap_bytes, self.used_bytes)
+                )
             entry = self._live[ptr] = [nbytes, 0]
             self.used_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.used_bytes)

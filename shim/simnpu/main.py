@@ -15,8 +15,9 @@ DEFAULT_SOCKET = "/tmp/flexnpu-simnpu.sock"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flexnpu simnpu",
-                                     description="A real-time simulated NPU that separate processes share.")
+    parser = argparse.ArgumentParser(
+        prog="flexnpu simnpu", description="A real-time simulated NPU that separate processes share."
+    )
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"unix socket to serve on (default {DEFAULT_SOCKET})")
     parser.add_argument("--model", default="910B3", choices=sorted(CARD_MODELS), help="card model (default 910B3)")
     parser.add_argument("--cards", type=int, default=1, help="number of simulated cards (default 1)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from types import FrameType
 
 from flexnpu import names
 from flexnpu.shim.cli import SITE_DIR
+from flexnpu.waiting import WaitTimeout, free_port, wait_for
 
 
 class NodeError(Exception):
@@ -74,53 +74,54 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, "-m", "flexnpu.cli", *args]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _last_line(proc: subprocess.Popen[bytes]) -> str:
     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     return err.splitlines()[-1] if err else "no output"
 
 
 def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if proc.poll() is not None:
             raise NodeError(f"{what} exited with {proc.returncode}: {_last_line(proc)}")
-        if ready():
-            return
-        time.sleep(0.05)
-    raise NodeError(f"{what} did not come up within {timeout_s:.0f} s")
+        return ready()
+
+    try:
+        wait_for(what, up, timeout_s, interval=0.05)
+    except WaitTimeout as exc:
+        raise NodeError(f"{what} did not come up within {timeout_s:.0f} s") from exc
 
 
 def start_simnpu(node: Node) -> None:
     node.sim_socket = str(node.workdir / "simnpu.sock")
-    proc = subprocess.Popen(_python("simnpu", "--socket", node.sim_socket, "--model", "910B3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=node.workdir)
+    proc = subprocess.Popen(
+        _python("simnpu", "--socket", node.sim_socket, "--model", "910B3"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=node.workdir,
+    )
     node.procs.append(proc)
     _wait_for("flexnpu simnpu", lambda: os.path.exists(node.sim_socket), proc)
 
 
 def daemon_config(node: Node) -> str:
     c = node.config
-    return (f"[server]\nhost = 127.0.0.1\nport = {node.port}\n[logger]\nlog_level = WARNING\n"
-            f"[flexnpu]\nschedule_cycle = {c.slice_us}\npersistent_file_dir = {node.workdir / 'state'}\n"
-            f"share_in_idle = {str(c.share_in_idle).lower()}\ndevices = sim:910B3x1\n"
-            f"oversubscription = {c.oversubscription}\npolicy = {c.policy}\nsocket_dir = {node.workdir / 'run'}\n"
-            f"[ticker]\nquota = {c.quota}\nticker_interval = {c.ticker_interval_us}\n")
+    return (
+        f"[server]\nhost = 127.0.0.1\nport = {node.port}\n[logger]\nlog_level = WARNING\n"
+        f"[flexnpu]\nschedule_cycle = {c.slice_us}\npersistent_file_dir = {node.workdir / 'state'}\n"
+        f"share_in_idle = {str(c.share_in_idle).lower()}\ndevices = sim:910B3x1\n"
+        f"oversubscription = {c.oversubscription}\npolicy = {c.policy}\nsocket_dir = {node.workdir / 'run'}\n"
+        f"[ticker]\nquota = {c.quota}\nticker_interval = {c.ticker_interval_us}\n"
+    )
 
 
 def start_daemon(node: Node) -> None:
-    node.port = _free_port()
+    node.port = free_port()
     conf = node.workdir / "flexnpud.conf"
     conf.write_text(daemon_config(node), encoding="utf-8")
     node.grant_socket = str(node.workdir / "run" / names.SHIM_SOCKET_NAME)
-    proc = subprocess.Popen(_python("daemon", "--config", str(conf)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=node.workdir)
+    proc = subprocess.Popen(
+        _python("daemon", "--config", str(conf)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=node.workdir
+    )
     node.procs.append(proc)
     node.daemon_pid = proc.pid
     _wait_for("flexnpu daemon", lambda: _healthy(node.port) and os.path.exists(node.grant_socket), proc)
@@ -136,10 +137,21 @@ def _healthy(port: int) -> bool:
 
 def register(node: Node, name: str, units: int, priority: str = "normal", memory_mib: int = 4096) -> None:
     """POST /device/register on the node's daemon (the seed's body plus priority)."""
-    body = {"flexnpu_id": name, "entity": f"simulated tenant {name}", "npu": 0, "chip": 0, "aicore_alloc": units,
-            "memory_alloc": memory_mib, "priority": priority}
-    request = urllib.request.Request(f"http://127.0.0.1:{node.port}/device/register", method="POST",
-                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    body = {
+        "flexnpu_id": name,
+        "entity": f"simulated tenant {name}",
+        "npu": 0,
+        "chip": 0,
+        "aicore_alloc": units,
+        "memory_alloc": memory_mib,
+        "priority": priority,
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{node.port}/device/register",
+        method="POST",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=5):
             pass
@@ -147,14 +159,22 @@ def register(node: Node, name: str, units: int, priority: str = "normal", memory
         raise NodeError(f"registering {name} with flexnpud failed: {exc}") from exc
 
 
-def tenant_env(node: Node, name: str, units: int, priority: str = "normal", memory_mib: int = 4096,
-               gated: bool = True) -> dict[str, str]:
+def tenant_env(
+    node: Node, name: str, units: int, priority: str = "normal", memory_mib: int = 4096, gated: bool = True
+) -> dict[str, str]:
     """What the device plugin would inject into the pod of tenant ``name``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = SITE_DIR + os.pathsep + env.get("PYTHONPATH", "")
-    env.update({names.ENV_CLAIM: name, names.ENV_SOCKET: node.grant_socket,
-                names.ENV_DEVICE: "simnpu:" + node.sim_socket, names.ENV_SHARE: str(units / node.config.quota),
-                names.ENV_MEMORY_MIB: str(memory_mib), names.ENV_PRIORITY: priority})
+    env.update(
+        {
+            names.ENV_CLAIM: name,
+            names.ENV_SOCKET: node.grant_socket,
+            names.ENV_DEVICE: "simnpu:" + node.sim_socket,
+            names.ENV_SHARE: str(units / node.config.quota),
+            names.ENV_MEMORY_MIB: str(memory_mib),
+            names.ENV_PRIORITY: priority,
+        }
+    )
     if not gated:
         env[names.ENV_SHIM_DISABLE] = "1"
     return env
@@ -162,8 +182,13 @@ def tenant_env(node: Node, name: str, units: int, priority: str = "normal", memo
 
 def start_worker(node: Node, module: str, args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``python -m module args...`` as a tenant process of the node."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=node.workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=node.workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     node.procs.append(proc)
     return proc
 

@@ -125,9 +125,12 @@ class SimCard:
                 self.device.alloc(context.key, mib * MIB)
             except SimDeviceOutOfMemoryError as exc:
                 limit = "this process's cap" if exc.limit == context.cap_bytes else f"card {self.index}'s memory"
-                raise SimNpuRequestError("oom", f"out of device memory: {mib} MiB more would pass {limit} of "
-                                                f"{exc.limit // MIB} MiB ({exc.used // MIB} MiB in use by this "
-                                                f"process)") from exc
+                raise SimNpuRequestError(
+                    "oom",
+                    f"out of device memory: {mib} MiB more would pass {limit} of "
+                    f"{exc.limit // MIB} MiB ({exc.used // MIB} MiB in use by this "
+                    f"process)",
+                ) from exc
             except DeviceError as exc:
                 raise SimNpuRequestError("bad_size", str(exc)) from exc
             handle = next(self._ids)
@@ -156,10 +159,12 @@ class SimCard:
             return now, {name: self._figures(name, keys) for name, keys in self._names.items()}
 
     def _figures(self, name: str, keys: list[str]) -> dict[str, float]:
-        return {"busy_us": float(sum(self.device.busy_us(k) for k in keys)),
-                "kernels": float(sum(self._contexts[k].done for k in keys)),
-                "memory_mib": float(sum(self.device.memory_used(k) for k in keys) // MIB),
-                "peak_memory_mib": float(self._peak_mib.get(name, 0))}
+        return {
+            "busy_us": float(sum(self.device.busy_us(k) for k in keys)),
+            "kernels": float(sum(self._contexts[k].done for k in keys)),
+            "memory_mib": float(sum(self.device.memory_used(k) for k in keys) // MIB),
+            "peak_memory_mib": float(self._peak_mib.get(name, 0)),
+        }
 
     def _track_peak(self, name: str) -> None:
         used = sum(self.device.memory_used(k) for k in self._names[name]) // MIB
@@ -224,8 +229,9 @@ class SimNpuServer:
         self._stopping = threading.Event()
         self._clock = _Clock()
         self.cards = [SimCard(i, model, self._clock, self._stopping) for i in range(cards)]
-        self._server: UnixServer[Credentials] = UnixServer(socket_path, self._serve, credentials_of, name="simnpu",
-                                                           limits=LIMITS)
+        self._server: UnixServer[Credentials] = UnixServer(
+            socket_path, self._serve, credentials_of, name="simnpu", limits=LIMITS
+        )
 
     def start(self) -> None:
         """Listen on the socket and run the engines; returns once clients can connect."""
@@ -290,8 +296,16 @@ class SimNpuServer:
             self._reply_or_error(context, lambda: _freed(card, context, message.get("handle")))
         elif op == "stats":
             now_us, clients = card.snapshot()
-            context.reply({"ok": True, "now_us": now_us, "card": card.index, "clients": clients,
-                           "memory_used_mib": card.device.memory_in_use() // MIB, "capacity_mib": card.capacity_mib})
+            context.reply(
+                {
+                    "ok": True,
+                    "now_us": now_us,
+                    "card": card.index,
+                    "clients": clients,
+                    "memory_used_mib": card.device.memory_in_use() // MIB,
+                    "capacity_mib": card.capacity_mib,
+                }
+            )
         else:
             context.reply({"ok": False, "error": "protocol", "message": f"unknown op {op!r}"})
 
@@ -333,4 +347,3 @@ def _freed(card: SimCard, context: Context, handle: object) -> Message:
 def _try_send(conn: LineSocket, message: Message) -> None:
     with contextlib.suppress(WireError):
         conn.send(message)
-

@@ -10,14 +10,17 @@ from flexnpu_testsupport.box.kubelet import host_value
 MOUNTS = [("/usr/local/flexnpu/runtime", "/host/runtime"), ("/var/run/flexnpu", "/host/sock")]
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("/usr/local/flexnpu/runtime", "/host/runtime"),
-    ("/var/run/flexnpu/grant.sock", "/host/sock/grant.sock"),
-    ("/var/run/flexnpux/grant.sock", "/var/run/flexnpux/grant.sock"),
-    ("/usr/local/flexnpu/runtime:/opt/lib", "/host/runtime:/opt/lib"),
-    ("0,1", "0,1"),
-    ("high", "high"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/usr/local/flexnpu/runtime", "/host/runtime"),
+        ("/var/run/flexnpu/grant.sock", "/host/sock/grant.sock"),
+        ("/var/run/flexnpux/grant.sock", "/var/run/flexnpux/grant.sock"),
+        ("/usr/local/flexnpu/runtime:/opt/lib", "/host/runtime:/opt/lib"),
+        ("0,1", "0,1"),
+        ("high", "high"),
+    ],
+)
 def test_container_paths_map_to_host_paths(value: str, expected: str) -> None:
     assert host_value(value, MOUNTS) == expected
 

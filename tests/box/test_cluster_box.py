@@ -25,8 +25,11 @@ def _cgroups_writable() -> bool:
     return probe.available
 
 
-pytestmark = pytest.mark.skipif(not _cgroups_writable(), reason="needs a writable cgroup hierarchy: flexnpud "
-                                "tells pods apart by the pod UID in their cgroup, which the box's kubelet sets")
+pytestmark = pytest.mark.skipif(
+    not _cgroups_writable(),
+    reason="needs a writable cgroup hierarchy: flexnpud "
+    "tells pods apart by the pod UID in their cgroup, which the box's kubelet sets",
+)
 
 
 @pytest.fixture

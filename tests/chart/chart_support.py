@@ -25,8 +25,11 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "imagePullSecrets": [{"name": "regcred"}],
     "commonLabels": {"team": "ml-platform"},
     "units": {"unitsPerCard": 100, "oversubscription": 2.5},
-    "ascend": {"hostDriver": False, "nodeSelector": {"accelerator": None, "node.example.com/npu": "910b"},
-               "tolerations": []},
+    "ascend": {
+        "hostDriver": False,
+        "nodeSelector": {"accelerator": None, "node.example.com/npu": "910b"},
+        "tolerations": [],
+    },
     "node": {
         "hostNetwork": False,
         "hostPID": False,
@@ -40,8 +43,13 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     },
     "daemonToken": {"existingSecret": "my-daemon-token", "key": "bearer"},
     "extender": {"replicas": 3, "policy": "binpack", "port": 9000},
-    "scheduler": {"mode": "second", "replicas": 2, "schedulerName": "npu-scheduler",
-                  "image": {"tag": "v1.30.6"}, "extender": {"nodeCacheCapable": False, "ignorable": True}},
+    "scheduler": {
+        "mode": "second",
+        "replicas": 2,
+        "schedulerName": "npu-scheduler",
+        "image": {"tag": "v1.30.6"},
+        "extender": {"nodeCacheCapable": False, "ignorable": True},
+    },
     "operator": {"resyncSeconds": 10, "replicas": 2},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
 }
@@ -61,8 +69,12 @@ def parse_manifests(rendered: dict[str, str]) -> list[Manifest]:
 
 def find(manifests: list[Manifest], kind: str, component: str | None = None) -> list[Manifest]:
     """Objects of ``kind`` (and of the chart ``component`` label, when given)."""
-    return [m for m in manifests if m["kind"] == kind
-            and (component is None or m["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)]
+    return [
+        m
+        for m in manifests
+        if m["kind"] == kind
+        and (component is None or m["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)
+    ]
 
 
 def only(manifests: list[Manifest], kind: str, component: str | None = None) -> Manifest:

@@ -27,6 +27,7 @@ def render(chart: helm.Chart) -> Render:
         options.setdefault("name", RELEASE)
         options.setdefault("namespace", NAMESPACE)
         return parse_manifests(chart.render(values, **options))
+
     return render_values
 
 

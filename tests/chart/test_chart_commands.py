@@ -28,8 +28,13 @@ ENV_REFERENCE = re.compile(r"\$\((\w+)\)")
 
 def our_commands(manifests: list[Manifest]) -> list[list[str]]:
     """The argument lists of every container running the flexnpu image's entry point (no command override)."""
-    return [c["args"] for m in manifests if m["kind"] in ("Deployment", "DaemonSet")
-            for c in m["spec"]["template"]["spec"]["containers"] if "command" not in c]
+    return [
+        c["args"]
+        for m in manifests
+        if m["kind"] in ("Deployment", "DaemonSet")
+        for c in m["spec"]["template"]["spec"]["containers"]
+        if "command" not in c
+    ]
 
 
 @pytest.mark.parametrize("manifests_name", ["default_manifests", "custom_manifests"])
@@ -65,8 +70,9 @@ def test_operator_settings_from_the_rendered_env(manifests_name: str, request: p
     assert settings.daemon_address.value == ("host-ip" if host_network else "pod-ip")
 
 
-def test_operator_replicas_peer_through_one_cluster_peering(default_manifests: list[Manifest],
-                                                            custom_manifests: list[Manifest]) -> None:
+def test_operator_replicas_peer_through_one_cluster_peering(
+    default_manifests: list[Manifest], custom_manifests: list[Manifest]
+) -> None:
     single = containers(only(default_manifests, "Deployment", "operator"))["operator"]["args"]
     assert "--standalone" in single and not [m for m in default_manifests if m["kind"] == "ClusterKopfPeering"]
     deployment = only(custom_manifests, "Deployment", "operator")
@@ -77,5 +83,8 @@ def test_operator_replicas_peer_through_one_cluster_peering(default_manifests: l
     assert f"--peering={peering['metadata']['name']}" in args
     assert operator_main.parser().parse_args(args[1:]).peering == peering["metadata"]["name"]
     role = only(custom_manifests, "ClusterRole", "operator")
-    assert {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
-            "verbs": ["get", "list", "watch", "patch"]} in role["rules"]
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in role["rules"]

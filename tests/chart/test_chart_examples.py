@@ -30,8 +30,7 @@ def pod_metadata(doc: Manifest) -> Manifest:
 def vnpu_request(doc: Manifest) -> VnpuRequest:
     [container] = pod_specs(doc)[0]["containers"]
     limits = container["resources"]["limits"]
-    return parse_vnpu_request(limits[names.RESOURCE_VNPU], UnitsConfig(),
-                              limits.get(names.RESOURCE_VNPU_MEMORY))
+    return parse_vnpu_request(limits[names.RESOURCE_VNPU], UnitsConfig(), limits.get(names.RESOURCE_VNPU_MEMORY))
 
 
 def test_all_examples_are_present() -> None:

@@ -15,8 +15,11 @@ from flexnpu.shim.daemon.config import load_config
 
 def host_paths(daemonset: Manifest) -> dict[str, str]:
     """Volume name -> host path of a DaemonSet's hostPath volumes."""
-    return {str(v["name"]): str(v["hostPath"]["path"]) for v in daemonset["spec"]["template"]["spec"]["volumes"]
-            if "hostPath" in v}
+    return {
+        str(v["name"]): str(v["hostPath"]["path"])
+        for v in daemonset["spec"]["template"]["spec"]["volumes"]
+        if "hostPath" in v
+    }
 
 
 def mounts(container: Manifest) -> dict[str, Manifest]:
@@ -110,8 +113,9 @@ def rendered_daemon_config(manifests: list[Manifest], tmp_path: Path) -> Any:
     return settings
 
 
-def test_daemon_config_is_accepted_by_the_daemon(daemonset: Manifest, default_manifests: list[Manifest],
-                                                 tmp_path: Path) -> None:
+def test_daemon_config_is_accepted_by_the_daemon(
+    daemonset: Manifest, default_manifests: list[Manifest], tmp_path: Path
+) -> None:
     settings = rendered_daemon_config(default_manifests, tmp_path)
     assert settings.socket_dir == names.SHIM_SOCKET_DIR
     assert (settings.host, settings.quota, settings.oversubscription) == ("0.0.0.0", 10, 1.0)
@@ -135,4 +139,5 @@ def test_config_change_rolls_the_daemonset(render: Render) -> None:
     def checksum(values: dict[str, Any]) -> str:
         annotations = only(render(values), "DaemonSet", "node")["spec"]["template"]["metadata"]["annotations"]
         return str(annotations["checksum/config"])
+
     assert checksum({}) != checksum({"node": {"daemon": {"quota": 8}}})

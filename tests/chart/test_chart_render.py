@@ -35,8 +35,16 @@ def validate_all(manifests: list[Manifest], version: str) -> set[tuple[str, str]
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_default_render_is_valid(default_manifests: list[Manifest], kube_version: str) -> None:
     assert validate_all(default_manifests, kube_version) == set()
-    assert {m["kind"] for m in default_manifests} >= {"DaemonSet", "Deployment", "Service", "ConfigMap", "Secret",
-                                                     "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    assert {m["kind"] for m in default_manifests} >= {
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -62,8 +70,11 @@ def test_invalid_object_is_caught_by_the_validator(default_manifests: list[Manif
 
 def test_namespaced_objects_live_in_the_release_namespace(default_manifests: list[Manifest]) -> None:
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
-    elsewhere = [(m["kind"], m["metadata"]["name"], m["metadata"].get("namespace")) for m in default_manifests
-                 if m["kind"] not in cluster_scoped and m["metadata"].get("namespace") != NAMESPACE]
+    elsewhere = [
+        (m["kind"], m["metadata"]["name"], m["metadata"].get("namespace"))
+        for m in default_manifests
+        if m["kind"] not in cluster_scoped and m["metadata"].get("namespace") != NAMESPACE
+    ]
     # The scheduler reads the API server's authentication ConfigMap, which only a RoleBinding in kube-system grants.
     assert elsewhere == [("RoleBinding", "flexnpu-scheduler-auth-reader", "kube-system")]
 
@@ -87,11 +98,13 @@ def test_services_select_a_workload(manifests_name: str, request: pytest.Fixture
         assert any(selector.items() <= labels.items() for labels in pod_labels), service["metadata"]["name"]
 
 
-def test_pod_disruption_budgets_only_with_several_replicas(default_manifests: list[Manifest],
-                                                           custom_manifests: list[Manifest]) -> None:
+def test_pod_disruption_budgets_only_with_several_replicas(
+    default_manifests: list[Manifest], custom_manifests: list[Manifest]
+) -> None:
     assert find(default_manifests, "PodDisruptionBudget") == []
-    budgets = {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in find(custom_manifests,
-                                                                                     "PodDisruptionBudget")}
+    budgets = {
+        m["metadata"]["labels"]["app.kubernetes.io/component"] for m in find(custom_manifests, "PodDisruptionBudget")
+    }
     assert budgets == {"extender", "scheduler"}
 
 

@@ -30,8 +30,12 @@ def extender_entry(manifests: list[Manifest]) -> dict[str, Any]:
 def test_extender_verbs_and_resources(manifests_name: str, request: pytest.FixtureRequest) -> None:
     entry = extender_entry(request.getfixturevalue(manifests_name))
     verbs = {k: entry[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")}
-    assert verbs == {"filterVerb": "filter", "prioritizeVerb": "prioritize", "bindVerb": "bind",
-                     "preemptVerb": "preempt"}
+    assert verbs == {
+        "filterVerb": "filter",
+        "prioritizeVerb": "prioritize",
+        "bindVerb": "bind",
+        "preemptVerb": "preempt",
+    }
     assert entry["enableHTTPS"] is False
     assert entry["weight"] > 0
     managed = {r["name"]: r["ignoredByScheduler"] for r in entry["managedResources"]}
@@ -39,8 +43,7 @@ def test_extender_verbs_and_resources(manifests_name: str, request: pytest.Fixtu
     assert managed == {names.RESOURCE_VNPU: False, names.RESOURCE_VNPU_MEMORY: True}
 
 
-def test_node_cache_capable_follows_values(default_manifests: list[Manifest],
-                                           custom_manifests: list[Manifest]) -> None:
+def test_node_cache_capable_follows_values(default_manifests: list[Manifest], custom_manifests: list[Manifest]) -> None:
     assert extender_entry(default_manifests)["nodeCacheCapable"] is True
     assert extender_entry(custom_manifests)["nodeCacheCapable"] is False
     assert extender_entry(custom_manifests)["ignorable"] is True
@@ -64,14 +67,16 @@ def test_url_prefix_override(render: Render) -> None:
 
 
 @pytest.mark.parametrize("manifests_name", ["default_manifests", "custom_manifests"])
-def test_second_scheduler_runs_the_rendered_configuration(manifests_name: str,
-                                                          request: pytest.FixtureRequest) -> None:
+def test_second_scheduler_runs_the_rendered_configuration(manifests_name: str, request: pytest.FixtureRequest) -> None:
     manifests: list[Manifest] = request.getfixturevalue(manifests_name)
     values_name = "flexnpu-scheduler" if manifests_name == "default_manifests" else "npu-scheduler"
     config = scheduler_config(manifests)
     assert [p["schedulerName"] for p in config["profiles"]] == [values_name]
-    assert config["leaderElection"] == {"leaderElect": True, "resourceName": values_name,
-                                        "resourceNamespace": NAMESPACE}
+    assert config["leaderElection"] == {
+        "leaderElect": True,
+        "resourceName": values_name,
+        "resourceNamespace": NAMESPACE,
+    }
     deployment = only(manifests, "Deployment", "scheduler")
     scheduler = containers(deployment)["kube-scheduler"]
     assert scheduler["image"].startswith("registry.k8s.io/kube-scheduler:v1.")

@@ -24,13 +24,25 @@ def nested(path: str, value: Any) -> dict[str, Any]:
 
 
 REJECTED = [
-    ("units.unitsPerCard", 0), ("units.unitsPerCard", MAX_UNITS_PER_CARD + 1), ("units.unitsPerCard", "10"),
-    ("units.unitsPerCard", 2.5), ("units.oversubscription", 0.5), ("units.oversubscription", 17),
-    ("node.daemon.quota", 0), ("node.daemon.quota", 17), ("extender.policy", "nonsense"),
-    ("node.daemon.policy", "fifo"), ("scheduler.mode", "third"), ("node.daemon.devices", "gpu"),
-    ("node.daemon.port", 0), ("node.devicePlugin.discovery", "guess"), ("extender.logLevel", "loud"),
-    ("node.hostPaths.socketDir", "relative/dir"), ("scheduler.image.tag", "latest"),
-    ("node.devicePlugin.inventory", [{"index": 0, "model": "H100"}]), ("unitsPerCard", 10),
+    ("units.unitsPerCard", 0),
+    ("units.unitsPerCard", MAX_UNITS_PER_CARD + 1),
+    ("units.unitsPerCard", "10"),
+    ("units.unitsPerCard", 2.5),
+    ("units.oversubscription", 0.5),
+    ("units.oversubscription", 17),
+    ("node.daemon.quota", 0),
+    ("node.daemon.quota", 17),
+    ("extender.policy", "nonsense"),
+    ("node.daemon.policy", "fifo"),
+    ("scheduler.mode", "third"),
+    ("node.daemon.devices", "gpu"),
+    ("node.daemon.port", 0),
+    ("node.devicePlugin.discovery", "guess"),
+    ("extender.logLevel", "loud"),
+    ("node.hostPaths.socketDir", "relative/dir"),
+    ("scheduler.image.tag", "latest"),
+    ("node.devicePlugin.inventory", [{"index": 0, "model": "H100"}]),
+    ("unitsPerCard", 10),
     ("extender.replcias", 2),
 ]
 
@@ -44,9 +56,15 @@ def test_values_outside_the_schema_are_rejected(render: Render, path: str, value
 
 
 ACCEPTED = [
-    ("units.unitsPerCard", 1), ("units.unitsPerCard", MAX_UNITS_PER_CARD), ("units.oversubscription", 16),
-    ("units.oversubscription", 1.5), ("node.daemon.quota", 1), ("node.daemon.quota", 16),
-    ("node.daemon.devices", "sim:910B4x16"), ("scheduler.mode", "default"), ("node.maxUnavailable", "10%"),
+    ("units.unitsPerCard", 1),
+    ("units.unitsPerCard", MAX_UNITS_PER_CARD),
+    ("units.oversubscription", 16),
+    ("units.oversubscription", 1.5),
+    ("node.daemon.quota", 1),
+    ("node.daemon.quota", 16),
+    ("node.daemon.devices", "sim:910B4x16"),
+    ("scheduler.mode", "default"),
+    ("node.maxUnavailable", "10%"),
 ]
 
 

@@ -27,6 +27,7 @@ POLL_SECONDS = 2.0
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
     """Poll ``probe`` every POLL_SECONDS (a real API server) until it returns something."""
+
     def boxed() -> tuple[T] | None:  # a found value may be falsy: wait_for stops at a truthy one
         found = probe()
         return None if found is None else (found,)
@@ -81,8 +82,9 @@ def test_example_pod_runs_on_a_vnpu(api_client: Any, namespace: str) -> None:
     assert current.metadata.annotations.get(names.ANNOTATION_BIND_PHASE) == "allocated"
 
     def registered_claim() -> Any:
-        claims = custom.list_namespaced_custom_object(names.CRD_GROUP, names.CRD_VERSION, namespace,
-                                                      names.CRD_PLURAL)["items"]
+        claims = custom.list_namespaced_custom_object(names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL)[
+            "items"
+        ]
         mine = [c for c in claims if c["spec"].get("podRef", {}).get("uid") == current.metadata.uid]
         return mine[0] if mine and mine[0].get("status", {}).get("phase") == "Registered" else None
 

@@ -26,16 +26,24 @@ print("ok")
 
 
 def install(target: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(INSTALLER), str(target)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, str(INSTALLER), str(target)], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_installed_runtime_imports_with_the_standard_library_only(tmp_path: Path) -> None:
     done = install(tmp_path / "runtime")
     assert done.returncode == 0, done.stderr
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path / "runtime")}
-    imported = subprocess.run([sys.executable, "-S", "-c", IMPORT_EVERY_RUNTIME_MODULE, str(tmp_path / "runtime")],
-                              capture_output=True, text=True, timeout=60, check=False, env=env, cwd=tmp_path)
+    imported = subprocess.run(
+        [sys.executable, "-S", "-c", IMPORT_EVERY_RUNTIME_MODULE, str(tmp_path / "runtime")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == "ok"
 
@@ -56,8 +64,7 @@ def test_reinstall_replaces_files_and_deletes_nothing(tmp_path: Path) -> None:
 
 
 def test_usage_and_unwritable_target_fail_with_one_line(tmp_path: Path) -> None:
-    no_args = subprocess.run([sys.executable, str(INSTALLER)], capture_output=True, text=True, timeout=60,
-                             check=False)
+    no_args = subprocess.run([sys.executable, str(INSTALLER)], capture_output=True, text=True, timeout=60, check=False)
     assert no_args.returncode == 2 and no_args.stderr.count("\n") == 1
     blocker = tmp_path / "file"
     blocker.write_text("", encoding="utf-8")
@@ -74,8 +81,13 @@ def test_interposer_is_installed_beside_the_runtime(tmp_path: Path) -> None:
 
         pytest.skip("libflexnpu.so is not built (no C compiler at install time)")
     dest = tmp_path / "lib" / "libflexnpu.so"
-    done = subprocess.run([sys.executable, str(INSTALLER), str(tmp_path / "runtime"), "--interposer", str(dest)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(INSTALLER), str(tmp_path / "runtime"), "--interposer", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert dest.read_bytes() == built.read_bytes()
     assert os.access(dest, os.X_OK)
@@ -86,7 +98,12 @@ def test_interposer_is_installed_beside_the_runtime(tmp_path: Path) -> None:
 def test_interposer_into_an_unwritable_place_fails_with_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    done = subprocess.run([sys.executable, str(INSTALLER), str(tmp_path / "runtime"), "--interposer",
-                           str(blocker / "libflexnpu.so")], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(INSTALLER), str(tmp_path / "runtime"), "--interposer", str(blocker / "libflexnpu.so")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().startswith("cannot install libflexnpu.so at")

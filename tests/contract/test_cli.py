@@ -23,8 +23,9 @@ def test_every_design_command_is_listed(capsys: pytest.CaptureFixture[str]) -> N
 
 @pytest.mark.parametrize("name", sorted(DESIGN_COMMANDS))
 def test_every_command_has_help(name: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "flexnpu.cli", name, "--help"], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "flexnpu.cli", name, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout.lower()
 
@@ -50,8 +51,7 @@ def test_operator_subpackage_does_not_shadow_stdlib() -> None:
 def test_bench_lists_every_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("share", "priority", "overhead", "idle", "grant", "placement", "extender", "deviceplugin",
-                 "operator"):
+    for name in ("share", "priority", "overhead", "idle", "grant", "placement", "extender", "deviceplugin", "operator"):
         assert name in out
     assert main(["bench", "nope"]) == 2
 
@@ -60,8 +60,13 @@ def test_python_started_at_the_repository_root_keeps_the_stdlib_operator() -> No
     # `python -m venv` (and any -m or -c) puts the working directory first on sys.path; a root folder named
     # `operator` would then replace the standard library's before `collections` is imported.
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-S", "-c", "import collections, operator; print(operator.eq(1, 1))"],
-                          capture_output=True, text=True, timeout=60, cwd=root)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", "import collections, operator; print(operator.eq(1, 1))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
 
@@ -73,11 +78,13 @@ def test_demo_cluster_runs_the_cluster_in_a_box(capsys: pytest.CaptureFixture[st
     assert "flexnpu demo --cluster" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "prog"), [(["demo", "--cluster"], "flexnpu demo --cluster"),
-                                            (["bench", "operator", "--quick"], "flexnpu bench operator")])
-def test_commands_that_run_test_support_name_the_extra_without_kmock(argv: list[str], prog: str,
-                                                                     monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [(["demo", "--cluster"], "flexnpu demo --cluster"), (["bench", "operator", "--quick"], "flexnpu bench operator")],
+)
+def test_commands_that_run_test_support_name_the_extra_without_kmock(
+    argv: list[str], prog: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "kmock", None)  # what an install without the test extra finds
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -31,7 +31,11 @@ from flexnpu.units import UnitsConfig
 
 def test_card_models_match_the_design() -> None:
     assert {m: (s.aicores, s.hbm_mib) for m, s in CARD_MODELS.items()} == {
-        "910B1": (24, 65536), "910B2": (24, 65536), "910B3": (20, 65536), "910B4": (20, 32768)}
+        "910B1": (24, 65536),
+        "910B2": (24, 65536),
+        "910B3": (20, 65536),
+        "910B4": (20, 32768),
+    }
     with pytest.raises(ValidationError, match="910C"):
         card_model("910C")
     assert [hccs_ring(i) for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -50,14 +54,17 @@ def test_inventory_round_trip() -> None:
     assert inventory.card("npu-b").healthy is False
 
 
-@pytest.mark.parametrize(("mutate", "field"), [
-    (lambda d: d.update(version=9), "inventory.version"),
-    (lambda d: d["cards"][0].update(model="H100"), "inventory.cards[0].model"),
-    (lambda d: d["cards"][1].update(uuid="npu-a"), "inventory.cards"),
-    (lambda d: d["cards"][0].update(hbm_mib=-1), "inventory.cards[0].hbm_mib"),
-    (lambda d: d["cards"][0].update(health="Sick"), "inventory.cards[0].health"),
-    (lambda d: d.update(units_per_card=0), "inventory.units_per_card"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.update(version=9), "inventory.version"),
+        (lambda d: d["cards"][0].update(model="H100"), "inventory.cards[0].model"),
+        (lambda d: d["cards"][1].update(uuid="npu-a"), "inventory.cards"),
+        (lambda d: d["cards"][0].update(hbm_mib=-1), "inventory.cards[0].hbm_mib"),
+        (lambda d: d["cards"][0].update(health="Sick"), "inventory.cards[0].health"),
+        (lambda d: d.update(units_per_card=0), "inventory.units_per_card"),
+    ],
+)
 def test_bad_inventory_names_the_field(mutate: Callable[[dict[str, Any]], None], field: str) -> None:
     body = json.loads(encode_inventory(_inventory()))
     mutate(body)
@@ -91,8 +98,10 @@ def test_bind_phase_and_time() -> None:
     assert earlier < format_bind_time(when)
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, Priority.NORMAL), ("", Priority.NORMAL), ("high", Priority.HIGH), (" LOW ", Priority.LOW)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, Priority.NORMAL), ("", Priority.NORMAL), ("high", Priority.HIGH), (" LOW ", Priority.LOW)],
+)
 def test_priorities(value: object, expected: Priority) -> None:
     assert parse_priority(value) is expected
 
@@ -113,15 +122,18 @@ def test_seed_registration_body_parses_and_round_trips() -> None:
     assert parse_registration({**SEED_BODY, "flexnpu_id": 3}).flexnpu_id == "3"
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"flexnpu_id": ""}, "flexnpu_id"),
-    ({"npu": -1}, "npu"),
-    ({"npu": "7"}, "npu"),
-    ({"aicore_alloc": 0}, "aicore_alloc"),
-    ({"aicore_alloc": 10**9}, "aicore_alloc"),
-    ({"memory_alloc": -1}, "memory_alloc"),
-    ({"priority": "urgent"}, "priority"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"flexnpu_id": ""}, "flexnpu_id"),
+        ({"npu": -1}, "npu"),
+        ({"npu": "7"}, "npu"),
+        ({"aicore_alloc": 0}, "aicore_alloc"),
+        ({"aicore_alloc": 10**9}, "aicore_alloc"),
+        ({"memory_alloc": -1}, "memory_alloc"),
+        ({"priority": "urgent"}, "priority"),
+    ],
+)
 def test_bad_registration_names_the_field(change: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_registration({**SEED_BODY, **change})
@@ -134,8 +146,14 @@ def test_registration_body_must_be_an_object() -> None:
     assert info.value.field == "body"
 
 
-CLAIM = {"nodeName": "node-1", "npu": 3, "aicoreAlloc": 2, "memoryMiB": 16384, "priority": "high",
-         "podRef": {"name": "web-0", "uid": "1234"}}
+CLAIM = {
+    "nodeName": "node-1",
+    "npu": 3,
+    "aicoreAlloc": 2,
+    "memoryMiB": 16384,
+    "priority": "high",
+    "podRef": {"name": "web-0", "uid": "1234"},
+}
 
 
 def test_claim_spec_round_trip() -> None:
@@ -144,13 +162,16 @@ def test_claim_spec_round_trip() -> None:
     assert parse_claim_spec(spec.to_payload()) == spec
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"nodeName": ""}, "spec.nodeName"),
-    ({"npu": 64}, "spec.npu"),
-    ({"aicoreAlloc": 0}, "spec.aicoreAlloc"),
-    ({"podRef": {"name": "x"}}, "spec.podRef.uid"),
-    ({"priority": 1}, "spec.priority"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"nodeName": ""}, "spec.nodeName"),
+        ({"npu": 64}, "spec.npu"),
+        ({"aicoreAlloc": 0}, "spec.aicoreAlloc"),
+        ({"podRef": {"name": "x"}}, "spec.podRef.uid"),
+        ({"priority": 1}, "spec.priority"),
+    ],
+)
 def test_bad_claim_names_the_field(change: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_claim_spec({**CLAIM, **change})

@@ -51,12 +51,15 @@ def test_lists_and_optionals_from_text() -> None:
     assert settings.path == Path("/x")
 
 
-@pytest.mark.parametrize(("env", "key"), [
-    ({"FLEXNPU_PORT": "eighty"}, "FLEXNPU_PORT"),
-    ({"FLEXNPU_VERBOSE": "maybe"}, "FLEXNPU_VERBOSE"),
-    ({"FLEXNPU_MODE": "turbo"}, "FLEXNPU_MODE"),
-    ({"FLEXNPU_PORT": "70000"}, "port"),
-])
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"FLEXNPU_PORT": "eighty"}, "FLEXNPU_PORT"),
+        ({"FLEXNPU_VERBOSE": "maybe"}, "FLEXNPU_VERBOSE"),
+        ({"FLEXNPU_MODE": "turbo"}, "FLEXNPU_MODE"),
+        ({"FLEXNPU_PORT": "70000"}, "port"),
+    ],
+)
 def test_errors_name_key_and_value(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(Example, env=env)

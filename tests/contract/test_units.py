@@ -21,14 +21,17 @@ from flexnpu.units import (
 U10 = UnitsConfig()
 
 
-@pytest.mark.parametrize(("units", "expected"), [
-    (1, VnpuRequest(units=1, whole_cards=0)),
-    (3, VnpuRequest(units=3, whole_cards=0)),
-    (10, VnpuRequest(units=10, whole_cards=0)),
-    (20, VnpuRequest(units=20, whole_cards=2)),
-    (80, VnpuRequest(units=80, whole_cards=8)),
-    ("4", VnpuRequest(units=4, whole_cards=0)),
-])
+@pytest.mark.parametrize(
+    ("units", "expected"),
+    [
+        (1, VnpuRequest(units=1, whole_cards=0)),
+        (3, VnpuRequest(units=3, whole_cards=0)),
+        (10, VnpuRequest(units=10, whole_cards=0)),
+        (20, VnpuRequest(units=20, whole_cards=2)),
+        (80, VnpuRequest(units=80, whole_cards=8)),
+        ("4", VnpuRequest(units=4, whole_cards=0)),
+    ],
+)
 def test_valid_requests(units: object, expected: VnpuRequest) -> None:
     assert parse_vnpu_request(units, U10) == expected
 
@@ -62,13 +65,16 @@ def test_any_accepted_request_is_a_fraction_or_whole_cards(u: int, per_card: int
         assert request.whole_cards * per_card == u
 
 
-@pytest.mark.parametrize(("units", "memory", "hbm", "expected"), [
-    (3, None, 65536, 19660),
-    (5, None, 32768, 16384),
-    (10, None, 65536, 65536),
-    (20, None, 65536, 65536),
-    (3, 16384, 65536, 16384),
-])
+@pytest.mark.parametrize(
+    ("units", "memory", "hbm", "expected"),
+    [
+        (3, None, 65536, 19660),
+        (5, None, 32768, 16384),
+        (10, None, 65536, 65536),
+        (20, None, 65536, 65536),
+        (3, 16384, 65536, 16384),
+    ],
+)
 def test_default_memory(units: int, memory: int | None, hbm: int, expected: int) -> None:
     request = parse_vnpu_request(units, U10, memory)
     assert default_memory_mib(request, hbm, 10) == expected

@@ -46,8 +46,9 @@ def kubelet(short_dir: Path) -> Iterator[StubKubelet]:
 def run_plugin(tmp_path: Path, kubelet: StubKubelet) -> Iterator[Any]:
     started: list[RunningPlugin] = []
 
-    def start(cards: list[dict[str, Any]] | None = None, *, kube: KubeApi | None = None,
-              units: UnitsConfig | None = None) -> RunningPlugin:
+    def start(
+        cards: list[dict[str, Any]] | None = None, *, kube: KubeApi | None = None, units: UnitsConfig | None = None
+    ) -> RunningPlugin:
         inventory = write_inventory(tmp_path / "inventory.yaml", cards or eight_cards())
         running = RunningPlugin(inventory, kubelet.directory, kube, units or UnitsConfig()).start()
         started.append(running)

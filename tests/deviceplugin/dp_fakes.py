@@ -25,8 +25,10 @@ def write_inventory(path: Path, cards: list[dict[str, Any]]) -> Path:
 
 def eight_cards(health: dict[int, str] | None = None) -> list[dict[str, Any]]:
     health = health or {}
-    return [{"index": i, "model": "910B3", "bus_id": f"0000:{0xC1 + i:02X}:00.0",
-             "health": health.get(i, "Healthy")} for i in range(8)]
+    return [
+        {"index": i, "model": "910B3", "bus_id": f"0000:{0xC1 + i:02X}:00.0", "health": health.get(i, "Healthy")}
+        for i in range(8)
+    ]
 
 
 class RunningPlugin:

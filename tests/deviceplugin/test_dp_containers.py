@@ -329,8 +329,10 @@ def test_quantities_in_the_api_servers_canonical_form_are_read() -> None:
     # The API server stores a request of 2000 as "2k"; kmock never canonicalises, the real one does.
     from flexnpu.deviceplugin.core.pods import container_requests
 
-    spec = {"containers": [
-        {"name": "a", "resources": {"limits": {names.RESOURCE_VNPU: "2", names.RESOURCE_VNPU_MEMORY: "2k"}}},
-        {"name": "b", "resources": {"limits": {names.RESOURCE_VNPU: "1", names.RESOURCE_VNPU_MEMORY: "1500m"}}},
-    ]}
+    spec = {
+        "containers": [
+            {"name": "a", "resources": {"limits": {names.RESOURCE_VNPU: "2", names.RESOURCE_VNPU_MEMORY: "2k"}}},
+            {"name": "b", "resources": {"limits": {names.RESOURCE_VNPU: "1", names.RESOURCE_VNPU_MEMORY: "1500m"}}},
+        ]
+    }
     assert container_requests(spec) == (ContainerRequest("a", 2, 2000), ContainerRequest("b", 1, None))

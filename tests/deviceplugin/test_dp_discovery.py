@@ -15,26 +15,33 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def test_inventory_yaml_and_json(tmp_path: Path) -> None:
-    (tmp_path / "a.yaml").write_text("cards:\n  - {index: 1, model: 910B4, bus_id: '0000:C1:00.0'}\n"
-                                     "  - {index: 0, model: 910B1, uuid: card-x, health: Unhealthy}\n")
+    (tmp_path / "a.yaml").write_text(
+        "cards:\n  - {index: 1, model: 910B4, bus_id: '0000:C1:00.0'}\n"
+        "  - {index: 0, model: 910B1, uuid: card-x, health: Unhealthy}\n"
+    )
     cards = InventoryFileScanner(tmp_path / "a.yaml").scan()
     assert [(c.uuid, c.model, c.hbm_mib, c.aicores, c.health) for c in cards] == [
-        ("npu-0000-c1-00-0", "910B4", 32768, 20, Health.HEALTHY), ("card-x", "910B1", 65536, 24, Health.UNHEALTHY)]
+        ("npu-0000-c1-00-0", "910B4", 32768, 20, Health.HEALTHY),
+        ("card-x", "910B1", 65536, 24, Health.UNHEALTHY),
+    ]
     (tmp_path / "b.json").write_text('[{"index": 0, "model": "910B3"}]')
     assert [c.uuid for c in InventoryFileScanner(tmp_path / "b.json").scan()] == ["npu-0"]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("cards: []", "lists no card"),
-    ("cards: {index: 0}", "cards"),
-    ("cards:\n  - {index: 0}", "cards[0].model"),
-    ("cards:\n  - {index: 0, model: 310P3}", "unknown card model"),
-    ("cards:\n  - {index: -1, model: 910B3}", "cards[0].index"),
-    ("cards:\n  - {index: 0, model: 910B3, health: Sick}", "cards[0].health"),
-    ("cards:\n  - {index: 0, model: 910B3}\n  - {index: 0, model: 910B3, uuid: b}", "index/chip"),
-    ("cards:\n  - {index: 0, model: 910B3, uuid: 'has space'}", "device_id"),
-    ("cards: [unclosed", "not valid JSON/YAML"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("cards: []", "lists no card"),
+        ("cards: {index: 0}", "cards"),
+        ("cards:\n  - {index: 0}", "cards[0].model"),
+        ("cards:\n  - {index: 0, model: 310P3}", "unknown card model"),
+        ("cards:\n  - {index: -1, model: 910B3}", "cards[0].index"),
+        ("cards:\n  - {index: 0, model: 910B3, health: Sick}", "cards[0].health"),
+        ("cards:\n  - {index: 0, model: 910B3}\n  - {index: 0, model: 910B3, uuid: b}", "index/chip"),
+        ("cards:\n  - {index: 0, model: 910B3, uuid: 'has space'}", "device_id"),
+        ("cards: [unclosed", "not valid JSON/YAML"),
+    ],
+)
 def test_malformed_inventory_names_file_and_field(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "inventory.yaml"
     path.write_text(content)
@@ -62,8 +69,10 @@ def test_dev_scan_of_a_fake_dev(tmp_path: Path) -> None:
 def fake_npu_smi(tmp_path: Path, output: str, code: int = 0) -> str:
     (tmp_path / "out.txt").write_text(output)
     script = tmp_path / "npu-smi"
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write(open({str(tmp_path / 'out.txt')!r}).read())\n"
-                      f"sys.exit({code})\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stdout.write(open({str(tmp_path / 'out.txt')!r}).read())\n"
+        f"sys.exit({code})\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return f"{script} info"
 
@@ -74,11 +83,14 @@ def test_npu_smi_command(tmp_path: Path) -> None:
     assert len(cards) == 8 and cards[2].bus_id == "0000:81:00.0"
 
 
-@pytest.mark.parametrize(("output", "code", "message"), [
-    ("| garbled |\n", 0, "line 1"),
-    ("", 0, "no NPU rows"),
-    ("dcmi module initialize failed\n", 3, "exited 3: dcmi module initialize failed"),
-])
+@pytest.mark.parametrize(
+    ("output", "code", "message"),
+    [
+        ("| garbled |\n", 0, "line 1"),
+        ("", 0, "no NPU rows"),
+        ("dcmi module initialize failed\n", 3, "exited 3: dcmi module initialize failed"),
+    ],
+)
 def test_npu_smi_failures_are_errors(tmp_path: Path, output: str, code: int, message: str) -> None:
     with pytest.raises(DiscoveryError, match="npu-smi command") as err:
         NpuSmiScanner(fake_npu_smi(tmp_path, output, code)).scan()

@@ -27,8 +27,11 @@ def cards_of(ids: list[str]) -> set[str]:
 
 
 def allocating(card: int, units: int, memory: int, bind_time: str = "2026-01-01T00:00:01.000000Z") -> dict[str, str]:
-    return {names.ANNOTATION_BIND_PHASE: "allocating", names.ANNOTATION_BIND_TIME: bind_time,
-            names.ANNOTATION_ASSIGNED: encode_assignment([CardAssignment(CARD[card], card, units, memory)])}
+    return {
+        names.ANNOTATION_BIND_PHASE: "allocating",
+        names.ANNOTATION_BIND_TIME: bind_time,
+        names.ANNOTATION_ASSIGNED: encode_assignment([CardAssignment(CARD[card], card, units, memory)]),
+    }
 
 
 def test_registers_after_serving(kubelet: StubKubelet, run_plugin: Any) -> None:
@@ -80,8 +83,9 @@ def test_health_transitions_follow_the_card(kubelet: StubKubelet, run_plugin: An
     assert not running.plugin.rescan()  # no change, no update
 
 
-def test_preferred_allocation_and_allocate_on_the_assigned_card(kubelet: StubKubelet, run_plugin: Any,
-                                                               k8s: KubeEmulator, kube_api: KubeApi) -> None:
+def test_preferred_allocation_and_allocate_on_the_assigned_card(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
+) -> None:
     k8s.create_pod("infer", 3, annotations={**allocating(5, 3, 16384), names.ANNOTATION_PRIORITY: "high"})
     run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
@@ -90,15 +94,26 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(kubelet: StubKub
     ids, response = kubelet.allocate_units(3)
     assert cards_of(ids) == {CARD[5]} and len(ids) == 3
     assert dict(response.envs) == {
-        "ASCEND_VISIBLE_DEVICES": "5", "ASCEND_RT_VISIBLE_DEVICES": "0",
-        "FLEXNPU_CARD": CARD[5], "FLEXNPU_CARD_INDEX": "5", "FLEXNPU_UNITS": "3", "FLEXNPU_UNITS_PER_CARD": "10",
-        "FLEXNPU_SHARE": "0.3", "FLEXNPU_MEMORY_MIB": "16384", "FLEXNPU_PRIORITY": "high",
-        "FLEXNPU_CLAIM": "default/infer", "FLEXNPU_SOCKET": f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}",
-        "FLEXNPU_SHIM_DIR": names.SHIM_SOCKET_DIR, "PYTHONPATH": names.SHIM_RUNTIME_POD_DIR,
+        "ASCEND_VISIBLE_DEVICES": "5",
+        "ASCEND_RT_VISIBLE_DEVICES": "0",
+        "FLEXNPU_CARD": CARD[5],
+        "FLEXNPU_CARD_INDEX": "5",
+        "FLEXNPU_UNITS": "3",
+        "FLEXNPU_UNITS_PER_CARD": "10",
+        "FLEXNPU_SHARE": "0.3",
+        "FLEXNPU_MEMORY_MIB": "16384",
+        "FLEXNPU_PRIORITY": "high",
+        "FLEXNPU_CLAIM": "default/infer",
+        "FLEXNPU_SOCKET": f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}",
+        "FLEXNPU_SHIM_DIR": names.SHIM_SOCKET_DIR,
+        "PYTHONPATH": names.SHIM_RUNTIME_POD_DIR,
     }
     assert [(d.container_path, d.host_path, d.permissions) for d in response.devices] == [
-        ("/dev/davinci5", "/dev/davinci5", "rw"), ("/dev/davinci_manager", "/dev/davinci_manager", "rw"),
-        ("/dev/devmm_svm", "/dev/devmm_svm", "rw"), ("/dev/hisi_hdc", "/dev/hisi_hdc", "rw")]
+        ("/dev/davinci5", "/dev/davinci5", "rw"),
+        ("/dev/davinci_manager", "/dev/davinci_manager", "rw"),
+        ("/dev/devmm_svm", "/dev/devmm_svm", "rw"),
+        ("/dev/hisi_hdc", "/dev/hisi_hdc", "rw"),
+    ]
     mounts = {m.container_path: (m.host_path, m.read_only) for m in response.mounts}
     assert {p: mounts[p] for p in names.ASCEND_DRIVER_MOUNTS} == {p: (p, True) for p in names.ASCEND_DRIVER_MOUNTS}
     assert mounts[names.SHIM_RUNTIME_POD_DIR] == (names.SHIM_RUNTIME_HOST_DIR, True)
@@ -117,8 +132,9 @@ def pod_lists(k8s: KubeEmulator) -> int:
     return sum(1 for r in k8s.emulator._requests if r.method.value == "GET" and r.url.path == "/api/v1/pods")
 
 
-def test_allocate_of_the_offered_ids_reuses_the_pod_found_for_them(kubelet: StubKubelet, run_plugin: Any,
-                                                                   k8s: KubeEmulator, kube_api: KubeApi) -> None:
+def test_allocate_of_the_offered_ids_reuses_the_pod_found_for_them(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
+) -> None:
     k8s.create_pod("serve", 3, annotations=allocating(5, 3, 16384))
     k8s.create_pod("batch", 4, annotations=allocating(6, 4, 8192, "2026-01-01T00:00:02.000000Z"))
     run_plugin(kube=kube_api)
@@ -137,12 +153,18 @@ def test_allocate_of_the_offered_ids_reuses_the_pod_found_for_them(kubelet: Stub
     assert dict(response.envs)["FLEXNPU_CLAIM"] == "default/batch"
 
 
-def test_an_offer_older_than_its_time_to_live_is_not_reused(k8s: KubeEmulator, kube_api: KubeApi,
-                                                             tmp_path: Path) -> None:
+def test_an_offer_older_than_its_time_to_live_is_not_reused(
+    k8s: KubeEmulator, kube_api: KubeApi, tmp_path: Path
+) -> None:
     k8s.create_pod("serve", 3, annotations=allocating(5, 3, 16384))
     now = [100.0]
-    plugin = VnpuPlugin(InventoryFileScanner(write_inventory(tmp_path / "inventory.yaml", eight_cards())),
-                        UnitsConfig(), NodeLayout(10), kube=kube_api, clock=lambda: now[0])
+    plugin = VnpuPlugin(
+        InventoryFileScanner(write_inventory(tmp_path / "inventory.yaml", eight_cards())),
+        UnitsConfig(),
+        NodeLayout(10),
+        kube=kube_api,
+        clock=lambda: now[0],
+    )
     plugin.rescan()
     offered = plugin.preferred([d.id for d in plugin.devices()[1]], [], 3)
     before = pod_lists(k8s)
@@ -152,12 +174,17 @@ def test_an_offer_older_than_its_time_to_live_is_not_reused(k8s: KubeEmulator, k
     assert allocation.pod is not None and allocation.pod.ref.name == "serve"
 
 
-def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
-                                  kube_api: KubeApi) -> None:
+def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi) -> None:
     assigned = [CardAssignment(CARD[4], 4, 10, 65536), CardAssignment(CARD[6], 6, 10, 65536)]
-    k8s.create_pod("train", 20, annotations={names.ANNOTATION_BIND_PHASE: "allocating",
-                                             names.ANNOTATION_BIND_TIME: "2026-01-01T00:00:01.000000Z",
-                                             names.ANNOTATION_ASSIGNED: encode_assignment(assigned)})
+    k8s.create_pod(
+        "train",
+        20,
+        annotations={
+            names.ANNOTATION_BIND_PHASE: "allocating",
+            names.ANNOTATION_BIND_TIME: "2026-01-01T00:00:01.000000Z",
+            names.ANNOTATION_ASSIGNED: encode_assignment(assigned),
+        },
+    )
     run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     ids, response = kubelet.allocate_units(20)
@@ -169,8 +196,9 @@ def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: Ku
     assert k8s.annotations("pod", "train")[names.ANNOTATION_BIND_PHASE] == "allocated"
 
 
-def test_pod_without_assignment_gets_a_best_fit_card_recorded_on_it(kubelet: StubKubelet, run_plugin: Any,
-                                                                    k8s: KubeEmulator, kube_api: KubeApi) -> None:
+def test_pod_without_assignment_gets_a_best_fit_card_recorded_on_it(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
+) -> None:
     run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     # Card 2 is already 6/10 used: a 4-unit pod fits exactly there (best fit), not on an empty card.
@@ -184,8 +212,9 @@ def test_pod_without_assignment_gets_a_best_fit_card_recorded_on_it(kubelet: Stu
     assert decode_assignment(annotations[names.ANNOTATION_ASSIGNED]) == (CardAssignment(CARD[2], 2, 4, 8192),)
 
 
-def test_two_pods_back_to_back_each_get_their_own_card(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
-                                                       kube_api: KubeApi) -> None:
+def test_two_pods_back_to_back_each_get_their_own_card(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
+) -> None:
     k8s.create_pod("second", 5, annotations=allocating(7, 5, 1000, "2026-01-01T00:00:02.000000Z"))
     k8s.create_pod("first", 5, annotations=allocating(1, 5, 2000, "2026-01-01T00:00:01.000000Z"))
     run_plugin(kube=kube_api)
@@ -193,13 +222,16 @@ def test_two_pods_back_to_back_each_get_their_own_card(kubelet: StubKubelet, run
     first_ids, first = kubelet.allocate_units(5)
     second_ids, second = kubelet.allocate_units(5)
     assert (cards_of(first_ids), cards_of(second_ids)) == ({CARD[1]}, {CARD[7]})
-    assert (dict(first.envs)["FLEXNPU_CLAIM"], dict(second.envs)["FLEXNPU_CLAIM"]) == ("default/first",
-                                                                                       "default/second")
+    assert (dict(first.envs)["FLEXNPU_CLAIM"], dict(second.envs)["FLEXNPU_CLAIM"]) == (
+        "default/first",
+        "default/second",
+    )
     assert {k8s.annotations("pod", p)[names.ANNOTATION_BIND_PHASE] for p in ("first", "second")} == {"allocated"}
 
 
-def test_assignment_on_an_unhealthy_card_fails_the_pod(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
-                                                       kube_api: KubeApi) -> None:
+def test_assignment_on_an_unhealthy_card_fails_the_pod(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
+) -> None:
     k8s.create_pod("unlucky", 2, annotations=allocating(3, 2, 1024))
     run_plugin(eight_cards({3: "Unhealthy"}), kube=kube_api)
     kubelet.wait_for_registration()
@@ -214,8 +246,9 @@ def test_assignment_on_an_unhealthy_card_fails_the_pod(kubelet: StubKubelet, run
     assert "Unhealthy" in annotations[names.ANNOTATION_BIND_REASON]
 
 
-def test_node_inventory_published_at_start_and_on_change(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
-                                                         kube_api: KubeApi, tmp_path: Path) -> None:
+def test_node_inventory_published_at_start_and_on_change(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi, tmp_path: Path
+) -> None:
     running = run_plugin(kube=kube_api)
     inventory = decode_inventory(k8s.annotations("node", NODE)[names.ANNOTATION_INVENTORY])
     assert [c.uuid for c in inventory.cards] == [CARD[i] for i in range(8)]
@@ -226,8 +259,9 @@ def test_node_inventory_published_at_start_and_on_change(kubelet: StubKubelet, r
     assert not inventory.cards[0].healthy and inventory.cards[1].healthy
 
 
-def test_plugin_restart_leaves_running_pods_untouched(kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator,
-                                                      kube_api: KubeApi, tmp_path: Path) -> None:
+def test_plugin_restart_leaves_running_pods_untouched(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi, tmp_path: Path
+) -> None:
     k8s.create_pod("running", 3, annotations=allocating(5, 3, 16384))
     first = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
@@ -240,14 +274,16 @@ def test_plugin_restart_leaves_running_pods_untouched(kubelet: StubKubelet, run_
     kubelet.wait_for_registration(2)
     after = k8s.pod("running")
     assert json.dumps(after["metadata"]["annotations"], sort_keys=True) == json.dumps(
-        before["metadata"]["annotations"], sort_keys=True)
+        before["metadata"]["annotations"], sort_keys=True
+    )
     assert set(ids) <= {d.ID for d in kubelet.devices if d.health == "Healthy"}
     assert kubelet.allocated == set(ids)
 
 
 @pytest.mark.parametrize("size", [-1, 0, 81])
-def test_preferred_allocation_of_a_size_kubelet_cannot_ask_is_invalid(kubelet: StubKubelet, run_plugin: Any,
-                                                                    size: int) -> None:
+def test_preferred_allocation_of_a_size_kubelet_cannot_ask_is_invalid(
+    kubelet: StubKubelet, run_plugin: Any, size: int
+) -> None:
     run_plugin()
     kubelet.wait_for_registration()
     with pytest.raises(grpc.RpcError) as raised:
@@ -268,8 +304,9 @@ def test_preferred_allocation_must_include_only_available_ids(kubelet: StubKubel
 
 
 @pytest.mark.parametrize("id_of", [lambda k: f"{CARD[k % 8]}-{k // 8}", lambda k: f"no-such-card-{k:05d}"])
-def test_an_allocate_of_ten_thousand_ids_is_refused_with_a_short_reason(kubelet: StubKubelet, run_plugin: Any,
-                                                                      id_of: Any) -> None:
+def test_an_allocate_of_ten_thousand_ids_is_refused_with_a_short_reason(
+    kubelet: StubKubelet, run_plugin: Any, id_of: Any
+) -> None:
     run_plugin()
     kubelet.wait_for_registration()
     ids = [id_of(k) for k in range(10_000)]

@@ -19,8 +19,16 @@ from flexnpu.npusmi import (
 DATA = Path(__file__).resolve().parent / "data"
 PLAIN = "info-8x910B3-24.1.txt"
 WITH_PROCESSES = "info-8x910B3-25.2-with-processes.txt"
-BUS_IDS = ["0000:C1:00.0", "0000:C2:00.0", "0000:81:00.0", "0000:82:00.0",
-           "0000:01:00.0", "0000:02:00.0", "0000:41:00.0", "0000:42:00.0"]
+BUS_IDS = [
+    "0000:C1:00.0",
+    "0000:C2:00.0",
+    "0000:81:00.0",
+    "0000:82:00.0",
+    "0000:01:00.0",
+    "0000:02:00.0",
+    "0000:41:00.0",
+    "0000:42:00.0",
+]
 
 
 def sample(name: str) -> str:
@@ -34,13 +42,17 @@ def test_eight_910b3_cards_with_bus_ids_and_uuids(name: str) -> None:
     assert [c.bus_id for c in cards] == BUS_IDS
     assert [c.uuid for c in cards][:3] == ["npu-0000-c1-00-0", "npu-0000-c2-00-0", "npu-0000-81-00-0"]
     assert {(c.model, c.aicores, c.hbm_mib, c.chip, c.health) for c in cards} == {
-        ("910B3", 20, 65536, 0, Health.HEALTHY)}
+        ("910B3", 20, 65536, 0, Health.HEALTHY)
+    }
 
 
-@pytest.mark.parametrize(("name", "version", "hbm_used"), [
-    (PLAIN, "24.1.rc1.b030", [3318, 3314, 3314, 3314, 3314, 3314, 3314, 3315]),
-    (WITH_PROCESSES, "25.2.0", [3408, 3408, 41052, 3390, 3403, 3400, 3401, 3400]),
-])
+@pytest.mark.parametrize(
+    ("name", "version", "hbm_used"),
+    [
+        (PLAIN, "24.1.rc1.b030", [3318, 3314, 3314, 3314, 3314, 3314, 3314, 3315]),
+        (WITH_PROCESSES, "25.2.0", [3408, 3408, 41052, 3390, 3403, 3400, 3401, 3400]),
+    ],
+)
 def test_live_readings_including_the_busy_hbm_form(name: str, version: str, hbm_used: list[int]) -> None:
     info = parse_npu_smi(sample(name))
     assert info.version == version
@@ -55,10 +67,16 @@ def test_processes_table() -> None:
     assert (process.npu, process.chip, process.pid, process.name, process.memory_mib) == (2, 0, 1333928, "", 37709)
 
 
-@pytest.mark.parametrize(("word", "health"), [
-    ("OK", Health.HEALTHY), ("Warning", Health.HEALTHY), ("Alarm", Health.UNHEALTHY),
-    ("Critical", Health.UNHEALTHY), ("UNKNOWN", Health.UNHEALTHY),
-])
+@pytest.mark.parametrize(
+    ("word", "health"),
+    [
+        ("OK", Health.HEALTHY),
+        ("Warning", Health.HEALTHY),
+        ("Alarm", Health.UNHEALTHY),
+        ("Critical", Health.UNHEALTHY),
+        ("UNKNOWN", Health.UNHEALTHY),
+    ],
+)
 def test_health_words(word: str, health: Health) -> None:
     text = sample(PLAIN).replace("| OK            |", f"| {word:<13} |", 1)
     cards = parse_npu_smi_info(text)
@@ -68,13 +86,21 @@ def test_health_words(word: str, health: Health) -> None:
 
 # (replace this, with that) -> the 1-based line the error must name
 MALFORMED = [
-    pytest.param("| 0                         | 0000:C1:00.0  |", "| x                         | 0000:C1:00.0  |",
-                 8, id="chip-not-a-number"),
+    pytest.param(
+        "| 0                         | 0000:C1:00.0  |",
+        "| x                         | 0000:C1:00.0  |",
+        8,
+        id="chip-not-a-number",
+    ),
     pytest.param("0000:C2:00.0  |", "bus-id-broke  |", 11, id="bad-bus-id"),
     pytest.param("3314 / 65536         |", "3314 of 65536        |", 11, id="no-hbm-usage"),
     pytest.param("| 3     910B3 ", "| 3     310P3 ", 16, id="unknown-model"),
-    pytest.param("+===========================+===============+====================================================+\n"
-                 "| 4 ", "garbage between rows\n| 4 ", 18, id="stray-text"),
+    pytest.param(
+        "+===========================+===============+====================================================+\n| 4 ",
+        "garbage between rows\n| 4 ",
+        18,
+        id="stray-text",
+    ),
 ]
 
 
@@ -129,7 +155,11 @@ BOARD = """\
 def test_chip_mapping() -> None:
     rows = parse_chip_mapping(CHIP_MAPPING)
     assert [(r.npu, r.chip, r.logic_id, r.name) for r in rows] == [
-        (0, 0, 0, "Ascend 910B3"), (0, 1, None, "Mcu"), (1, 0, 1, "Ascend 910B3"), (1, 1, None, "Mcu")]
+        (0, 0, 0, "Ascend 910B3"),
+        (0, 1, None, "Mcu"),
+        (1, 0, 1, "Ascend 910B3"),
+        (1, 1, None, "Mcu"),
+    ]
 
 
 def test_chip_mapping_malformed_names_the_line() -> None:

@@ -65,8 +65,9 @@ def test_threads_reserving_the_same_card_never_overbook_it() -> None:
 
 async def test_a_failed_binding_releases_the_reservation(extender: Extender, kube: kmock.KubernetesEmulator) -> None:
     extender.add_node("n1", inventory(1))
-    kube["post", BINDING_PATH].override << kmock.KubernetesError(status=500, reason="InternalError",
-                                                                 message="etcd is sad")
+    kube["post", BINDING_PATH].override << kmock.KubernetesError(
+        status=500, reason="InternalError", message="etcd is sad"
+    )
     body = extender.create_pod(pod("unlucky", 6))
     await extender.post("filter", {"Pod": body, "NodeNames": ["n1"]})
 

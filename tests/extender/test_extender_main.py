@@ -16,16 +16,20 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--node-cache-capable" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--policy", "worstfit"], "policy='worstfit'"),
-    (["--listen", "8888"], "listen='8888'"),
-    (["--max-body-bytes", "lots"], "--max-body-bytes"),
-    (["--units-per-card", "0"], "units_per_card"),
-    (["--node-cache-capable", "maybe"], "--node-cache-capable"),
-    (["--api-server", ""], "KUBERNETES_SERVICE_HOST"),
-])
-def test_bad_settings_exit_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--policy", "worstfit"], "policy='worstfit'"),
+        (["--listen", "8888"], "listen='8888'"),
+        (["--max-body-bytes", "lots"], "--max-body-bytes"),
+        (["--units-per-card", "0"], "units_per_card"),
+        (["--node-cache-capable", "maybe"], "--node-cache-capable"),
+        (["--api-server", ""], "KUBERNETES_SERVICE_HOST"),
+    ],
+)
+def test_bad_settings_exit_with_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -35,7 +39,12 @@ def test_bad_settings_exit_with_one_line(argv: list[str], needle: str, capsys: p
 def test_settings_from_environment_and_file(tmp_path: pytest.TempPathFactory) -> None:
     path = tmp_path / "extender.yaml"  # type: ignore[operator]
     path.write_text("policy: spread\nlease-name: from-file\n")
-    settings = load_settings(ExtenderSettings, flags={"policy": "binpack"}, env={"FLEXNPU_EXTENDER_NAMESPACE": "ops"},
-                             file=path, env_prefix="FLEXNPU_EXTENDER_")
+    settings = load_settings(
+        ExtenderSettings,
+        flags={"policy": "binpack"},
+        env={"FLEXNPU_EXTENDER_NAMESPACE": "ops"},
+        file=path,
+        env_prefix="FLEXNPU_EXTENDER_",
+    )
     assert (settings.policy, settings.lease_name, settings.namespace) == ("binpack", "from-file", "ops")
     assert parse_listen("[::]:9000") == ("::", 9000)

@@ -6,23 +6,34 @@ import pytest
 from extender_kit import Extender, events_of, inventory, pod
 
 
-@pytest.mark.parametrize(("setup", "request_units", "memory", "notes", "bucket", "needle"), [
-    ("no-inventory", 3, None, {}, "FailedAndUnresolvableNodes", "no flexnpu cards"),
-    ("no-cards", 3, None, {}, "FailedAndUnresolvableNodes", "has no cards"),
-    ("one-card", 20, None, {}, "FailedAndUnresolvableNodes", "needs 2 whole cards, the node has 1"),
-    ("910B3", 3, None, {"flexnpu.io/card-model": "910B4"}, "FailedAndUnresolvableNodes", "needs card model 910B4"),
-    ("unhealthy", 3, None, {}, "FailedAndUnresolvableNodes", "unhealthy"),
-    ("coarse", 8, None, {}, "FailedAndUnresolvableNodes", "asks 8 units of one card but cards here have 4"),
-    ("busy", 5, None, {}, "FailedNodes", "has 2 free units, 5 needed"),
-    ("910B3", 2, 70000, {}, "FailedNodes", "MiB free memory, 70000 MiB needed"),
-])
-async def test_each_refusal_surfaces(extender: Extender, setup: str, request_units: int, memory: int | None,
-                                     notes: dict[str, str], bucket: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("setup", "request_units", "memory", "notes", "bucket", "needle"),
+    [
+        ("no-inventory", 3, None, {}, "FailedAndUnresolvableNodes", "no flexnpu cards"),
+        ("no-cards", 3, None, {}, "FailedAndUnresolvableNodes", "has no cards"),
+        ("one-card", 20, None, {}, "FailedAndUnresolvableNodes", "needs 2 whole cards, the node has 1"),
+        ("910B3", 3, None, {"flexnpu.io/card-model": "910B4"}, "FailedAndUnresolvableNodes", "needs card model 910B4"),
+        ("unhealthy", 3, None, {}, "FailedAndUnresolvableNodes", "unhealthy"),
+        ("coarse", 8, None, {}, "FailedAndUnresolvableNodes", "asks 8 units of one card but cards here have 4"),
+        ("busy", 5, None, {}, "FailedNodes", "has 2 free units, 5 needed"),
+        ("910B3", 2, 70000, {}, "FailedNodes", "MiB free memory, 70000 MiB needed"),
+    ],
+)
+async def test_each_refusal_surfaces(
+    extender: Extender,
+    setup: str,
+    request_units: int,
+    memory: int | None,
+    notes: dict[str, str],
+    bucket: str,
+    needle: str,
+) -> None:
     prepare_node(extender, setup)
     if setup == "busy":
         await occupy(extender, "n1", 8)
-    status, result = await extender.post("filter", {"Pod": pod("p", request_units, memory=memory, annotations=notes),
-                                                    "NodeNames": ["n1"]})
+    status, result = await extender.post(
+        "filter", {"Pod": pod("p", request_units, memory=memory, annotations=notes), "NodeNames": ["n1"]}
+    )
     assert status == 200
     assert result["NodeNames"] == []
     assert needle in result[bucket]["n1"], result
@@ -64,6 +75,13 @@ def prepare_node(extender: Extender, setup: str) -> None:
 async def occupy(extender: Extender, node: str, units: int) -> None:
     body = extender.create_pod(pod(f"filler-{units}", units))
     await extender.post("filter", {"Pod": body, "NodeNames": [node]})
-    _, result = await extender.post("bind", {"PodName": body["metadata"]["name"], "PodNamespace": "default",
-                                                  "PodUID": body["metadata"]["uid"], "Node": node})
+    _, result = await extender.post(
+        "bind",
+        {
+            "PodName": body["metadata"]["name"],
+            "PodNamespace": "default",
+            "PodUID": body["metadata"]["uid"],
+            "Node": node,
+        },
+    )
     assert result == {"Error": ""}

@@ -72,8 +72,7 @@ async def test_a_node_without_a_readable_inventory_has_no_cards(api: KubeApi, wa
     assert watched.node("n2") is None
 
 
-async def test_an_assigned_pod_not_yet_bound_holds_nothing_without_a_bind(api: KubeApi,
-                                                                          watched: ClusterState) -> None:
+async def test_an_assigned_pod_not_yet_bound_holds_nothing_without_a_bind(api: KubeApi, watched: ClusterState) -> None:
     await api.create("/api/v1/nodes", node("n1", inventory(1)))
     await api.create(PODS, pod("stale", 5, annotations=assigned(5)))
     await api.create(PODS, pod("marker", 1, node_name="n1", annotations=assigned(1), phase="Running"))

@@ -16,14 +16,17 @@ from flexnpu.extender.leader import Action, ElectionConfig, LeaderElector, Lease
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("lease", "now", "action"), [
-    (None, T0, Action.CREATE),
-    (LeaseRecord("me", 15, T0), T0 + timedelta(seconds=60), Action.RENEW),
-    (LeaseRecord("other", 15, T0), T0 + timedelta(seconds=14), Action.WAIT),
-    (LeaseRecord("other", 15, T0), T0 + timedelta(seconds=15), Action.ACQUIRE),
-    (LeaseRecord("", 15, T0), T0, Action.ACQUIRE),
-    (LeaseRecord("other", 15, None), T0, Action.ACQUIRE),
-])
+@pytest.mark.parametrize(
+    ("lease", "now", "action"),
+    [
+        (None, T0, Action.CREATE),
+        (LeaseRecord("me", 15, T0), T0 + timedelta(seconds=60), Action.RENEW),
+        (LeaseRecord("other", 15, T0), T0 + timedelta(seconds=14), Action.WAIT),
+        (LeaseRecord("other", 15, T0), T0 + timedelta(seconds=15), Action.ACQUIRE),
+        (LeaseRecord("", 15, T0), T0, Action.ACQUIRE),
+        (LeaseRecord("other", 15, None), T0, Action.ACQUIRE),
+    ],
+)
 def test_decide(lease: LeaseRecord | None, now: datetime, action: Action) -> None:
     assert decide(lease, "me", now) is action
 
@@ -37,8 +40,14 @@ class Clock:
 
 
 def elector(api: KubeApi, identity: str, clock: Clock) -> LeaderElector:
-    config = ElectionConfig(namespace="kube-system", name="flexnpu-extender", identity=identity,
-                            lease_duration_s=15, renew_deadline_s=10, retry_period_s=0.02)
+    config = ElectionConfig(
+        namespace="kube-system",
+        name="flexnpu-extender",
+        identity=identity,
+        lease_duration_s=15,
+        renew_deadline_s=10,
+        retry_period_s=0.02,
+    )
     return LeaderElector(api, config, clock=clock)
 
 

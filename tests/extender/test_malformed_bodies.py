@@ -125,8 +125,9 @@ async def test_arbitrary_json_is_never_a_500(extender: Extender, verb: str, valu
 
 @FUZZ
 @given(verb=st.sampled_from(VERBS), data=st.data(), value=JSON)
-async def test_a_valid_request_with_any_field_replaced_is_never_a_500(extender: Extender, verb: str,
-                                                                      data: st.DataObject, value: object) -> None:
+async def test_a_valid_request_with_any_field_replaced_is_never_a_500(
+    extender: Extender, verb: str, data: st.DataObject, value: object
+) -> None:
     if extender.state.node("npu-a") is None:
         extender.add_node("npu-a", inventory(2))
     body = valid_body(verb)

@@ -43,8 +43,9 @@ def state_with(*nodes: dict[str, Any]) -> ClusterState:
     ("NaN", "lots", (0, 0)),
     ("1e400", "64Gi", (0, 65536)),
 ])  # fmt: skip
-def test_allocatable_cpu_and_memory_are_read_from_the_node(cpu: object, memory: object,
-                                                           expected: tuple[int, int]) -> None:
+def test_allocatable_cpu_and_memory_are_read_from_the_node(
+    cpu: object, memory: object, expected: tuple[int, int]
+) -> None:
     assert node_allocatable(watched_node("n", cpu, memory)) == expected
 
 

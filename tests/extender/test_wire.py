@@ -108,8 +108,9 @@ async def test_bind_writes_annotations_binding_and_claim(extender: Extender, kub
     body = extender.create_pod(pod("vllm-2", 3, priority="high"))
     await extender.post("filter", {"Pod": body, "NodeNames": ["npu-a"]})
 
-    status, result = await extender.post("bind", {"PodName": "vllm-2", "PodNamespace": "default",
-                                                  "PodUID": body["metadata"]["uid"], "Node": "npu-a"})
+    status, result = await extender.post(
+        "bind", {"PodName": "vllm-2", "PodNamespace": "default", "PodUID": body["metadata"]["uid"], "Node": "npu-a"}
+    )
 
     assert (status, result) == (200, {"Error": ""})
     stored = kube.objects["v1/pods", "default", "vllm-2"]
@@ -119,23 +120,34 @@ async def test_bind_writes_annotations_binding_and_claim(extender: Extender, kub
     assert (assignment.units, assignment.memory_mib) == (3, 3 * 65536 // 10)
     assert stored["spec"]["nodeName"] == "npu-a"
     claim = kube.objects["flexnpu.io/v1alpha1/vnpuclaims", "default", "vllm-2"]
-    assert claim["spec"] == {"nodeName": "npu-a", "npu": assignment.index, "chip": 0, "aicoreAlloc": 3,
-                             "memoryMiB": assignment.memory_mib, "priority": "high", "entity": "default/vllm-2",
-                             "podRef": {"name": "vllm-2", "uid": body["metadata"]["uid"]}}
+    assert claim["spec"] == {
+        "nodeName": "npu-a",
+        "npu": assignment.index,
+        "chip": 0,
+        "aicoreAlloc": 3,
+        "memoryMiB": assignment.memory_mib,
+        "priority": "high",
+        "entity": "default/vllm-2",
+        "podRef": {"name": "vllm-2", "uid": body["metadata"]["uid"]},
+    }
     assert claim["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
 
 
-@pytest.mark.parametrize(("raw", "status", "needle"), [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[]", 400, "ExtenderArgs"),
-    (b'{"Pod": {}, "Nodes": null, "NodeNames": null}', 400, "NodeNames"),
-    (b'{"Pod": "vllm", "NodeNames": []}', 400, "Pod"),
-    (b'{"Pod": {}, "NodeNames": [1, 2]}', 400, "NodeNames"),
-    (b'{"Pod": {}, "Nodes": {"items": [{"metadata": {}}]}}', 400, "metadata.name"),
-    (b"\xff\xfe", 400, "not valid JSON"),
-])
-async def test_malformed_filter_bodies_get_a_json_error(extender: Extender, raw: bytes, status: int,
-                                                        needle: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "ExtenderArgs"),
+        (b'{"Pod": {}, "Nodes": null, "NodeNames": null}', 400, "NodeNames"),
+        (b'{"Pod": "vllm", "NodeNames": []}', 400, "Pod"),
+        (b'{"Pod": {}, "NodeNames": [1, 2]}', 400, "NodeNames"),
+        (b'{"Pod": {}, "Nodes": {"items": [{"metadata": {}}]}}', 400, "metadata.name"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+    ],
+)
+async def test_malformed_filter_bodies_get_a_json_error(
+    extender: Extender, raw: bytes, status: int, needle: str
+) -> None:
     response = await extender.client.post("/filter", data=raw, headers={"Content-Type": "application/json"})
     body = await response.json()
     assert response.status == status
@@ -149,12 +161,15 @@ async def test_an_oversized_body_gets_a_json_413(extender: Extender) -> None:
     assert "exceeds the limit" in (await response.json())["Error"]
 
 
-@pytest.mark.parametrize(("verb", "body", "needle"), [
-    ("bind", {"PodName": "x", "PodNamespace": "default"}, "Node"),
-    ("bind", {"PodName": "", "PodNamespace": "default", "PodUID": "u", "Node": "n"}, "PodName"),
-    ("preempt", {"Pod": {}, "NodeNameToMetaVictims": {"n": {"Pods": [{"UID": 3}]}}}, "UID"),
-    ("prioritize", {"Pod": None, "NodeNames": []}, "Pod"),
-])
+@pytest.mark.parametrize(
+    ("verb", "body", "needle"),
+    [
+        ("bind", {"PodName": "x", "PodNamespace": "default"}, "Node"),
+        ("bind", {"PodName": "", "PodNamespace": "default", "PodUID": "u", "Node": "n"}, "PodName"),
+        ("preempt", {"Pod": {}, "NodeNameToMetaVictims": {"n": {"Pods": [{"UID": 3}]}}}, "UID"),
+        ("prioritize", {"Pod": None, "NodeNames": []}, "Pod"),
+    ],
+)
 async def test_malformed_bodies_of_other_verbs(extender: Extender, verb: str, body: object, needle: str) -> None:
     status, result = await extender.post(verb, body)
     assert status == 400
@@ -184,16 +199,26 @@ async def bind_one(extender: Extender, node_name: str, units: int) -> None:
     """Occupy ``units`` on ``node_name`` through the real filter and bind verbs."""
     body = extender.create_pod(pod(f"filler-{node_name}-{units}", units))
     await extender.post("filter", {"Pod": body, "NodeNames": [node_name]})
-    status, result = await extender.post("bind", {"PodName": body["metadata"]["name"], "PodNamespace": "default",
-                                                  "PodUID": body["metadata"]["uid"], "Node": node_name})
+    status, result = await extender.post(
+        "bind",
+        {
+            "PodName": body["metadata"]["name"],
+            "PodNamespace": "default",
+            "PodUID": body["metadata"]["uid"],
+            "Node": node_name,
+        },
+    )
     assert (status, result) == (200, {"Error": ""})
 
 
-@pytest.mark.parametrize("groups", [
-    [],
-    [(10, ["node-a", "node-b"]), (7, ["node-c"])],
-    [(10, ['we"ird\\node', "node-ü"]), (3, [])],  # names json must escape take the slow path
-])
+@pytest.mark.parametrize(
+    "groups",
+    [
+        [],
+        [(10, ["node-a", "node-b"]), (7, ["node-c"])],
+        [(10, ['we"ird\\node', "node-ü"]), (3, [])],  # names json must escape take the slow path
+    ],
+)
 def test_score_groups_encode_as_a_host_priority_list(groups: list[tuple[int, list[str]]]) -> None:
     from flexnpu.extender.wire import encode_score_groups
 
@@ -205,6 +230,11 @@ def test_score_groups_encode_as_a_host_priority_list(groups: list[tuple[int, lis
 def test_filter_results_encode_like_json(names: list[str] | None) -> None:
     from flexnpu.extender.wire import encode_filter_result
 
-    result = {"Nodes": None, "NodeNames": names, "FailedNodes": {"x": '"NodeNames":null'},
-              "FailedAndUnresolvableNodes": {}, "Error": ""}
+    result = {
+        "Nodes": None,
+        "NodeNames": names,
+        "FailedNodes": {"x": '"NodeNames":null'},
+        "FailedAndUnresolvableNodes": {},
+        "Error": "",
+    }
     assert json.loads(encode_filter_result(result)) == result  # type: ignore[arg-type]

@@ -24,8 +24,9 @@ def cluster(nodes: int = 12) -> ClusterState:
 
 
 def take(state: ClusterState, node: str, card: int, units: int, uid: str) -> None:
-    state.reserve(PodKey("ns", uid, uid), node, [CardAssignment(f"n{int(node[1:])}-c{card}", card, units,
-                                                                units * HBM // 10)])
+    state.reserve(
+        PodKey("ns", uid, uid), node, [CardAssignment(f"n{int(node[1:])}-c{card}", card, units, units * HBM // 10)]
+    )
 
 
 def plain_filter(index: PlacementIndex, units: int, names: list[str]) -> tuple[set[str], dict[str, str]]:

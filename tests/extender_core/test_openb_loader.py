@@ -9,8 +9,9 @@ import pytest
 from flexnpu.bench.openb import TraceError, load_nodes, load_pods
 
 NODES = "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,2,T4\nb,96000,524288,8,V100M16\n"
-ELEVEN = ("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,"
-          "scheduled_time\n")
+ELEVEN = (
+    "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+)
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -21,12 +22,21 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_the_eleven_column_layout_reads_cpu_memory_cards_and_models(tmp_path: Path) -> None:
     nodes = load_nodes(write(tmp_path, "nodes.csv", NODES))
-    pods = load_pods(write(tmp_path, "pods.csv", ELEVEN + "p0,6000,12288,1,460,T4|V100M16,LS,Running,0,1,0\n"
-                                                          "p1,88000,65536,8,1000,,BE,Failed,0,1,0\n"
-                                                          "p2,2000,4096,0,0,,LS,Running,0,1,0\n"), nodes)
+    pods = load_pods(
+        write(
+            tmp_path,
+            "pods.csv",
+            ELEVEN + "p0,6000,12288,1,460,T4|V100M16,LS,Running,0,1,0\n"
+            "p1,88000,65536,8,1000,,BE,Failed,0,1,0\n"
+            "p2,2000,4096,0,0,,LS,Running,0,1,0\n",
+        ),
+        nodes,
+    )
 
     assert [(n.name, len(n.cards), n.cpu_milli_total, n.host_memory_mib_total) for n in nodes] == [
-        ("a", 2, 64000, 262144), ("b", 8, 96000, 524288)]
+        ("a", 2, 64000, 262144),
+        ("b", 8, 96000, 524288),
+    ]
     assert nodes[1].cards[0].model == "V100M16"
     assert [p.milli for p in pods] == [460, 8000, 0]
     assert pods[0].demand.models == frozenset({"T4", "V100M16"})
@@ -67,8 +77,9 @@ def test_a_layout_without_memory_tracks_none(tmp_path: Path) -> None:
     ("name,cpu_milli,num_gpu,gpu_milli,gpu_spec\np,1,1,100,A100\n", 2, "gpu_spec", "no node"),
     ("name,cpu_milli,num_gpu,gpu_milli\n", 1, "name", "no pod"),
 ])  # fmt: skip
-def test_a_malformed_pod_list_names_file_line_and_column(tmp_path: Path, text: str, line: int, column: str,
-                                                         words: str) -> None:
+def test_a_malformed_pod_list_names_file_line_and_column(
+    tmp_path: Path, text: str, line: int, column: str, words: str
+) -> None:
     nodes = load_nodes(write(tmp_path, "nodes.csv", NODES))
     path = write(tmp_path, "openb_pod_list_bad.csv", text)
 
@@ -87,8 +98,9 @@ def test_a_malformed_pod_list_names_file_line_and_column(tmp_path: Path, text: s
     ("sn,cpu_milli,memory_mib,gpu,model\na,1,1,-2,T4\n", 2, "gpu", "negative"),
     ("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1,1,1,1\n", 1, "name", "unknown column"),
 ])  # fmt: skip
-def test_a_node_list_that_does_not_match_is_refused(tmp_path: Path, text: str, line: int, column: str,
-                                                    words: str) -> None:
+def test_a_node_list_that_does_not_match_is_refused(
+    tmp_path: Path, text: str, line: int, column: str, words: str
+) -> None:
     path = write(tmp_path, "openb_node_list_gpu_node.csv", text)
 
     with pytest.raises(TraceError) as caught:

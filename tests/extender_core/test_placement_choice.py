@@ -99,8 +99,10 @@ def test_default_policy_avoids_stranding_cards_behind_exhausted_cpu() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_scores_stay_within_zero_and_ten(name: str) -> None:
-    nodes = [node(f"n{i}", *(card(j, used=(i * 3 + j) % 10) for j in range(4)), cpu_total=64000,
-                  cpu_used=i * 1000) for i in range(12)]
+    nodes = [
+        node(f"n{i}", *(card(j, used=(i * 3 + j) % 10) for j in range(4)), cpu_total=64000, cpu_used=i * 1000)
+        for i in range(12)
+    ]
     memo = EvaluationMemo()
     for units in (1, 4, 9, 10, 20):
         fits, _ = filter_nodes(demand(units), nodes, memo)

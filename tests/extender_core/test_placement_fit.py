@@ -12,20 +12,22 @@ from flexnpu.extender.core.placement import NodeFit, Refusal, RefusalKind, filte
 from flexnpu.units import UnitsConfig, VnpuRequest
 
 
-@pytest.mark.parametrize(("the_node", "the_demand", "kind", "words"), [
-    (node("n", card(0, used=8)), demand(3), RefusalKind.UNITS, "2 free units, 3 needed"),
-    (node("n", card(0, used=2, memory_used=HBM - 100)), demand(3), RefusalKind.MEMORY, "100 MiB free memory"),
-    (node("n", card(0)), demand(3, memory_mib=HBM + 1), RefusalKind.MEMORY, f"{HBM + 1} MiB needed"),
-    (node("n", card(0, model="910B4")), demand(3, models=frozenset({"910B3"})), RefusalKind.MODEL, "910B3"),
-    (node("n", card(0, healthy=False)), demand(3), RefusalKind.UNHEALTHY, "unhealthy"),
-    (node("n", card(0), cpu_total=4000, cpu_used=3000), demand(3, cpu_milli=1500), RefusalKind.CPU, "1000m free"),
-    (node("n", card(0), units_per_card=5), demand(8), RefusalKind.REQUEST, "cards here have 5"),
-    (node("n"), demand(3), RefusalKind.NO_CARDS, "no cards"),
-    (empty_node("n", count=2), demand(40), RefusalKind.TOO_FEW_CARDS, "4 whole cards, the node has 2"),
-    (node("n", card(0), card(1, used=1)), demand(20), RefusalKind.UNITS, "1 of 2 cards have room"),
-])
-def test_every_refusal_names_its_reason(the_node: object, the_demand: PodDemand, kind: RefusalKind,
-                                        words: str) -> None:
+@pytest.mark.parametrize(
+    ("the_node", "the_demand", "kind", "words"),
+    [
+        (node("n", card(0, used=8)), demand(3), RefusalKind.UNITS, "2 free units, 3 needed"),
+        (node("n", card(0, used=2, memory_used=HBM - 100)), demand(3), RefusalKind.MEMORY, "100 MiB free memory"),
+        (node("n", card(0)), demand(3, memory_mib=HBM + 1), RefusalKind.MEMORY, f"{HBM + 1} MiB needed"),
+        (node("n", card(0, model="910B4")), demand(3, models=frozenset({"910B3"})), RefusalKind.MODEL, "910B3"),
+        (node("n", card(0, healthy=False)), demand(3), RefusalKind.UNHEALTHY, "unhealthy"),
+        (node("n", card(0), cpu_total=4000, cpu_used=3000), demand(3, cpu_milli=1500), RefusalKind.CPU, "1000m free"),
+        (node("n", card(0), units_per_card=5), demand(8), RefusalKind.REQUEST, "cards here have 5"),
+        (node("n"), demand(3), RefusalKind.NO_CARDS, "no cards"),
+        (empty_node("n", count=2), demand(40), RefusalKind.TOO_FEW_CARDS, "4 whole cards, the node has 2"),
+        (node("n", card(0), card(1, used=1)), demand(20), RefusalKind.UNITS, "1 of 2 cards have room"),
+    ],
+)
+def test_every_refusal_names_its_reason(the_node: object, the_demand: PodDemand, kind: RefusalKind, words: str) -> None:
     verdict = fit_node(the_demand, the_node)  # type: ignore[arg-type]
     assert isinstance(verdict, Refusal)
     assert verdict.kind is kind
@@ -77,9 +79,10 @@ def test_filter_splits_fits_from_failures_with_reasons() -> None:
 
 
 def test_node_state_counts_the_assignments_of_its_pods() -> None:
-    inventory = Inventory(cards=(Card.of_model("910B3", 0, "u0"), Card.of_model("910B4", 1, "u1",
-                                                                               health=Health.UNHEALTHY)),
-                          units=UnitsConfig(units_per_card=10, oversubscription=2.0))
+    inventory = Inventory(
+        cards=(Card.of_model("910B3", 0, "u0"), Card.of_model("910B4", 1, "u1", health=Health.UNHEALTHY)),
+        units=UnitsConfig(units_per_card=10, oversubscription=2.0),
+    )
     assigned = [CardAssignment("u0", 0, 3, 1000), CardAssignment("u0", 0, 4, 2000), CardAssignment("gone", 5, 9, 9)]
     state = node_state("n", inventory, assigned, cpu_milli_total=4000)
     first, second = state.cards

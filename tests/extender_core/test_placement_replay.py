@@ -54,11 +54,28 @@ def test_replay_counts_arrived_and_allocated(data_dir: Path, name: str) -> None:
     assert result.failed >= whole_card_pods - 3
 
 
-def test_main_prints_medians_and_per_seed_values(data_dir: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    code = bench.main(["--trace", "tiny", "--data-dir", str(data_dir), "--seeds", "42,43", "--workers", "1",
-                       "--policies", "default,fgd-all", "--paths", "core", "--json",
-                       "--out", str(tmp_path / "out.json")])
+def test_main_prints_medians_and_per_seed_values(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = bench.main(
+        [
+            "--trace",
+            "tiny",
+            "--data-dir",
+            str(data_dir),
+            "--seeds",
+            "42,43",
+            "--workers",
+            "1",
+            "--policies",
+            "default,fgd-all",
+            "--paths",
+            "core",
+            "--json",
+            "--out",
+            str(tmp_path / "out.json"),
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["policies"]["default"]["unallocated_pct_at_100"] == 25.0
@@ -68,8 +85,9 @@ def test_main_prints_medians_and_per_seed_values(data_dir: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("argv", [["--policies", "worstfit"], ["--seeds", "x"], ["--trace", "missing"]])
-def test_bad_options_exit_non_zero_with_one_line(data_dir: Path, argv: list[str],
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_exit_non_zero_with_one_line(
+    data_dir: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert bench.main([*argv, "--data-dir", str(data_dir), "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("flexnpu bench placement: ") and "\n" not in err

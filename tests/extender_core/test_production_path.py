@@ -54,8 +54,9 @@ def trace(tmp_path: Path) -> bench.Trace:
 
 
 @pytest.mark.parametrize("policy", ["default", "fgd", "bestfit"])
-def test_the_production_path_and_the_core_replay_choose_alike_on_the_same_snapshot(trace: bench.Trace,
-                                                                                   policy: str) -> None:
+def test_the_production_path_and_the_core_replay_choose_alike_on_the_same_snapshot(
+    trace: bench.Trace, policy: str
+) -> None:
     order = bench.arrival_order(trace.pods, trace.capacity_milli, seed=3)
     stats = bench.trace_stats(trace.pods, policy)
     production = ProductionReplay(trace.nodes, policy, seed=3, profile=SchedulerProfile(), units=UNITS, stats=stats)
@@ -80,7 +81,8 @@ def test_the_production_path_and_the_core_replay_choose_alike_on_the_same_snapsh
             assert asyncio.run(production._bind(obj, target))
             notes = production.writer.annotations[obj["metadata"]["name"]]
             assert [(a.uuid, a.units) for a in decode_assignment(notes[ANNOTATION_ASSIGNED])] == [
-                (a.uuid, a.units) for a in cards]
+                (a.uuid, a.units) for a in cards
+            ]
         production.scheduler.assume(target, demand.cpu_milli, demand.host_memory_mib, 0)
         production._watch(obj, target)
         assert resources(production.state.node(target)) == resources(core[target])  # the watch rebuilt the node
@@ -89,8 +91,13 @@ def test_the_production_path_and_the_core_replay_choose_alike_on_the_same_snapsh
 def resources(node: NodeState | None) -> object:
     """What placement reads of a node (card memory aside: the replay's cards have HBM, the core's none)."""
     assert node is not None
-    return ([(c.uuid, c.model, c.units_total, c.units_used) for c in node.cards], node.cpu_milli_total,
-            node.cpu_milli_used, node.host_memory_mib_total, node.host_memory_mib_used)
+    return (
+        [(c.uuid, c.model, c.units_total, c.units_used) for c in node.cards],
+        node.cpu_milli_total,
+        node.cpu_milli_used,
+        node.host_memory_mib_total,
+        node.host_memory_mib_used,
+    )
 
 
 def test_a_cpu_only_pod_goes_through_kube_scheduler_alone_and_is_counted(trace: bench.Trace) -> None:
@@ -120,8 +127,7 @@ def test_the_production_replay_counts_arrived_and_allocated(trace: bench.Trace) 
 @pytest.mark.parametrize(("nodes", "percentage", "expected"), [
     (50, 0, 50), (1213, 0, 497), (5000, 0, 500), (100_000, 0, 5000), (1213, 100, 1213), (1213, 20, 242),
 ])  # fmt: skip
-def test_kube_scheduler_looks_for_as_many_feasible_nodes_as_it_does(nodes: int, percentage: int,
-                                                                    expected: int) -> None:
+def test_kube_scheduler_looks_for_as_many_feasible_nodes_as_it_does(nodes: int, percentage: int, expected: int) -> None:
     assert nodes_to_find(SchedulerProfile(percentage_of_nodes_to_score=percentage), nodes) == expected
 
 
@@ -140,5 +146,3 @@ def test_the_chart_gives_the_extender_weight_and_the_nodes_to_score() -> None:
 
     assert profile.extender_weight >= 1
     assert 0 <= profile.percentage_of_nodes_to_score <= 100
-
-

@@ -45,6 +45,8 @@ def test_gating_memory_fork_and_lookups_run_clean_under_asan_and_ubsan(pod: Pod,
         (["acl_prog", "escape", str(12 * MIB), "nodeep"], {"after_unsetenv": "0", "rtld_default": "207001"}),
         (["cuda_prog", "launch", "10", "50"], {"launched": "40"}),
         (["cuda_prog", "oom", str(32 * MIB)], {"alloc_rc": "2", "pitch_rc": "2"}),
+        (["acl_prog", "gap", "3", "500", "5", "event"], {"launched": "6", "synced": "2"}),
+        (["cuda_prog", "gap", "3", "500", "5", "stream"], {"launched": "6", "synced": "2"}),
     ]
     for args, expected in runs:
         result = subprocess.run(

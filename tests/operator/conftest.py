@@ -15,8 +15,9 @@ from flexnpu_testsupport.operatorkit import DaemonProcess, create, daemon_pod, k
 @pytest.fixture
 def settings() -> OperatorSettings:
     """Fast re-checks and retries; no metrics port unless a test asks for one."""
-    return OperatorSettings(resync_interval=0.5, retry_base=0.02, retry_cap=0.1, handler_retry_delay=0.3,
-                            metrics_port=0, daemon_timeout=2.0)
+    return OperatorSettings(
+        resync_interval=0.5, retry_base=0.02, retry_cap=0.1, handler_retry_delay=0.3, metrics_port=0, daemon_timeout=2.0
+    )
 
 
 @pytest.fixture
@@ -42,8 +43,9 @@ async def daemons(tmp_path: Path) -> AsyncIterator[Callable[[str], Awaitable[Dae
 
 
 @pytest.fixture
-async def node(kube: Any, daemons: Callable[[str], Awaitable[DaemonProcess]],
-               settings: OperatorSettings) -> DaemonProcess:
+async def node(
+    kube: Any, daemons: Callable[[str], Awaitable[DaemonProcess]], settings: OperatorSettings
+) -> DaemonProcess:
     """Node ``node-a`` with its daemon running and its DaemonSet pod in the API."""
     daemon = await daemons("node-a")
     await create(kube, daemon_pod("node-a", daemon.port, settings))

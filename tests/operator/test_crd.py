@@ -48,9 +48,15 @@ def test_names_match_the_contract(crd: dict[str, Any], version: dict[str, Any]) 
 
 def test_printer_columns(version: dict[str, Any]) -> None:
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Node": ".spec.nodeName", "NPU": ".spec.npu", "AICore": ".spec.aicoreAlloc",
-                       "Memory": ".spec.memoryMiB", "Priority": ".spec.priority", "Phase": ".status.phase",
-                       "Age": ".metadata.creationTimestamp"}
+    assert columns == {
+        "Node": ".spec.nodeName",
+        "NPU": ".spec.npu",
+        "AICore": ".spec.aicoreAlloc",
+        "Memory": ".spec.memoryMiB",
+        "Priority": ".spec.priority",
+        "Phase": ".status.phase",
+        "Age": ".metadata.creationTimestamp",
+    }
 
 
 def test_the_manifest_is_a_valid_crd(crd: dict[str, Any]) -> None:
@@ -62,9 +68,21 @@ def test_status_phases_match_the_contract(version: dict[str, Any]) -> None:
     assert phase["enum"] == [p.value for p in ClaimPhase]
 
 
-GOOD: dict[str, Any] = {"apiVersion": "flexnpu.io/v1alpha1", "kind": "VNpuClaim", "metadata": {"name": "c"},
-                        "spec": {"nodeName": "n1", "npu": 7, "chip": 0, "aicoreAlloc": 2, "memoryMiB": 16384,
-                                 "priority": "high", "entity": "llama", "podRef": {"name": "p", "uid": "u"}}}
+GOOD: dict[str, Any] = {
+    "apiVersion": "flexnpu.io/v1alpha1",
+    "kind": "VNpuClaim",
+    "metadata": {"name": "c"},
+    "spec": {
+        "nodeName": "n1",
+        "npu": 7,
+        "chip": 0,
+        "aicoreAlloc": 2,
+        "memoryMiB": 16384,
+        "priority": "high",
+        "entity": "llama",
+        "podRef": {"name": "p", "uid": "u"},
+    },
+}
 
 
 def with_spec(**change: Any) -> dict[str, Any]:
@@ -83,11 +101,25 @@ def test_a_good_claim_passes_the_schema_and_the_parser(validator: jsonschema.Dra
     assert parse_claim_spec(GOOD["spec"]).npu == 7
 
 
-@pytest.mark.parametrize("spec", [
-    {"npu": 64}, {"npu": -1}, {"chip": 8}, {"aicoreAlloc": 0}, {"memoryMiB": -5}, {"priority": "urgent"},
-    {"nodeName": ""}, {"npu": "seven"}, {"nodeName": None}, {"npu": None}, {"aicoreAlloc": None},
-    {"memoryMiB": None}, {"podRef": {"name": "p"}}, {"aicoreAlloc": 2.5},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"npu": 64},
+        {"npu": -1},
+        {"chip": 8},
+        {"aicoreAlloc": 0},
+        {"memoryMiB": -5},
+        {"priority": "urgent"},
+        {"nodeName": ""},
+        {"npu": "seven"},
+        {"nodeName": None},
+        {"npu": None},
+        {"aicoreAlloc": None},
+        {"memoryMiB": None},
+        {"podRef": {"name": "p"}},
+        {"aicoreAlloc": 2.5},
+    ],
+)
 def test_the_schema_rejects_nonsense(validator: jsonschema.Draft7Validator, spec: dict[str, Any]) -> None:
     body = with_spec(**spec)
     assert list(validator.iter_errors(body)), f"schema accepted {body['spec']}"

@@ -32,12 +32,14 @@ async def test_register_is_idempotent_and_listed(client: DaemonClient, node: Dae
 async def test_refusals_keep_the_daemons_reason_and_field(client: DaemonClient, node: DaemonProcess) -> None:
     await client.register(node.url, BODY)
     with pytest.raises(DaemonRefused) as full:
-        await client.register(node.url, Registration(flexnpu_id="vnc.t.b", entity="b", npu=0, aicore_alloc=6,
-                                                     memory_alloc=1))
+        await client.register(
+            node.url, Registration(flexnpu_id="vnc.t.b", entity="b", npu=0, aicore_alloc=6, memory_alloc=1)
+        )
     assert full.value.status == 409 and "does not fit" in full.value.message
     with pytest.raises(DaemonRefused) as bad:
-        await client.register(node.url, Registration(flexnpu_id="vnc.t.c", entity="c", npu=40, aicore_alloc=1,
-                                                     memory_alloc=1))
+        await client.register(
+            node.url, Registration(flexnpu_id="vnc.t.c", entity="c", npu=40, aicore_alloc=1, memory_alloc=1)
+        )
     assert (bad.value.status, bad.value.field) == (400, "npu")
 
 

@@ -52,8 +52,10 @@ async def registered(kube: Any, name: str, daemon: DaemonProcess, **expected: in
 async def test_lifecycle_create_update_delete(kube: Any, node: DaemonProcess, settings: OperatorSettings) -> None:
     async with running_operator(settings, str(kube.url)):
         await create(kube, claim("train", "node-a", npu=3, aicore=4, memory=8192, priority="high"))
-        await eventually(lambda: registered(kube, "train", node, npu=3, aicore_alloc=4, memory_alloc=8192),
-                         "claim registered on the daemon")
+        await eventually(
+            lambda: registered(kube, "train", node, npu=3, aicore_alloc=4, memory_alloc=8192),
+            "claim registered on the daemon",
+        )
         status = status_of(kube, "train")
         held = (await node.registrations())[status["flexnpuId"]]
         assert held["priority"] == "high"
@@ -70,8 +72,9 @@ async def test_lifecycle_create_update_delete(kube: Any, node: DaemonProcess, se
         assert status["flexnpuId"] not in await node.registrations()
 
 
-async def test_repairs_a_daemon_that_restarted_empty_and_drift(kube: Any, node: DaemonProcess,
-                                                              settings: OperatorSettings) -> None:
+async def test_repairs_a_daemon_that_restarted_empty_and_drift(
+    kube: Any, node: DaemonProcess, settings: OperatorSettings
+) -> None:
     async with running_operator(settings, str(kube.url)):
         await create(kube, claim("serve", "node-a", npu=1, aicore=3, memory=4096))
         await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3), "registered")
@@ -83,15 +86,21 @@ async def test_repairs_a_daemon_that_restarted_empty_and_drift(kube: Any, node: 
         await node.start(fresh_state=True)
         await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3), "re-registered after restart")
 
-        changed = {"flexnpu_id": flexnpu_id, "entity": "x", "npu": 1, "chip": 0, "aicore_alloc": 1,
-                   "memory_alloc": 4096}
+        changed = {
+            "flexnpu_id": flexnpu_id,
+            "entity": "x",
+            "npu": 1,
+            "chip": 0,
+            "aicore_alloc": 1,
+            "memory_alloc": 4096,
+        }
         assert await node.post("/device/register", changed) == 200  # someone changed it behind our back
-        await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3, memory_alloc=4096),
-                         "drift repaired")
+        await eventually(lambda: registered(kube, "serve", node, aicore_alloc=3, memory_alloc=4096), "drift repaired")
 
 
-async def test_quota_overflow_fails_with_the_daemons_reason(kube: Any, node: DaemonProcess,
-                                                            settings: OperatorSettings) -> None:
+async def test_quota_overflow_fails_with_the_daemons_reason(
+    kube: Any, node: DaemonProcess, settings: OperatorSettings
+) -> None:
     async with running_operator(settings, str(kube.url)):
         await create(kube, claim("big", "node-a", npu=0, aicore=8))
         await eventually(lambda: registered(kube, "big", node, aicore_alloc=8), "first claim registered")
@@ -112,8 +121,9 @@ async def test_quota_overflow_fails_with_the_daemons_reason(kube: Any, node: Dae
         await eventually(lambda: registered(kube, "late", node, aicore_alloc=4), "late claim registered")
 
 
-async def test_node_without_daemon_is_reported_and_never_blocks_deletion(kube: Any, node: DaemonProcess,
-                                                                        settings: OperatorSettings) -> None:
+async def test_node_without_daemon_is_reported_and_never_blocks_deletion(
+    kube: Any, node: DaemonProcess, settings: OperatorSettings
+) -> None:
     async with running_operator(settings, str(kube.url)):
         await create(kube, claim("lost", "node-z", aicore=2))
         await eventually(lambda: reason_of(kube, "lost") == "NoDaemon", "NoDaemon reported")

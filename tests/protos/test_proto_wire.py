@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # message -> {field: "number [repeated] type"}; a map field is spelled map<string,string>
 DEVICEPLUGIN_FIELDS: dict[str, dict[str, str]] = {
     "DevicePluginOptions": {"pre_start_required": "1 bool", "get_preferred_allocation_available": "2 bool"},
-    "RegisterRequest": {"version": "1 string", "endpoint": "2 string", "resource_name": "3 string",
-                        "options": "4 DevicePluginOptions"},
+    "RegisterRequest": {
+        "version": "1 string",
+        "endpoint": "2 string",
+        "resource_name": "3 string",
+        "options": "4 DevicePluginOptions",
+    },
     "Empty": {},
     "ListAndWatchResponse": {"devices": "1 repeated Device"},
     "TopologyInfo": {"nodes": "1 repeated NUMANode"},
@@ -32,41 +36,60 @@ DEVICEPLUGIN_FIELDS: dict[str, dict[str, str]] = {
     "PreStartContainerRequest": {"devices_ids": "1 repeated string"},
     "PreStartContainerResponse": {},
     "PreferredAllocationRequest": {"container_requests": "1 repeated ContainerPreferredAllocationRequest"},
-    "ContainerPreferredAllocationRequest": {"available_deviceIDs": "1 repeated string",
-                                            "must_include_deviceIDs": "2 repeated string",
-                                            "allocation_size": "3 int32"},
+    "ContainerPreferredAllocationRequest": {
+        "available_deviceIDs": "1 repeated string",
+        "must_include_deviceIDs": "2 repeated string",
+        "allocation_size": "3 int32",
+    },
     "PreferredAllocationResponse": {"container_responses": "1 repeated ContainerPreferredAllocationResponse"},
     "ContainerPreferredAllocationResponse": {"deviceIDs": "1 repeated string"},
     "AllocateRequest": {"container_requests": "1 repeated ContainerAllocateRequest"},
     "ContainerAllocateRequest": {"devices_ids": "1 repeated string"},
     "CDIDevice": {"name": "1 string"},
     "AllocateResponse": {"container_responses": "1 repeated ContainerAllocateResponse"},
-    "ContainerAllocateResponse": {"envs": "1 map<string,string>", "mounts": "2 repeated Mount",
-                                  "devices": "3 repeated DeviceSpec", "annotations": "4 map<string,string>",
-                                  "cdi_devices": "5 repeated CDIDevice"},
+    "ContainerAllocateResponse": {
+        "envs": "1 map<string,string>",
+        "mounts": "2 repeated Mount",
+        "devices": "3 repeated DeviceSpec",
+        "annotations": "4 map<string,string>",
+        "cdi_devices": "5 repeated CDIDevice",
+    },
     "Mount": {"container_path": "1 string", "host_path": "2 string", "read_only": "3 bool"},
     "DeviceSpec": {"container_path": "1 string", "host_path": "2 string", "permissions": "3 string"},
 }
 
 PODRESOURCES_FIELDS: dict[str, dict[str, str]] = {
     "AllocatableResourcesRequest": {},
-    "AllocatableResourcesResponse": {"devices": "1 repeated ContainerDevices", "cpu_ids": "2 repeated int64",
-                                     "memory": "3 repeated ContainerMemory"},
+    "AllocatableResourcesResponse": {
+        "devices": "1 repeated ContainerDevices",
+        "cpu_ids": "2 repeated int64",
+        "memory": "3 repeated ContainerMemory",
+    },
     "ListPodResourcesRequest": {},
     "ListPodResourcesResponse": {"pod_resources": "1 repeated PodResources"},
     "PodResources": {"name": "1 string", "namespace": "2 string", "containers": "3 repeated ContainerResources"},
-    "ContainerResources": {"name": "1 string", "devices": "2 repeated ContainerDevices",
-                           "cpu_ids": "3 repeated int64", "memory": "4 repeated ContainerMemory",
-                           "dynamic_resources": "5 repeated DynamicResource"},
+    "ContainerResources": {
+        "name": "1 string",
+        "devices": "2 repeated ContainerDevices",
+        "cpu_ids": "3 repeated int64",
+        "memory": "4 repeated ContainerMemory",
+        "dynamic_resources": "5 repeated DynamicResource",
+    },
     "ContainerMemory": {"memory_type": "1 string", "size": "2 uint64", "topology": "3 TopologyInfo"},
-    "ContainerDevices": {"resource_name": "1 string", "device_ids": "2 repeated string",
-                         "topology": "3 TopologyInfo"},
+    "ContainerDevices": {"resource_name": "1 string", "device_ids": "2 repeated string", "topology": "3 TopologyInfo"},
     "TopologyInfo": {"nodes": "1 repeated NUMANode"},
     "NUMANode": {"ID": "1 int64"},
-    "DynamicResource": {"claim_name": "2 string", "claim_namespace": "3 string",
-                        "claim_resources": "4 repeated ClaimResource"},
-    "ClaimResource": {"cdi_devices": "1 repeated CDIDevice", "driver_name": "2 string", "pool_name": "3 string",
-                      "device_name": "4 string"},
+    "DynamicResource": {
+        "claim_name": "2 string",
+        "claim_namespace": "3 string",
+        "claim_resources": "4 repeated ClaimResource",
+    },
+    "ClaimResource": {
+        "cdi_devices": "1 repeated CDIDevice",
+        "driver_name": "2 string",
+        "pool_name": "3 string",
+        "device_name": "4 string",
+    },
     "CDIDevice": {"name": "1 string"},
     "GetPodResourcesRequest": {"pod_name": "1 string", "pod_namespace": "2 string"},
     "GetPodResourcesResponse": {"pod_resources": "1 PodResources"},
@@ -102,9 +125,13 @@ FILES = pytest.mark.parametrize(
 )
 
 
-SCALARS = {FieldDescriptor.TYPE_STRING: "string", FieldDescriptor.TYPE_BOOL: "bool",
-           FieldDescriptor.TYPE_INT32: "int32", FieldDescriptor.TYPE_INT64: "int64",
-           FieldDescriptor.TYPE_UINT64: "uint64"}
+SCALARS = {
+    FieldDescriptor.TYPE_STRING: "string",
+    FieldDescriptor.TYPE_BOOL: "bool",
+    FieldDescriptor.TYPE_INT32: "int32",
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_UINT64: "uint64",
+}
 
 
 def field_spec(field: FieldDescriptor) -> str:
@@ -129,9 +156,9 @@ def test_package_is_upstreams(file: FileDescriptor, package: str, fields: object
 
 
 @FILES
-def test_messages_and_field_numbers_match_upstream(file: FileDescriptor, package: str,
-                                                   fields: dict[str, dict[str, str]],
-                                                   services: object) -> None:
+def test_messages_and_field_numbers_match_upstream(
+    file: FileDescriptor, package: str, fields: dict[str, dict[str, str]], services: object
+) -> None:
     assert set(file.message_types_by_name) == set(fields)
     for name, expected in fields.items():
         message = file.message_types_by_name[name]
@@ -140,8 +167,9 @@ def test_messages_and_field_numbers_match_upstream(file: FileDescriptor, package
 
 
 @FILES
-def test_services_and_methods_match_upstream(file: FileDescriptor, package: str, fields: object,
-                                             services: dict[str, dict[str, tuple[str, str, bool]]]) -> None:
+def test_services_and_methods_match_upstream(
+    file: FileDescriptor, package: str, fields: object, services: dict[str, dict[str, tuple[str, str, bool]]]
+) -> None:
     assert set(file.services_by_name) == set(services)
     for service_name, methods in services.items():
         service = file.services_by_name[service_name]
@@ -167,8 +195,14 @@ def test_generated_grpc_modules_import_package_relative() -> None:
 
 
 def test_committed_code_is_current() -> None:
-    result = subprocess.run([sys.executable, "protos/generate.py", "--check"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "protos/generate.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -41,7 +41,10 @@ SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"
 INVENTORY: tuple[dict[str, Any], ...] = tuple(
     {"index": i, "model": "910B3", "uuid": f"npu-realk8s-{i}"} for i in range(4)
 )
-SUITE_VALUES: dict[str, Any] = {"node": {"daemon": {"devices": f"sim:910B3x{len(INVENTORY)}"}}}
+# Pod networking: kubelet refuses a loopback node IP ("nodeIP can't be loopback address"), so pods get no hostIP
+# here, while the suite's CRI gives every pod sandbox 127.0.0.1: the chart's node.hostNetwork=false makes the
+# operator find flexnpud by its pod IP, which is right on this node.
+SUITE_VALUES: dict[str, Any] = {"node": {"hostNetwork": False, "daemon": {"devices": f"sim:910B3x{len(INVENTORY)}"}}}
 
 Manifest = dict[str, Any]
 
@@ -205,9 +208,9 @@ class Flexnpu:
     def daemon_pod(self) -> Manifest:
         """The node DaemonSet's pod on the suite's node, reduced to its flexnpud container.
 
-        kubelet runs it through the suite's CRI (a local process, host network: the pod's hostIP is the node's
-        127.0.0.1), so the operator finds it exactly as the chart tells it to: by the DaemonSet's labels, the
-        container port named ``daemon`` and the host IP. ConfigMap and Secret volumes are dropped (the CRI does
+        kubelet runs it through the suite's CRI (a local process whose pod IP is 127.0.0.1), so the operator finds
+        it exactly as the chart tells it to: by the DaemonSet's labels, the container port named ``daemon`` and
+        the pod IP. ConfigMap and Secret volumes are dropped (the CRI does
         not mount): the config and token files are in the work dir. The port is a free one, not the chart's.
         """
         template = only(self.manifests, "DaemonSet", "node")["spec"]["template"]
@@ -232,7 +235,7 @@ class Flexnpu:
             "metadata": {"name": f"flexnpu-node-{self.cluster.node_name}", "labels": template["metadata"]["labels"]},
             "spec": {
                 "nodeName": self.cluster.node_name,
-                "hostNetwork": True,
+                "hostNetwork": bool(template["spec"].get("hostNetwork", False)),
                 "restartPolicy": "Always",
                 "terminationGracePeriodSeconds": 5,
                 "containers": [container],

@@ -37,9 +37,11 @@ def declare_resources(emulator: Any) -> None:
     emulator.resources["v1/pods"] = info("Pod", True, "pod", subresources={"binding", "status"})
     emulator.resources["coordination.k8s.io/v1/leases"] = info("Lease", True, "lease")
     emulator.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
-        "CustomResourceDefinition", False, "customresourcedefinition")
+        "CustomResourceDefinition", False, "customresourcedefinition"
+    )
     emulator.resources[f"{names.CRD_GROUP}/{names.CRD_VERSION}/{names.CRD_PLURAL}"] = info(
-        names.CRD_KIND, True, names.CRD_SINGULAR, shortnames={names.CRD_SHORT_NAME}, subresources={"status"})
+        names.CRD_KIND, True, names.CRD_SINGULAR, shortnames={names.CRD_SHORT_NAME}, subresources={"status"}
+    )
 
 
 def serve_bindings(emulator: Any) -> None:
@@ -49,7 +51,8 @@ def serve_bindings(emulator: Any) -> None:
         target = request.data["target"]["name"]
         version = str(next(emulator._version))  # a real API server bumps it, and watchers compare it
         emulator.objects["v1/pods", request.namespace, request.name].patch(
-            {"metadata": {"resourceVersion": version}, "spec": {"nodeName": target}})
+            {"metadata": {"resourceVersion": version}, "spec": {"nodeName": target}}
+        )
         return {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}
 
     emulator["post", BINDING_PATH] << bind
@@ -74,8 +77,10 @@ async def serve(url_file: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flexnpu_testsupport.box.apiserver",
-                                     description="kmock's Kubernetes emulator for the cluster in a box")
+    parser = argparse.ArgumentParser(
+        prog="python -m flexnpu_testsupport.box.apiserver",
+        description="kmock's Kubernetes emulator for the cluster in a box",
+    )
     parser.add_argument("--url-file", type=Path, required=True, help="where to write the URL once serving")
     args = parser.parse_args(argv)
     asyncio.run(serve(args.url_file))

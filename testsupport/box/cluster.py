@@ -36,12 +36,17 @@ START_TIMEOUT_S = 45.0
 EXTENDER_IDENTITY = "box-extender"
 
 
-def http_json(url: str, body: object = None, *, raw: bytes | None = None, method: str | None = None,
-              timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(
+    url: str, body: object = None, *, raw: bytes | None = None, method: str | None = None, timeout: float = 10.0
+) -> tuple[int, Any]:
     """(status, decoded body or text) of one HTTP request; status 0 when nothing answered."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method or ("POST" if data is not None else "GET"),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             status, payload = reply.status, reply.read()
@@ -142,10 +147,12 @@ class Box:
         self.children[name] = child
         registrations = len(self.kubelet.registrations)
         child.start()
-        ready = {"flexnpud": self._daemon_ready, "extender": self._extender_ready,
-                 "operator": self._operator_ready,
-                 "deviceplugin": lambda: len(self.kubelet.registrations) > registrations and bool(
-                     self.kubelet.devices)}[name]
+        ready = {
+            "flexnpud": self._daemon_ready,
+            "extender": self._extender_ready,
+            "operator": self._operator_ready,
+            "deviceplugin": lambda: len(self.kubelet.registrations) > registrations and bool(self.kubelet.devices),
+        }[name]
         child.wait_until(ready, START_TIMEOUT_S, "readiness")
         if name == "deviceplugin":
             self.plugin_registrations += 1
@@ -165,26 +172,82 @@ class Box:
         if name == "flexnpud":
             return Child(name, [*cli, "daemon", "--config", str(self._daemon_config())], log)
         if name == "deviceplugin":
-            env = {**os.environ, "FLEXNPU_DEVICEPLUGIN_SHIM_SOCKET_DIR": str(self.grant_dir),
-                   "FLEXNPU_DEVICEPLUGIN_SHIM_RUNTIME_DIR": str(self.runtime_dir),
-                   "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(self.dir / "ld.so.preload")}
-            return Child(name, [*cli, "deviceplugin", "--kubelet-dir", str(self.kubelet_dir), "--node-name", NODE,
-                                "--inventory", str(self._inventory()), "--kubeconfig", str(self.kubeconfig),
-                                "--units-per-card", str(self.config.units_per_card),
-                                "--oversubscription", str(self.config.oversubscription),
-                                "--scan-interval", "1", "--metrics-port", "0", "--log-level", "warning"], log, env)
+            env = {
+                **os.environ,
+                "FLEXNPU_DEVICEPLUGIN_SHIM_SOCKET_DIR": str(self.grant_dir),
+                "FLEXNPU_DEVICEPLUGIN_SHIM_RUNTIME_DIR": str(self.runtime_dir),
+                "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(self.dir / "ld.so.preload"),
+            }
+            return Child(
+                name,
+                [
+                    *cli,
+                    "deviceplugin",
+                    "--kubelet-dir",
+                    str(self.kubelet_dir),
+                    "--node-name",
+                    NODE,
+                    "--inventory",
+                    str(self._inventory()),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--units-per-card",
+                    str(self.config.units_per_card),
+                    "--oversubscription",
+                    str(self.config.oversubscription),
+                    "--scan-interval",
+                    "1",
+                    "--metrics-port",
+                    "0",
+                    "--log-level",
+                    "warning",
+                ],
+                log,
+                env,
+            )
         if name == "extender":
-            return Child(name, [*cli, "extender", "--kubeconfig", str(self.kubeconfig),
-                                "--listen", f"127.0.0.1:{self.extender_port}", "--identity", EXTENDER_IDENTITY,
-                                "--namespace", SYSTEM_NAMESPACE,
-                                "--node-cache-capable", str(self.config.node_cache_capable).lower(),
-                                "--units-per-card", str(self.config.units_per_card), "--log-level", "WARNING"],
-                         log)
+            return Child(
+                name,
+                [
+                    *cli,
+                    "extender",
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--listen",
+                    f"127.0.0.1:{self.extender_port}",
+                    "--identity",
+                    EXTENDER_IDENTITY,
+                    "--namespace",
+                    SYSTEM_NAMESPACE,
+                    "--node-cache-capable",
+                    str(self.config.node_cache_capable).lower(),
+                    "--units-per-card",
+                    str(self.config.units_per_card),
+                    "--log-level",
+                    "WARNING",
+                ],
+                log,
+            )
         if name == "operator":
             env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-            return Child(name, [*cli, "operator", "--standalone", "--all-namespaces", "--quiet",
-                                "--metrics-port", "0", "--resync-interval", "2",
-                                "--liveness", f"http://127.0.0.1:{self.operator_health_port}/healthz"], log, env)
+            return Child(
+                name,
+                [
+                    *cli,
+                    "operator",
+                    "--standalone",
+                    "--all-namespaces",
+                    "--quiet",
+                    "--metrics-port",
+                    "0",
+                    "--resync-interval",
+                    "2",
+                    "--liveness",
+                    f"http://127.0.0.1:{self.operator_health_port}/healthz",
+                ],
+                log,
+                env,
+            )
         raise BoxError(f"no component {name!r}")
 
     def _daemon_config(self) -> Path:
@@ -194,14 +257,18 @@ class Box:
             f"[flexnpu]\ndevices = sim:{self.config.model}x{self.config.cards}\n"
             f"persistent_file_dir = {self.dir / 'state'}\nsocket_dir = {self.grant_dir}\n"
             f"oversubscription = {self.config.oversubscription}\n"
-            f"[ticker]\nquota = {self.config.units_per_card}\n", encoding="utf-8")
+            f"[ticker]\nquota = {self.config.units_per_card}\n",
+            encoding="utf-8",
+        )
         return path
 
     def _inventory(self) -> Path:
         """The simulated cards as the device plugin's inventory file (index, model, bus id, health)."""
         path = self.dir / "inventory.yaml"
-        cards = [{"index": i, "model": self.config.model, "bus_id": f"0000:{0xC1 + i:02X}:00.0",
-                  "health": "Healthy"} for i in range(self.config.cards)]
+        cards = [
+            {"index": i, "model": self.config.model, "bus_id": f"0000:{0xC1 + i:02X}:00.0", "health": "Healthy"}
+            for i in range(self.config.cards)
+        ]
         path.write_text(yaml.safe_dump({"cards": cards}), encoding="utf-8")
         return path
 
@@ -219,8 +286,7 @@ class Box:
     def _start_apiserver(self) -> Api:
         url_file = self.dir / "apiserver.url"
         command = [self.python, "-m", "flexnpu_testsupport.box.apiserver", "--url-file", str(url_file)]
-        child = Child("apiserver", command,
-                      self.dir / "logs" / "apiserver.log")
+        child = Child("apiserver", command, self.dir / "logs" / "apiserver.log")
         self.children["apiserver"] = child
         child.start().wait_until(url_file.exists, START_TIMEOUT_S, "URL")
         url = url_file.read_text(encoding="utf-8")
@@ -231,23 +297,45 @@ class Box:
         """What exists before flexnpu: the node and the node DaemonSet's flexnpud pod (kmock needs no namespace
         objects: a POST to /api/v1/namespaces is read as a namespaced path and refused)."""
         api = self.require_api()
-        api.create({"apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
-                    "status": {"conditions": [{"type": "Ready", "status": "True"}],
-                               "allocatable": {"cpu": "16", "memory": "128Gi"}}})
+        api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "allocatable": {"cpu": "16", "memory": "128Gi"},
+                },
+            }
+        )
         api.create(daemon_pod(NODE, self.daemon_port, OperatorSettings(), namespace=SYSTEM_NAMESPACE))
 
     def _publish_node_capacity(self) -> None:
         """As kubelet does: the healthy device IDs the plugin lists become the node's huawei.com/vnpu."""
         healthy = sum(1 for d in self.kubelet.devices if d.health == "Healthy")
-        status = {"capacity": {names.RESOURCE_VNPU: str(healthy)}, "allocatable": {
-            "cpu": "16", "memory": "128Gi", names.RESOURCE_VNPU: str(healthy)}}
+        status = {
+            "capacity": {names.RESOURCE_VNPU: str(healthy)},
+            "allocatable": {"cpu": "16", "memory": "128Gi", names.RESOURCE_VNPU: str(healthy)},
+        }
         self.require_api().merge_patch(f"/api/v1/nodes/{NODE}/status", {"status": status})
 
     def _start_simnpu(self) -> None:
-        child = Child("simnpu", [self.python, "-m", "flexnpu.cli", "simnpu", "--socket", str(self.simnpu_socket),
-                                 "--model", self.config.model, "--cards", str(self.config.cards)],
-                      self.dir / "logs" / "simnpu.log")
+        child = Child(
+            "simnpu",
+            [
+                self.python,
+                "-m",
+                "flexnpu.cli",
+                "simnpu",
+                "--socket",
+                str(self.simnpu_socket),
+                "--model",
+                self.config.model,
+                "--cards",
+                str(self.config.cards),
+            ],
+            self.dir / "logs" / "simnpu.log",
+        )
         self.children["simnpu"] = child
         child.start().wait_until(self.simnpu_socket.exists, START_TIMEOUT_S, "socket")
 
@@ -270,8 +358,9 @@ def install_runtime(target: Path) -> None:
     installer = Path(flexnpu.__file__).resolve().parents[1] / "deploy" / "image" / "install_runtime.py"
     if not installer.is_file():
         raise BoxError(f"the runtime installer {installer} is missing (the box runs from a source checkout)")
-    done = subprocess.run([sys.executable, str(installer), str(target)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(installer), str(target)], capture_output=True, text=True, timeout=60, check=False
+    )
     if done.returncode != 0:
         raise BoxError(f"installing the runtime failed: {done.stderr.strip() or done.stdout.strip()}")
 

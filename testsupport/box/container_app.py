@@ -69,8 +69,16 @@ class Progress:
 
     def __init__(self, path: str, flexnpu_id: str) -> None:
         self.path = path
-        self.state: dict[str, Any] = {"id": flexnpu_id, "pid": os.getpid(), "steps": 0, "kernels": 0,
-                                      "latencies_us": [], "errors": [], "reconnects": 0, "updated": time.time()}
+        self.state: dict[str, Any] = {
+            "id": flexnpu_id,
+            "pid": os.getpid(),
+            "steps": 0,
+            "kernels": 0,
+            "latencies_us": [],
+            "errors": [],
+            "reconnects": 0,
+            "updated": time.time(),
+        }
         self._last = 0.0
 
     def step(self, kernels: int, latency_us: float | None = None) -> None:
@@ -118,11 +126,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     env = os.environ
     flexnpu_id = find_registration(env["FLEXNPU_BOX_DAEMON"], env["POD_UID"])
-    grants = GrantClient(env["FLEXNPU_SOCKET"], flexnpu_id, float(env["FLEXNPU_SHARE"]),
-                         reconnect_interval_s=0.2)
+    grants = GrantClient(env["FLEXNPU_SOCKET"], flexnpu_id, float(env["FLEXNPU_SHARE"]), reconnect_interval_s=0.2)
     card = int(env["FLEXNPU_CARD_INDEX"].split(",")[0])
-    client = SimNpuClient(env["FLEXNPU_BOX_SIMNPU"], name=env["POD_NAME"], card=card,
-                          cap_mib=int(env["FLEXNPU_MEMORY_MIB"]))
+    client = SimNpuClient(
+        env["FLEXNPU_BOX_SIMNPU"], name=env["POD_NAME"], card=card, cap_mib=int(env["FLEXNPU_MEMORY_MIB"])
+    )
     device = GatedSimNpu(client, grants)
     progress = Progress(env["FLEXNPU_BOX_STATUS"], flexnpu_id)
     device.allocate(min(1024, int(env["FLEXNPU_MEMORY_MIB"])))

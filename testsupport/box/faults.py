@@ -43,8 +43,13 @@ class EndpointFaults:
         self.unhandled += int(unhandled)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "sent": self.sent, "crashed": self.crashed, "unhandled": self.unhandled,
-                "answers": dict(sorted(self.answers.items()))}
+        return {
+            "endpoint": self.endpoint,
+            "sent": self.sent,
+            "crashed": self.crashed,
+            "unhandled": self.unhandled,
+            "answers": dict(sorted(self.answers.items())),
+        }
 
 
 def _http_answer(status: int, body: object) -> tuple[str, bool]:
@@ -53,46 +58,80 @@ def _http_answer(status: int, body: object) -> tuple[str, bool]:
 
 
 def _pod(units: object, name: object = "fuzz") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "uid": "00000000-0000-0000-0000-000000000000"},
-            "spec": {"containers": [{"name": "c", "resources": {"limits": {names.RESOURCE_VNPU: units}}}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": "00000000-0000-0000-0000-000000000000"},
+        "spec": {"containers": [{"name": "c", "resources": {"limits": {names.RESOURCE_VNPU: units}}}]},
+    }
 
 
 def extender_cases() -> list[tuple[str, bytes]]:
     """(verb, raw body) pairs; the verb may be unknown on purpose."""
     bodies: list[object] = [
-        None, [], {}, 5, "Pod", {"Pod": 5}, {"Pod": {}}, {"Pod": None, "NodeNames": [NODE]},
-        {"Pod": _pod("3"), "NodeNames": NODE}, {"Pod": _pod("3"), "NodeNames": [5, None]},
-        {"Pod": _pod("3"), "Nodes": {"items": "x"}}, {"Pod": _pod("-3"), "NodeNames": [NODE]},
-        {"Pod": _pod("abc"), "NodeNames": [NODE]}, {"Pod": _pod("1e99"), "NodeNames": [NODE]},
-        {"Pod": _pod("15"), "NodeNames": [NODE]}, {"Pod": _pod(3, name=["x"]), "NodeNames": [NODE]},
+        None,
+        [],
+        {},
+        5,
+        "Pod",
+        {"Pod": 5},
+        {"Pod": {}},
+        {"Pod": None, "NodeNames": [NODE]},
+        {"Pod": _pod("3"), "NodeNames": NODE},
+        {"Pod": _pod("3"), "NodeNames": [5, None]},
+        {"Pod": _pod("3"), "Nodes": {"items": "x"}},
+        {"Pod": _pod("-3"), "NodeNames": [NODE]},
+        {"Pod": _pod("abc"), "NodeNames": [NODE]},
+        {"Pod": _pod("1e99"), "NodeNames": [NODE]},
+        {"Pod": _pod("15"), "NodeNames": [NODE]},
+        {"Pod": _pod(3, name=["x"]), "NodeNames": [NODE]},
         {"PodName": "nobody", "PodNamespace": "default", "PodUID": "u", "Node": NODE},
         {"PodName": 7, "PodNamespace": None, "Node": ["x"]},
         {"Pod": _pod("3"), "NodeNameToVictims": {NODE: "x"}},
     ]
     raws = [b"", b"not json", b"{", DEEP, b"\xff\xfe"] + [json.dumps(b).encode() for b in bodies]
-    return [*[(verb, raw) for verb in ("filter", "prioritize", "bind", "preempt") for raw in raws],
-            ("no-such-verb", b"{}")]
+    return [
+        *[(verb, raw) for verb in ("filter", "prioritize", "bind", "preempt") for raw in raws],
+        ("no-such-verb", b"{}"),
+    ]
 
 
 def daemon_cases() -> list[tuple[str, str, bytes]]:
     """(method, path, raw body) for flexnpud's registration API."""
     good = {"flexnpu_id": "fuzz", "entity": "fuzz", "npu": 0, "chip": 0, "aicore_alloc": 1, "memory_alloc": 1}
     variants: list[object] = [
-        None, [], {}, "register", {**good, "npu": -1}, {**good, "npu": 99}, {**good, "chip": 5},
-        {**good, "aicore_alloc": "x"}, {**good, "aicore_alloc": 1e30}, {**good, "aicore_alloc": 0},
-        {**good, "aicore_alloc": 10_000}, {**good, "memory_alloc": -5}, {**good, "memory_alloc": 10**12},
-        {**good, "flexnpu_id": ""}, {**good, "flexnpu_id": None}, {**good, "priority": "urgent"},
-        {**good, "npu": True}, {k: v for k, v in good.items() if k != "npu"},
+        None,
+        [],
+        {},
+        "register",
+        {**good, "npu": -1},
+        {**good, "npu": 99},
+        {**good, "chip": 5},
+        {**good, "aicore_alloc": "x"},
+        {**good, "aicore_alloc": 1e30},
+        {**good, "aicore_alloc": 0},
+        {**good, "aicore_alloc": 10_000},
+        {**good, "memory_alloc": -5},
+        {**good, "memory_alloc": 10**12},
+        {**good, "flexnpu_id": ""},
+        {**good, "flexnpu_id": None},
+        {**good, "priority": "urgent"},
+        {**good, "npu": True},
+        {k: v for k, v in good.items() if k != "npu"},
     ]
-    register = [("POST", "/device/register", raw) for raw in
-                [b"", b"not json", b"{", DEEP, BIG, b"\xff"] + [json.dumps(v).encode() for v in variants]]
+    register = [
+        ("POST", "/device/register", raw)
+        for raw in [b"", b"not json", b"{", DEEP, BIG, b"\xff"] + [json.dumps(v).encode() for v in variants]
+    ]
     return [
         *register,
-        ("POST", "/device/unregister", b"{}"), ("POST", "/device/unregister", b'{"flexnpu_id": "nobody"}'),
-        ("POST", "/device/unregister", b"[1]"), ("GET", "/device/register", b""),
+        ("POST", "/device/unregister", b"{}"),
+        ("POST", "/device/unregister", b'{"flexnpu_id": "nobody"}'),
+        ("POST", "/device/unregister", b"[1]"),
+        ("GET", "/device/register", b""),
         ("DELETE", "/device/flexnpu-info", b""),
-        ("GET", "/device/no-such-thing", b""), ("POST", "/service/health", b"{}"),
+        ("GET", "/device/no-such-thing", b""),
+        ("POST", "/service/health", b"{}"),
     ]
 
 
@@ -116,8 +155,18 @@ def send_daemon(box: Box) -> EndpointFaults:
 
 
 def grant_lines() -> list[bytes]:
-    return [b"not json\n", b"[]\n", b'{"op": "hello"}\n', b'{"op": "hello", "id": "nobody"}\n', b'{"op": "want"}\n',
-            b'{"op": 5, "id": []}\n', b"\xff\xfe\n", b"{" * 50_000 + b"\n", b"x" * 300_000 + b"\n", b"\n"]
+    return [
+        b"not json\n",
+        b"[]\n",
+        b'{"op": "hello"}\n',
+        b'{"op": "hello", "id": "nobody"}\n',
+        b'{"op": "want"}\n',
+        b'{"op": 5, "id": []}\n',
+        b"\xff\xfe\n",
+        b"{" * 50_000 + b"\n",
+        b"x" * 300_000 + b"\n",
+        b"\n",
+    ]
 
 
 def send_grant_socket(box: Box) -> EndpointFaults:
@@ -152,17 +201,45 @@ def _socket_exchange(path: Path, line: bytes) -> str:
 def device_plugin_cases(valid_id: str) -> list[tuple[str, Any]]:
     """(rpc, request) pairs with bad device ids and sizes."""
     card = valid_id.rsplit("-", 1)[0]
-    ids: list[list[str]] = [["nope"], [""], [f"{card}-999"], [f"{card}--1"], [], [valid_id] * 50, ["\u2603" * 300],
-                            ["npu-ffff-ff-00-0-0"], [valid_id, "nope"], ["x" * 10_000]]
+    ids: list[list[str]] = [
+        ["nope"],
+        [""],
+        [f"{card}-999"],
+        [f"{card}--1"],
+        [],
+        [valid_id] * 50,
+        ["\u2603" * 300],
+        ["npu-ffff-ff-00-0-0"],
+        [valid_id, "nope"],
+        ["x" * 10_000],
+    ]
     cases: list[tuple[str, Any]] = [
-        ("Allocate", api.AllocateRequest(container_requests=[api.ContainerAllocateRequest(devices_ids=i)]))
-        for i in ids]
+        ("Allocate", api.AllocateRequest(container_requests=[api.ContainerAllocateRequest(devices_ids=i)])) for i in ids
+    ]
     cases.append(("Allocate", api.AllocateRequest()))
-    preferred = [([], [], 5), (["nope"], [], 1), ([valid_id], ["nope"], 1), ([valid_id], [], -1), ([valid_id], [], 0),
-                 ([valid_id], [], 1_000_000), ([f"{card}-999"] * 3, [], 3), ([valid_id], [valid_id, valid_id], 1)]
-    cases += [("GetPreferredAllocation", api.PreferredAllocationRequest(container_requests=[
-        api.ContainerPreferredAllocationRequest(available_deviceIDs=a, must_include_deviceIDs=m, allocation_size=s)]))
-        for a, m, s in preferred]
+    preferred = [
+        ([], [], 5),
+        (["nope"], [], 1),
+        ([valid_id], ["nope"], 1),
+        ([valid_id], [], -1),
+        ([valid_id], [], 0),
+        ([valid_id], [], 1_000_000),
+        ([f"{card}-999"] * 3, [], 3),
+        ([valid_id], [valid_id, valid_id], 1),
+    ]
+    cases += [
+        (
+            "GetPreferredAllocation",
+            api.PreferredAllocationRequest(
+                container_requests=[
+                    api.ContainerPreferredAllocationRequest(
+                        available_deviceIDs=a, must_include_deviceIDs=m, allocation_size=s
+                    )
+                ]
+            ),
+        )
+        for a, m, s in preferred
+    ]
     cases.append(("GetPreferredAllocation", api.PreferredAllocationRequest()))
     cases.append(("PreStartContainer", api.PreStartContainerRequest(devices_ids=["nope"])))
     return cases
@@ -211,5 +288,8 @@ def send_all(box: Box) -> list[EndpointFaults]:
 
 
 def summary(results: Sequence[EndpointFaults]) -> dict[str, int]:
-    return {"sent": sum(r.sent for r in results), "crashed": sum(r.crashed for r in results),
-            "unhandled": sum(r.unhandled for r in results)}
+    return {
+        "sent": sum(r.sent for r in results),
+        "crashed": sum(r.crashed for r in results),
+        "unhandled": sum(r.unhandled for r in results),
+    }

@@ -34,11 +34,11 @@ class Api:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
-    def request(self, method: str, path: str, body: object = None, *,
-                content_type: str = "application/json") -> Any:
+    def request(self, method: str, path: str, body: object = None, *, content_type: str = "application/json") -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": content_type})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": content_type}
+        )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
                 return json.loads(response.read() or b"null")
@@ -87,10 +87,17 @@ def collection_path(body: Mapping[str, Any]) -> str:
 
 def write_kubeconfig(path: Path, url: str) -> Path:
     """A kubeconfig whose current context points at the emulator (no auth), as components read it."""
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "box",
-        "clusters": [{"name": "box", "cluster": {"server": url}}],
-        "users": [{"name": "box", "user": {}}],
-        "contexts": [{"name": "box", "context": {"cluster": "box", "user": "box", "namespace": "default"}}],
-    }), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "box",
+                "clusters": [{"name": "box", "cluster": {"server": url}}],
+                "users": [{"name": "box", "user": {}}],
+                "contexts": [{"name": "box", "context": {"cluster": "box", "user": "box", "namespace": "default"}}],
+            }
+        ),
+        encoding="utf-8",
+    )
     return path

@@ -67,8 +67,10 @@ class PodCgroups:
 
     def for_pod(self, pod_uid: str) -> Path:
         if self.parent is None:
-            raise BoxError("no writable cgroup hierarchy: the box cannot give a container its pod identity "
-                           "(flexnpud matches grant-socket peers by the pod UID in their cgroup)")
+            raise BoxError(
+                "no writable cgroup hierarchy: the box cannot give a container its pod identity "
+                "(flexnpud matches grant-socket peers by the pod UID in their cgroup)"
+            )
         path = self.parent / f"pod{pod_uid}"
         path.mkdir(exist_ok=True)
         return path
@@ -118,11 +120,25 @@ class BoxKubelet:
         env = container_env(response, self.extra_env)
         meta = pod["metadata"]
         status_file = self.dir / f"{name}.status.json"
-        env.update({"POD_NAME": name, "POD_NAMESPACE": namespace, "POD_UID": meta["uid"],
-                    "FLEXNPU_BOX_STATUS": str(status_file), "FLEXNPU_BOX_WORKLOAD": workload})
+        env.update(
+            {
+                "POD_NAME": name,
+                "POD_NAMESPACE": namespace,
+                "POD_UID": meta["uid"],
+                "FLEXNPU_BOX_STATUS": str(status_file),
+                "FLEXNPU_BOX_WORKLOAD": workload,
+            }
+        )
         cgroup = self.cgroups.for_pod(meta["uid"])
-        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"),
-                sys.executable, "-S", str(APP)]
+        argv = [
+            "/bin/sh",
+            "-c",
+            'echo $$ > "$0" && exec "$@"',
+            str(cgroup / "cgroup.procs"),
+            sys.executable,
+            "-S",
+            str(APP),
+        ]
         child = Child(f"pod/{name}", argv, self.dir / f"{name}.log", env).start()
         container = Container(namespace, name, meta["uid"], ids, env, child, status_file, cgroup)
         self.containers[name] = container
@@ -159,5 +175,5 @@ def host_value(value: str, mounts: list[tuple[str, str]]) -> str:
             return separator.join(host_value(part, mounts) for part in value.split(separator))
     for container_path, host_path in mounts:
         if value == container_path or value.startswith(container_path + "/"):
-            return host_path + value[len(container_path):]
+            return host_path + value[len(container_path) :]
     return value

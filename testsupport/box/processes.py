@@ -42,8 +42,9 @@ class Child:
 
     def start(self) -> Child:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         self.starts += 1
         return self
 
@@ -55,6 +56,7 @@ class Child:
 
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``ready`` until it holds; BoxError with the log's tail when the process exits or time runs out."""
+
         def probe() -> bool:
             if not self.alive():
                 raise BoxError(f"{self.name} exited with {self.returncode()} before {what}: {self.tail()}")

@@ -41,8 +41,11 @@ class Tenant:
     priority: str = "normal"
 
 
-TENANTS = (Tenant("batch-2", 2, 8192, "batch"), Tenant("batch-8", 8, 16384, "batch"),
-           Tenant("critical", 2, 8192, "critical", "high"))
+TENANTS = (
+    Tenant("batch-2", 2, 8192, "batch"),
+    Tenant("batch-8", 8, 16384, "batch"),
+    Tenant("critical", 2, 8192, "critical", "high"),
+)
 
 
 @dataclass
@@ -79,11 +82,18 @@ class Report:
 def pod_body(tenant: Tenant) -> dict[str, Any]:
     limits = {names.RESOURCE_VNPU: str(tenant.units), names.RESOURCE_VNPU_MEMORY: str(tenant.memory_mib)}
     notes = {names.ANNOTATION_PRIORITY: tenant.priority} if tenant.priority != "normal" else {}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": tenant.name, "namespace": "default", "annotations": notes},
-            "spec": {"schedulerName": "flexnpu-scheduler", "containers": [
-                {"name": "main", "image": "flexnpu-box-tenant", "resources": {"limits": limits, "requests": limits}}]},
-            "status": {"phase": "Pending"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": tenant.name, "namespace": "default", "annotations": notes},
+        "spec": {
+            "schedulerName": "flexnpu-scheduler",
+            "containers": [
+                {"name": "main", "image": "flexnpu-box-tenant", "resources": {"limits": limits, "requests": limits}}
+            ],
+        },
+        "status": {"phase": "Pending"},
+    }
 
 
 class Scenario:
@@ -94,8 +104,12 @@ class Scenario:
         self.tenants = list(tenants)
         self.api = box.require_api()
         self.scheduler = Scheduler(box.extender_url, self.api, box.config.node_cache_capable)
-        self.kubelet = BoxKubelet(box.kubelet, self.api, box.dir, {
-            "FLEXNPU_BOX_SIMNPU": str(box.simnpu_socket), "FLEXNPU_BOX_DAEMON": box.daemon_url})
+        self.kubelet = BoxKubelet(
+            box.kubelet,
+            self.api,
+            box.dir,
+            {"FLEXNPU_BOX_SIMNPU": str(box.simnpu_socket), "FLEXNPU_BOX_DAEMON": box.daemon_url},
+        )
         self.report = Report()
         self.registration_ids: dict[str, str] = {}
 
@@ -115,8 +129,11 @@ class Scenario:
 
     def wait_registered(self) -> None:
         """Every claim Registered by the operator and every container past its first steps."""
-        self.box.wait_for(lambda: len(self.registered_claims()) == len(self.tenants), REGISTERED_TIMEOUT_S,
-                          "Registered claims for every pod")
+        self.box.wait_for(
+            lambda: len(self.registered_claims()) == len(self.tenants),
+            REGISTERED_TIMEOUT_S,
+            "Registered claims for every pod",
+        )
         self.registration_ids = {c["metadata"]["name"]: c["status"]["flexnpuId"] for c in self.api.claims()}
         self.wait_progress({name: 0 for name in self.kubelet.containers})
 
@@ -133,8 +150,9 @@ class Scenario:
         return False
 
     def registered_claims(self) -> list[str]:
-        return [c["metadata"]["name"] for c in self.api.claims()
-                if (c.get("status") or {}).get("phase") == "Registered"]
+        return [
+            c["metadata"]["name"] for c in self.api.claims() if (c.get("status") or {}).get("phase") == "Registered"
+        ]
 
     # ----- checks -------------------------------------------------------------------------------------------------
 
@@ -155,8 +173,7 @@ class Scenario:
     def _raise_if_container_died(self) -> None:
         for name, container in self.kubelet.containers.items():
             if not container.child.alive():
-                raise BoxError(f"container {name} exited with {container.child.returncode()}: "
-                               f"{container.child.tail()}")
+                raise BoxError(f"container {name} exited with {container.child.returncode()}: {container.child.tail()}")
 
     def containers_alive(self) -> bool:
         return all(c.child.alive() for c in self.kubelet.containers.values())
@@ -187,8 +204,11 @@ class Scenario:
             key = f"flexnpud npu {registration['npu']}"
             units[key] = units.get(key, 0) + int(registration["aicore_alloc"])
             memory[key] = memory.get(key, 0) + int(registration["memory_alloc"])
-        return [f"{card}: {units[card]} units, {memory[card]} MiB" for card in units
-                if units[card] > units_per_card * factor or memory[card] > hbm]
+        return [
+            f"{card}: {units[card]} units, {memory[card]} MiB"
+            for card in units
+            if units[card] > units_per_card * factor or memory[card] > hbm
+        ]
 
     def probe_is_refused(self) -> bool:
         """A pod asking for more units than the card has left is filtered out (the extender saw every booking)."""
@@ -214,8 +234,11 @@ class Scenario:
         batch_busy = sum(second.get(n, 0.0) - first.get(n, 0.0) for n in batch) or 1.0
         for tenant in self.tenants:
             used = second.get(tenant.name, 0.0) - first.get(tenant.name, 0.0)
-            entry = {"units": float(tenant.units), "achieved_share": used / window_us,
-                     "share_of_busy": used / total_busy}
+            entry = {
+                "units": float(tenant.units),
+                "achieved_share": used / window_us,
+                "share_of_busy": used / total_busy,
+            }
             if tenant.workload == "batch":
                 entry["target_batch_split"] = tenant.units / sum(weights[n] for n in batch)
                 entry["achieved_batch_split"] = used / batch_busy
@@ -229,20 +252,25 @@ class Scenario:
         except (SimNpuError, KeyError, TypeError):
             by_id = {c.progress().get("id"): name for name, c in self.kubelet.containers.items()}
             figures = self.daemon_registrations()
-            return ({by_id[i]: float(r.get("device_time_us", 0.0)) for i, r in figures.items() if i in by_id},
-                    "flexnpud device_time_us (the simulated NPU's stats were unavailable)")
+            return (
+                {by_id[i]: float(r.get("device_time_us", 0.0)) for i, r in figures.items() if i in by_id},
+                "flexnpud device_time_us (the simulated NPU's stats were unavailable)",
+            )
 
     def measure_latency(self) -> None:
-        critical = [c for c in self.kubelet.containers.values()
-                    if c.env.get("FLEXNPU_BOX_WORKLOAD") == "critical"]
+        critical = [c for c in self.kubelet.containers.values() if c.env.get("FLEXNPU_BOX_WORKLOAD") == "critical"]
         if not critical:
             return
         latencies = sorted(float(x) for x in critical[0].progress().get("latencies_us", []))
         if not latencies:
             return
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-        self.report.critical_latency_us = {"steps": float(len(latencies)), "p50": statistics.median(latencies),
-                                           "p99": p99, "max": latencies[-1]}
+        self.report.critical_latency_us = {
+            "steps": float(len(latencies)),
+            "p50": statistics.median(latencies),
+            "p99": p99,
+            "max": latencies[-1],
+        }
 
     # ----- restarts and faults -------------------------------------------------------------------------------------
 
@@ -254,9 +282,16 @@ class Scenario:
             ready = time.monotonic() - started
             progressed = self.wait_progress(before)
             phases = self.claim_phases()
-            outcome = RestartOutcome(component, ready, self.containers_alive(), progressed,
-                                     self.registrations_lost(), self.double_booked(), self.claims_settle(),
-                                     phases)
+            outcome = RestartOutcome(
+                component,
+                ready,
+                self.containers_alive(),
+                progressed,
+                self.registrations_lost(),
+                self.double_booked(),
+                self.claims_settle(),
+                phases,
+            )
             self.report.restarts.append(outcome)
         return self.report.restarts
 

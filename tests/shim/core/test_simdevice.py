@@ -22,8 +22,7 @@ def test_kernels_run_one_at_a_time_in_arrival_order_across_clients() -> None:
     dev.submit("b", 100, 10)
     dev.submit("a", 200, 20)
     done = dev.advance(10_000)
-    assert [(k.client, k.started_us, k.finished_us) for k in done] == [("a", 0, 300), ("b", 300, 400),
-                                                                        ("a", 400, 600)]
+    assert [(k.client, k.started_us, k.finished_us) for k in done] == [("a", 0, 300), ("b", 300, 400), ("a", 400, 600)]
 
 
 def test_a_running_kernel_is_not_preempted_and_launches_are_asynchronous() -> None:
@@ -102,14 +101,17 @@ def test_removing_a_client_frees_its_memory() -> None:
     assert (dev.memory_used("a"), dev.memory_used("b"), dev.memory_in_use()) == (0, 1000, 1000)
 
 
-@pytest.mark.parametrize("call", [
-    lambda d: d.submit("x", 10, 0),
-    lambda d: d.submit("a", 0, 0),
-    lambda d: d.alloc("a", 0),
-    lambda d: d.free("a", 1),
-    lambda d: d.alloc("x", 1),
-    lambda d: d.add_client("b", -1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: d.submit("x", 10, 0),
+        lambda d: d.submit("a", 0, 0),
+        lambda d: d.alloc("a", 0),
+        lambda d: d.free("a", 1),
+        lambda d: d.alloc("x", 1),
+        lambda d: d.add_client("b", -1),
+    ],
+)
 def test_bad_requests_are_refused(call: Callable[[SimDevice], object]) -> None:
     dev = device("a")
     with pytest.raises(DeviceError):

@@ -44,9 +44,13 @@ class Driven:
         return self.used(tenant_id, start, end) / (end - start)
 
 
-def drive(sched: CardScheduler, horizon_us: int, use: Callable[[Grant, int], int] = lambda g, i: g.budget_us,
-          still_wants: Callable[[str, int], bool] = lambda t, now: True,
-          report: Callable[[str, int], object] = lambda t, used: used) -> Driven:
+def drive(
+    sched: CardScheduler,
+    horizon_us: int,
+    use: Callable[[Grant, int], int] = lambda g, i: g.budget_us,
+    still_wants: Callable[[str, int], bool] = lambda t, now: True,
+    report: Callable[[str, int], object] = lambda t, used: used,
+) -> Driven:
     """Run the scheduler alone: each grant is used for ``use(grant, n)`` µs, then released reporting
     ``report(tenant, used)`` (what it really used, unless a test makes a tenant lie)."""
     out = Driven()
@@ -67,8 +71,9 @@ def drive(sched: CardScheduler, horizon_us: int, use: Callable[[Grant, int], int
     return out
 
 
-def card(pol: SlicePolicy, *tenants: tuple[str, int, Priority], wanting: tuple[str, ...] | None = None,
-         now: int = 0) -> CardScheduler:
+def card(
+    pol: SlicePolicy, *tenants: tuple[str, int, Priority], wanting: tuple[str, ...] | None = None, now: int = 0
+) -> CardScheduler:
     sched = CardScheduler(pol, [Tenant(t, a, p) for t, a, p in tenants])
     for tenant_id, _, _ in tenants:
         if wanting is None or tenant_id in wanting:
@@ -79,28 +84,41 @@ def card(pol: SlicePolicy, *tenants: tuple[str, int, Priority], wanting: tuple[s
 # ----- policy validation ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "key"), [
-    ({"quota": 0}, "[ticker] quota"),
-    ({"quota": 1001}, "[ticker] quota"),
-    ({"quota": True}, "[ticker] quota"),
-    ({"slice_us": 0}, "[flexnpu] schedule_cycle"),
-    ({"ticker_interval_us": -1}, "[ticker] ticker_interval"),
-    ({"share_in_idle": "yes"}, "[flexnpu] share_in_idle"),
-    ({"mode": "fair"}, "mode"),
-    ({"oversubscription": 0.5}, "oversubscription"),
-    ({"oversubscription": float("nan")}, "oversubscription"),
-    ({"window_us": 1000}, "window_us"),
-    ({"charge_grace_us": -1}, "charge_grace_us"),
-    ({"charge_grace_us": 1.5}, "charge_grace_us"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"quota": 0}, "[ticker] quota"),
+        ({"quota": 1001}, "[ticker] quota"),
+        ({"quota": True}, "[ticker] quota"),
+        ({"slice_us": 0}, "[flexnpu] schedule_cycle"),
+        ({"ticker_interval_us": -1}, "[ticker] ticker_interval"),
+        ({"share_in_idle": "yes"}, "[flexnpu] share_in_idle"),
+        ({"mode": "fair"}, "mode"),
+        ({"oversubscription": 0.5}, "oversubscription"),
+        ({"oversubscription": float("nan")}, "oversubscription"),
+        ({"window_us": 1000}, "window_us"),
+        ({"charge_grace_us": -1}, "charge_grace_us"),
+        ({"charge_grace_us": 1.5}, "charge_grace_us"),
+    ],
+)
 def test_policy_rejects_bad_values_naming_the_key(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         SlicePolicy(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == key
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"quota": 16}, {"quota": 1000}, {"mode": "ops"}, {"oversubscription": 1.5},
-                                    {"charge_grace_us": 0}, {"window_us": 4000, "slice_us": 2000}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"quota": 16},
+        {"quota": 1000},
+        {"mode": "ops"},
+        {"oversubscription": 1.5},
+        {"charge_grace_us": 0},
+        {"window_us": 4000, "slice_us": 2000},
+    ],
+)
 def test_policy_accepts_good_values_and_keeps_them(kwargs: dict[str, object]) -> None:
     built = SlicePolicy(**kwargs)  # type: ignore[arg-type]
     assert {key: getattr(built, key) for key in kwargs} == kwargs
@@ -115,15 +133,19 @@ def test_tenant_rejects_bad_values(tenant_id: str, alloc: int) -> None:
 # ----- single decisions ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("tenants", "wanting", "expected"), [
-    ([("a", 2, NORMAL), ("b", 8, NORMAL)], ("a",), "a"),
-    ([("a", 2, NORMAL), ("b", 8, HIGH)], None, "b"),
-    ([("a", 2, LOW), ("b", 8, NORMAL), ("c", 1, HIGH)], None, "c"),
-    ([("a", 2, LOW), ("b", 8, NORMAL)], ("a",), "a"),
-    ([("a", 2, NORMAL), ("b", 8, NORMAL)], (), None),
-])
+@pytest.mark.parametrize(
+    ("tenants", "wanting", "expected"),
+    [
+        ([("a", 2, NORMAL), ("b", 8, NORMAL)], ("a",), "a"),
+        ([("a", 2, NORMAL), ("b", 8, HIGH)], None, "b"),
+        ([("a", 2, LOW), ("b", 8, NORMAL), ("c", 1, HIGH)], None, "c"),
+        ([("a", 2, LOW), ("b", 8, NORMAL)], ("a",), "a"),
+        ([("a", 2, NORMAL), ("b", 8, NORMAL)], (), None),
+    ],
+)
 def test_first_grant_goes_to_the_highest_priority_waiting(
-        tenants: list[tuple[str, int, Priority]], wanting: tuple[str, ...] | None, expected: str | None) -> None:
+    tenants: list[tuple[str, int, Priority]], wanting: tuple[str, ...] | None, expected: str | None
+) -> None:
     decision = card(policy(), *tenants, wanting=wanting).decide(0)
     assert (decision.grant.tenant_id if decision.grant else None) == expected
     if decision.grant:
@@ -137,15 +159,19 @@ def test_one_grant_at_a_time_in_share_mode() -> None:
     assert len(sched.holders) == 1
 
 
-@pytest.mark.parametrize(("holder", "waiter", "share_in_idle", "revoked"), [
-    (NORMAL, HIGH, False, True),
-    (LOW, NORMAL, False, True),
-    (NORMAL, NORMAL, False, False),
-    (HIGH, NORMAL, True, False),
-    (NORMAL, LOW, True, False),
-])
-def test_revoke_when_a_higher_priority_waits(holder: Priority, waiter: Priority, share_in_idle: bool,
-                                             revoked: bool) -> None:
+@pytest.mark.parametrize(
+    ("holder", "waiter", "share_in_idle", "revoked"),
+    [
+        (NORMAL, HIGH, False, True),
+        (LOW, NORMAL, False, True),
+        (NORMAL, NORMAL, False, False),
+        (HIGH, NORMAL, True, False),
+        (NORMAL, LOW, True, False),
+    ],
+)
+def test_revoke_when_a_higher_priority_waits(
+    holder: Priority, waiter: Priority, share_in_idle: bool, revoked: bool
+) -> None:
     sched = card(policy(share_in_idle=share_in_idle), ("h", 5, holder), ("w", 5, waiter), wanting=("h",))
     assert sched.decide(0).grant == Grant("h", 2000)
     sched.want("w", 100)
@@ -191,15 +217,19 @@ def test_hard_cap_idles_the_card_and_says_when_to_call_again() -> None:
     assert decision.wake_at_us is not None and now < decision.wake_at_us <= WINDOW + 1
 
 
-@pytest.mark.parametrize(("allocs", "oversubscription", "expected"), [
-    ((2, 8), 1.0, (0.2, 0.8)),
-    ((3, 7), 1.0, (0.3, 0.7)),
-    ((1, 2, 7), 1.0, (0.1, 0.2, 0.7)),
-    ((8, 8, 4), 2.0, (0.4, 0.4, 0.2)),
-    ((10, 5), 1.5, (2 / 3, 1 / 3)),
-])
-def test_backlogged_tenants_get_their_shares_or_weights(allocs: tuple[int, ...], oversubscription: float,
-                                                        expected: tuple[float, ...]) -> None:
+@pytest.mark.parametrize(
+    ("allocs", "oversubscription", "expected"),
+    [
+        ((2, 8), 1.0, (0.2, 0.8)),
+        ((3, 7), 1.0, (0.3, 0.7)),
+        ((1, 2, 7), 1.0, (0.1, 0.2, 0.7)),
+        ((8, 8, 4), 2.0, (0.4, 0.4, 0.2)),
+        ((10, 5), 1.5, (2 / 3, 1 / 3)),
+    ],
+)
+def test_backlogged_tenants_get_their_shares_or_weights(
+    allocs: tuple[int, ...], oversubscription: float, expected: tuple[float, ...]
+) -> None:
     names = [f"t{i}" for i in range(len(allocs))]
     tenants = [(n, a, NORMAL) for n, a in zip(names, allocs, strict=True)]
     sched = card(policy(oversubscription=oversubscription), *tenants)
@@ -257,12 +287,15 @@ def test_changing_a_tenant_keeps_its_state_and_takes_the_new_values() -> None:
     assert sched.wants("a") and sched.rate("a") == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("call", [
-    lambda s: s.want("x", 0),
-    lambda s: s.release("x", 0, 0, still_wants=False),
-    lambda s: s.extend("x", 0, 0),
-    lambda s: s.owed_us("x"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.want("x", 0),
+        lambda s: s.release("x", 0, 0, still_wants=False),
+        lambda s: s.extend("x", 0, 0),
+        lambda s: s.owed_us("x"),
+    ],
+)
 def test_unknown_tenants_are_refused(call: Callable[[CardScheduler], object]) -> None:
     sched = card(policy(), ("a", 5, NORMAL))
     with pytest.raises(UnknownTenantError, match="'x'"):
@@ -306,16 +339,19 @@ def test_backlogged_tenants_converge_to_their_share(allocs: list[int], seed: int
 @settings(max_examples=25, deadline=None)
 @given(alloc=st.integers(1, 9), seed=st.integers(0, 10_000), start=st.integers(0, 4 * WINDOW))
 def test_a_hard_capped_tenant_never_exceeds_its_share_over_a_window(alloc: int, seed: int, start: int) -> None:
-    sched = card(policy(), ("a", alloc, NORMAL), ("b", 10 - alloc, NORMAL),
-                 wanting=("a",) if seed % 2 else None)
+    sched = card(policy(), ("a", alloc, NORMAL), ("b", 10 - alloc, NORMAL), wanting=("a",) if seed % 2 else None)
     driven = drive(sched, 5 * WINDOW + start, use=lambda g, i: 100 + (seed * 31 + i * 7) % 4000)
     # A grant may start just under the cap and overrun its budget by the longest drain (4 ms here).
     assert driven.used("a", start, start + WINDOW) <= alloc / 10 * WINDOW + 2000 + 4100
 
 
 @settings(max_examples=40, deadline=None)
-@given(steps=st.lists(st.tuples(st.sampled_from(["want", "decide", "release", "set"]), st.integers(0, 3),
-                                st.integers(0, 5000)), max_size=60))
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["want", "decide", "release", "set"]), st.integers(0, 3), st.integers(0, 5000)),
+        max_size=60,
+    )
+)
 def test_no_grant_ever_goes_to_an_unknown_tenant(steps: list[tuple[str, int, int]]) -> None:
     sched = CardScheduler(policy(share_in_idle=True), [Tenant("t0", 3), Tenant("t1", 3, HIGH)])
     known = {"t0", "t1"}
@@ -338,7 +374,6 @@ def test_no_grant_ever_goes_to_an_unknown_tenant(steps: list[tuple[str, int, int
         assert len(sched.holders) <= 1
 
 
-
 def test_a_tenant_that_overran_its_budget_is_let_in_that_much_later() -> None:
     # A holding ends after its budget by the work in flight; the scheduler learns that overrun (a running mean)
     # and counts it against what the tenant is owed, so that a capped tenant does not pass its share each visit.
@@ -357,26 +392,30 @@ def test_a_tenant_that_overran_its_budget_is_let_in_that_much_later() -> None:
 # ----- charging: what a tenant reports is hostile ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("reported", "held", "grace", "charged"), [
-    (0, 2000, 1000, 2000),  # under-reporting gains nothing
-    (1500, 2000, 1000, 2000),
-    (2500, 2000, 1000, 2500),  # a little more than held (clock skew): believed
-    (9000, 2000, 1000, 3000),  # far more than it could have used: clamped
-    (-5, 2000, 1000, 2000),
-    (float("inf"), 2000, 1000, 2000),  # not a number it could have measured: no report
-    (float("nan"), 2000, 1000, 2000),
-    (float("-inf"), 2000, 1000, 2000),
-    (1e300, 2000, 1000, 3000),
-    (10**400, 2000, 1000, 3000),
-    (2500.7, 2000, 1000, 2500),
-    (True, 2000, 1000, 2000),
-    ("2500", 2000, 1000, 2000),
-    (None, 2000, 1000, 2000),
-    (500, 0, 1000, 500),
-    (500, -10, 0, 0),
-])
+@pytest.mark.parametrize(
+    ("reported", "held", "grace", "charged"),
+    [
+        (0, 2000, 1000, 2000),  # under-reporting gains nothing
+        (1500, 2000, 1000, 2000),
+        (2500, 2000, 1000, 2500),  # a little more than held (clock skew): believed
+        (9000, 2000, 1000, 3000),  # far more than it could have used: clamped
+        (-5, 2000, 1000, 2000),
+        (float("inf"), 2000, 1000, 2000),  # not a number it could have measured: no report
+        (float("nan"), 2000, 1000, 2000),
+        (float("-inf"), 2000, 1000, 2000),
+        (1e300, 2000, 1000, 3000),
+        (10**400, 2000, 1000, 3000),
+        (2500.7, 2000, 1000, 2500),
+        (True, 2000, 1000, 2000),
+        ("2500", 2000, 1000, 2000),
+        (None, 2000, 1000, 2000),
+        (500, 0, 1000, 500),
+        (500, -10, 0, 0),
+    ],
+)
 def test_a_holding_is_charged_at_least_the_time_held_and_at_most_a_grace_more(
-        reported: object, held: int, grace: int, charged: int) -> None:
+    reported: object, held: int, grace: int, charged: int
+) -> None:
     assert charge_us(reported, held, grace) == charged
 
 
@@ -385,8 +424,12 @@ def test_an_under_reporting_tenant_gets_no_more_than_its_share(lie: object) -> N
     # "cheat" (20%) reports a lie after every grant while it really uses the card for the whole grant; "fair" (80%)
     # reports the truth. Charged only by its report, "cheat" would always be owed time and take every grant.
     sched = card(policy(), ("cheat", 2, NORMAL), ("fair", 8, NORMAL))
-    driven = drive(sched, 8 * WINDOW, use=lambda g, i: g.budget_us + (i * 97) % 300,
-                   report=lambda t, used: lie if t == "cheat" else used)
+    driven = drive(
+        sched,
+        8 * WINDOW,
+        use=lambda g, i: g.budget_us + (i * 97) % 300,
+        report=lambda t, used: lie if t == "cheat" else used,
+    )
     for start in range(2 * WINDOW, 7 * WINDOW, WINDOW // 2):
         assert driven.share("cheat", start, start + WINDOW) <= 0.2 + 0.01
     assert driven.share("fair", 2 * WINDOW, driven.end_us) == pytest.approx(0.8, abs=0.01)

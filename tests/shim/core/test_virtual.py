@@ -8,8 +8,10 @@ from flexnpu.priority import Priority
 from flexnpu.shim.core.slicing import SlicePolicy
 from flexnpu.shim.core.virtual import RuntimeModel, Scenario, Workload, percentile, run, target_shares
 
-TWO_EIGHT = (Workload("a", 2, kernel_min_us=50, kernel_max_us=5000, seed=1),
-             Workload("b", 8, kernel_min_us=50, kernel_max_us=500, seed=2))
+TWO_EIGHT = (
+    Workload("a", 2, kernel_min_us=50, kernel_max_us=5000, seed=1),
+    Workload("b", 8, kernel_min_us=50, kernel_max_us=500, seed=2),
+)
 
 
 def max_error_pp(scenario: Scenario) -> float:
@@ -19,8 +21,10 @@ def max_error_pp(scenario: Scenario) -> float:
 
 
 def test_flexnpu_beats_the_ungated_card_and_the_seed_policy_on_share_error() -> None:
-    errors = {g: max_error_pp(Scenario(TWO_EIGHT, g, duration_us=2_000_000, runtime=RuntimeModel(30)))
-              for g in ("ungated", "ops", "share")}
+    errors = {
+        g: max_error_pp(Scenario(TWO_EIGHT, g, duration_us=2_000_000, runtime=RuntimeModel(30)))
+        for g in ("ungated", "ops", "share")
+    }
     assert errors["share"] < 1.0
     assert errors["share"] < errors["ops"] and errors["share"] < errors["ungated"]
 
@@ -32,12 +36,16 @@ def test_a_run_is_deterministic() -> None:
 
 
 def test_the_high_priority_tenant_keeps_its_latency_beside_a_batch_tenant() -> None:
-    critical = Workload("critical", 3, Priority.HIGH, 500, 1500, "uniform", step_kernels=10, step_period_us=50_000,
-                        seed=3)
+    critical = Workload(
+        "critical", 3, Priority.HIGH, 500, 1500, "uniform", step_kernels=10, step_period_us=50_000, seed=3
+    )
     batch = Workload("batch", 7, seed=4)
     p99 = {}
-    for label, workloads, gating in (("solo", (critical,), "ungated"), ("ungated", (critical, batch), "ungated"),
-                                     ("share", (critical, batch), "share")):
+    for label, workloads, gating in (
+        ("solo", (critical,), "ungated"),
+        ("ungated", (critical, batch), "ungated"),
+        ("share", (critical, batch), "share"),
+    ):
         result = run(Scenario(workloads, gating, duration_us=1_500_000))  # type: ignore[arg-type]
         p99[label] = result.tenants["critical"].latency_percentile_us(99)
     assert p99["share"] < p99["ungated"]

@@ -18,8 +18,16 @@ from typing import Any
 from flexnpu.registration import Registration
 from flexnpu_testsupport.waiting import free_port
 
-__all__ = ["NPU_SMI_OUTPUT", "Daemon", "FakeGrant", "daemon_sections", "free_port", "http_request", "run_cli",
-           "write_config"]
+__all__ = [
+    "NPU_SMI_OUTPUT",
+    "Daemon",
+    "FakeGrant",
+    "daemon_sections",
+    "free_port",
+    "http_request",
+    "run_cli",
+    "write_config",
+]
 
 DATA = Path(__file__).parent / "data"
 NPU_SMI_OUTPUT = DATA / "npu-smi-info-8x910B3-24.1.txt"
@@ -28,8 +36,9 @@ START_TIMEOUT_S = 30.0
 
 def write_config(directory: Path, sections: Mapping[str, Mapping[str, object]]) -> Path:
     """An INI file from ``{section: {key: value}}``."""
-    text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + "\n"
-                   for name, keys in sections.items())
+    text = "".join(
+        f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + "\n" for name, keys in sections.items()
+    )
     path = directory / "flexnpud.conf"
     path.write_text(text, encoding="utf-8")
     return path
@@ -39,8 +48,7 @@ def daemon_sections(state_dir: Path, socket_dir: Path, port: int, **flexnpu: obj
     """A working config: two simulated 910B3 cards, state and socket under the test's directories."""
     return {
         "server": {"host": "127.0.0.1", "port": port},
-        "flexnpu": {"devices": "sim:910B3x2", "persistent_file_dir": state_dir, "socket_dir": socket_dir,
-                    **flexnpu},
+        "flexnpu": {"devices": "sim:910B3x2", "persistent_file_dir": state_dir, "socket_dir": socket_dir, **flexnpu},
         "ticker": {"quota": 10},
     }
 
@@ -86,8 +94,11 @@ class Daemon:
 
     def start(self) -> Daemon:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "flexnpu.shim.daemon.main", "--config",
-                                             str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flexnpu.shim.daemon.main", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -143,5 +154,11 @@ def _decode(raw: bytes) -> Any:
 
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m flexnpu.cli ARGS`` as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "flexnpu.cli", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "flexnpu.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )

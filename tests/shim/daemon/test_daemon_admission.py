@@ -8,8 +8,11 @@ from flexnpu.cards import Card
 from flexnpu.registration import Registration
 from flexnpu.shim.core.admission import Capacity, Outcome, admit, card_usage, find_card, restore_order
 
-CARDS = [Card.of_model("910B3", index=0, uuid="c0"), Card.of_model("910B4", index=1, uuid="c1"),
-         Card.of_model("910B3", index=2, uuid="c2", chip=1)]
+CARDS = [
+    Card.of_model("910B3", index=0, uuid="c0"),
+    Card.of_model("910B4", index=1, uuid="c1"),
+    Card.of_model("910B3", index=2, uuid="c2", chip=1),
+]
 
 
 def reg(fid: str, aicore: int, memory: int = 1024, npu: int = 0, chip: int = 0, entity: str = "e") -> Registration:
@@ -20,44 +23,54 @@ def existing(*registrations: Registration) -> dict[str, Registration]:
     return {r.flexnpu_id: r for r in registrations}
 
 
-@pytest.mark.parametrize(("candidate", "current", "capacity", "outcome"), [
-    (reg("a", 2), [], Capacity(10), Outcome.CREATED),
-    (reg("a", 10), [], Capacity(10), Outcome.CREATED),
-    (reg("a", 11), [], Capacity(10), Outcome.CONFLICT),
-    (reg("b", 8), [reg("a", 2)], Capacity(10), Outcome.CREATED),
-    (reg("b", 9), [reg("a", 2)], Capacity(10), Outcome.CONFLICT),
-    (reg("b", 8), [reg("a", 2, npu=1)], Capacity(10), Outcome.CREATED),
-    (reg("d", 8), [reg("a", 2), reg("b", 2), reg("c", 8)], Capacity(10, 2.0), Outcome.CREATED),
-    (reg("e", 1), [reg("a", 2), reg("b", 2), reg("c", 8), reg("d", 8)], Capacity(10, 2.0), Outcome.CONFLICT),
-    (reg("b", 3), [reg("a", 3)], Capacity(10, 1.5), Outcome.CREATED),
-    (reg("a", 2), [reg("a", 2)], Capacity(10), Outcome.UNCHANGED),
-    (reg("a", 9), [reg("a", 2)], Capacity(10), Outcome.UPDATED),
-    (reg("a", 9), [reg("a", 2), reg("b", 2)], Capacity(10), Outcome.CONFLICT),
-    (reg("a", 2, npu=1), [reg("a", 2), reg("b", 8, npu=1)], Capacity(10), Outcome.UPDATED),
-    (reg("a", 2, entity="other"), [reg("a", 2)], Capacity(10), Outcome.UPDATED),
-])
-def test_aicore_quota(candidate: Registration, current: list[Registration], capacity: Capacity,
-                      outcome: Outcome) -> None:
+@pytest.mark.parametrize(
+    ("candidate", "current", "capacity", "outcome"),
+    [
+        (reg("a", 2), [], Capacity(10), Outcome.CREATED),
+        (reg("a", 10), [], Capacity(10), Outcome.CREATED),
+        (reg("a", 11), [], Capacity(10), Outcome.CONFLICT),
+        (reg("b", 8), [reg("a", 2)], Capacity(10), Outcome.CREATED),
+        (reg("b", 9), [reg("a", 2)], Capacity(10), Outcome.CONFLICT),
+        (reg("b", 8), [reg("a", 2, npu=1)], Capacity(10), Outcome.CREATED),
+        (reg("d", 8), [reg("a", 2), reg("b", 2), reg("c", 8)], Capacity(10, 2.0), Outcome.CREATED),
+        (reg("e", 1), [reg("a", 2), reg("b", 2), reg("c", 8), reg("d", 8)], Capacity(10, 2.0), Outcome.CONFLICT),
+        (reg("b", 3), [reg("a", 3)], Capacity(10, 1.5), Outcome.CREATED),
+        (reg("a", 2), [reg("a", 2)], Capacity(10), Outcome.UNCHANGED),
+        (reg("a", 9), [reg("a", 2)], Capacity(10), Outcome.UPDATED),
+        (reg("a", 9), [reg("a", 2), reg("b", 2)], Capacity(10), Outcome.CONFLICT),
+        (reg("a", 2, npu=1), [reg("a", 2), reg("b", 8, npu=1)], Capacity(10), Outcome.UPDATED),
+        (reg("a", 2, entity="other"), [reg("a", 2)], Capacity(10), Outcome.UPDATED),
+    ],
+)
+def test_aicore_quota(
+    candidate: Registration, current: list[Registration], capacity: Capacity, outcome: Outcome
+) -> None:
     assert admit(candidate, existing(*current), CARDS, capacity).outcome is outcome
 
 
-@pytest.mark.parametrize(("candidate", "current", "outcome"), [
-    (reg("a", 1, memory=65536), [], Outcome.CREATED),
-    (reg("a", 1, memory=65537), [], Outcome.CONFLICT),
-    (reg("a", 1, memory=32769, npu=1), [], Outcome.CONFLICT),
-    (reg("b", 1, memory=32768), [reg("a", 1, memory=32768)], Outcome.CREATED),
-    (reg("b", 1, memory=32769), [reg("a", 1, memory=32768)], Outcome.CONFLICT),
-    (reg("a", 1, memory=65536), [reg("a", 1, memory=32768)], Outcome.UPDATED),
-])
+@pytest.mark.parametrize(
+    ("candidate", "current", "outcome"),
+    [
+        (reg("a", 1, memory=65536), [], Outcome.CREATED),
+        (reg("a", 1, memory=65537), [], Outcome.CONFLICT),
+        (reg("a", 1, memory=32769, npu=1), [], Outcome.CONFLICT),
+        (reg("b", 1, memory=32768), [reg("a", 1, memory=32768)], Outcome.CREATED),
+        (reg("b", 1, memory=32769), [reg("a", 1, memory=32768)], Outcome.CONFLICT),
+        (reg("a", 1, memory=65536), [reg("a", 1, memory=32768)], Outcome.UPDATED),
+    ],
+)
 def test_memory_never_oversubscribed(candidate: Registration, current: list[Registration], outcome: Outcome) -> None:
     assert admit(candidate, existing(*current), CARDS, Capacity(10, 4.0)).outcome is outcome
 
 
-@pytest.mark.parametrize(("candidate", "field"), [
-    (reg("a", 1, npu=7), "npu"),
-    (reg("a", 1, npu=2, chip=0), "chip"),
-    (reg("a", 1, npu=0, chip=1), "chip"),
-])
+@pytest.mark.parametrize(
+    ("candidate", "field"),
+    [
+        (reg("a", 1, npu=7), "npu"),
+        (reg("a", 1, npu=2, chip=0), "chip"),
+        (reg("a", 1, npu=0, chip=1), "chip"),
+    ],
+)
 def test_unknown_card_names_the_field(candidate: Registration, field: str) -> None:
     decision = admit(candidate, {}, CARDS, Capacity(10))
     assert (decision.outcome, decision.field) == (Outcome.INVALID, field)

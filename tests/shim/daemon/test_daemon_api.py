@@ -61,8 +61,9 @@ async def get(client: TestClient[Any, Any], path: str) -> tuple[int, Any]:
         return response.status, await response.json()
 
 
-async def test_register_then_info_then_unregister(client: TestClient[Any, Any], grant: FakeGrant,
-                                                  store: RegistrationStore) -> None:
+async def test_register_then_info_then_unregister(
+    client: TestClient[Any, Any], grant: FakeGrant, store: RegistrationStore
+) -> None:
     status, reply = await post(client, "/device/register", {**BODY, "priority": "high", "pod_uid": "uid-1"})
     assert (status, reply["result"]) == (200, "created")
     assert reply["registration"]["priority"] == "high"
@@ -109,39 +110,45 @@ async def test_same_id_other_body_updates_when_it_fits(client: TestClient[Any, A
 
 async def test_quota_and_memory_overflow_are_409(client: TestClient[Any, Any]) -> None:
     for fid, aicore in (("a", 2), ("b", 2), ("c", 6)):
-        assert (await post(client, "/device/register", {**BODY, "flexnpu_id": fid, "aicore_alloc": aicore,
-                                                        "memory_alloc": 1024}))[0] == 200
+        assert (
+            await post(
+                client, "/device/register", {**BODY, "flexnpu_id": fid, "aicore_alloc": aicore, "memory_alloc": 1024}
+            )
+        )[0] == 200
     status, reply = await post(client, "/device/register", {**BODY, "flexnpu_id": "d", "aicore_alloc": 1})
     assert status == 409 and "10 of 10" in reply["error"] and "npu 0" in reply["error"]
     assert set(reply) == {"error"}
-    status, reply = await post(client, "/device/register", {**BODY, "flexnpu_id": "e", "npu": 1,
-                                                            "memory_alloc": 32769})
+    status, reply = await post(client, "/device/register", {**BODY, "flexnpu_id": "e", "npu": 1, "memory_alloc": 32769})
     assert status == 409 and "memory_alloc 32769" in reply["error"] and "32768 MiB" in reply["error"]
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({**BODY, "npu": 5}, "npu"),
-    ({**BODY, "chip": 1}, "chip"),
-    ({**BODY, "npu": -1}, "npu"),
-    ({**BODY, "aicore_alloc": -2}, "aicore_alloc"),
-    ({**BODY, "aicore_alloc": 0}, "aicore_alloc"),
-    ({**BODY, "aicore_alloc": 10**30}, "aicore_alloc"),
-    ({**BODY, "aicore_alloc": 2.5}, "aicore_alloc"),
-    ({**BODY, "aicore_alloc": "2"}, "aicore_alloc"),
-    ({**BODY, "memory_alloc": -1}, "memory_alloc"),
-    ({**BODY, "memory_alloc": 2**40}, "memory_alloc"),
-    ({**BODY, "priority": "urgent"}, "priority"),
-    ({k: v for k, v in BODY.items() if k != "aicore_alloc"}, "aicore_alloc"),
-    ({k: v for k, v in BODY.items() if k != "npu"}, "npu"),
-    ({k: v for k, v in BODY.items() if k != "flexnpu_id"}, "flexnpu_id"),
-    ({**BODY, "flexnpu_id": ""}, "flexnpu_id"),
-    ({**BODY, "entity": 7}, "entity"),
-    ([BODY], "body"),
-    ("{not json", "body"),
-    ("", "body"),
-])
-async def test_bad_input_is_400_naming_the_field(client: TestClient[Any, Any], body: object, field: str,
-                                                 grant: FakeGrant) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**BODY, "npu": 5}, "npu"),
+        ({**BODY, "chip": 1}, "chip"),
+        ({**BODY, "npu": -1}, "npu"),
+        ({**BODY, "aicore_alloc": -2}, "aicore_alloc"),
+        ({**BODY, "aicore_alloc": 0}, "aicore_alloc"),
+        ({**BODY, "aicore_alloc": 10**30}, "aicore_alloc"),
+        ({**BODY, "aicore_alloc": 2.5}, "aicore_alloc"),
+        ({**BODY, "aicore_alloc": "2"}, "aicore_alloc"),
+        ({**BODY, "memory_alloc": -1}, "memory_alloc"),
+        ({**BODY, "memory_alloc": 2**40}, "memory_alloc"),
+        ({**BODY, "priority": "urgent"}, "priority"),
+        ({k: v for k, v in BODY.items() if k != "aicore_alloc"}, "aicore_alloc"),
+        ({k: v for k, v in BODY.items() if k != "npu"}, "npu"),
+        ({k: v for k, v in BODY.items() if k != "flexnpu_id"}, "flexnpu_id"),
+        ({**BODY, "flexnpu_id": ""}, "flexnpu_id"),
+        ({**BODY, "entity": 7}, "entity"),
+        ([BODY], "body"),
+        ("{not json", "body"),
+        ("", "body"),
+    ],
+)
+async def test_bad_input_is_400_naming_the_field(
+    client: TestClient[Any, Any], body: object, field: str, grant: FakeGrant
+) -> None:
     pushes = len(grant.pushed)
     status, reply = await post(client, "/device/register", body)
     assert status == 400 and reply["field"] == field and reply["error"]
@@ -157,10 +164,12 @@ async def test_unregister_unknown_or_bad(client: TestClient[Any, Any]) -> None:
     assert (status, reply["field"]) == (400, "body")
 
 
-@pytest.mark.parametrize(("raw", "reason"), [(b'{"flexnpu_id": "\xff"}', "not UTF-8"),
-                                             (b"[" * 5000 + b"]" * 5000, "nested too deeply")])
-async def test_undecodable_bodies_get_400_naming_the_body(client: TestClient[Any, Any], raw: bytes,
-                                                          reason: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "reason"), [(b'{"flexnpu_id": "\xff"}', "not UTF-8"), (b"[" * 5000 + b"]" * 5000, "nested too deeply")]
+)
+async def test_undecodable_bodies_get_400_naming_the_body(
+    client: TestClient[Any, Any], raw: bytes, reason: str
+) -> None:
     async with client.post("/device/register", data=raw) as response:
         status, reply = response.status, await response.json()
     assert (status, reply["field"]) == (400, "body")
@@ -185,8 +194,11 @@ async def test_health_and_metrics(client: TestClient[Any, Any], grant: FakeGrant
     async with client.get("/metrics") as response:
         assert response.status == 200
         text = await response.text()
-    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-             if line and not line.startswith("#")}
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     card0 = 'card="sim-910b4-0",chip="0",model="910B4",npu="0"'
     tenant = 'chip="0",entity="train",flexnpu_id="0",npu="0",priority="normal"'
     assert lines["flexnpu_registrations"] == 1
@@ -200,8 +212,13 @@ async def test_health_and_metrics(client: TestClient[Any, Any], grant: FakeGrant
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN, "Bearer "])
 async def test_token_guards_everything_but_health(guarded: TestClient[Any, Any], header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
-    for method, path in (("POST", "/device/register"), ("POST", "/device/unregister"), ("GET", "/metrics"),
-                         ("GET", "/device/flexnpu-info"), ("GET", "/device/physical-info")):
+    for method, path in (
+        ("POST", "/device/register"),
+        ("POST", "/device/unregister"),
+        ("GET", "/metrics"),
+        ("GET", "/device/flexnpu-info"),
+        ("GET", "/device/physical-info"),
+    ):
         async with guarded.request(method, path, data=json.dumps(BODY), headers=headers) as response:
             assert response.status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
     async with guarded.get("/service/health", headers=headers) as response:
@@ -229,8 +246,10 @@ async def test_failed_write_changes_nothing(tmp_path: Path, grant: FakeGrant) ->
 
 def test_restore_reports_what_no_longer_fits_and_keeps_the_file(tmp_path: Path, grant: FakeGrant) -> None:
     store = RegistrationStore(tmp_path / "registrations.json")
-    saved = [parse_registration({**BODY, "flexnpu_id": fid, "aicore_alloc": a, "npu": npu})
-             for fid, a, npu in (("a", 4, 0), ("b", 6, 0), ("c", 1, 1), ("gone", 1, 7))]
+    saved = [
+        parse_registration({**BODY, "flexnpu_id": fid, "aicore_alloc": a, "npu": npu})
+        for fid, a, npu in (("a", 4, 0), ("b", 6, 0), ("c", 1, 1), ("gone", 1, 7))
+    ]
     store.save(saved)
     service = DaemonService(sim_cards("sim:910B4x2"), Capacity(5), store, grant)
     problems = service.restore()

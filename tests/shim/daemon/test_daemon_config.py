@@ -33,34 +33,76 @@ def test_shipped_example_holds_the_defaults() -> None:
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {
-        "server": {"host": "10.0.0.5", "port": 9000, "auth": "token"},
-        "logger": {"log_level": "debug", "log_file": "/tmp/x.log", "log_file_size": 3, "log_file_archive_count": 0},
-        "flexnpu": {"schedule_cycle": 500, "persistent_file_dir": "/s", "share_in_idle": "true",
-                    "devices": "sim:910B4x2", "npu_smi": "/bin/npu-smi", "oversubscription": 1.5,
-                    "policy": "ops", "token_file": "/t", "socket_dir": "/d"},
-        "ticker": {"ticker_interval": 2000, "quota": 16},
-    })
+    path = write_config(
+        tmp_path,
+        {
+            "server": {"host": "10.0.0.5", "port": 9000, "auth": "token"},
+            "logger": {"log_level": "debug", "log_file": "/tmp/x.log", "log_file_size": 3, "log_file_archive_count": 0},
+            "flexnpu": {
+                "schedule_cycle": 500,
+                "persistent_file_dir": "/s",
+                "share_in_idle": "true",
+                "devices": "sim:910B4x2",
+                "npu_smi": "/bin/npu-smi",
+                "oversubscription": 1.5,
+                "policy": "ops",
+                "token_file": "/t",
+                "socket_dir": "/d",
+            },
+            "ticker": {"ticker_interval": 2000, "quota": 16},
+        },
+    )
     settings, _ = load_config(path)
     assert settings == DaemonSettings(
-        host="10.0.0.5", port=9000, auth="token", log_level="DEBUG", log_file="/tmp/x.log", log_file_size=3,
-        log_file_archive_count=0, schedule_cycle=500, persistent_file_dir="/s", share_in_idle=True,
-        devices="sim:910B4x2", npu_smi="/bin/npu-smi", oversubscription=1.5, policy="ops", token_file="/t",
-        socket_dir="/d", ticker_interval=2000, quota=16)
+        host="10.0.0.5",
+        port=9000,
+        auth="token",
+        log_level="DEBUG",
+        log_file="/tmp/x.log",
+        log_file_size=3,
+        log_file_archive_count=0,
+        schedule_cycle=500,
+        persistent_file_dir="/s",
+        share_in_idle=True,
+        devices="sim:910B4x2",
+        npu_smi="/bin/npu-smi",
+        oversubscription=1.5,
+        policy="ops",
+        token_file="/t",
+        socket_dir="/d",
+        ticker_interval=2000,
+        quota=16,
+    )
     assert settings.registrations_path == Path("/s/registrations.json")
     assert settings.socket_path == Path("/d/grant.sock")
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("server", "port", "0"), ("server", "port", "65536"), ("server", "port", "http"),
-    ("server", "host", ""), ("server", "auth", "none"),
-    ("logger", "log_level", "loud"), ("logger", "log_file_size", "0"), ("logger", "log_file_archive_count", "-1"),
-    ("flexnpu", "schedule_cycle", "99"), ("flexnpu", "schedule_cycle", "1.5"), ("flexnpu", "share_in_idle", "maybe"),
-    ("flexnpu", "oversubscription", "0.5"), ("flexnpu", "oversubscription", "nan"),
-    ("flexnpu", "oversubscription", "17"),
-    ("flexnpu", "policy", "fair"), ("flexnpu", "persistent_file_dir", ""), ("flexnpu", "devices", ""),
-    ("ticker", "quota", "0"), ("ticker", "quota", "17"), ("ticker", "quota", "ten"), ("ticker", "ticker_interval", "5"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("server", "port", "0"),
+        ("server", "port", "65536"),
+        ("server", "port", "http"),
+        ("server", "host", ""),
+        ("server", "auth", "none"),
+        ("logger", "log_level", "loud"),
+        ("logger", "log_file_size", "0"),
+        ("logger", "log_file_archive_count", "-1"),
+        ("flexnpu", "schedule_cycle", "99"),
+        ("flexnpu", "schedule_cycle", "1.5"),
+        ("flexnpu", "share_in_idle", "maybe"),
+        ("flexnpu", "oversubscription", "0.5"),
+        ("flexnpu", "oversubscription", "nan"),
+        ("flexnpu", "oversubscription", "17"),
+        ("flexnpu", "policy", "fair"),
+        ("flexnpu", "persistent_file_dir", ""),
+        ("flexnpu", "devices", ""),
+        ("ticker", "quota", "0"),
+        ("ticker", "quota", "17"),
+        ("ticker", "quota", "ten"),
+        ("ticker", "ticker_interval", "5"),
+    ],
+)
 def test_bad_values_name_section_and_key(tmp_path: Path, section: str, key: str, value: str) -> None:
     path = write_config(tmp_path, {section: {key: value}})
     with pytest.raises(ConfigError) as info:
@@ -91,11 +133,21 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.conf")
 
 
-@pytest.mark.parametrize(("host", "auth", "required"), [
-    ("127.0.0.1", "auto", False), ("127.0.0.2", "auto", False), ("::1", "auto", False), ("[::1]", "auto", False),
-    ("localhost", "auto", False), ("127.0.0.1", "token", True), ("0.0.0.0", "auto", True), ("::", "auto", True),
-    ("10.1.2.3", "auto", True), ("node-7.example", "auto", True),
-])
+@pytest.mark.parametrize(
+    ("host", "auth", "required"),
+    [
+        ("127.0.0.1", "auto", False),
+        ("127.0.0.2", "auto", False),
+        ("::1", "auto", False),
+        ("[::1]", "auto", False),
+        ("localhost", "auto", False),
+        ("127.0.0.1", "token", True),
+        ("0.0.0.0", "auto", True),
+        ("::", "auto", True),
+        ("10.1.2.3", "auto", True),
+        ("node-7.example", "auto", True),
+    ],
+)
 def test_token_required_off_loopback(host: str, auth: str, required: bool) -> None:
     assert token_required(host, auth) is required
     assert is_loopback(host) is (required is False or (auth == "token" and host == "127.0.0.1"))
@@ -123,9 +175,14 @@ def test_describe_names_every_key() -> None:
     assert "[ticker] quota=10" in text and "[server] port=8765" in text
 
 
-@pytest.mark.parametrize(("spec", "count", "model", "hbm"), [
-    ("sim:910B3x8", 8, "910B3", 65536), ("sim:910B4x1", 1, "910B4", 32768), ("sim:910B1x64", 64, "910B1", 65536),
-])
+@pytest.mark.parametrize(
+    ("spec", "count", "model", "hbm"),
+    [
+        ("sim:910B3x8", 8, "910B3", 65536),
+        ("sim:910B4x1", 1, "910B4", 32768),
+        ("sim:910B1x64", 64, "910B1", 65536),
+    ],
+)
 def test_sim_devices(spec: str, count: int, model: str, hbm: int) -> None:
     cards = resolve_devices(spec)
     assert [c.index for c in cards] == list(range(count))
@@ -161,14 +218,18 @@ def test_auto_without_cards_or_npu_smi_names_the_key(tmp_path: Path) -> None:
         assert info.value.field == "[flexnpu] devices"
 
 
-@pytest.mark.parametrize(("sections", "named"), [
-    ({"ticker": {"quota": 17}}, "[ticker] quota=17"),
-    ({"server": {"port": "x"}}, "[server] port='x'"),
-    ({"flexnpu": {"devices": "sim:910B3x0"}}, "[flexnpu] devices"),
-    ({"server": {"host": "0.0.0.0"}, "flexnpu": {"devices": "sim:910B3x1"}}, "[flexnpu] token_file"),
-])
-def test_main_exits_non_zero_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                           sections: dict[str, dict[str, object]], named: str) -> None:
+@pytest.mark.parametrize(
+    ("sections", "named"),
+    [
+        ({"ticker": {"quota": 17}}, "[ticker] quota=17"),
+        ({"server": {"port": "x"}}, "[server] port='x'"),
+        ({"flexnpu": {"devices": "sim:910B3x0"}}, "[flexnpu] devices"),
+        ({"server": {"host": "0.0.0.0"}, "flexnpu": {"devices": "sim:910B3x1"}}, "[flexnpu] token_file"),
+    ],
+)
+def test_main_exits_non_zero_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sections: dict[str, dict[str, object]], named: str
+) -> None:
     assert main(["--config", str(write_config(tmp_path, sections))]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and named in err and err.startswith("flexnpu daemon: ")

@@ -21,11 +21,13 @@ def start(daemons: list[Daemon], config: Path, port: int, log: Path) -> Daemon:
     return daemon.start()
 
 
-def test_registrations_survive_a_killed_daemon(tmp_path: Path, short_dir: Path, fake_npu_smi: Path,
-                                               daemons: list[Daemon]) -> None:
+def test_registrations_survive_a_killed_daemon(
+    tmp_path: Path, short_dir: Path, fake_npu_smi: Path, daemons: list[Daemon]
+) -> None:
     port = free_port()
-    config = write_config(tmp_path, daemon_sections(tmp_path / "state", short_dir, port, devices="auto",
-                                                    npu_smi=fake_npu_smi))
+    config = write_config(
+        tmp_path, daemon_sections(tmp_path / "state", short_dir, port, devices="auto", npu_smi=fake_npu_smi)
+    )
     daemon = start(daemons, config, port, tmp_path / "daemon.log")
     cards = daemon.request("GET", "/device/physical-info").body["cards"]
     assert [c["index"] for c in cards] == list(range(8))  # devices=auto through the recorded npu-smi output
@@ -39,8 +41,9 @@ def test_registrations_survive_a_killed_daemon(tmp_path: Path, short_dir: Path, 
     daemon.kill()
     daemon = start(daemons, config, port, tmp_path / "daemon.log")
     after = daemon.request("GET", "/device/flexnpu-info").body["registrations"]
-    assert [(r["flexnpu_id"], r["aicore_alloc"], r["priority"]) for r in after] == \
-           [(r["flexnpu_id"], r["aicore_alloc"], r["priority"]) for r in before]
+    assert [(r["flexnpu_id"], r["aicore_alloc"], r["priority"]) for r in after] == [
+        (r["flexnpu_id"], r["aicore_alloc"], r["priority"]) for r in before
+    ]
     assert daemon.request("POST", "/device/register", BODY).body["result"] == "unchanged"
     assert daemon.request("POST", "/device/unregister", {"flexnpu_id": "job-1"}).status == 200
 
@@ -53,8 +56,12 @@ def test_registrations_survive_a_killed_daemon(tmp_path: Path, short_dir: Path, 
 
 def test_status_command_shows_cards_and_tenants(tmp_path: Path, short_dir: Path, daemons: list[Daemon]) -> None:
     port = free_port()
-    daemon = start(daemons, write_config(tmp_path, daemon_sections(tmp_path / "state", short_dir, port)), port,
-                   tmp_path / "daemon.log")
+    daemon = start(
+        daemons,
+        write_config(tmp_path, daemon_sections(tmp_path / "state", short_dir, port)),
+        port,
+        tmp_path / "daemon.log",
+    )
     daemon.request("POST", "/device/register", {**BODY, "npu": 1, "entity": "bert-serving"})
     done = run_cli("status", "--url", daemon.url)
     assert done.returncode == 0, done.stderr
@@ -102,14 +109,18 @@ def test_bearer_token_forced_on_loopback(tmp_path: Path, short_dir: Path, daemon
     assert daemon.stop() == 0
 
 
-@pytest.mark.parametrize(("server", "flexnpu", "named"), [
-    ({"host": "0.0.0.0"}, {}, "[flexnpu] token_file"),
-    ({"prot": 1, "port": "99999"}, {}, "[server] port=99999"),
-    ({}, {"devices": "sim:910B3x0"}, "[flexnpu] devices"),
-    ({}, {"devices": "auto", "npu_smi": "/nonexistent/npu-smi"}, "[flexnpu] devices"),
-])
-def test_bad_config_exits_with_one_line(tmp_path: Path, server: dict[str, object], flexnpu: dict[str, object],
-                                        named: str) -> None:
+@pytest.mark.parametrize(
+    ("server", "flexnpu", "named"),
+    [
+        ({"host": "0.0.0.0"}, {}, "[flexnpu] token_file"),
+        ({"prot": 1, "port": "99999"}, {}, "[server] port=99999"),
+        ({}, {"devices": "sim:910B3x0"}, "[flexnpu] devices"),
+        ({}, {"devices": "auto", "npu_smi": "/nonexistent/npu-smi"}, "[flexnpu] devices"),
+    ],
+)
+def test_bad_config_exits_with_one_line(
+    tmp_path: Path, server: dict[str, object], flexnpu: dict[str, object], named: str
+) -> None:
     sections = daemon_sections(tmp_path / "state", tmp_path, free_port(), **flexnpu)
     sections["server"].update(server)
     done = run_cli("daemon", "--config", str(write_config(tmp_path, sections)))
@@ -126,8 +137,9 @@ def test_port_in_use_exits_with_one_line(tmp_path: Path, short_dir: Path, daemon
     assert first.stop() == 0
 
 
-def test_grant_path_figures_and_a_client_surviving_a_restart(tmp_path: Path, short_dir: Path,
-                                                             daemons: list[Daemon]) -> None:
+def test_grant_path_figures_and_a_client_surviving_a_restart(
+    tmp_path: Path, short_dir: Path, daemons: list[Daemon]
+) -> None:
     port = free_port()
     config = write_config(tmp_path, daemon_sections(tmp_path / "state", short_dir, port))
     daemon = start(daemons, config, port, tmp_path / "daemon.log")
@@ -139,8 +151,10 @@ def test_grant_path_figures_and_a_client_surviving_a_restart(tmp_path: Path, sho
         assert not lease.local
         # The daemon charges max(reported, held) but at most held + a grace: a report within the grace counts.
         client.release(500)
-        wait_for("a grant and 0.5 ms of device time",
-                 lambda: _figures(daemon)["grants"] >= 1 and _figures(daemon)["device_time_us"] >= 500)
+        wait_for(
+            "a grant and 0.5 ms of device time",
+            lambda: _figures(daemon)["grants"] >= 1 and _figures(daemon)["device_time_us"] >= 500,
+        )
 
         daemon.kill()
         daemon = start(daemons, config, port, tmp_path / "daemon.log")

@@ -11,8 +11,10 @@ from flexnpu.priority import Priority
 from flexnpu.registration import Registration
 from flexnpu.shim.daemon.store import RegistrationStore, StoreError
 
-REGS = [Registration("0", "train", npu=0, aicore_alloc=2, memory_alloc=16384, priority=Priority.HIGH, pod_uid="u-1"),
-        Registration("db", "", npu=1, aicore_alloc=8, memory_alloc=0, chip=0)]
+REGS = [
+    Registration("0", "train", npu=0, aicore_alloc=2, memory_alloc=16384, priority=Priority.HIGH, pod_uid="u-1"),
+    Registration("db", "", npu=1, aicore_alloc=8, memory_alloc=0, chip=0),
+]
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -26,8 +28,9 @@ def test_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in store.path.parent.iterdir()) == ["registrations.json"]  # no temp file left
 
 
-@pytest.mark.parametrize("content", [b"{", b"[]", b'{"version": 2, "registrations": []}', b'{"version": 1}',
-                                     b"\x00\x01", b"\xff\xfe{}", b""])
+@pytest.mark.parametrize(
+    "content", [b"{", b"[]", b'{"version": 2, "registrations": []}', b'{"version": 1}', b"\x00\x01", b"\xff\xfe{}", b""]
+)
 def test_corrupt_file_is_moved_aside_and_named(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "registrations.json"
     path.write_bytes(content)

@@ -25,8 +25,12 @@ from flexnpu.shim.grant.server import GrantServer
 def sim_socket(tmp_path: Path) -> Iterator[str]:
     """A real ``flexnpu simnpu`` process with one simulated 910B3."""
     path = str(tmp_path / "simnpu.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "flexnpu.cli", "simnpu", "--socket", path],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flexnpu.cli", "simnpu", "--socket", path],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(lambda: os.path.exists(path) or proc.poll() is not None, "the simulated NPU")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -54,10 +58,10 @@ def grant_socket(tmp_path: Path) -> str:
 def make_grant_server(grant_socket: str, proc_root: Path) -> Iterator[Callable[..., GrantServer]]:
     servers: list[GrantServer] = []
 
-    def make(registrations: Sequence[Registration], policy: SlicePolicy | None = None,
-             **options: Any) -> GrantServer:
-        server = GrantServer(grant_socket, policy or SlicePolicy(quota=10, slice_us=2000), [CARD],
-                             proc_root=proc_root, **options)
+    def make(registrations: Sequence[Registration], policy: SlicePolicy | None = None, **options: Any) -> GrantServer:
+        server = GrantServer(
+            grant_socket, policy or SlicePolicy(quota=10, slice_us=2000), [CARD], proc_root=proc_root, **options
+        )
         server.start()
         servers.append(server)
         server.set_registrations(registrations)
@@ -74,8 +78,15 @@ def child(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(code: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-u", "-c", code], cwd=tmp_path, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", code],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         procs.append(proc)
         return proc
 

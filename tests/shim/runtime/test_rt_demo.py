@@ -32,8 +32,14 @@ def demo_processes_alive() -> list[str]:
 
 def test_demo_json_shape_and_cleanup(tmp_path: Path) -> None:
     plot = tmp_path / "shares.png"
-    result = subprocess.run([sys.executable, "-m", "flexnpu.cli", "demo", "--json", "--seconds", "2", "--plot",
-                             str(plot)], cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "flexnpu.cli", "demo", "--json", "--seconds", "2", "--plot", str(plot)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     tenants = {t["name"]: t for t in report["tenants"]}
@@ -51,23 +57,60 @@ def test_demo_json_shape_and_cleanup(tmp_path: Path) -> None:
 
 
 def test_demo_rejects_bad_seconds(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "flexnpu.cli", "demo", "--seconds", "0"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "flexnpu.cli", "demo", "--seconds", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert "--seconds" in result.stderr
 
 
 def demo_result(card_busy: float, batch2: float, batch8: float) -> dict[str, Any]:
     tenants: list[dict[str, Any]] = [
-        {"name": "batch-2", "units": 2, "priority": "normal", "target_share": 0.188, "achieved_share": batch2,
-         "throughput": 180.0},
-        {"name": "batch-8", "units": 8, "priority": "normal", "target_share": 0.752, "achieved_share": batch8,
-         "throughput": 720.0},
-        {"name": "critical", "units": 2, "priority": "high", "target_share": 0.06, "achieved_share": 0.06,
-         "throughput": 50.0, "p50_ms": 5.0, "p99_ms": 10.0, "solo_p50_ms": 2.0, "solo_p99_ms": 4.0}]
-    return {"card": "910B3 (simulated, real time)", "quota": 10, "registered_units": 12, "oversubscribed": True,
-            "oversubscription": 1.2, "measured_seconds": 9.7, "card_busy": card_busy,
-            "batch_split": demo.batch_split(tenants), "tenants": tenants}
+        {
+            "name": "batch-2",
+            "units": 2,
+            "priority": "normal",
+            "target_share": 0.188,
+            "achieved_share": batch2,
+            "throughput": 180.0,
+        },
+        {
+            "name": "batch-8",
+            "units": 8,
+            "priority": "normal",
+            "target_share": 0.752,
+            "achieved_share": batch8,
+            "throughput": 720.0,
+        },
+        {
+            "name": "critical",
+            "units": 2,
+            "priority": "high",
+            "target_share": 0.06,
+            "achieved_share": 0.06,
+            "throughput": 50.0,
+            "p50_ms": 5.0,
+            "p99_ms": 10.0,
+            "solo_p50_ms": 2.0,
+            "solo_p99_ms": 4.0,
+        },
+    ]
+    return {
+        "card": "910B3 (simulated, real time)",
+        "quota": 10,
+        "registered_units": 12,
+        "oversubscribed": True,
+        "oversubscription": 1.2,
+        "measured_seconds": 9.7,
+        "card_busy": card_busy,
+        "batch_split": demo.batch_split(tenants),
+        "tenants": tenants,
+    }
 
 
 def test_an_idle_card_is_explained_with_the_batch_tenants_split() -> None:

@@ -117,26 +117,30 @@ def holding_hostile(socket_path: str, flexnpu_id: str = "evil") -> LineSocket:
 HELD_US = 3000
 
 
-@pytest.mark.parametrize(("used_us", "charged"), [
-    (b"1e400", HELD_US),  # json reads inf; int(inf) raised after the holder was marked released: the card wedged
-    (b"NaN", HELD_US),
-    (b"-Infinity", HELD_US),
-    (b"Infinity", HELD_US),
-    (b"-5", HELD_US),
-    (b"1" + b"0" * 400, HELD_US + GRACE_US),  # a huge integer: more than it could have used, clamped
-    (b"1e18", HELD_US + GRACE_US),
-    (b'"2500"', HELD_US),
-    (b"[1]", HELD_US),
-    (b"{}", HELD_US),
-    (b"true", HELD_US),
-    (b"null", HELD_US),
-    (b"0", HELD_US),  # under-reporting gains nothing
-    (b"2500", HELD_US),
-    (b"3500", 3500),  # a little more than held: believed, within the grace
-    (None, HELD_US),  # missing
-])
-def test_a_release_with_any_usage_value_hands_the_card_on(server: GrantServer, grant_socket: str, clock: ManualClock,
-                                                          used_us: bytes | None, charged: int) -> None:
+@pytest.mark.parametrize(
+    ("used_us", "charged"),
+    [
+        (b"1e400", HELD_US),  # json reads inf; int(inf) raised after the holder was marked released: the card wedged
+        (b"NaN", HELD_US),
+        (b"-Infinity", HELD_US),
+        (b"Infinity", HELD_US),
+        (b"-5", HELD_US),
+        (b"1" + b"0" * 400, HELD_US + GRACE_US),  # a huge integer: more than it could have used, clamped
+        (b"1e18", HELD_US + GRACE_US),
+        (b'"2500"', HELD_US),
+        (b"[1]", HELD_US),
+        (b"{}", HELD_US),
+        (b"true", HELD_US),
+        (b"null", HELD_US),
+        (b"0", HELD_US),  # under-reporting gains nothing
+        (b"2500", HELD_US),
+        (b"3500", 3500),  # a little more than held: believed, within the grace
+        (None, HELD_US),  # missing
+    ],
+)
+def test_a_release_with_any_usage_value_hands_the_card_on(
+    server: GrantServer, grant_socket: str, clock: ManualClock, used_us: bytes | None, charged: int
+) -> None:
     hostile = holding_hostile(grant_socket)
     honest = Runtime(grant_socket, "a")
     try:
@@ -156,18 +160,22 @@ def test_a_release_with_any_usage_value_hands_the_card_on(server: GrantServer, g
         honest.close()
 
 
-@pytest.mark.parametrize("line", [
-    b"\xff\xfe\x00garbage\n",
-    b"{not json\n",
-    b"[" * 4000 + b"\n",  # deeper than the JSON parser's recursion limit
-    b"x" * 10_000,  # longer than a line may be, no newline
-    b'{"op":"hello","id":"again"}\n',
-    b'{"op":"nope"}\n',
-    b'{"op":["want"]}\n',
-    b"[1, 2]\n",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"\xff\xfe\x00garbage\n",
+        b"{not json\n",
+        b"[" * 4000 + b"\n",  # deeper than the JSON parser's recursion limit
+        b"x" * 10_000,  # longer than a line may be, no newline
+        b'{"op":"hello","id":"again"}\n',
+        b'{"op":"nope"}\n',
+        b'{"op":["want"]}\n',
+        b"[1, 2]\n",
+    ],
+)
 def test_garbage_from_a_holder_closes_only_its_connection_and_returns_the_card(
-        server: GrantServer, grant_socket: str, clock: ManualClock, line: bytes) -> None:
+    server: GrantServer, grant_socket: str, clock: ManualClock, line: bytes
+) -> None:
     hostile = holding_hostile(grant_socket)
     honest = Runtime(grant_socket, "a")
     try:
@@ -184,12 +192,15 @@ def test_garbage_from_a_holder_closes_only_its_connection_and_returns_the_card(
         honest.close()
 
 
-@pytest.mark.parametrize("hello", [
-    b'{"op":"hello","id":"\\ud800"}\n',  # a lone surrogate: valid JSON, not text
-    b'{"op":"hello","id":["a"]}\n',
-    b'{"op":"hello","id":"' + b"a" * 600 + b'"}\n',
-    b'{"op":"want"}\n',
-])
+@pytest.mark.parametrize(
+    "hello",
+    [
+        b'{"op":"hello","id":"\\ud800"}\n',  # a lone surrogate: valid JSON, not text
+        b'{"op":"hello","id":["a"]}\n',
+        b'{"op":"hello","id":"' + b"a" * 600 + b'"}\n',
+        b'{"op":"want"}\n',
+    ],
+)
 def test_a_bad_hello_is_refused_with_a_protocol_error(server: GrantServer, grant_socket: str, hello: bytes) -> None:
     sock = raw_connect(grant_socket)
     try:
@@ -212,8 +223,9 @@ sys.stdin.readline()  # never returns: the test kills us while we hold the card
 """
 
 
-def test_a_holder_killed_while_holding_gives_the_card_back_at_once(server: GrantServer, grant_socket: str,
-                                                                   clock: ManualClock, child: ChildFactory) -> None:
+def test_a_holder_killed_while_holding_gives_the_card_back_at_once(
+    server: GrantServer, grant_socket: str, clock: ManualClock, child: ChildFactory
+) -> None:
     proc = child(HOLD_AND_WAIT.format(socket=grant_socket))
     assert proc.stdout is not None
     assert proc.stdout.readline().split()[0] == "holding"
@@ -232,8 +244,9 @@ def test_a_holder_killed_while_holding_gives_the_card_back_at_once(server: Grant
         honest.close()
 
 
-def test_a_silent_holder_is_reclaimed_at_its_deadline_not_before(server: GrantServer, grant_socket: str,
-                                                                 clock: ManualClock) -> None:
+def test_a_silent_holder_is_reclaimed_at_its_deadline_not_before(
+    server: GrantServer, grant_socket: str, clock: ManualClock
+) -> None:
     hostile = holding_hostile(grant_socket)
     honest = Runtime(grant_socket, "a")
     try:
@@ -278,8 +291,9 @@ print("granted", lease.local, flush=True)
 """
 
 
-def test_one_peer_cannot_take_every_connection(make_grant_server: MakeServer, grant_socket: str,
-                                               child: ChildFactory) -> None:
+def test_one_peer_cannot_take_every_connection(
+    make_grant_server: MakeServer, grant_socket: str, child: ChildFactory
+) -> None:
     server = make_grant_server(REGISTRATIONS, limits=Limits(max_connections=8, max_per_peer=3), hello_timeout_s=600)
     mine = [raw_connect(grant_socket) for _ in range(3)]
     extra = raw_connect(grant_socket)
@@ -319,13 +333,20 @@ def test_the_total_connection_cap_holds_and_frees_up(make_grant_server: MakeServ
 # ----- fuzzing: arbitrary bytes from a hostile client while two honest ones keep being served -------------------
 
 HOSTILE_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.integers(0, 6),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.lists(st.integers(0, 9), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.integers(0, 6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(0, 9), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 OPS = st.sampled_from(["hello", "want", "release", "extend", "ping", "grant", "revoke", "nope", ""])
 HOSTILE_VALUES = st.one_of(st.integers(0, 3), HOSTILE_VALUES)  # seq-like numbers more often
-FIELDS = st.dictionaries(st.sampled_from(["seq", "used_us", "want", "ops_used", "id", "op"]), HOSTILE_VALUES,
-                         max_size=4)
+FIELDS = st.dictionaries(
+    st.sampled_from(["seq", "used_us", "want", "ops_used", "id", "op"]), HOSTILE_VALUES, max_size=4
+)
 
 
 def _line(op: str, fields: dict[str, object]) -> bytes:
@@ -335,20 +356,46 @@ def _line(op: str, fields: dict[str, object]) -> bytes:
 # The hostile's own grants are numbered from 1 on a fresh server: small numbers hit its holding.
 SEQS = st.sampled_from([1, 1, 1, 2, 3, 0])
 USAGE_TOKENS = st.one_of(
-    st.sampled_from([b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity", b"1" + b"0" * 40, b"-5", b"0",
-                     b"2500", b"1e18", b'"7"', b"[]", b"{}", b"null", b"true"]),
-    st.integers(-(2**70), 2**70).map(lambda n: str(n).encode()))
-SHAPED = st.builds(lambda op, seq, used, want: b'{"op":"%s","seq":%d,"used_us":%s,"want":%s}\n' % (op, seq, used, want),
-                   st.sampled_from([b"release", b"release", b"extend", b"want", b"ping"]), SEQS, USAGE_TOKENS,
-                   st.sampled_from([b"true", b"false", b"1"]))
+    st.sampled_from(
+        [
+            b"1e400",
+            b"-1e400",
+            b"NaN",
+            b"Infinity",
+            b"-Infinity",
+            b"1" + b"0" * 40,
+            b"-5",
+            b"0",
+            b"2500",
+            b"1e18",
+            b'"7"',
+            b"[]",
+            b"{}",
+            b"null",
+            b"true",
+        ]
+    ),
+    st.integers(-(2**70), 2**70).map(lambda n: str(n).encode()),
+)
+SHAPED = st.builds(
+    lambda op, seq, used, want: b'{"op":"%s","seq":%d,"used_us":%s,"want":%s}\n' % (op, seq, used, want),
+    st.sampled_from([b"release", b"release", b"extend", b"want", b"ping"]),
+    SEQS,
+    USAGE_TOKENS,
+    st.sampled_from([b"true", b"false", b"1"]),
+)
 HOSTILE_CHUNKS = st.one_of(
-    SHAPED, SHAPED, SHAPED, SHAPED,  # the right shape with hostile values reaches the deepest paths: drawn most
+    SHAPED,
+    SHAPED,
+    SHAPED,
+    SHAPED,  # the right shape with hostile values reaches the deepest paths: drawn most
     st.builds(_line, OPS, FIELDS),
     st.binary(max_size=64),
     st.sampled_from([b"\n", b"[" * 3000 + b"\n", b"x" * 5000 + b"\n", b'{"op":"want"}\n']),
 )
-HOSTILE_HELLOS = st.sampled_from([b'{"op":"hello","id":"evil"}\n', b'{"op":"hello","id":"evil"}\n',
-                                  b'{"op":"hello","id":"a"}\n', b""])
+HOSTILE_HELLOS = st.sampled_from(
+    [b'{"op":"hello","id":"evil"}\n', b'{"op":"hello","id":"evil"}\n', b'{"op":"hello","id":"a"}\n', b""]
+)
 
 
 def _serve_honest(server: GrantServer, clock: ManualClock, honest: list[Runtime]) -> None:
@@ -384,10 +431,14 @@ def _flush(hostile: socket.socket, sent: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(hello=HOSTILE_HELLOS, first=st.lists(HOSTILE_CHUNKS, min_size=1, max_size=8),
-       second=st.lists(HOSTILE_CHUNKS, max_size=8))
-def test_no_hostile_byte_sequence_stops_the_honest_tenants(tmp_path: Path, hello: bytes, first: list[bytes],
-                                                         second: list[bytes]) -> None:
+@given(
+    hello=HOSTILE_HELLOS,
+    first=st.lists(HOSTILE_CHUNKS, min_size=1, max_size=8),
+    second=st.lists(HOSTILE_CHUNKS, max_size=8),
+)
+def test_no_hostile_byte_sequence_stops_the_honest_tenants(
+    tmp_path: Path, hello: bytes, first: list[bytes], second: list[bytes]
+) -> None:
     clock = ManualClock()
     with fuzz_server(tmp_path, clock) as server:
         hostile = raw_connect(server.socket_path)
@@ -421,8 +472,14 @@ _fuzz_sockets = itertools.count()
 @contextlib.contextmanager
 def fuzz_server(tmp_path: Path, clock: ManualClock) -> Iterator[GrantServer]:
     """A fresh server per example (hypothesis runs the test body many times under one tmp_path)."""
-    server = GrantServer(str(tmp_path / f"fuzz-{next(_fuzz_sockets)}.sock"), SlicePolicy(quota=10, slice_us=SLICE_US),
-                         [CARD], proc_root=tmp_path / "proc", clock_us=clock, timer=False)
+    server = GrantServer(
+        str(tmp_path / f"fuzz-{next(_fuzz_sockets)}.sock"),
+        SlicePolicy(quota=10, slice_us=SLICE_US),
+        [CARD],
+        proc_root=tmp_path / "proc",
+        clock_us=clock,
+        timer=False,
+    )
     server.start()
     try:
         server.set_registrations(REGISTRATIONS)
@@ -438,7 +495,8 @@ def _no_leftover_sockets(tmp_path: Path) -> Iterator[None]:
 
 
 def test_a_pod_opening_hundreds_of_connections_is_cut_off_at_its_allowance(
-        make_grant_server: MakeServer, grant_socket: str, child: ChildFactory) -> None:
+    make_grant_server: MakeServer, grant_socket: str, child: ChildFactory
+) -> None:
     server = make_grant_server(REGISTRATIONS, hello_timeout_s=600)  # the daemon's own limits
     flood = [raw_connect(grant_socket) for _ in range(LIMITS.max_per_peer + 36)]
     try:

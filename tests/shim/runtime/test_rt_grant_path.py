@@ -36,8 +36,9 @@ print("granted", lease.budget_us, flush=True)
 """
 
 
-def run_one_grant(child: ChildFactory, proc_root: Path, grant_socket: str, flexnpu_id: str,
-                  pod_uid: str | None) -> tuple[int, str]:
+def run_one_grant(
+    child: ChildFactory, proc_root: Path, grant_socket: str, flexnpu_id: str, pod_uid: str | None
+) -> tuple[int, str]:
     proc = child(ONE_GRANT.format(socket=grant_socket, flexnpu_id=flexnpu_id))
     if pod_uid is not None:
         fake_cgroup(proc_root, proc.pid, pod_uid)
@@ -46,8 +47,9 @@ def run_one_grant(child: ChildFactory, proc_root: Path, grant_socket: str, flexn
     return proc.returncode, out
 
 
-def test_a_process_of_the_registered_pod_gets_a_grant(make_grant_server: MakeServer, child: ChildFactory,
-                                                       proc_root: Path, grant_socket: str) -> None:
+def test_a_process_of_the_registered_pod_gets_a_grant(
+    make_grant_server: MakeServer, child: ChildFactory, proc_root: Path, grant_socket: str
+) -> None:
     clock = ManualClock()
     server = make_grant_server([registration("a", pod_uid=POD_A)], clock_us=clock, timer=False)
     rc, out = run_one_grant(child, proc_root, grant_socket, "a", POD_A)
@@ -60,12 +62,13 @@ def test_a_process_of_the_registered_pod_gets_a_grant(make_grant_server: MakeSer
     assert figures["device_time_us"] == server.policy.charge_grace_us
 
 
-def test_a_pod_naming_itself_not_its_registration_is_matched_by_its_cgroup(make_grant_server: MakeServer,
-                                                                             child: ChildFactory, proc_root: Path,
-                                                                             grant_socket: str) -> None:
+def test_a_pod_naming_itself_not_its_registration_is_matched_by_its_cgroup(
+    make_grant_server: MakeServer, child: ChildFactory, proc_root: Path, grant_socket: str
+) -> None:
     # Allocate injects the pod's namespace/name; the operator registered the claim's id with the pod's UID.
-    server = make_grant_server([registration("vnc.ns.claim-a.1234abcd", pod_uid=POD_A),
-                                registration("vnc.ns.claim-b.5678abcd", pod_uid=POD_B)])
+    server = make_grant_server(
+        [registration("vnc.ns.claim-a.1234abcd", pod_uid=POD_A), registration("vnc.ns.claim-b.5678abcd", pod_uid=POD_B)]
+    )
     rc, out = run_one_grant(child, proc_root, grant_socket, "ns/pod-b", POD_B)
     assert rc == 0, out
     assert server.stats()["vnc.ns.claim-b.5678abcd"]["grants"] == 1
@@ -74,8 +77,9 @@ def test_a_pod_naming_itself_not_its_registration_is_matched_by_its_cgroup(make_
     assert rc == 3 and out.startswith("refused unknown_registration"), out
 
 
-def test_a_process_of_another_pod_is_refused(make_grant_server: MakeServer, child: ChildFactory,
-                                              proc_root: Path, grant_socket: str) -> None:
+def test_a_process_of_another_pod_is_refused(
+    make_grant_server: MakeServer, child: ChildFactory, proc_root: Path, grant_socket: str
+) -> None:
     server = make_grant_server([registration("a", pod_uid=POD_A)])
     rc, out = run_one_grant(child, proc_root, grant_socket, "a", POD_B)
     assert rc == 3
@@ -84,26 +88,26 @@ def test_a_process_of_another_pod_is_refused(make_grant_server: MakeServer, chil
     assert server.stats()["a"]["grants"] == 0
 
 
-def test_a_process_in_no_pod_is_refused_a_pod_bound_registration(make_grant_server: MakeServer,
-                                                                  child: ChildFactory, proc_root: Path,
-                                                                  grant_socket: str) -> None:
+def test_a_process_in_no_pod_is_refused_a_pod_bound_registration(
+    make_grant_server: MakeServer, child: ChildFactory, proc_root: Path, grant_socket: str
+) -> None:
     make_grant_server([registration("a", pod_uid=POD_A)])
     rc, out = run_one_grant(child, proc_root, grant_socket, "a", None)
     assert rc == 3
     assert "pod none" in out
 
 
-def test_a_registration_without_pod_uid_accepts_any_local_peer(make_grant_server: MakeServer,
-                                                               child: ChildFactory, proc_root: Path,
-                                                               grant_socket: str) -> None:
+def test_a_registration_without_pod_uid_accepts_any_local_peer(
+    make_grant_server: MakeServer, child: ChildFactory, proc_root: Path, grant_socket: str
+) -> None:
     make_grant_server([registration("manual")])
     rc, out = run_one_grant(child, proc_root, grant_socket, "manual", None)
     assert rc == 0, out
 
 
-def test_an_unknown_registration_is_refused_with_a_clear_error(make_grant_server: MakeServer,
-                                                               child: ChildFactory, proc_root: Path,
-                                                               grant_socket: str) -> None:
+def test_an_unknown_registration_is_refused_with_a_clear_error(
+    make_grant_server: MakeServer, child: ChildFactory, proc_root: Path, grant_socket: str
+) -> None:
     make_grant_server([registration("a")])
     rc, out = run_one_grant(child, proc_root, grant_socket, "nope", None)
     assert rc == 3
@@ -129,7 +133,8 @@ client.close()
 
 
 def test_client_paces_locally_while_the_server_restarts_then_reconnects(
-        make_grant_server: MakeServer, child: ChildFactory, grant_socket: str) -> None:
+    make_grant_server: MakeServer, child: ChildFactory, grant_socket: str
+) -> None:
     first = make_grant_server([registration("a")])
     proc = child(RESTART_CLIENT.format(socket=grant_socket))
     assert proc.stdout is not None
@@ -143,8 +148,10 @@ def test_client_paces_locally_while_the_server_restarts_then_reconnects(
 
 
 def test_high_priority_waiter_revokes_the_holder(make_grant_server: MakeServer, grant_socket: str) -> None:
-    make_grant_server([registration("batch", units=5), registration("urgent", units=5, priority=Priority.HIGH)],
-                      revoke_grace_us=60_000_000)  # no reclaim: the grant must move only by the release
+    make_grant_server(
+        [registration("batch", units=5), registration("urgent", units=5, priority=Priority.HIGH)],
+        revoke_grace_us=60_000_000,
+    )  # no reclaim: the grant must move only by the release
     batch = GrantClient(grant_socket, "batch", 0.5)
     urgent = GrantClient(grant_socket, "urgent", 0.5)
     got: list[Lease] = []
@@ -207,8 +214,9 @@ def test_malformed_message_closes_only_that_connection(make_grant_server: MakeSe
         good.close()
 
 
-def test_unregistering_ends_the_session_and_the_client_paces_locally(make_grant_server: MakeServer,
-                                                                    grant_socket: str) -> None:
+def test_unregistering_ends_the_session_and_the_client_paces_locally(
+    make_grant_server: MakeServer, grant_socket: str
+) -> None:
     server = make_grant_server([registration("a"), registration("b")])
     client = GrantClient(grant_socket, "a", 0.5)
     try:
@@ -221,12 +229,18 @@ def test_unregistering_ends_the_session_and_the_client_paces_locally(make_grant_
         client.close()
 
 
-@pytest.mark.parametrize(("cgroup", "pod_uid"), [
-    ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod11111111_2222_3333_4444_555555555555"
-     ".slice/cri-containerd-ab.scope\n", POD_A),
-    ("12:memory:/kubepods/burstable/pod99999999-8888-7777-6666-555555555555/0123abcd\n", POD_B),
-    ("0::/user.slice/user-0.slice/session-1.scope\n", ""),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("cgroup", "pod_uid"),
+    [
+        (
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod11111111_2222_3333_4444_555555555555"
+            ".slice/cri-containerd-ab.scope\n",
+            POD_A,
+        ),
+        ("12:memory:/kubepods/burstable/pod99999999-8888-7777-6666-555555555555/0123abcd\n", POD_B),
+        ("0::/user.slice/user-0.slice/session-1.scope\n", ""),
+        ("", ""),
+    ],
+)
 def test_pod_uid_from_cgroup(cgroup: str, pod_uid: str) -> None:
     assert pod_uid_in(cgroup) == pod_uid

@@ -44,13 +44,22 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def make_server(grant_socket: str, shm_dir: Path, clock: ManualClock,
-                tmp_path: Path) -> Iterator[Callable[[list[Registration]], GrantServer]]:
+def make_server(
+    grant_socket: str, shm_dir: Path, clock: ManualClock, tmp_path: Path
+) -> Iterator[Callable[[list[Registration]], GrantServer]]:
     servers: list[GrantServer] = []
 
     def make(registrations: list[Registration]) -> GrantServer:
-        server = GrantServer(grant_socket, SlicePolicy(quota=10, slice_us=SLICE_US), [CARD], proc_root=tmp_path,
-                             clock_us=clock, timer=False, shm_dir=str(shm_dir), daemon_pid_start=PID_START)
+        server = GrantServer(
+            grant_socket,
+            SlicePolicy(quota=10, slice_us=SLICE_US),
+            [CARD],
+            proc_root=tmp_path,
+            clock_us=clock,
+            timer=False,
+            shm_dir=str(shm_dir),
+            daemon_pid_start=PID_START,
+        )
         server.start()
         servers.append(server)
         server.set_registrations(registrations)
@@ -103,16 +112,28 @@ def tenants(shm_dir: Path) -> Iterator[Callable[[str], Tenant]]:
 
 
 def test_the_daemon_creates_a_region_per_card_and_a_slot_per_registration(
-        make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path,
-        tenants: Callable[[str], Tenant]) -> None:
-    make_server([registration("a", units=5, memory_mib=2048),
-                 registration("ns/pod b", units=2, priority=Priority.HIGH)])
+    make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path, tenants: Callable[[str], Tenant]
+) -> None:
+    make_server(
+        [registration("a", units=5, memory_mib=2048), registration("ns/pod b", units=2, priority=Priority.HIGH)]
+    )
     names = sorted(p.name for p in shm_dir.iterdir())
     assert names == sorted(["card-0.grant", "slot-a.shm", shm.slot_name("ns/pod b")])
     a, b = tenants("a"), tenants("ns/pod b")
-    assert a.slot.snapshot() == shm.SlotSnapshot(slot_index=a.index, card_index=0, mem_cap_bytes=2048 << 20,
-                                                 mem_used_bytes=0, used_ns=0, inflight_est_ns=0, want=0, doorbell=0,
-                                                 share_permille=500, priority=1, mem_peak_bytes=0, denied_allocs=0)
+    assert a.slot.snapshot() == shm.SlotSnapshot(
+        slot_index=a.index,
+        card_index=0,
+        mem_cap_bytes=2048 << 20,
+        mem_used_bytes=0,
+        used_ns=0,
+        inflight_est_ns=0,
+        want=0,
+        doorbell=0,
+        share_permille=500,
+        priority=1,
+        mem_peak_bytes=0,
+        denied_allocs=0,
+    )
     assert (b.slot.get("share_permille"), b.slot.get("priority")) == (200, 2)
     assert a.index != b.index
     state = a.region.state()
@@ -122,8 +143,8 @@ def test_the_daemon_creates_a_region_per_card_and_a_slot_per_registration(
 
 
 def test_a_slot_that_wants_is_granted_in_the_region_and_charged_at_the_deadline(
-        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
     server = make_server([registration("a", units=5)])
     a = tenants("a")
     seq = a.region.state().seq
@@ -147,8 +168,9 @@ def test_a_slot_that_wants_is_granted_in_the_region_and_charged_at_the_deadline(
     assert server.holders()[KEY] == frozenset()
 
 
-def test_two_slots_take_turns_slice_by_slice(make_server: Callable[[list[Registration]], GrantServer],
-                                             clock: ManualClock, tenants: Callable[[str], Tenant]) -> None:
+def test_two_slots_take_turns_slice_by_slice(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
     server = make_server([registration("a", units=5), registration("b", units=5)])
     a, b = tenants("a"), tenants("b")
     a.want()
@@ -166,15 +188,23 @@ def test_two_slots_take_turns_slice_by_slice(make_server: Callable[[list[Registr
     assert holders.count("a") == holders.count("b") == 3
 
 
-@pytest.mark.parametrize(("want", "used_ns", "charged"), [
-    (7, 0, None),  # a want flag that is not exactly 1 is no wish
-    (0xFFFFFFFF, 0, None),
-    (1, (1 << 64) - 1, SLICE_US + SLOT_CHARGE_GRACE_US),  # claims the age of the universe: held + grace
-    (1, 1, SLICE_US),  # a nanosecond: charged the slice it held
-])
-def test_hostile_slot_values_are_clamped(make_server: Callable[[list[Registration]], GrantServer],
-                                         clock: ManualClock, tenants: Callable[[str], Tenant], want: int,
-                                         used_ns: int, charged: int | None) -> None:
+@pytest.mark.parametrize(
+    ("want", "used_ns", "charged"),
+    [
+        (7, 0, None),  # a want flag that is not exactly 1 is no wish
+        (0xFFFFFFFF, 0, None),
+        (1, (1 << 64) - 1, SLICE_US + SLOT_CHARGE_GRACE_US),  # claims the age of the universe: held + grace
+        (1, 1, SLICE_US),  # a nanosecond: charged the slice it held
+    ],
+)
+def test_hostile_slot_values_are_clamped(
+    make_server: Callable[[list[Registration]], GrantServer],
+    clock: ManualClock,
+    tenants: Callable[[str], Tenant],
+    want: int,
+    used_ns: int,
+    charged: int | None,
+) -> None:
     server = make_server([registration("a", units=5)])
     a = tenants("a")
     a.slot.set("mem_used_bytes", (1 << 64) - 1)
@@ -190,8 +220,8 @@ def test_hostile_slot_values_are_clamped(make_server: Callable[[list[Registratio
 
 
 def test_a_usage_counter_that_goes_backwards_charges_the_time_held(
-        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
     server = make_server([registration("a", units=5)])
     a = tenants("a")
     a.use(10_000)
@@ -205,8 +235,8 @@ def test_a_usage_counter_that_goes_backwards_charges_the_time_held(
 
 
 def test_usage_past_one_charge_is_carried_to_the_next_one(
-        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
     # Long kernels ran past the deadlines (the daemon does not drain a slot's holder): one charge may exceed the
     # time held by the slot grace, the rest of the report is charged at the next one, not dropped.
     server = make_server([registration("a", units=5)])
@@ -225,14 +255,21 @@ def test_usage_past_one_charge_is_carried_to_the_next_one(
     assert server.stats()["a"]["device_time_us"] == 2 * SLICE_US + SLOT_CHARGE_GRACE_US + 1000  # 3000 carried
 
 
-@pytest.mark.parametrize(("tail_us", "charged"), [
-    (1500, SLICE_US - 1500),  # held 2000, 1500 of it ran the former holder's last kernel
-    (0, SLICE_US),
-    ((1 << 40), 0),  # a tail that covers the whole holding: the former holder pays it, this one nothing
-])
+@pytest.mark.parametrize(
+    ("tail_us", "charged"),
+    [
+        (1500, SLICE_US - 1500),  # held 2000, 1500 of it ran the former holder's last kernel
+        (0, SLICE_US),
+        ((1 << 40), 0),  # a tail that covers the whole holding: the former holder pays it, this one nothing
+    ],
+)
 def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_holder(
-        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock,
-        tenants: Callable[[str], Tenant], tail_us: int, charged: int) -> None:
+    make_server: Callable[[list[Registration]], GrantServer],
+    clock: ManualClock,
+    tenants: Callable[[str], Tenant],
+    tail_us: int,
+    charged: int,
+) -> None:
     server = make_server([registration("a", units=5), registration("b", units=5)])
     a, b = tenants("a"), tenants("b")
     a.want()
@@ -255,13 +292,17 @@ def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_h
     clock.now_us += SLICE_US
     server.run_timers()
     # The former holder pays its tail (carried, at most the slot grace more than it held per charge).
-    assert server.stats()[first_id]["device_time_us"] == 2 * SLICE_US + min(SLOT_CHARGE_GRACE_US,
-                                                                             max(0, tail_us - SLICE_US))
+    assert server.stats()[first_id]["device_time_us"] == 2 * SLICE_US + min(
+        SLOT_CHARGE_GRACE_US, max(0, tail_us - SLICE_US)
+    )
 
 
 def test_a_higher_priority_socket_tenant_revokes_a_slot_holder(
-        make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, grant_socket: str,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer],
+    clock: ManualClock,
+    grant_socket: str,
+    tenants: Callable[[str], Tenant],
+) -> None:
     server = make_server([registration("batch", units=5), registration("urgent", units=5, priority=Priority.HIGH)])
     batch = tenants("batch")
     batch.want()
@@ -291,8 +332,8 @@ def test_a_higher_priority_socket_tenant_revokes_a_slot_holder(
 
 
 def test_a_socket_grant_is_published_for_the_pods_other_processes(
-        make_server: Callable[[list[Registration]], GrantServer], grant_socket: str,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer], grant_socket: str, tenants: Callable[[str], Tenant]
+) -> None:
     make_server([registration("a", units=5)])
     a = tenants("a")
     client = GrantClient(grant_socket, "a", 0.5)
@@ -308,8 +349,8 @@ def test_a_socket_grant_is_published_for_the_pods_other_processes(
 
 
 def test_removing_a_registration_removes_its_slot_and_frees_the_card(
-        make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path, tenants: Callable[[str], Tenant]
+) -> None:
     server = make_server([registration("a", units=5), registration("b", units=5)])
     a, b = tenants("a"), tenants("b")
     a.want()
@@ -323,46 +364,70 @@ def test_removing_a_registration_removes_its_slot_and_frees_the_card(
     assert os.listdir(shm_dir) == []
 
 
-@pytest.mark.parametrize(("before", "after", "delta"), [
-    (0, 1_500_000, 1500), (5_000_000, 1_000, 0), (0, (1 << 64) - 1, 3_600_000_000), (7, 7, 0)])
+@pytest.mark.parametrize(
+    ("before", "after", "delta"),
+    [(0, 1_500_000, 1500), (5_000_000, 1_000, 0), (0, (1 << 64) - 1, 3_600_000_000), (7, 7, 0)],
+)
 def test_usage_delta_of_a_cumulative_counter(before: int, after: int, delta: int) -> None:
     assert usage_delta_us(before, after) == delta
 
 
 def test_read_report_clamps_every_tenant_field() -> None:
     huge = (1 << 64) - 1
-    raw = shm.SlotSnapshot(slot_index=0, card_index=0, mem_cap_bytes=0, mem_used_bytes=huge, used_ns=huge,
-                           inflight_est_ns=huge, want=2, doorbell=huge, share_permille=0, priority=0,
-                           mem_peak_bytes=huge, denied_allocs=huge)
-    assert read_report(raw) == SlotReport(want=False, used_ns=1 << 62, mem_used_bytes=1 << 50,
-                                          mem_peak_bytes=1 << 50, denied_allocs=1 << 62)
+    raw = shm.SlotSnapshot(
+        slot_index=0,
+        card_index=0,
+        mem_cap_bytes=0,
+        mem_used_bytes=huge,
+        used_ns=huge,
+        inflight_est_ns=huge,
+        want=2,
+        doorbell=huge,
+        share_permille=0,
+        priority=0,
+        mem_peak_bytes=huge,
+        denied_allocs=huge,
+    )
+    assert read_report(raw) == SlotReport(
+        want=False, used_ns=1 << 62, mem_used_bytes=1 << 50, mem_peak_bytes=1 << 50, denied_allocs=1 << 62
+    )
 
 
-TENANT_FIELDS = ("mem_used_bytes", "used_ns", "inflight_est_ns", "want", "doorbell", "mem_peak_bytes",
-                 "denied_allocs")
+TENANT_FIELDS = ("mem_used_bytes", "used_ns", "inflight_est_ns", "want", "doorbell", "mem_peak_bytes", "denied_allocs")
 U64 = st.one_of(st.sampled_from([0, 1, 2, (1 << 32) - 1, (1 << 63) - 1, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1))
 
 
 # Each slice the hostile sets its want flag (mostly to 1: then it is served, and its other values are charged) and
 # writes a few other fields.
-STEP = st.tuples(st.tuples(st.just("want"), st.sampled_from([1, 1, 1, 0, 2, 0xFFFFFFFF])),
-                 st.lists(st.tuples(st.sampled_from(TENANT_FIELDS), U64), max_size=4)).map(lambda t: [t[0], *t[1]])
+STEP = st.tuples(
+    st.tuples(st.just("want"), st.sampled_from([1, 1, 1, 0, 2, 0xFFFFFFFF])),
+    st.lists(st.tuples(st.sampled_from(TENANT_FIELDS), U64), max_size=4),
+).map(lambda t: [t[0], *t[1]])
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(STEP, min_size=1, max_size=12))
-def test_no_slot_values_keep_the_honest_slots_from_the_card(tmp_path: Path,
-                                                            writes: list[list[tuple[str, int]]]) -> None:
+def test_no_slot_values_keep_the_honest_slots_from_the_card(
+    tmp_path: Path, writes: list[list[tuple[str, int]]]
+) -> None:
     # A hostile pod writes anything into its own slot at every slice; two honest slots want the card throughout.
     clock = ManualClock()
     directory = tmp_path / f"fuzz-{next(_fuzz_dirs)}"
-    server = GrantServer(str(directory / "grant.sock"), SlicePolicy(quota=10, slice_us=SLICE_US), [CARD],
-                         proc_root=tmp_path, clock_us=clock, timer=False, shm_dir=str(directory))
+    server = GrantServer(
+        str(directory / "grant.sock"),
+        SlicePolicy(quota=10, slice_us=SLICE_US),
+        [CARD],
+        proc_root=tmp_path,
+        clock_us=clock,
+        timer=False,
+        shm_dir=str(directory),
+    )
     server.start()
     opened: list[Tenant] = []
     try:
-        server.set_registrations([registration("a", units=4), registration("b", units=4),
-                                  registration("evil", units=2)])
+        server.set_registrations(
+            [registration("a", units=4), registration("b", units=4), registration("evil", units=2)]
+        )
         evil, a, b = (Tenant(directory, name) for name in ("evil", "a", "b"))
         opened += [evil, a, b]
         a.want()
@@ -398,11 +463,13 @@ def _write(slot: shm.Slot, name: str, value: int) -> None:
     slot.set(name, value & ((1 << (8 * size)) - 1))
 
 
-def test_with_the_real_clock_a_slot_is_served_and_let_go_by_the_timer_alone(grant_socket: str, shm_dir: Path,
-                                                                             tmp_path: Path) -> None:
+def test_with_the_real_clock_a_slot_is_served_and_let_go_by_the_timer_alone(
+    grant_socket: str, shm_dir: Path, tmp_path: Path
+) -> None:
     # No test clock: the timer thread reads the slots, hands out the card and ends the holdings by itself.
-    server = GrantServer(grant_socket, SlicePolicy(quota=10, slice_us=SLICE_US), [CARD], proc_root=tmp_path,
-                         shm_dir=str(shm_dir))
+    server = GrantServer(
+        grant_socket, SlicePolicy(quota=10, slice_us=SLICE_US), [CARD], proc_root=tmp_path, shm_dir=str(shm_dir)
+    )
     server.start()
     a: Tenant | None = None
     try:
@@ -422,8 +489,8 @@ def test_with_the_real_clock_a_slot_is_served_and_let_go_by_the_timer_alone(gran
 
 
 def test_a_tenant_asleep_on_the_region_is_woken_by_its_grant(
-        make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path,
-        tenants: Callable[[str], Tenant]) -> None:
+    make_server: Callable[[list[Registration]], GrantServer], shm_dir: Path, tenants: Callable[[str], Tenant]
+) -> None:
     server = make_server([registration("a", units=5)])
     a = tenants("a")
     # libflexnpu sleeps in FUTEX_WAIT on seq; a writable mapping gives Python the futex address to do the same.

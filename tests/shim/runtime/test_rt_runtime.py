@@ -29,8 +29,9 @@ print("slices", runtime.slicer.slices)
 """
 
 
-def test_sitecustomize_activates_the_runtime_in_a_child(make_grant_server: MakeServer, sim_socket: str,
-                                                        grant_socket: str, tmp_path: Path) -> None:
+def test_sitecustomize_activates_the_runtime_in_a_child(
+    make_grant_server: MakeServer, sim_socket: str, grant_socket: str, tmp_path: Path
+) -> None:
     server = make_grant_server([registration("pod-a")])
     env = runtime_env(tmp_path, "pod-a", grant_socket, "simnpu:" + sim_socket)
     result = run_child(tmp_path, GATED_KERNELS, env)
@@ -69,10 +70,28 @@ with flexnpu.shim.slice() as lease:
 
 def test_shim_run_activates_the_command(make_grant_server: MakeServer, grant_socket: str, tmp_path: Path) -> None:
     server = make_grant_server([registration("pod-b")])
-    env = {k: v for k, v in runtime_env(tmp_path, "", grant_socket, "step").items()
-           if not k.startswith("FLEXNPU_") and k != "PYTHONPATH"}
-    argv = [sys.executable, "-m", "flexnpu.cli", "shim", "run", "--claim", "pod-b", "--socket", grant_socket,
-            "--device", "step", "--", sys.executable, "-c", SLICE_STEP]
+    env = {
+        k: v
+        for k, v in runtime_env(tmp_path, "", grant_socket, "step").items()
+        if not k.startswith("FLEXNPU_") and k != "PYTHONPATH"
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "flexnpu.cli",
+        "shim",
+        "run",
+        "--claim",
+        "pod-b",
+        "--socket",
+        grant_socket,
+        "--device",
+        "step",
+        "--",
+        sys.executable,
+        "-c",
+        SLICE_STEP,
+    ]
     result = run_child(tmp_path, "", env, args=argv)
     assert (result.returncode, result.stdout.strip()) == (0, "True"), result.stderr
     assert server.stats()["pod-b"]["grants"] == 1
@@ -119,16 +138,22 @@ except MemoryCapExceeded as exc:
 
 
 def test_memory_cap_is_an_out_of_memory_error_in_that_process_only(
-        make_grant_server: MakeServer, sim_socket: str, grant_socket: str, tmp_path: Path,
-        child: Callable[..., subprocess.Popen[str]]) -> None:
+    make_grant_server: MakeServer,
+    sim_socket: str,
+    grant_socket: str,
+    tmp_path: Path,
+    child: Callable[..., subprocess.Popen[str]],
+) -> None:
     make_grant_server([registration("pod-a", memory_mib=1024), registration("pod-b", memory_mib=1024)])
     device = "simnpu:" + sim_socket
-    neighbour = child(HOLD_MEMORY, runtime_env(tmp_path, "pod-b", grant_socket, device,
-                                               **{names.ENV_MEMORY_MIB: "1024"}))
+    neighbour = child(
+        HOLD_MEMORY, runtime_env(tmp_path, "pod-b", grant_socket, device, **{names.ENV_MEMORY_MIB: "1024"})
+    )
     assert neighbour.stdout is not None
     assert neighbour.stdout.readline().strip() == "holding"
-    greedy = run_child(tmp_path, PASS_THE_CAP,
-                       runtime_env(tmp_path, "pod-a", grant_socket, device, **{names.ENV_MEMORY_MIB: "1024"}))
+    greedy = run_child(
+        tmp_path, PASS_THE_CAP, runtime_env(tmp_path, "pod-a", grant_socket, device, **{names.ENV_MEMORY_MIB: "1024"})
+    )
     assert greedy.returncode == 0, greedy.stderr
     assert greedy.stdout.startswith("oom:") and "cap of 1024 MiB" in greedy.stdout
     out, err = neighbour.communicate("go\n", timeout=60)
@@ -156,8 +181,9 @@ print("kind", runtime.torch_kind, "holding", runtime.slicer.holding,
 """
 
 
-def test_torch_cpu_adapter_gates_operators_and_caps_memory(make_grant_server: MakeServer, grant_socket: str,
-                                                           tmp_path: Path) -> None:
+def test_torch_cpu_adapter_gates_operators_and_caps_memory(
+    make_grant_server: MakeServer, grant_socket: str, tmp_path: Path
+) -> None:
     pytest.importorskip("torch")
     server = make_grant_server([registration("torch-pod")])
     env = runtime_env(tmp_path, "torch-pod", grant_socket, "cpu", **{names.ENV_MEMORY_MIB: "1"})
@@ -167,21 +193,38 @@ def test_torch_cpu_adapter_gates_operators_and_caps_memory(make_grant_server: Ma
     assert server.stats()["torch-pod"]["grants"] >= 1
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({}, None),
-    ({names.ENV_CLAIM: "x", names.ENV_SHIM_DISABLE: "1"}, None),
-    ({names.ENV_CLAIM: "x"}, RuntimeConfig("x")),
-    ({names.ENV_CLAIM: "x", names.ENV_SHARE: "0.3", names.ENV_MEMORY_MIB: "2048", names.ENV_DEVICE: "simnpu:/s",
-      names.ENV_SOCKET: "/g.sock", names.ENV_PRIORITY: "high"},
-     RuntimeConfig("x", "/g.sock", 0.3, 2048, "high", "simnpu:/s")),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({names.ENV_CLAIM: "x", names.ENV_SHIM_DISABLE: "1"}, None),
+        ({names.ENV_CLAIM: "x"}, RuntimeConfig("x")),
+        (
+            {
+                names.ENV_CLAIM: "x",
+                names.ENV_SHARE: "0.3",
+                names.ENV_MEMORY_MIB: "2048",
+                names.ENV_DEVICE: "simnpu:/s",
+                names.ENV_SOCKET: "/g.sock",
+                names.ENV_PRIORITY: "high",
+            },
+            RuntimeConfig("x", "/g.sock", 0.3, 2048, "high", "simnpu:/s"),
+        ),
+    ],
+)
 def test_config_from_env(env: dict[str, str], expected: RuntimeConfig | None) -> None:
     assert RuntimeConfig.from_env(env) == expected
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    (names.ENV_SHARE, "1.5"), (names.ENV_SHARE, "half"), (names.ENV_MEMORY_MIB, "-3"), (names.ENV_DEVICE, "simnpu:"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (names.ENV_SHARE, "1.5"),
+        (names.ENV_SHARE, "half"),
+        (names.ENV_MEMORY_MIB, "-3"),
+        (names.ENV_DEVICE, "simnpu:"),
+    ],
+)
 def test_config_names_the_bad_variable(key: str, value: str) -> None:
     with pytest.raises(RuntimeConfigError, match=key):
         RuntimeConfig.from_env({names.ENV_CLAIM: "x", key: value})
@@ -203,9 +246,11 @@ def test_the_bundle_runs_on_a_bare_interpreter(grant_socket: str, tmp_path: Path
     write_bundle(str(bundle))  # replacing an existing bundle works too
     env = runtime_env(tmp_path, "pod-a", grant_socket, "step")
     env["PYTHONPATH"] = str(bundle)
-    code = ("import sys, flexnpu.shim\n"
-            "with flexnpu.shim.slice() as lease:\n"
-            "    print(lease.local, sorted(m for m in ('aiohttp', 'grpc', 'yaml') if m in sys.modules))\n")
+    code = (
+        "import sys, flexnpu.shim\n"
+        "with flexnpu.shim.slice() as lease:\n"
+        "    print(lease.local, sorted(m for m in ('aiohttp', 'grpc', 'yaml') if m in sys.modules))\n"
+    )
     result = run_child(tmp_path, code, env, args=[bare, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True []"  # no daemon: paced locally; nothing beyond the standard library

@@ -65,8 +65,10 @@ def test_card_capacity_is_enforced(sim_socket: str) -> None:
 
 
 def test_memory_of_an_exited_process_returns_to_the_card(sim_socket: str, tmp_path: Path) -> None:
-    code = (f"from flexnpu.shim.runtime.simnpu_client import SimNpuClient\n"
-            f"c = SimNpuClient({sim_socket!r}, 'gone'); c.allocate({HBM_910B3_MIB})\n")
+    code = (
+        f"from flexnpu.shim.runtime.simnpu_client import SimNpuClient\n"
+        f"c = SimNpuClient({sim_socket!r}, 'gone'); c.allocate({HBM_910B3_MIB})\n"
+    )
     assert run_child(tmp_path, code).returncode == 0
     with SimNpuClient(sim_socket, "next") as nxt:
         wait_for(lambda: nxt.stats()["gone"]["memory_mib"] == 0, "the exited process's memory to be freed")
@@ -94,7 +96,13 @@ def test_bad_card_is_refused(sim_socket: str) -> None:
 
 @pytest.mark.parametrize("argv", [["--cards", "0"], ["--model", "910C"], ["--bogus"]])
 def test_cli_rejects_bad_flags(argv: list[str], tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "flexnpu.cli", "simnpu", *argv], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "flexnpu.cli", "simnpu", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -29,8 +29,8 @@ class ModelDevice:
         self.marked = len(self.queued)
 
     def settle(self) -> None:
-        self.finished_us += sum(self.queued[:self.marked])
-        del self.queued[:self.marked]
+        self.finished_us += sum(self.queued[: self.marked])
+        del self.queued[: self.marked]
         self.marked = 0
         self.depth_after_settle.append(sum(self.queued))
 
@@ -61,8 +61,9 @@ class ModelGrants:
         return False
 
 
-def run(kernels: list[float], budget_us: int = 2000, inflight_us: int = 2000) -> tuple[ModelDevice, ModelGrants,
-                                                                                        Slicer]:
+def run(
+    kernels: list[float], budget_us: int = 2000, inflight_us: int = 2000
+) -> tuple[ModelDevice, ModelGrants, Slicer]:
     device, grants = ModelDevice(), ModelGrants(budget_us, inflight_us)
     slicer = Slicer(grants, device, METER_DECLARED)  # type: ignore[arg-type]
     for cost in kernels:

@@ -29,8 +29,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., UnixServer[Credentials]]]:
     servers: list[UnixServer[Credentials]] = []
 
     def make(handle: Handler = echo_line, **options: object) -> UnixServer[Credentials]:
-        server: UnixServer[Credentials] = UnixServer(str(tmp_path / "u.sock"), handle, credentials_of, name="test",
-                                                     **options)  # type: ignore[arg-type]
+        server: UnixServer[Credentials] = UnixServer(
+            str(tmp_path / "u.sock"),
+            handle,
+            credentials_of,
+            name="test",
+            **options,  # type: ignore[arg-type]
+        )
         server.start()
         servers.append(server)
         return server
@@ -47,8 +52,9 @@ def connect(server: UnixServer[Credentials]) -> socket.socket:
     return sock
 
 
-def test_a_failing_handler_is_logged_and_frees_its_slot(serve: Callable[..., UnixServer[Credentials]],
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_handler_is_logged_and_frees_its_slot(
+    serve: Callable[..., UnixServer[Credentials]], caplog: pytest.LogCaptureFixture
+) -> None:
     server = serve(limits=Limits(max_connections=1, max_per_peer=1))
     with caplog.at_level(logging.ERROR), connect(server) as sock:
         sock.sendall(b"boom\n")
