@@ -144,10 +144,9 @@ static int ev_elapsed(void *start, void *end, uint64_t *ns)
 {
     HELPER(elapsed_t, "cuEventElapsedTime");
     float ms = 0;
-    if (!f || f(&ms, start, end) != CUDA_SUCCESS || !(ms >= 0.0f) || ms > 1e9f)
+    if (!f || f(&ms, start, end) != CUDA_SUCCESS)
         return -1;
-    *ns = (uint64_t)((double)ms * 1e6);
-    return 0;
+    return fx_ms_to_ns(ms, ns);
 }
 static int dev_sync(void)
 {

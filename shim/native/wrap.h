@@ -91,6 +91,15 @@ static inline fx_result fx_mem_viewed(fx_result r, size_t *free_bytes, size_t *t
     return r;
 }
 
+/* An event pair's elapsed milliseconds as the core's nanoseconds; -1 for a value no device reports. */
+static inline int fx_ms_to_ns(float ms, uint64_t *ns)
+{
+    if (!(ms >= 0.0f) || ms > 1e9f)
+        return -1;
+    *ns = (uint64_t)((double)ms * 1e6);
+    return 0;
+}
+
 /* In a helper of the core: `f`, a `type *` to the function `name` of g_libraries, resolved once. */
 #define HELPER(type, name)                                                                                       \
     static type *_Atomic fn_;                                                                                    \

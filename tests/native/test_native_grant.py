@@ -215,8 +215,11 @@ def test_a_holder_queues_no_more_than_fits_before_its_deadline(pod: Pod) -> None
             rung = a.get("doorbell")
 
             def ended(rung: int = rung, deadline: int = deadline) -> bool:
-                return (a.get("doorbell") > rung or (time.monotonic_ns() > deadline and a.get("want") == 1)
-                        or proc.poll() is not None)
+                return (
+                    a.get("doorbell") > rung
+                    or (time.monotonic_ns() > deadline and a.get("want") == 1)
+                    or proc.poll() is not None
+                )
 
             wait_for(ended, "pod-a's grant to end", timeout_s=60)
         out, err = proc.communicate(timeout=60)
@@ -259,8 +262,14 @@ def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_wi
     machine's speed. (The second case failed before gate.c withdrew the want whether or not the grant runs.)"""
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() + 50_000_000_000)
-    proc = subprocess.Popen([sys.executable, "-c", EARLY_WANT], env=pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"}),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EARLY_WANT],
+        env=pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"}),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "launched=1"
@@ -285,7 +294,13 @@ def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_wi
 def test_no_early_want_far_from_the_deadline(pod: Pod) -> None:
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1)  # no end
-    out = subprocess.run([pod.program("acl_prog"), "launch", "20", "100"], env=pod.env("pod-a"), capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [pod.program("acl_prog"), "launch", "20", "100"],
+        env=pod.env("pod-a"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert parse(out)["launched"] == "20"
     assert (a.get("want"), a.get("doorbell")) == (0, 0)

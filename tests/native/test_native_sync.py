@@ -1,15 +1,11 @@
-"""What an application's synchronise does to libflexnpu's accounting: it ends the open timing interval, and it
-withdraws a want that a launch near the deadline set.
+"""An application's synchronise ends libflexnpu's open timing interval, so a host gap after it is not device time.
 
-Both are regression tests of fixes in shim/native/gate.c (fx_harvest, withdraw_early_want): each fails on the code
-before its fix. The ground truth is the fake device's busy time per pid (what it really ran), not a host clock.
+A regression test of the fix in shim/native/gate.c (fx_harvest closes the open interval at every synchronise, not
+only a device-wide one): it fails on the code before it. The ground truth is the fake device's busy time for the
+pid (what it really ran), not a host clock. The want a synchronise withdraws is tested in test_native_grant.py.
 """
 
 from __future__ import annotations
-
-import subprocess
-import sys
-import time
 
 import pytest
 from native_helpers import MIB, Pod, fake_device, run

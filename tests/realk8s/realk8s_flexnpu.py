@@ -318,9 +318,7 @@ def claim_of_pod(api: k8s.ApiClient, namespace: str, pod_uid: str) -> dict[str, 
     listed: dict[str, Any] = k8s.CustomObjectsApi(api).list_namespaced_custom_object(  # type: ignore[assignment]
         names.CRD_GROUP, names.CRD_VERSION, namespace, names.CRD_PLURAL
     )
-    owned = [
-        c for c in listed["items"] if any(o["uid"] == pod_uid for o in c["metadata"].get("ownerReferences", []))
-    ]
+    owned = [c for c in listed["items"] if any(o["uid"] == pod_uid for o in c["metadata"].get("ownerReferences", []))]
     assert len(owned) <= 1, f"pod {pod_uid} owns {len(owned)} claims: {[c['metadata']['name'] for c in owned]}"
     return owned[0] if owned else None
 

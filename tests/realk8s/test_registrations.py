@@ -6,7 +6,9 @@ with that pod's units, memory cap and priority, on the card the pod's annotation
 default oversubscription (1) a card takes 10 units, so the three (12 units) cannot all share one card here.
 
 Case 7: a StatefulSet pod deleted and recreated under the same name gets its own claim, Registered, while the
-old claim (held by the operator's finalizer until flexnpud forgot it) must not collide with the new one.
+old claim (held by the operator's finalizer until flexnpud forgot it) must not collide with the new one. First
+as it happens with a reachable flexnpud (the old claim goes within a second), then with the old claim held
+(a second finalizer stands in for the operator's while it cannot reach the node's daemon).
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ IMAGE = "realk8s.local/process:1"
 UNITS_PER_CARD = 10
 # (name, units, priority, memory MiB): the demo's tenants, each with its own memory so a swap would show.
 DEMO_PODS = (("batch-2", 2, "normal", 4097), ("batch-8", 8, "normal", 4099), ("critical", 2, "high", 4101))
+
+
+CLAIM_NAME_COLLIDES = (
+    "product bug (issue 10 case 7), open: the extender names a one-card pod's claim after the pod "
+    "(extender/writes.py claim_name), so while the old pod's claim is still held by a finalizer (e.g. the "
+    "operator cannot reach flexnpud to deregister it), create_claim for the recreated pod of the same name "
+    "gets 409 (its podRef uid differs); the pod is already bound, so the extender only records a ClaimFailed "
+    "Event (extender/service.py _write) and the new pod runs with no VNpuClaim of its own, never Registered"
+)
 
 
 def vnpu_pod_spec(units: int, memory_mib: int, restart: str = "Never") -> dict[str, Any]:
@@ -60,7 +71,9 @@ def make_namespace(cluster: ControlPlane, core: Any, namespace: str) -> None:
     )
 
 
-def running_pod(cluster: ControlPlane, core: Any, namespace: str, name: str, not_uid: str = "") -> Any:
+def running_pod(
+    cluster: ControlPlane, core: Any, namespace: str, name: str, not_uid: str = "", timeout: float = 180
+) -> Any:
     """Pod ``name`` once Running (and, with ``not_uid``, once it is another pod than that one)."""
 
     def running() -> Any:
@@ -69,7 +82,7 @@ def running_pod(cluster: ControlPlane, core: Any, namespace: str, name: str, not
             return None
         return pod if pod.status.phase == "Running" else None
 
-    return wait_for(f"pod {namespace}/{name} Running", running, 180, watch=cluster.procs, interval=0.5)
+    return wait_for(f"pod {namespace}/{name} Running", running, timeout, watch=cluster.procs, interval=0.5)
 
 
 def test_demo_pods_are_registered_on_flexnpud(
@@ -130,6 +143,12 @@ def statefulset(name: str, units: int, memory_mib: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.xfail(
+    # Not strict: the recreated pod is bound within milliseconds of the old one's removal, mostly before the
+    # garbage collector and the operator's finalizer have removed the old claim, but not always.
+    strict=False,
+    reason=CLAIM_NAME_COLLIDES,
+)
 def test_statefulset_pod_recreated_with_the_same_name_gets_its_own_claim(
     flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
 ) -> None:
@@ -146,7 +165,7 @@ def test_statefulset_pod_recreated_with_the_same_name_gets_its_own_claim(
 
         core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=1)
         second = running_pod(cluster, core, namespace, pod_name, not_uid=first.metadata.uid)
-        new_claim = wait_registered(flexnpu_stack, namespace, second.metadata.uid)
+        new_claim = wait_registered(flexnpu_stack, namespace, second.metadata.uid, timeout=60)
         new_id = new_claim["status"]["flexnpuId"]
         assert new_id != old_id
         assert new_claim["metadata"]["uid"] != old_claim["metadata"]["uid"]
@@ -162,6 +181,67 @@ def test_statefulset_pod_recreated_with_the_same_name_gets_its_own_claim(
         registration = flexnpu_stack.registrations()[new_id]
         assert (registration["aicore_alloc"], registration["memory_alloc"]) == (2, 2053)
     finally:
+        apps.delete_namespaced_stateful_set(name, namespace)
+        with contextlib.suppress(ApiException):
+            core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=1)
+
+
+HOLD = "realk8s.flexnpu.io/hold"
+
+
+def set_claim_finalizers(api: k8s.ApiClient, claim: dict[str, Any], finalizers: list[str]) -> None:
+    meta = claim["metadata"]
+    k8s.CustomObjectsApi(api).patch_namespaced_custom_object(
+        names.CRD_GROUP,
+        names.CRD_VERSION,
+        meta["namespace"],
+        names.CRD_PLURAL,
+        meta["name"],
+        {"metadata": {"finalizers": finalizers}},
+    )
+
+
+def read_claim(api: k8s.ApiClient, claim: dict[str, Any]) -> dict[str, Any] | None:
+    meta = claim["metadata"]
+    try:
+        found: dict[str, Any] = k8s.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[assignment]
+            names.CRD_GROUP, names.CRD_VERSION, meta["namespace"], names.CRD_PLURAL, meta["name"]
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return found if found["metadata"]["uid"] == meta["uid"] else None
+
+
+@pytest.mark.xfail(strict=True, reason=CLAIM_NAME_COLLIDES)
+def test_statefulset_pod_recreated_while_the_old_claim_is_held(
+    flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
+) -> None:
+    namespace, name = "sts-held", "db"
+    make_namespace(cluster, core, namespace)
+    apps = k8s.AppsV1Api(api)
+    apps.create_namespaced_stateful_set(namespace, statefulset(name, 2, 2059))
+    pod_name = f"{name}-0"
+    old_claim: dict[str, Any] | None = None
+    try:
+        first = running_pod(cluster, core, namespace, pod_name)
+        old_claim = wait_registered(flexnpu_stack, namespace, first.metadata.uid)
+        set_claim_finalizers(api, old_claim, [*old_claim["metadata"].get("finalizers", []), HOLD])
+        core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=1)
+
+        def held_and_terminating() -> bool | None:
+            claim = read_claim(api, old_claim or {})
+            return True if claim is not None and claim["metadata"].get("deletionTimestamp") else None
+
+        wait_for("old claim deleted and held", held_and_terminating, 60, watch=cluster.procs, interval=0.5)
+        second = running_pod(cluster, core, namespace, pod_name, not_uid=first.metadata.uid, timeout=60)
+        new_claim = wait_registered(flexnpu_stack, namespace, second.metadata.uid, timeout=60)
+        assert new_claim["metadata"]["uid"] != old_claim["metadata"]["uid"]
+        assert read_claim(api, old_claim) is not None, "the old claim went before the check"
+    finally:
+        if old_claim is not None and (current := read_claim(api, old_claim)) is not None:
+            set_claim_finalizers(api, current, [f for f in current["metadata"].get("finalizers", []) if f != HOLD])
         apps.delete_namespaced_stateful_set(name, namespace)
         with contextlib.suppress(ApiException):
             core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=1)
