@@ -78,10 +78,13 @@ def binding(key: PodKey, node: str) -> dict[str, Any]:
 
 
 def claim_name(key: PodKey, assignment: CardAssignment, cards: int) -> str:
-    """The pod's name for a one-card pod; ``<pod>-npu<index>`` per card of a whole-card pod."""
-    if cards == 1:
-        return key.name
-    suffix = f"-npu{assignment.index}"
+    """``<pod>-<uid8>`` for a one-card pod, ``<pod>-<uid8>-npu<index>`` per card of a whole-card pod.
+
+    The pod's uid is in the name because a pod re-created under the same name (a StatefulSet's, say) gets its own
+    claim while the old pod's claim may still be held by its deregister finalizer.
+    """
+    uid = "".join(c for c in key.uid.lower() if c in "0123456789abcdef")[:8]
+    suffix = (f"-{uid}" if uid else "") + ("" if cards == 1 else f"-npu{assignment.index}")
     return key.name[: MAX_NAME - len(suffix)] + suffix
 
 

@@ -119,7 +119,9 @@ async def test_bind_writes_annotations_binding_and_claim(extender: Extender, kub
     [assignment] = decode_assignment(notes[ANNOTATION_ASSIGNED])
     assert (assignment.units, assignment.memory_mib) == (3, 3 * 65536 // 10)
     assert stored["spec"]["nodeName"] == "npu-a"
-    claim = kube.objects["flexnpu.io/v1alpha1/vnpuclaims", "default", "vllm-2"]
+    # Named after the pod and its uid: a pod re-created under the same name gets a claim of its own.
+    uid8 = body["metadata"]["uid"].replace("-", "")[:8]
+    claim = kube.objects["flexnpu.io/v1alpha1/vnpuclaims", "default", f"vllm-2-{uid8}"]
     assert claim["spec"] == {
         "nodeName": "npu-a",
         "npu": assignment.index,

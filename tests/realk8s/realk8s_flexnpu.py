@@ -183,8 +183,8 @@ class Flexnpu:
         """The chart's daemon-token Secret created; its token (read back from the API) in a file, as mounted."""
         secret = only(self.manifests, "Secret", "daemon-token")
         apply(self.api, [secret])
-        read = k8s.CoreV1Api(self.api).read_namespaced_secret(secret["metadata"]["name"], NAMESPACE)
-        [value] = read.data.values()
+        core: Any = k8s.CoreV1Api(self.api)
+        [value] = core.read_namespaced_secret(secret["metadata"]["name"], NAMESPACE).data.values()
         self.token_file = self.work / "daemon-token"
         self.token_file.write_bytes(base64.b64decode(value))
         self.token_file.chmod(0o600)
@@ -244,7 +244,7 @@ class Flexnpu:
 
     def start_daemon(self) -> Any:
         """flexnpud as the node DaemonSet's pod, once Ready (kubelet's readiness probe: the chart's)."""
-        core = k8s.CoreV1Api(self.api)
+        core: Any = k8s.CoreV1Api(self.api)
         pod = core.create_namespaced_pod(NAMESPACE, self.daemon_pod())
 
         def ready() -> Any:

@@ -35,15 +35,6 @@ UNITS_PER_CARD = 10
 DEMO_PODS = (("batch-2", 2, "normal", 4097), ("batch-8", 8, "normal", 4099), ("critical", 2, "high", 4101))
 
 
-CLAIM_NAME_COLLIDES = (
-    "product bug (issue 10 case 7), open: the extender names a one-card pod's claim after the pod "
-    "(extender/writes.py claim_name), so while the old pod's claim is still held by a finalizer (e.g. the "
-    "operator cannot reach flexnpud to deregister it), create_claim for the recreated pod of the same name "
-    "gets 409 (its podRef uid differs); the pod is already bound, so the extender only records a ClaimFailed "
-    "Event (extender/service.py _write) and the new pod runs with no VNpuClaim of its own, never Registered"
-)
-
-
 def vnpu_pod_spec(units: int, memory_mib: int, restart: str = "Never") -> dict[str, Any]:
     return {
         "schedulerName": "flexnpu-scheduler",
@@ -69,6 +60,18 @@ def make_namespace(cluster: ControlPlane, core: Any, namespace: str) -> None:
         watch=cluster.procs,
         interval=0.5,
     )
+
+
+def registered_or_why(stack: Flexnpu, core: Any, pod: Any, timeout: float) -> dict[str, Any]:
+    """The pod's claim once Registered; on timeout, the failure names the pod's Warning Events."""
+    try:
+        return wait_registered(stack, pod.metadata.namespace, pod.metadata.uid, timeout=timeout)
+    except TimeoutError as exc:
+        events = core.list_namespaced_event(
+            pod.metadata.namespace, field_selector=f"involvedObject.uid={pod.metadata.uid}"
+        ).items
+        warnings = [f"{e.reason}: {e.message}" for e in events if e.type == "Warning"]
+        raise AssertionError(f"{exc}; the pod's Warning Events: {warnings}") from exc
 
 
 def running_pod(
@@ -143,18 +146,12 @@ def statefulset(name: str, units: int, memory_mib: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    # Not strict: the recreated pod is bound within milliseconds of the old one's removal, mostly before the
-    # garbage collector and the operator's finalizer have removed the old claim, but not always.
-    strict=False,
-    reason=CLAIM_NAME_COLLIDES,
-)
 def test_statefulset_pod_recreated_with_the_same_name_gets_its_own_claim(
     flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
 ) -> None:
     namespace, name = "sts", "web"
     make_namespace(cluster, core, namespace)
-    apps = k8s.AppsV1Api(api)
+    apps: Any = k8s.AppsV1Api(api)
     apps.create_namespaced_stateful_set(namespace, statefulset(name, 2, 2053))
     pod_name = f"{name}-0"
     try:
@@ -165,7 +162,7 @@ def test_statefulset_pod_recreated_with_the_same_name_gets_its_own_claim(
 
         core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=1)
         second = running_pod(cluster, core, namespace, pod_name, not_uid=first.metadata.uid)
-        new_claim = wait_registered(flexnpu_stack, namespace, second.metadata.uid, timeout=60)
+        new_claim = registered_or_why(flexnpu_stack, core, second, timeout=60)
         new_id = new_claim["status"]["flexnpuId"]
         assert new_id != old_id
         assert new_claim["metadata"]["uid"] != old_claim["metadata"]["uid"]
@@ -214,13 +211,12 @@ def read_claim(api: k8s.ApiClient, claim: dict[str, Any]) -> dict[str, Any] | No
     return found if found["metadata"]["uid"] == meta["uid"] else None
 
 
-@pytest.mark.xfail(strict=True, reason=CLAIM_NAME_COLLIDES)
 def test_statefulset_pod_recreated_while_the_old_claim_is_held(
     flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
 ) -> None:
     namespace, name = "sts-held", "db"
     make_namespace(cluster, core, namespace)
-    apps = k8s.AppsV1Api(api)
+    apps: Any = k8s.AppsV1Api(api)
     apps.create_namespaced_stateful_set(namespace, statefulset(name, 2, 2059))
     pod_name = f"{name}-0"
     old_claim: dict[str, Any] | None = None
@@ -236,7 +232,7 @@ def test_statefulset_pod_recreated_while_the_old_claim_is_held(
 
         wait_for("old claim deleted and held", held_and_terminating, 60, watch=cluster.procs, interval=0.5)
         second = running_pod(cluster, core, namespace, pod_name, not_uid=first.metadata.uid, timeout=60)
-        new_claim = wait_registered(flexnpu_stack, namespace, second.metadata.uid, timeout=60)
+        new_claim = registered_or_why(flexnpu_stack, core, second, timeout=60)
         assert new_claim["metadata"]["uid"] != old_claim["metadata"]["uid"]
         assert read_claim(api, old_claim) is not None, "the old claim went before the check"
     finally:
