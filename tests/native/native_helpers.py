@@ -11,11 +11,11 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexnpu import waiting
 from flexnpu.shim.grant import shm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,11 +41,8 @@ def build(out: Path, *targets: str) -> None:
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    """Bounded polling (``flexnpu.waiting.wait_for``, predicate first)."""
+    waiting.wait_for(what, predicate, timeout_s, interval=0.005)
 
 
 def parse(output: str) -> dict[str, str]:

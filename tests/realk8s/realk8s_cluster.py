@@ -26,7 +26,9 @@ from typing import Any
 
 import yaml
 from realk8s_pki import CertPair, Pki, make_pki
-from realk8s_procs import Proc, free_port, http_ok, wait_for
+from realk8s_procs import Proc, http_ok, wait_for
+
+from flexnpu.waiting import free_port
 
 NODE_NAME = "realk8s-node"
 SERVICE_CIDR = "10.96.0.0/24"

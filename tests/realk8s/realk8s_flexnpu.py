@@ -25,10 +25,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 from realk8s_cluster import ControlPlane, write_kubeconfig
-from realk8s_procs import Proc, free_port, http_ok, wait_for
+from realk8s_procs import Proc, http_ok, wait_for
 
 from flexnpu import names
 from flexnpu.claims import ClaimPhase, registration_id
+from flexnpu.waiting import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "flexnpu"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -19,19 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from flexnpu import waiting
+
 T = TypeVar("T")
 
 
 class ComponentDied(RuntimeError):
     """A component exited while the suite still needed it."""
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -110,18 +103,25 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool | None:
 def wait_for(
     what: str, probe: Callable[[], T | None], timeout: float, watch: Sequence[Proc] = (), interval: float = 0.2
 ) -> T:
-    """Poll ``probe`` until it returns something other than None; fail fast when a watched process dies."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
+    """Poll ``probe`` until it returns something other than None; fail fast when a watched process dies.
+
+    The polling is ``flexnpu.waiting.wait_for``; here a probe that raises (a component still starting) is retried,
+    and the last such error is named when time runs out.
+    """
+    last_error: list[Exception] = []
+
+    def boxed() -> tuple[T] | None:
         for proc in watch:
             proc.check()
         try:
             result = probe()
         except Exception as exc:  # the probe talks to a component that is still starting
-            last_error, result = exc, None
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_error!r}")
-        time.sleep(interval)
+            last_error[:] = [exc]
+            return None
+        return None if result is None else (result,)
+
+    try:
+        return waiting.wait_for(what, boxed, timeout, interval=interval)[0]
+    except waiting.WaitTimeout as exc:
+        last = repr(last_error[0]) if last_error else "None"
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last}") from exc
