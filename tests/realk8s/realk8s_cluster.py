@@ -40,6 +40,7 @@ KCM_CONTROLLERS = (
     "statefulset-controller",
     "root-ca-certificate-publisher-controller",
     "node-lifecycle-controller",
+    "resourceclaim-controller",  # ResourceClaims from a pod's ResourceClaimTemplates (DRA mode)
 )
 DEVICE_PLUGIN_PATH = "/var/lib/kubelet/device-plugins"
 START_TIMEOUT = 180.0
@@ -87,6 +88,45 @@ def write_kubeconfig(
 
 
 @dataclass
+class KubeletNode:
+    """One kubelet with its own CRI: name and the directory holding its state (all paths outside its namespace)."""
+
+    name: str
+    work: Path
+    taints: tuple[dict[str, str], ...] = ()
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.work / "kubelet"
+
+    @property
+    def device_plugin_dir(self) -> Path:
+        return self.work / "device-plugins"
+
+    @property
+    def plugins_registry(self) -> Path:
+        """Where kubelet's plugin watcher finds registration sockets (DRA drivers): ``<root-dir>/plugins_registry``."""
+        return self.kubelet_root / "plugins_registry"
+
+    @property
+    def plugins_dir(self) -> Path:
+        return self.kubelet_root / "plugins"
+
+    @property
+    def cri_socket(self) -> Path:
+        return self.work / "cri" / "cri.sock"
+
+    @property
+    def cri_records(self) -> Path:
+        return self.work / "cri" / "records"
+
+    @property
+    def cdi_dir(self) -> Path:
+        """The CDI spec directory the node's CRI resolves ContainerConfig.CDIDevices against."""
+        return self.work / "cdi"
+
+
+@dataclass
 class ControlPlane:
     """Ports, paths and processes of one control plane; ``start`` brings it up, ``stop`` leaves nothing."""
 
@@ -96,6 +136,7 @@ class ControlPlane:
     apiserver_port: int = 0
 
     node_name: str = NODE_NAME
+    nodes: dict[str, KubeletNode] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
@@ -106,21 +147,26 @@ class ControlPlane:
         return self.work / "logs"
 
     @property
+    def node(self) -> KubeletNode:
+        """The suite's first node (device-plugin mode): its paths lie directly in the work dir."""
+        return self.nodes.setdefault(self.node_name, KubeletNode(self.node_name, self.work))
+
+    @property
     def kubelet_root(self) -> Path:
-        return self.work / "kubelet"
+        return self.node.kubelet_root
 
     @property
     def device_plugin_dir(self) -> Path:
         """The device-plugin directory as seen outside kubelet's mount namespace."""
-        return self.work / "device-plugins"
+        return self.node.device_plugin_dir
 
     @property
     def cri_socket(self) -> Path:
-        return self.work / "cri" / "cri.sock"
+        return self.node.cri_socket
 
     @property
     def cri_records(self) -> Path:
-        return self.work / "cri" / "records"
+        return self.node.cri_records
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -135,8 +181,7 @@ class ControlPlane:
         return self.spawn(name, [str(self.binary), name, *flags])
 
     def start(self) -> None:
-        for d in (self.logs, self.kubelet_root, self.device_plugin_dir, self.cri_records):
-            d.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.pki = make_pki(self.work / "pki")
         etcd = self._start_etcd()
         self.apiserver_port = free_port()
@@ -146,9 +191,24 @@ class ControlPlane:
         self.default_scheduler = self.start_scheduler(
             "kube-scheduler", {"profiles": [{"schedulerName": "default-scheduler"}]}
         )
-        cri = self._start_cri()
-        wait_for("CRI socket", lambda: True if self.cri_socket.exists() else None, 30, watch=[cri])
-        self._start_kubelet()
+        self._start_node(self.node)
+
+    def start_node(self, name: str, taints: tuple[dict[str, str], ...] = ()) -> KubeletNode:
+        """Another kubelet (with its own CRI, mount namespace and directories) registering Node ``name``.
+
+        ``taints`` (kubelet's registerWithTaints) keep the suite's other pods off it.
+        """
+        node = KubeletNode(name, self.work / "nodes" / name, taints)
+        self.nodes[name] = node
+        self._start_node(node)
+        return node
+
+    def _start_node(self, node: KubeletNode) -> None:
+        for d in (node.kubelet_root, node.device_plugin_dir, node.cri_records, node.cdi_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        cri = self._start_cri(node)
+        wait_for(f"CRI socket of {node.name}", lambda: True if node.cri_socket.exists() else None, 30, watch=[cri])
+        self._start_kubelet(node)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -247,32 +307,42 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return self.spawn(name, [str(self.binary), "kube-scheduler", f"--config={path}", "--secure-port=0", "--v=2"])
 
-    def _start_cri(self) -> Proc:
-        return self.component(
-            "cri",
-            "--socket",
-            str(self.cri_socket),
-            "--record-dir",
-            str(self.cri_records),
-            "--state-dir",
-            str(self.work / "cri" / "state"),
+    def _suffix(self, node: KubeletNode) -> str:
+        """Process-name suffix: none for the first node, ``-<name>`` for the others."""
+        return "" if node.name == self.node_name else f"-{node.name}"
+
+    def _start_cri(self, node: KubeletNode) -> Proc:
+        return self.spawn(
+            f"cri{self._suffix(node)}",
+            [
+                str(self.binary),
+                "cri",
+                "--socket",
+                str(node.cri_socket),
+                "--record-dir",
+                str(node.cri_records),
+                "--state-dir",
+                str(node.work / "cri" / "state"),
+                "--cdi-dir",
+                str(node.cdi_dir),
+            ],
         )
 
-    def _namespace_script(self) -> str:
+    def _namespace_script(self, node: KubeletNode) -> str:
         """Shell run in kubelet's private mount namespace before it execs kubelet ("$@").
 
         A tmpfs on /var/lib and on /var/log (kubelet's fixed /var/log/containers), the suite's device-plugin
         directory bound on kubelet's fixed path; and the kernel settings kubelet would otherwise write on the
         host covered by files that already hold the values it wants, so it reads them and writes nothing.
         """
-        sysctls = self.work / "sysctl"
+        sysctls = node.work / "sysctl"
         sysctls.mkdir(exist_ok=True)
         steps = [
             "set -e",
             "mount -t tmpfs realk8s /var/lib",
             "mount -t tmpfs realk8s /var/log",
             f"mkdir -p {DEVICE_PLUGIN_PATH}",
-            f"mount --bind {self.device_plugin_dir} {DEVICE_PLUGIN_PATH}",
+            f"mount --bind {node.device_plugin_dir} {DEVICE_PLUGIN_PATH}",
         ]
         for name, value in KUBELET_SYSCTLS.items():
             fake = sysctls / name.replace("/", ".")
@@ -280,19 +350,20 @@ class ControlPlane:
             steps.append(f"mount --bind {fake} /proc/sys/{name}")
         return "\n".join([*steps, 'exec "$@"'])
 
-    def _start_kubelet(self) -> Proc:
-        cert = self.pki.client("kubelet", f"system:node:{self.node_name}", "system:nodes")
-        kubeconfig = write_kubeconfig(self.work / "kubelet.kubeconfig", self.server, self.pki.ca.cert, client=cert)
-        self.kubelet_port, self.kubelet_healthz_port = free_port(), free_port()
-        endpoint = f"unix://{self.cri_socket}"
+    def _start_kubelet(self, node: KubeletNode) -> Proc:
+        suffix = self._suffix(node)
+        cert = self.pki.client(f"kubelet{suffix}", f"system:node:{node.name}", "system:nodes")
+        kubeconfig = write_kubeconfig(node.work / "kubelet.kubeconfig", self.server, self.pki.ca.cert, client=cert)
+        kubelet_port, healthz_port = free_port(), free_port()
+        endpoint = f"unix://{node.cri_socket}"
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
             "address": "127.0.0.1",
-            "port": self.kubelet_port,
+            "port": kubelet_port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": self.kubelet_healthz_port,
+            "healthzPort": healthz_port,
             "authentication": {
                 "x509": {"clientCAFile": str(self.pki.ca.cert)},
                 "webhook": {"enabled": False},
@@ -317,13 +388,14 @@ class ControlPlane:
             "serializeImagePulls": False,
             "protectKernelDefaults": True,
             "registerNode": True,
-            "podLogsDir": str(self.work / "pod-logs"),
+            "registerWithTaints": [dict(t) for t in node.taints],
+            "podLogsDir": str(node.work / "pod-logs"),
         }
-        path = self.work / "kubelet.yaml"
+        path = node.work / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         unshare = shutil.which("unshare") or "unshare"
         return self.spawn(
-            "kubelet",
+            f"kubelet{suffix}",
             [
                 unshare,
                 "--mount",
@@ -331,15 +403,15 @@ class ControlPlane:
                 "private",
                 "sh",
                 "-c",
-                self._namespace_script(),
+                self._namespace_script(node),
                 "kubelet",
                 str(self.binary),
                 "kubelet",
                 f"--config={path}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={self.kubelet_root}",
-                f"--cert-dir={self.work / 'kubelet-pki'}",
-                f"--hostname-override={self.node_name}",
+                f"--root-dir={node.kubelet_root}",
+                f"--cert-dir={node.work / 'kubelet-pki'}",
+                f"--hostname-override={node.name}",
                 "--node-ip=127.0.0.1",
                 "--v=2",
             ],

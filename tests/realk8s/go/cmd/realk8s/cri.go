@@ -3,7 +3,7 @@ package main
 // A small CRI v1 runtime and image service. Its "containers" are local
 // processes started with exactly the command, environment and working
 // directory that kubelet passes in CreateContainer; mounts and devices are
-// recorded, not applied. Every CreateContainer request is written as JSON to
+// recorded, not applied (CDI devices: cdi.go). Every CreateContainer request is written as JSON to
 // --record-dir (<seq>-<container id>.json) and every started process's pid to
 // <container id>.pid, so tests can read what kubelet passed and what ran.
 // Images are names only: every image is present and pulling is a no-op; the
@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -52,6 +54,7 @@ type container struct {
 	reason                 string
 	proc                   *exec.Cmd
 	done                   chan struct{}
+	cdi                    *cdiResolved
 }
 
 type criServer struct {
@@ -61,6 +64,7 @@ type criServer struct {
 	seq        int
 	recordDir  string
 	stateDir   string
+	cdiDir     string
 	sandboxes  map[string]*sandbox
 	containers map[string]*container
 	images     map[string]bool
@@ -71,6 +75,7 @@ func runCRI(args []string) int {
 	socket := fs.String("socket", "", "unix socket path")
 	recordDir := fs.String("record-dir", "", "directory for CreateContainer records")
 	stateDir := fs.String("state-dir", "", "working directory for processes without one")
+	cdiDir := fs.String("cdi-dir", "", "directory of CDI spec files (*.json) for ContainerConfig.CDIDevices")
 	if err := fs.Parse(args); err != nil || *socket == "" || *recordDir == "" || *stateDir == "" {
 		fmt.Fprintln(os.Stderr, "cri: --socket, --record-dir and --state-dir are required")
 		return 2
@@ -87,7 +92,7 @@ func runCRI(args []string) int {
 		fmt.Fprintln(os.Stderr, "cri:", err)
 		return 1
 	}
-	s := &criServer{recordDir: *recordDir, stateDir: *stateDir,
+	s := &criServer{recordDir: *recordDir, stateDir: *stateDir, cdiDir: *cdiDir,
 		sandboxes: map[string]*sandbox{}, containers: map[string]*container{}, images: map[string]bool{}}
 	g := grpc.NewServer()
 	rt.RegisterRuntimeServiceServer(g, s)
@@ -259,9 +264,22 @@ func (s *criServer) CreateContainer(_ context.Context, r *rt.CreateContainerRequ
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "record: %v", err)
 	}
+	var cdiNames []string
+	for _, d := range r.GetConfig().GetCDIDevices() {
+		cdiNames = append(cdiNames, d.GetName())
+	}
+	if c.cdi, err = resolveCDI(s.cdiDir, cdiNames); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
 	name := fmt.Sprintf("%06d-%s.json", s.seq, c.id)
 	if err := writeAtomic(filepath.Join(s.recordDir, name), body); err != nil {
 		return nil, status.Errorf(codes.Internal, "record: %v", err)
+	}
+	if c.cdi != nil {
+		edits, _ := json.Marshal(c.cdi)
+		if err := writeAtomic(filepath.Join(s.recordDir, strings.TrimSuffix(name, ".json")+".cdi.json"), edits); err != nil {
+			return nil, status.Errorf(codes.Internal, "record: %v", err)
+		}
 	}
 	s.containers[c.id] = c
 	return &rt.CreateContainerResponse{ContainerId: c.id}, nil
@@ -302,6 +320,9 @@ func (s *criServer) StartContainer(_ context.Context, r *rt.StartContainerReques
 	cmd.Env = []string{}
 	for _, kv := range c.config.GetEnvs() {
 		cmd.Env = append(cmd.Env, kv.GetKey()+"="+string(kv.GetValue()))
+	}
+	if c.cdi != nil {
+		cmd.Env = append(cmd.Env, c.cdi.Env...) // later entries win, as in exec
 	}
 	cmd.Dir = s.stateDir
 	if wd := c.config.GetWorkingDir(); wd != "" {
