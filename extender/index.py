@@ -10,17 +10,25 @@ names. A request then reduces to set lookups over the names it carries. The deci
 The fragmentation-aware policy measures fragmentation against the cluster's typical pod shapes. The index learns
 them from the pods it is asked about (the last ``history`` of them) and rebuilds the core's
 :func:`workload_stats` at most every ``stats_refresh_s`` seconds; until it has seen ``min_pods`` pods it uses the
-core's uniform view. A rebuild makes every remembered verdict stale (each shape is re-evaluated on its next
-request), hence the long interval. A young history is the exception: the first view is built as soon as
-``min_pods`` pods are seen, and the next ones whenever the history has doubled since (100, 200, 400, ... pods), so
-a fresh extender facing a burst of pods learns their shapes within the burst, not ``stats_refresh_s`` later.
+core's uniform view. A young history is the exception: the first view is built as soon as ``min_pods`` pods are
+seen, and the next ones whenever the history has doubled since (100, 200, 400, ... pods), so a fresh extender facing
+a burst of pods learns their shapes within the burst, not ``stats_refresh_s`` later.
+
+A rebuild happens on the request path, so it is kept cheap, with the same decisions as a full re-evaluation:
+
+- the history is kept as counts per shape (:func:`workload_shape`), so a new view costs O(shapes), not O(pods);
+- fit verdicts do not depend on the view: a rebuild keeps every remembered refusal and only re-costs the nodes that
+  fit (each shape on its next request);
+- costs are shared between nodes in the same state: the core's verdict and cost depend on a node only through its
+  :func:`placement_signature`, and most nodes of a cluster are in one of a few states (empty, one pod of a common
+  size, ...), so re-costing 5,000 nodes evaluates a handful and looks the rest up.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -32,10 +40,12 @@ from flexnpu.extender.core.placement import (
     RefusalKind,
     evaluate,
     fit_node,
+    placement_signature,
     scale_score,
-    workload_stats,
+    workload_shape,
+    workload_stats_of_counts,
 )
-from flexnpu.extender.core.stats import ClusterStats
+from flexnpu.extender.core.stats import ClusterStats, Shape
 from flexnpu.extender.state import ClusterState
 from flexnpu.priority import Priority
 
@@ -47,6 +57,10 @@ DEFAULT_MAX_SHAPES: Final = 256
 DEFAULT_STATS_REFRESH_S: Final = 600.0
 DEFAULT_HISTORY: Final = 5000
 DEFAULT_MIN_PODS: Final = 100
+# Bounds of the cost table shared between nodes: (shape, node state) entries, and distinct node states seen.
+_MAX_SHARED_COSTS: Final = 500_000
+_MAX_SIGNATURES: Final = 100_000
+_REFUSED: Final = None  # the shared table's entry for a (shape, node state) that does not fit
 
 
 def no_inventory_reason(node: str) -> str:
@@ -58,8 +72,11 @@ class _Verdicts:
     """One shape's view of the cluster as of state sequence ``seen``."""
 
     seen: int = -1
+    stats: ClusterStats | None = None  # the view its costs were made against
     costs: dict[str, float] = field(default_factory=dict)  # fitting nodes
     by_cost: dict[float, set[str]] = field(default_factory=dict)  # the same, grouped: few distinct costs
+    by_signature: dict[int, set[str]] = field(default_factory=dict)  # the same, grouped by node state
+    signatures: dict[str, int] = field(default_factory=dict)  # fitting node -> its state's signature id
     refusals: dict[str, Refusal] = field(default_factory=dict)  # the others
     failed: dict[str, str] = field(default_factory=dict)  # their reasons, as filter answers them
     unresolvable: dict[str, str] = field(default_factory=dict)
@@ -71,20 +88,44 @@ class _Verdicts:
             bucket.discard(name)
             if not bucket:
                 del self.by_cost[cost]
+            signature = self.signatures.pop(name)
+            group = self.by_signature[signature]
+            group.discard(name)
+            if not group:
+                del self.by_signature[signature]
         if self.refusals.pop(name, None) is not None:
             self.failed.pop(name, None)
             self.unresolvable.pop(name, None)
 
-    def fits(self, name: str, cost: float) -> None:
+    def fits(self, name: str, cost: float, signature: int) -> None:
         self.costs[name] = cost
         self.by_cost.setdefault(cost, set()).add(name)
+        self.signatures[name] = signature
+        self.by_signature.setdefault(signature, set()).add(name)
+
+    def recost(self, cost_of: Callable[[int], float]) -> None:
+        """Every fitting node's cost again (a new view), per node state: ``cost_of(signature id)``."""
+        self.costs.clear()
+        self.by_cost.clear()
+        for signature, names in self.by_signature.items():
+            cost = cost_of(signature)
+            self.costs.update(dict.fromkeys(names, cost))
+            self.by_cost.setdefault(cost, set()).update(names)
 
     def refuse(self, name: str, refusal: Refusal) -> None:
         self.refusals[name] = refusal
         (self.unresolvable if refusal.kind in UNRESOLVABLE else self.failed)[name] = refusal.reason
 
     def clear(self) -> None:
-        for part in (self.costs, self.by_cost, self.refusals, self.failed, self.unresolvable):
+        for part in (
+            self.costs,
+            self.by_cost,
+            self.by_signature,
+            self.signatures,
+            self.refusals,
+            self.failed,
+            self.unresolvable,
+        ):
             part.clear()
 
 
@@ -122,6 +163,7 @@ class PlacementIndex:
         self._min_pods = min_pods
         self._clock = clock
         self._history: OrderedDict[str, PodDemand] = OrderedDict()  # pod uid -> demand, newest last
+        self._shape_counts: Counter[Shape] = Counter()  # the history, counted per workload shape
         self._history_changed = False
         self._stats_at = clock()
         self._stats_pods = 0  # history size the current view was built from
@@ -131,6 +173,12 @@ class PlacementIndex:
         self._last_fits: tuple[_Verdicts, int, list[str], bool] | None = None
         # A request naming every node (the usual case) as a list seen before, and the membership it was checked at.
         self._every_node: tuple[list[str], int] | None = None
+        # Costs shared between nodes in the same state, for the current view: (shape, signature id) -> cost, or
+        # _REFUSED. Signature ids intern placement_signature(node) per node object (hashing it each time is slow).
+        self._shared_costs: dict[tuple[PodDemand, int], float | None] = {}
+        self._signature_of: dict[str, tuple[NodeState, int]] = {}
+        self._signature_ids: dict[Hashable, int] = {}
+        self._signature_nodes: list[NodeState] = []  # by signature id: a node in that state
 
     def observe(self, uid: str, demand: PodDemand) -> None:
         """A pod the scheduler asks about: part of the workload the stats describe."""
@@ -138,9 +186,11 @@ class PlacementIndex:
             self._history.move_to_end(uid)
             return
         self._history[uid] = demand
+        self._shape_counts[workload_shape(demand, self._units_per_card)] += 1
         self._history_changed = True
         if len(self._history) > self._history_size:
-            self._history.popitem(last=False)
+            _, oldest = self._history.popitem(last=False)
+            self._shape_counts[workload_shape(oldest, self._units_per_card)] -= 1
 
     def filter(self, demand: PodDemand, names: list[str]) -> FilterVerdict:
         verdicts = self._current(demand)
@@ -238,13 +288,20 @@ class PlacementIndex:
         young = self.stats is None or seen >= 2 * self._stats_pods
         if not young and now - self._stats_at < self._stats_refresh_s:
             return
-        self.stats = workload_stats(self._history.values(), self._units_per_card, self.policy)
+        self.stats = workload_stats_of_counts(self._shape_counts, self._units_per_card, self.policy)
         self._stats_at, self._stats_pods, self._history_changed = now, seen, False
-        self._shapes.clear()  # every verdict was made against the old view
+        # Every cost was made against the old view; each shape re-costs its fitting nodes on its next request.
+        self._shared_costs.clear()
         self.memo.clear()
 
     def _current(self, demand: PodDemand) -> _Verdicts:
         self._refresh_stats()
+        if len(self._signature_ids) >= _MAX_SIGNATURES:
+            # Forget the node states seen so far; the verdicts grouped by their ids go with them.
+            for part in (self._signature_ids, self._signature_of, self._signature_nodes, self._shared_costs):
+                part.clear()
+            self._shapes.clear()
+            self._last_fits = None
         shape = replace(demand, priority=Priority.NORMAL)
         verdicts = self._shapes.get(shape)
         if verdicts is None:
@@ -255,12 +312,16 @@ class PlacementIndex:
         else:
             self._shapes.move_to_end(shape)
         sequence = self.state.sequence
-        if verdicts.seen == sequence:
+        if verdicts.seen == sequence and verdicts.stats is self.stats:
             return verdicts
         changed = self.state.changed_since(verdicts.seen) if verdicts.seen >= 0 else None
         if changed is None:
             verdicts.clear()
             changed = set(self.state.node_names())
+        if verdicts.stats is not self.stats:
+            # A new view: fits stand, costs do not. Nodes changed since are judged again below.
+            verdicts.recost(lambda signature: self._fitting_cost(shape, signature))
+            verdicts.stats = self.stats
         for name in changed:
             self._judge(shape, name, self.state.node(name), verdicts)
         verdicts.seen = sequence
@@ -270,8 +331,49 @@ class PlacementIndex:
         verdicts.forget(name)
         if node is None:
             return
-        verdict = fit_node(shape, node)
-        if isinstance(verdict, NodeFit):
-            verdicts.fits(name, evaluate(shape, verdict, self.policy, self.stats, memo=self.memo).cost)
+        signature = self._signature_id(name, node)
+        key = (shape, signature)
+        shared = self._shared_costs
+        if key in shared:
+            cost = shared[key]
+            verdict: NodeFit | Refusal | None = None if cost is not _REFUSED else fit_node(shape, node)
         else:
-            verdicts.refuse(name, verdict)
+            verdict = fit_node(shape, node)
+            cost = self._share(key, verdict)
+        if isinstance(verdict, Refusal):
+            verdicts.refuse(name, verdict)  # its reason names this node and its cards: not shared
+        else:
+            assert cost is not None
+            verdicts.fits(name, cost, signature)
+
+    def _fitting_cost(self, shape: PodDemand, signature: int) -> float:
+        """The cost of ``shape`` on nodes in the state ``signature``, which it fits."""
+        key = (shape, signature)
+        cost = self._shared_costs[key] if key in self._shared_costs else self._share(key, None)
+        assert cost is not None
+        return cost
+
+    def _share(self, key: tuple[PodDemand, int], verdict: NodeFit | Refusal | None) -> float | None:
+        """Evaluate ``key``'s shape on a node in ``key``'s state (``verdict``: its fit, when already made)."""
+        shape, signature = key
+        if verdict is None:
+            verdict = fit_node(shape, self._signature_nodes[signature])
+        if len(self._shared_costs) >= _MAX_SHARED_COSTS:
+            self._shared_costs.clear()
+        cost = None
+        if isinstance(verdict, NodeFit):
+            cost = evaluate(shape, verdict, self.policy, self.stats, memo=self.memo).cost
+        self._shared_costs[key] = cost
+        return cost
+
+    def _signature_id(self, name: str, node: NodeState) -> int:
+        known = self._signature_of.get(name)
+        if known is not None and known[0] is node:
+            return known[1]
+        signature = placement_signature(node)
+        number = self._signature_ids.get(signature)
+        if number is None:
+            number = self._signature_ids[signature] = len(self._signature_nodes)
+            self._signature_nodes.append(node)
+        self._signature_of[name] = (node, number)
+        return number

@@ -1,25 +1,35 @@
-"""The extender's only door to the Kubernetes API server: aiohttp against the REST API, no client library.
+"""The extender's only door to the Kubernetes API server: aiohttp against the REST API.
 
-Reads a kubeconfig (token, client certificate or none; exec plugins are not supported) or the in-cluster service
-account, and offers the few calls the extender makes: list and watch (nodes, pods), get, create, merge-patch.
-aiohttp's errors and the API server's Status answers become :class:`KubeApiError` and its subclasses here, so
-nothing above this module sees an aiohttp type.
+Credentials come from the ``kubernetes`` client's own config loader, as for the device plugin
+(``flexnpu.deviceplugin.kube``) and the operator (kopf's ``login_via_client``): ``--kubeconfig`` when given, else
+``KUBECONFIG`` (a ``:``-separated list of files, merged), else ``~/.kube/config`` when it exists, else the pod's
+service account; ``--context`` picks a context. Tokens from exec plugins (EKS, GKE, OIDC helpers) and the service
+account's rotating token are refreshed through the loader's ``refresh_api_key_hook``: the Authorization header is
+asked of the loaded ``kubernetes.client.Configuration`` for every request. Only the loading uses the ``kubernetes``
+package; the requests themselves stay on aiohttp (asyncio, streaming watches).
+
+It offers the few calls the extender makes: list and watch (nodes, pods), get, create, merge-patch. aiohttp's
+errors and the API server's Status answers become :class:`KubeApiError` and its subclasses here, so nothing above
+this module sees an aiohttp or kubernetes type.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kubernetes.client
+import kubernetes.config
 import yaml
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from flexnpu.errors import ConfigError, FlexnpuError
 from flexnpu.extender.pods import PodKey
@@ -27,6 +37,7 @@ from flexnpu.extender.writes import binding
 from flexnpu.names import CRD_GROUP, CRD_PLURAL, CRD_VERSION
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+DEFAULT_KUBECONFIG = Path("~/.kube/config")
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -54,6 +65,9 @@ class KubeGone(KubeApiError):
 
 @dataclass(frozen=True)
 class KubeConfig:
+    """Where the API server is and how to authenticate; ``authorization`` (when set) gives the current
+    Authorization header value for each request, ``token`` a fixed bearer token otherwise."""
+
     server: str
     token: str = ""
     ca_pem: str = ""
@@ -61,46 +75,93 @@ class KubeConfig:
     client_key_pem: str = ""
     insecure: bool = False
     namespace: str = "default"
+    authorization: Callable[[], str] | None = field(default=None, compare=False, repr=False)
+
+    def authorization_header(self) -> str:
+        if self.authorization is not None:
+            return self.authorization()
+        return f"Bearer {self.token}" if self.token else ""
 
 
-def load_kubeconfig(path: Path, context: str | None = None) -> KubeConfig:
-    """The cluster, user and namespace of ``context`` (default: current-context) of a kubeconfig file."""
+def load_kube_config(
+    kubeconfig: Path | None,
+    context: str | None,
+    env: Mapping[str, str],
+    *,
+    account_dir: Path = SERVICE_ACCOUNT_DIR,
+    home_kubeconfig: Path = DEFAULT_KUBECONFIG,
+) -> KubeConfig:
+    """The credentials ``kubectl`` would use, in its order (see the module docstring); ConfigError naming the file
+    (or the service account directory) when they cannot be loaded."""
+    files = str(kubeconfig) if kubeconfig is not None else env.get("KUBECONFIG", "")
+    if not files and home_kubeconfig.expanduser().exists():
+        files = str(home_kubeconfig.expanduser())
+    if files:
+        return load_kubeconfig(files, context)
+    return in_cluster_config(env, account_dir)
+
+
+def load_kubeconfig(files: str | Path, context: str | None = None) -> KubeConfig:
+    """``context`` (default: current-context) of a kubeconfig file, or of ``:``-separated files merged."""
+    configuration = kubernetes.client.Configuration()
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError("kubeconfig", str(path), f"cannot be read ({exc})") from exc
-    name = context or doc.get("current-context")
-    ctx = _named(doc, "contexts", name, path).get("context") or {}
-    cluster = _named(doc, "clusters", ctx.get("cluster"), path).get("cluster") or {}
-    user = _named(doc, "users", ctx.get("user"), path).get("user") or {} if ctx.get("user") else {}
-    server = cluster.get("server")
-    if not isinstance(server, str) or not server:
-        raise ConfigError("kubeconfig", str(path), f"cluster {ctx.get('cluster')!r} has no server")
-    base = path.parent
-    return KubeConfig(
-        server=server.rstrip("/"),
-        token=str(user.get("token") or _read(base, user.get("tokenFile")) or ""),
-        ca_pem=_pem(cluster.get("certificate-authority-data"), base, cluster.get("certificate-authority")),
-        client_cert_pem=_pem(user.get("client-certificate-data"), base, user.get("client-certificate")),
-        client_key_pem=_pem(user.get("client-key-data"), base, user.get("client-key")),
-        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-        namespace=str(ctx.get("namespace") or "default"),
-    )
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(files), context=context, client_configuration=configuration, persist_config=False
+        )
+        contexts, active = kubernetes.config.list_kube_config_contexts(str(files))  # type: ignore[no-untyped-call]
+    except (ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError("kubeconfig", str(files), f"cannot be used ({exc})") from exc
+    chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
+    namespace = str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+    return _from_configuration(configuration, namespace, str(files))
 
 
 def in_cluster_config(env: Mapping[str, str], account_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeConfig:
-    """The pod's service account, as every in-cluster client finds it."""
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
+    """The pod's service account, as the ``kubernetes`` client finds it (its token re-read as it rotates)."""
+    if not env.get("KUBERNETES_SERVICE_HOST"):
         raise ConfigError("kubeconfig", "", "not given and not running in a cluster (no KUBERNETES_SERVICE_HOST)")
-    host = f"[{host}]" if ":" in host else host
+    configuration = kubernetes.client.Configuration()
     try:
-        token = (account_dir / "token").read_text(encoding="utf-8").strip()
-        ca = (account_dir / "ca.crt").read_text(encoding="utf-8")
+        InClusterConfigLoader(  # type: ignore[no-untyped-call]
+            token_filename=str(account_dir / "token"), cert_filename=str(account_dir / "ca.crt"), environ=env
+        ).load_and_set(configuration)
         namespace = (account_dir / "namespace").read_text(encoding="utf-8").strip()
+    except (ConfigException, OSError, ValueError) as exc:
+        raise ConfigError("serviceaccount", str(account_dir), f"cannot be used ({exc})") from exc
+    return _from_configuration(configuration, namespace, str(account_dir))
+
+
+def _from_configuration(configuration: kubernetes.client.Configuration, namespace: str, source: str) -> KubeConfig:
+    """Our connection settings from a loaded Configuration; the token stays with it (its refresh hook)."""
+
+    def authorization() -> str:
+        try:
+            value = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+        except (ConfigException, OSError, ValueError) as exc:  # an exec plugin that fails on refresh
+            raise KubeApiError(0, "Unauthorized", f"credentials of {source} cannot be refreshed ({exc})") from exc
+        return str(value or "")
+
+    host = str(configuration.host or "").rstrip("/")
+    if not host:
+        raise ConfigError("kubeconfig", source, "names no API server")
+    try:
+        return KubeConfig(
+            server=host,
+            ca_pem=_read_file(configuration.ssl_ca_cert),
+            client_cert_pem=_read_file(configuration.cert_file),
+            client_key_pem=_read_file(configuration.key_file),
+            insecure=not configuration.verify_ssl,
+            namespace=namespace or "default",
+            authorization=authorization,
+        )
     except OSError as exc:
-        raise ConfigError("serviceaccount", str(account_dir), f"cannot be read ({exc.strerror})") from exc
-    return KubeConfig(server=f"https://{host}:{port}", token=token, ca_pem=ca, namespace=namespace)
+        raise ConfigError("kubeconfig", source, f"a file it names cannot be read ({exc})") from exc
+
+
+def _read_file(path: object) -> str:
+    if not isinstance(path, str) or not path:
+        return ""
+    return Path(path).read_text(encoding="utf-8")
 
 
 class KubeApi:
@@ -113,8 +174,6 @@ class KubeApi:
 
     async def __aenter__(self) -> KubeApi:
         headers = {"Accept": "application/json", "User-Agent": "flexnpu-extender"}
-        if self.config.token:
-            headers["Authorization"] = f"Bearer {self.config.token}"
         connector = aiohttp.TCPConnector(ssl=_ssl_context(self.config), limit=64)
         self._session = aiohttp.ClientSession(self.config.server, headers=headers, connector=connector)
         return self
@@ -155,7 +214,7 @@ class KubeApi:
             params["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s + 30)
         try:
-            async with self._open().get(path, params=params, timeout=timeout) as response:
+            async with self._open().get(path, params=params, timeout=timeout, headers=self._auth()) as response:
                 await _raise_for_status(response)
                 async for line in response.content:
                     event = _event(line)
@@ -169,6 +228,7 @@ class KubeApi:
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": content_type} if data is not None else {}
+        headers |= self._auth()
         try:
             async with self._open().request(
                 method, path, data=data, headers=headers, timeout=self._timeout
@@ -182,6 +242,11 @@ class KubeApi:
         except ValueError as exc:
             raise KubeApiError(0, "BadResponse", f"{method} {path}: answer is not JSON") from exc
         return result if isinstance(result, dict) else {}
+
+    def _auth(self) -> dict[str, str]:
+        """The Authorization header as of now (an exec plugin's or a rotated token is refreshed by the loader)."""
+        value = self.config.authorization_header()
+        return {"Authorization": value} if value else {}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -247,28 +312,6 @@ def _load_client_cert(context: ssl.SSLContext, cert: str, key: str) -> None:
         key_path.write_text(key, encoding="utf-8")
         os.chmod(key_path, 0o600)
         context.load_cert_chain(cert_path, key_path)
-
-
-def _named(doc: Mapping[str, Any], section: str, name: object, path: Path) -> Mapping[str, Any]:
-    for entry in doc.get(section) or []:
-        if isinstance(entry, Mapping) and entry.get("name") == name:
-            return entry
-    raise ConfigError("kubeconfig", str(path), f"has no {section[:-1]} named {name!r}")
-
-
-def _pem(data: object, base: Path, file: object) -> str:
-    if isinstance(data, str) and data:
-        return base64.b64decode(data).decode()
-    return _read(base, file)
-
-
-def _read(base: Path, file: object) -> str:
-    if not isinstance(file, str) or not file:
-        return ""
-    try:
-        return (base / file).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("kubeconfig", file, f"cannot be read ({exc.strerror})") from exc
 
 
 class KubeWriter:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from flexnpu.errors import ConfigError
 from flexnpu.extender.informers import Informers
-from flexnpu.extender.kube import KubeApi, KubeConfig, KubeWriter, in_cluster_config, load_kubeconfig
+from flexnpu.extender.kube import KubeApi, KubeConfig, KubeWriter, load_kube_config
 from flexnpu.extender.leader import ElectionConfig, LeaderElector
 from flexnpu.extender.server import make_app
 from flexnpu.extender.service import ExtenderService, Leadership, SoleReplica
@@ -42,7 +42,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML/JSON settings file (keys as the long flags)")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 0.0.0.0:8888)")
     p.add_argument("--policy", help="placement policy: binpack, spread, bestfit, fgd, default")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the in-cluster service account)",
+    )
+    p.add_argument("--context", help="kubeconfig context (default: its current-context)")
     p.add_argument("--api-server", help="API server URL without authentication (tests)")
     p.add_argument("--node-cache-capable", default=None, help="true|false, as in KubeSchedulerConfiguration")
     p.add_argument("--lease-name", help="the Lease the replicas elect a leader with")
@@ -73,9 +77,7 @@ def main(argv: Sequence[str]) -> int:
 def kube_config(settings: ExtenderSettings, env: Mapping[str, str]) -> KubeConfig:
     if settings.api_server:
         return KubeConfig(server=settings.api_server.rstrip("/"), namespace=settings.namespace or "default")
-    if settings.kubeconfig is not None:
-        return load_kubeconfig(settings.kubeconfig)
-    return in_cluster_config(env)
+    return load_kube_config(settings.kubeconfig, settings.context or None, env)
 
 
 def identity(settings: ExtenderSettings) -> str:
@@ -104,15 +106,22 @@ async def serve(settings: ExtenderSettings, kube: KubeConfig, stop: asyncio.Even
             else None
         )
         leadership: Leadership = elector if elector is not None else SoleReplica()
+        informers = Informers(api, state)
         service = ExtenderService(
-            state, KubeWriter(api), policy=settings.policy, units=settings.units, leadership=leadership, identity=me
+            state,
+            KubeWriter(api),
+            policy=settings.policy,
+            units=settings.units,
+            leadership=leadership,
+            identity=me,
+            synced=informers.synced.is_set,
         )
         runner = web.AppRunner(make_app(service, max_body_bytes=settings.max_body_bytes))
         await runner.setup()
         host, port = parse_listen(settings.listen)
         await web.TCPSite(runner, host, port).start()
         log.info("serving the extender on %s:%d as %s", host, port, me)
-        tasks = [asyncio.create_task(Informers(api, state).run())]
+        tasks = [asyncio.create_task(informers.run())]
         if elector is not None:
             tasks.append(asyncio.create_task(elector.run()))
         try:

@@ -6,8 +6,17 @@ JSON ``{"Error": ...}`` with 413 or 400; an unexpected failure gets 500 with a J
 500. Refusals of a well-formed request are answers, not HTTP errors: 200 with ``Error`` or ``FailedNodes``, as
 kube-scheduler expects.
 
-``/readyz`` answers 200 only on the replica that may bind (the leader), so a Service in front of the replicas can
-route kube-scheduler to it.
+Until the service's caches have synced (:meth:`ExtenderService.not_synced`), every verb is refused without reading
+the body, in the form kube-scheduler (v1.37 ``HTTPExtender``) treats as an error of that verb: ``filter`` and
+``bind`` answer 200 with their protocol's ``Error`` field (the scheduler fails the attempt with our message and
+requeues the pod with backoff; a non-200 status would reach the pod only as "code 503"), ``prioritize`` and
+``preempt``, whose answers have no error field, answer 503 (the scheduler drops a failed prioritize's scores, but
+filter has already failed the attempt; a failed preempt fails the preemption).
+
+``/readyz`` answers 200 once the caches have synced and a leader is known, on every replica: the leader (which
+binds) and standbys alike (they answer filter and prioritize from their own caches); the body says which this
+replica is. It answers 503 before the first lists are in, and while no leader is known (the first election in
+progress), when no replica could bind.
 """
 
 from __future__ import annotations
@@ -75,6 +84,10 @@ def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]
         started = time.perf_counter()
         status = 500
         try:
+            waiting = service.not_synced()
+            if waiting:
+                status = 200 if name in _ERROR_FIELD_VERBS else 503
+                return _json(_not_synced_answer(name, waiting), status)
             body = await _read_json(request, request.app[LIMIT_KEY])
             answer = await call(service, body)
             status = 200
@@ -95,6 +108,16 @@ def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]
             metrics.observe(name, status, time.perf_counter() - started)
 
     return handle
+
+
+# Verbs whose answer carries an Error field that kube-scheduler reports as the verb's error.
+_ERROR_FIELD_VERBS = frozenset({"filter", "bind"})
+
+
+def _not_synced_answer(verb: str, reason: str) -> dict[str, object]:
+    if verb == "filter":
+        return {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": reason}
+    return {"Error": reason}
 
 
 async def _filter(service: ExtenderService, body: object) -> object:
@@ -119,9 +142,17 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
 
 async def _readyz(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    if service.leadership.is_leader:
-        return web.Response(text="leader")
-    return web.Response(text=f"standby; leader is {service.leadership.leader or 'unknown'}", status=503)
+    waiting = service.not_synced()
+    if waiting:
+        return web.Response(text=f"not ready: {waiting}", status=503)
+    leadership = service.leadership
+    if leadership.is_leader:
+        return web.Response(text="ready: leader (binds)")
+    if not leadership.leader:
+        return web.Response(text="not ready: no leader known yet (election in progress)", status=503)
+    return web.Response(
+        text=f"ready: standby (answers filter and prioritize; only the leader, {leadership.leader}, binds)"
+    )
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:

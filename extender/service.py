@@ -8,6 +8,10 @@ reservations, and gathers the bind's writes. Pods that ask for no flexnpu resour
 for a host it does not list, so leaving out the zeros changes no decision and saves most of the answer on a large
 cluster.
 
+Until the watches' first lists are in (``synced``), the state is not the cluster: a filter would pass nodes whose
+cards are taken and a bind could double-book them. :meth:`ExtenderService.not_synced` says so, and the HTTP adapter
+answers every verb with an error until then.
+
 Every refusal a user could wonder about becomes a Kubernetes Event on the pod (sent in the background, so the
 scheduler never waits for it, and at most once a minute per pod and message).
 """
@@ -85,6 +89,7 @@ class ExtenderService:
         leadership: Leadership | None = None,
         identity: str = "",
         clock: Callable[[], datetime] | None = None,
+        synced: Callable[[], bool] | None = None,
     ) -> None:
         self.state = state
         self.writer = writer
@@ -95,10 +100,20 @@ class ExtenderService:
         self.identity = identity
         self.counters = Counters()
         self._clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self._synced: Callable[[], bool] = synced or (lambda: True)  # default: a state fed directly (tests, bench)
         self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._node_notes: dict[str, str] = {}
         self._events_sent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def not_synced(self) -> str:
+        """Why this replica cannot answer yet ("" once the first lists of nodes and pods are in)."""
+        if self._synced():
+            return ""
+        return (
+            f"extender replica {self.identity or 'unnamed'} has not synced its node and pod caches yet "
+            "(first list in progress); retry shortly"
+        )
 
     # -- filter and prioritize --------------------------------------------------------------------------------
 

@@ -28,7 +28,10 @@ class ExtenderSettings:
 
     listen: str = setting("0.0.0.0:8888", "HOST:PORT of the extender's HTTP server (verbs, /metrics, /healthz)")
     policy: str = setting(DEFAULT_POLICY, "placement policy: binpack, spread, bestfit, fgd or default")
-    kubeconfig: Path | None = setting(None, "kubeconfig file; empty: the in-cluster service account")
+    kubeconfig: Path | None = setting(
+        None, "kubeconfig file; empty: KUBECONFIG, else ~/.kube/config, else the in-cluster service account"
+    )
+    context: str = setting("", "kubeconfig context; empty: the kubeconfig's current-context")
     api_server: str = setting("", "Kubernetes API URL without auth (tests, benchmarks); overrides kubeconfig")
     node_cache_capable: bool = setting(
         True,

@@ -25,12 +25,13 @@ stats are replaced, or use a fresh memo.
 Public names (stable): :func:`fit_node`, :func:`filter_nodes`, :func:`score_nodes`, :func:`choose`,
 :func:`evaluate`, :class:`NodeFit`, :class:`Refusal`, :class:`RefusalKind`, :class:`Placement`,
 :class:`PlacementError`, :class:`EvaluationMemo`, :data:`POLICIES`, :func:`policy`, :data:`DEFAULT_POLICY`,
-:data:`MAX_SCORE`, :data:`RUNNER_UP_MAX`, :func:`scale_score`, :func:`workload_stats`.
+:data:`MAX_SCORE`, :data:`RUNNER_UP_MAX`, :func:`scale_score`, :func:`workload_stats`, :func:`workload_shape`,
+:func:`workload_stats_of_counts`, :func:`placement_signature`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,12 +42,20 @@ from flexnpu.extender.core.fit import NodeFit, Refusal, RefusalKind, fit_node
 from flexnpu.extender.core.fragmentation import NodeProfile, node_profile
 from flexnpu.extender.core.model import NodeState, PodDemand
 from flexnpu.extender.core.policies import DEFAULT_POLICY, POLICIES, Candidate, Policy, policy
-from flexnpu.extender.core.stats import ClusterStats, cluster_stats, demand_shape, uniform_stats
+from flexnpu.extender.core.stats import (
+    ClusterStats,
+    Shape,
+    cluster_stats,
+    cluster_stats_of_counts,
+    demand_shape,
+    uniform_stats,
+)
 
 __all__ = [
     "DEFAULT_POLICY", "MAX_SCORE", "POLICIES", "RUNNER_UP_MAX", "EvaluationMemo", "NodeFit", "Placement",
-    "PlacementError", "Refusal", "RefusalKind", "choose", "evaluate", "filter_nodes", "fit_node", "policy",
-    "scale_score", "score_nodes", "workload_stats",
+    "PlacementError", "Refusal", "RefusalKind", "choose", "evaluate", "filter_nodes", "fit_node",
+    "placement_signature", "policy", "scale_score", "score_nodes", "workload_shape", "workload_stats",
+    "workload_stats_of_counts",
 ]  # fmt: skip
 
 MAX_SCORE: Final = 10
@@ -194,6 +203,37 @@ def workload_stats(
     """The typical shapes of the pods seen (one demand per pod, CPU-only ones included), as the policy cuts them."""
     shapes = [demand_shape(d, units_per_card) for d in demands]
     return cluster_stats(shapes, units_per_card, _policy(chosen).shape_coverage)
+
+
+def workload_shape(demand: PodDemand, units_per_card: int) -> Shape:
+    """The shape one pod adds to the workload view (weight 1): what :func:`workload_stats_of_counts` counts."""
+    return demand_shape(demand, units_per_card)
+
+
+def workload_stats_of_counts(
+    counts: Mapping[Shape, int], units_per_card: int, chosen: Policy | str = DEFAULT_POLICY
+) -> ClusterStats:
+    """:func:`workload_stats` from pods counted per :func:`workload_shape`: the same view, built in O(shapes)."""
+    return cluster_stats_of_counts(counts, units_per_card, _policy(chosen).shape_coverage)
+
+
+def placement_signature(node: NodeState) -> Hashable:
+    """Everything about ``node`` that :func:`fit_node` (whether it fits, on which positions) and :func:`evaluate`
+    (cost and positions) depend on: two nodes with equal signatures get the same verdicts and costs for every
+    demand, policy and stats. Names and card uuids are left out (they only label the answer; a refusal's reason
+    names them, so only fits and costs may be shared between nodes)."""
+    cards = tuple(
+        (c.index, c.model, c.units_total, c.units_used, c.memory_total_mib, c.memory_used_mib, c.healthy)
+        for c in node.cards
+    )
+    return (
+        cards,
+        node.units_per_card,
+        node.cpu_milli_total,
+        node.cpu_milli_used,
+        node.host_memory_mib_total,
+        node.host_memory_mib_used,
+    )
 
 
 def _placements(

@@ -6,13 +6,14 @@ it from the pods it has seen (:func:`cluster_stats`), the openb benchmark from t
 :func:`uniform_stats` assumes every fraction of a card and one whole card are equally likely. The stats also keep
 how much CPU the typical pod asks per unit of card: a node whose CPU runs out strands its free cards.
 
-Public names (stable): :class:`Shape`, :class:`ClusterStats`, :func:`cluster_stats`, :func:`uniform_stats`.
+Public names (stable): :class:`Shape`, :class:`ClusterStats`, :func:`cluster_stats`, :func:`cluster_stats_of_counts`,
+:func:`demand_shape`, :func:`uniform_stats`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from flexnpu.extender.core.model import PodDemand
@@ -66,15 +67,25 @@ def cluster_stats(shapes: Iterable[Shape], units_per_card: int, coverage: float 
 
     ``cpu_per_unit`` is measured over all the card-using pods, whatever the coverage.
     """
-    counts = Counter(Shape(s.units, s.cards, s.cpu_milli, s.models) for s in shapes)
-    total = sum(counts.values())
+    return cluster_stats_of_counts(
+        Counter(Shape(s.units, s.cards, s.cpu_milli, s.models) for s in shapes), units_per_card, coverage
+    )
+
+
+def cluster_stats_of_counts(
+    counts: Mapping[Shape, int], units_per_card: int, coverage: float = DEFAULT_COVERAGE
+) -> ClusterStats:
+    """:func:`cluster_stats` from pods counted per shape (shapes of weight 1), for a caller that keeps the counts
+    up to date as pods come and go instead of rescanning them; the same result as from the pods themselves."""
+    present = {shape: n for shape, n in counts.items() if n > 0}
+    total = sum(present.values())
     if total == 0:
         return uniform_stats(units_per_card)
-    card_units = sum(s.units * s.cards * n for s, n in counts.items())
-    cpu_per_unit = sum(s.cpu_milli * n for s, n in counts.items() if s.cards) / card_units if card_units else 0.0
+    card_units = sum(s.units * s.cards * n for s, n in present.items())
+    cpu_per_unit = sum(s.cpu_milli * n for s, n in present.items() if s.cards) / card_units if card_units else 0.0
     kept: list[tuple[Shape, int]] = []
     covered = 0
-    for shape, count in sorted(counts.items(), key=lambda kv: (-kv[1], _shape_order(kv[0]))):
+    for shape, count in sorted(present.items(), key=lambda kv: (-kv[1], _shape_order(kv[0]))):
         if covered >= coverage * total:
             break
         kept.append((shape, count))
