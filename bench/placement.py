@@ -14,8 +14,9 @@ production, or given from the whole trace as the published FGD has them), CPU-on
 scheduler; ``production-all`` and ``offline-all`` the same with CPU-only pods opting in to flexnpu-scheduler too;
 ``core`` calls the placement core directly: ``filter_nodes`` (filter), ``score_nodes`` (prioritize; among the top
 scores one is drawn at random) and ``choose`` (bind). Baselines ``bestfit`` and ``fgd`` are our own
-implementations of the paper's Best-fit and FGD; ``bestfit-published`` and ``fgd-published`` score nodes as the
-published simulator does (:mod:`flexnpu.bench.published_scorers`).
+implementations of the paper's Best-fit and FGD; ``bestfit-published`` and ``fgd-published`` (``--paths core``
+only) are the published simulator's schedulers re-implemented (:mod:`flexnpu.bench.published_scorers`,
+:mod:`flexnpu.bench.published_fgd`): their own scores, cards and node choice, ties to the smallest node name.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from flexnpu.bench.common import add_common_args, emit, format_table
 from flexnpu.bench.openb import UNITS, TracePod, load_nodes, load_pods
 from flexnpu.bench.placement_production import chart_profile, replay_production
 from flexnpu.bench.published_scorers import PUBLISHED as PUBLISHED_SCORERS
-from flexnpu.bench.published_scorers import published_scores
+from flexnpu.bench.published_scorers import assignments, published_placer
 from flexnpu.errors import ValidationError
 from flexnpu.extender.core.model import NodeState
 from flexnpu.extender.core.placement import (
@@ -140,10 +141,22 @@ def arrival_order(pods: Sequence[TracePod], capacity_milli: int, seed: int) -> l
 
 
 def replay(
-    nodes: Sequence[NodeState], order: Sequence[TracePod], policy_name: str, stats: ClusterStats, seed: int
+    nodes: Sequence[NodeState],
+    order: Sequence[TracePod],
+    policy_name: str,
+    stats: ClusterStats,
+    seed: int,
+    workload: Sequence[TracePod] | None = None,
 ) -> SeedResult:
-    """Submit each pod once through filter, prioritize and bind; record the unallocated share at each level."""
+    """Submit each pod once through filter, prioritize and bind; record the unallocated share at each level.
+
+    A published scheduler (``fgd-published``, ``bestfit-published``) ranks the fitting nodes and picks the cards
+    itself, deterministically; its typical pods come from ``workload`` (the trace before inflation; default
+    ``order``)."""
     chosen = bench_policy(policy_name)
+    published = None
+    if policy_name in PUBLISHED_SCORERS:
+        published = published_placer(policy_name, [p.demand for p in workload or order], UNITS)
     rng = random.Random(seed)
     memo = EvaluationMemo()
     state = list(nodes)
@@ -156,14 +169,16 @@ def replay(
         arrived += pod.milli
         fits, _ = filter_nodes(pod.demand, state, memo)
         if fits:
-            if policy_name in PUBLISHED_SCORERS:
-                scores = published_scores(policy_name, pod.demand, fits, stats, memo, pod.milli)
+            if published is not None:
+                name, positions = published.place(pod.demand, fits)
+                node = state[where[name]]
+                cards = assignments(pod.demand, next(f for f in fits if f.name == name), positions)
             else:
                 scores = score_nodes(pod.demand, fits, chosen, stats, memo)
-            top = max(scores.values())
-            name = rng.choice([fit.name for fit in fits if scores[fit.name] == top])
-            node = state[where[name]]
-            cards = choose(pod.demand, node, chosen, stats, memo)
+                top = max(scores.values())
+                name = rng.choice([fit.name for fit in fits if scores[fit.name] == top])
+                node = state[where[name]]
+                cards = choose(pod.demand, node, chosen, stats, memo)
             state[where[name]] = node.with_assignments(cards, pod.demand.cpu_milli, pod.demand.host_memory_mib)
             allocated += pod.milli
         else:
@@ -185,7 +200,7 @@ def run_one(task: tuple[Path, str, str, int]) -> tuple[str, str, int, SeedResult
             trace, order, policy_name, seed, offline=path.startswith("offline"), all_pods=path.endswith("-all")
         )
     else:
-        result = replay(trace.nodes, order, policy_name, trace_stats(trace.pods, policy_name), seed)
+        result = replay(trace.nodes, order, policy_name, trace_stats(trace.pods, policy_name), seed, trace.pods)
     return trace_name, column, seed, result, time.perf_counter() - started
 
 
@@ -286,6 +301,11 @@ def _validated(args: argparse.Namespace) -> tuple[list[str], list[int], list[str
     for path in paths:
         if path not in PATHS:
             raise ValidationError("--paths", path, f"unknown path (known: {', '.join(PATHS)})")
+    for name in names:
+        if name in PUBLISHED_SCORERS and paths != ["core"]:
+            raise ValidationError(
+                "--policies", name, "a published scheduler replays on the core path only (--paths core)"
+            )
     policies = [name if path == "core" else f"{name}@{path}" for path in paths for name in names]
     data_dir: Path = args.data_dir or default_data_dir()
     for trace in traces:
