@@ -28,6 +28,7 @@ FOLDERS = {
     "flexnpu": "flexnpu",
     "flexnpu.protos": "protos",
     "flexnpu.deviceplugin": "deviceplugin",
+    "flexnpu.dra": "dra",
     "flexnpu.extender": "extender",
     "flexnpu.operator": "operator_",
     "flexnpu.shim": "shim",

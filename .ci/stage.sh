@@ -8,6 +8,6 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir "$stage/flexnpu"
 for f in "$root"/flexnpu/*; do ln -s "$f" "$stage/flexnpu/"; done
-for d in protos deviceplugin extender shim bench; do ln -s "$root/$d" "$stage/flexnpu/$d"; done
+for d in protos deviceplugin dra extender shim bench; do ln -s "$root/$d" "$stage/flexnpu/$d"; done
 ln -s "$root/operator_" "$stage/flexnpu/operator"
 ln -s "$root/testsupport" "$stage/flexnpu_testsupport"

@@ -18,12 +18,12 @@ from pathlib import Path
 from types import FrameType
 
 from flexnpu.deviceplugin.core.response import NodeLayout, preload_text
-from flexnpu.deviceplugin.discovery import DiscoveryError, scanner_for
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.metrics import Metrics
 from flexnpu.deviceplugin.plugin import VnpuPlugin
 from flexnpu.deviceplugin.server import PluginServer
 from flexnpu.deviceplugin.settings import DEFAULT_NPU_SMI, ENV_PREFIX, DevicePluginSettings
+from flexnpu.discovery import DiscoveryError, scanner_for
 from flexnpu.errors import FlexnpuError
 from flexnpu.settings import describe, load_settings
 

@@ -33,9 +33,9 @@ from flexnpu.deviceplugin.core.containers import container_cards, registration_i
 from flexnpu.deviceplugin.core.devices import UnitDevice, unit_devices
 from flexnpu.deviceplugin.core.pods import NodePod, pending_pods, units_in_use
 from flexnpu.deviceplugin.core.response import ContainerAllocation, NodeLayout, Workload, container_allocation
-from flexnpu.deviceplugin.discovery import DiscoveryError, Scanner
 from flexnpu.deviceplugin.kube import KubeApi, KubeError
 from flexnpu.deviceplugin.metrics import Metrics
+from flexnpu.discovery import DiscoveryError, Scanner
 from flexnpu.errors import ValidationError
 from flexnpu.priority import DEFAULT_PRIORITY
 from flexnpu.units import UnitsConfig, parse_vnpu_request

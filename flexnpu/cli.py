@@ -37,6 +37,11 @@ COMMANDS: dict[str, Command] = {
         "[--kubelet-dir DIR] [--node-name NAME] [--npu-smi CMD | --inventory FILE] [--units-per-card U]",
         "the kubelet device plugin advertising huawei.com/vnpu units",
     ),
+    "dra-plugin": Command(
+        "flexnpu.dra.main",
+        "[--node-name NAME] [--npu-smi CMD | --inventory FILE] [--daemon-url URL]",
+        "the DRA kubelet plugin of driver npu.flexnpu.io (resource.k8s.io/v1 claims)",
+    ),
     "extender": Command(
         "flexnpu.extender.main",
         "[--listen ADDR] [--policy NAME]",

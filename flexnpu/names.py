@@ -91,3 +91,20 @@ ASCEND_DRIVER_MOUNTS: Final = (
     "/usr/local/dcmi",
     "/usr/local/bin/npu-smi",
 )
+
+# The DRA mode (resource.k8s.io/v1 with consumable capacity, KEP-5075): the driver, its DeviceClass, the capacities
+# of each card's device, the opaque claim configuration, and where kubelet and the container runtime look.
+DRA_DRIVER: Final = "npu.flexnpu.io"
+DRA_DEVICE_CLASS: Final = "vnpu.flexnpu.io"
+DRA_CAPACITY_UNITS: Final = "units"  # a plain integer Quantity, 1..units_per_card
+DRA_CAPACITY_MEMORY: Final = "memory"  # a Quantity in bytes ("16Gi"); the plugin rounds it up to whole MiB
+DRA_DEVICE_PREFIX: Final = "npu-"  # device names are npu-<index>
+DRA_CONFIG_API_VERSION: Final = "flexnpu.io/v1alpha1"
+DRA_CONFIG_KIND: Final = "VNpuConfig"
+DRA_REGISTRATION_SOCKET: Final = "/var/lib/kubelet/plugins_registry/npu.flexnpu.io-reg.sock"
+DRA_PLUGIN_SOCKET: Final = "/var/lib/kubelet/plugins/npu.flexnpu.io/dra.sock"
+DRA_CHECKPOINT: Final = "/var/lib/kubelet/plugins/npu.flexnpu.io/checkpoint.json"
+DRA_CDI_DIR: Final = "/var/run/cdi"
+DRA_CDI_KIND: Final = "flexnpu.io/npu"
+DRA_SERVICE: Final = "v1.DRAPlugin"  # k8s.io/kubelet/pkg/apis/dra/v1 DRAPluginService: the supported_versions entry
+DRA_PLUGIN_TYPE: Final = "DRAPlugin"  # k8s.io/kubelet/pkg/apis/pluginregistration/v1 DRAPlugin

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PROTOS = ("deviceplugin_v1beta1.proto", "podresources_v1.proto")
+PROTOS = ("deviceplugin_v1beta1.proto", "podresources_v1.proto", "dra_v1.proto", "pluginregistration_v1.proto")
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 _FLAT_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)

@@ -13,10 +13,16 @@ from chart_support import EXAMPLES_DIR, KUBE_VERSIONS, Manifest, load_yaml_docs
 from flexnpu import names
 from flexnpu.cards import CARD_MODELS
 from flexnpu.claims import parse_claim_spec
+from flexnpu.dra.core.claims import parse_vnpu_config
+from flexnpu.dra.core.quantity import parse_quantity
+from flexnpu.dra.core.slices import ATTRIBUTE_HCCS_RING
 from flexnpu.priority import Priority, parse_priority
 from flexnpu.units import UnitsConfig, VnpuRequest, parse_vnpu_request
 
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+# Mode dra's examples (resource.k8s.io/v1) need Kubernetes 1.34+: checked against the newest schema only.
+DRA_EXAMPLES = [p for p in EXAMPLES if p.name.startswith("dra-")]
+VALIDATED = [(p, v) for p in EXAMPLES for v in KUBE_VERSIONS if p not in DRA_EXAMPLES or v == KUBE_VERSIONS[-1]]
 
 
 def pod_specs(doc: Manifest) -> list[Manifest]:
@@ -34,11 +40,16 @@ def vnpu_request(doc: Manifest) -> VnpuRequest:
 
 
 def test_all_examples_are_present() -> None:
-    assert {p.name for p in EXAMPLES} == {"pod-vnpu.yaml", "vnpuclaim.yaml", "vllm-shared-card.yaml"}
+    assert {p.name for p in EXAMPLES} == {
+        "pod-vnpu.yaml",
+        "vnpuclaim.yaml",
+        "vllm-shared-card.yaml",
+        "dra-fraction.yaml",
+        "dra-two-cards-one-ring.yaml",
+    }
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize(("path", "kube_version"), VALIDATED, ids=[f"{p.name}-{v}" for p, v in VALIDATED])
 def test_examples_are_valid(path: Path, kube_version: str, chart_crds: list[Manifest]) -> None:
     claim_crd = next(c for c in chart_crds if c["metadata"]["name"] == names.CRD_NAME)
     crd_schema = claim_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -90,3 +101,38 @@ def test_claim_example_is_a_registration() -> None:
     spec = parse_claim_spec(claim["spec"])
     assert (spec.aicore_alloc, spec.memory_mib, spec.priority) == (2, 16384, Priority.NORMAL)
     assert claim["apiVersion"] == f"{names.CRD_GROUP}/{names.CRD_VERSION}"
+
+
+def claim_template(path: Path) -> Manifest:
+    template, pod = load_yaml_docs(path)
+    assert template["kind"] == "ResourceClaimTemplate" and pod["kind"] == "Pod"
+    [claim] = pod["spec"]["resourceClaims"]
+    assert claim["resourceClaimTemplateName"] == template["metadata"]["name"]
+    [container] = pod["spec"]["containers"]
+    assert container["resources"]["claims"] == [{"name": claim["name"]}]
+    devices: Manifest = template["spec"]["spec"]["devices"]
+    return devices
+
+
+def test_dra_fraction_asks_for_three_units_16_gib_at_high_priority() -> None:
+    devices = claim_template(EXAMPLES_DIR / "dra-fraction.yaml")
+    [request] = devices["requests"]
+    assert request["exactly"]["deviceClassName"] == names.DRA_DEVICE_CLASS
+    requested = request["exactly"]["capacity"]["requests"]
+    assert parse_quantity(requested[names.DRA_CAPACITY_UNITS], "units") == 3
+    assert parse_quantity(requested[names.DRA_CAPACITY_MEMORY], "memory") == 16 * 2**30
+    [config] = devices["config"]
+    assert config["requests"] == [request["name"]]
+    assert config["opaque"]["driver"] == names.DRA_DRIVER
+    assert parse_vnpu_config(config["opaque"]["parameters"]) is Priority.HIGH
+
+
+def test_dra_two_whole_cards_share_one_hccs_ring() -> None:
+    devices = claim_template(EXAMPLES_DIR / "dra-two-cards-one-ring.yaml")
+    [request] = devices["requests"]
+    assert request["exactly"]["deviceClassName"] == names.DRA_DEVICE_CLASS
+    assert (request["exactly"]["allocationMode"], request["exactly"]["count"]) == ("ExactCount", 2)
+    # No capacity named: each card's defaults, i.e. all its units and HBM (flexnpu.dra.core.slices).
+    assert "capacity" not in request["exactly"]
+    [constraint] = devices["constraints"]
+    assert constraint == {"requests": [request["name"]], "matchAttribute": f"{names.DRA_DRIVER}/{ATTRIBUTE_HCCS_RING}"}

@@ -44,6 +44,9 @@ REJECTED = [
     ("node.devicePlugin.inventory", [{"index": 0, "model": "H100"}]),
     ("unitsPerCard", 10),
     ("extender.replcias", 2),
+    ("mode", "dynamic"),
+    ("node.hostPaths.cdiDir", "var/run/cdi"),
+    ("node.draPlugin.logLevel", "loud"),
 ]
 
 

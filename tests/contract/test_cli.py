@@ -1,4 +1,5 @@
-"""The ``flexnpu`` entry point: every subcommand of DESIGN.md section 14, each with --help."""
+"""The ``flexnpu`` entry point: every subcommand of DESIGN.md section 14 (and issue 14's ``dra-plugin``), each with
+--help."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import pytest
 
 from flexnpu.cli import COMMANDS, main
 
-DESIGN_COMMANDS = {"demo", "daemon", "deviceplugin", "extender", "operator", "shim", "simnpu", "bench", "status"}
+DESIGN_COMMANDS = {
+    "demo",
+    "daemon",
+    "deviceplugin",
+    "dra-plugin",
+    "extender",
+    "operator",
+    "shim",
+    "simnpu",
+    "bench",
+    "status",
+}
 
 
 def test_every_design_command_is_listed(capsys: pytest.CaptureFixture[str]) -> None:

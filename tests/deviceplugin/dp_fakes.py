@@ -8,10 +8,10 @@ from typing import Any
 import yaml
 
 from flexnpu.deviceplugin.core.response import NodeLayout
-from flexnpu.deviceplugin.discovery import InventoryFileScanner
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.plugin import VnpuPlugin
 from flexnpu.deviceplugin.server import PluginServer
+from flexnpu.discovery import InventoryFileScanner
 from flexnpu.units import UnitsConfig
 from flexnpu_testsupport.kubeemulator import NODE, KubeEmulator
 

@@ -21,9 +21,9 @@ from flexnpu import names
 from flexnpu.annotations import CardAssignment, decode_assignment, encode_assignment
 from flexnpu.claims import registration_id
 from flexnpu.deviceplugin.core.response import NodeLayout
-from flexnpu.deviceplugin.discovery import InventoryFileScanner
 from flexnpu.deviceplugin.kube import KubeApi, KubeError
 from flexnpu.deviceplugin.plugin import CLAIMS_RETRY_S, VnpuPlugin
+from flexnpu.discovery import InventoryFileScanner
 from flexnpu.units import UnitsConfig, card_uuid_from_bus_id, parse_device_id
 from flexnpu_testsupport.kubeletstub import StubKubelet
 

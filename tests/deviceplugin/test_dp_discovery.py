@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flexnpu.cards import Health
-from flexnpu.deviceplugin.discovery import DevScanner, DiscoveryError, InventoryFileScanner, NpuSmiScanner
+from flexnpu.discovery import DevScanner, DiscoveryError, InventoryFileScanner, NpuSmiScanner
 
 DATA = Path(__file__).resolve().parent / "data"
 

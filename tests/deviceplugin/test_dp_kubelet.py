@@ -13,9 +13,9 @@ from dp_fakes import NODE, KubeEmulator, eight_cards, write_inventory
 from flexnpu import names
 from flexnpu.annotations import CardAssignment, decode_assignment, decode_inventory, encode_assignment
 from flexnpu.deviceplugin.core.response import NodeLayout
-from flexnpu.deviceplugin.discovery import InventoryFileScanner
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.plugin import PREFERRED_TTL_S, VnpuPlugin
+from flexnpu.discovery import InventoryFileScanner
 from flexnpu.units import UnitsConfig, card_uuid_from_bus_id, parse_device_id
 from flexnpu_testsupport.kubeletstub import StubKubelet
 

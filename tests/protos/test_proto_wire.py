@@ -1,7 +1,8 @@
 """The generated kubelet protos are wire-compatible with upstream and current with their .proto sources.
 
-The tables below are upstream's (k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto and
-podresources/v1/api.proto), typed in by hand: a renamed field or a shifted number fails here.
+The tables below are upstream's (k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto, podresources/v1,
+dra/v1 and pluginregistration/v1 api.proto at v0.37.2), typed in by hand:
+a renamed field or a shifted number fails here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 
-from flexnpu.protos import deviceplugin_v1beta1_pb2, podresources_v1_pb2
+from flexnpu.protos import deviceplugin_v1beta1_pb2, dra_v1_pb2, pluginregistration_v1_pb2, podresources_v1_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# message -> {field: "number [repeated] type"}; a map field is spelled map<string,string>
+# message -> {field: "number [repeated|optional] type"}; a map field is spelled map<string,VALUE>
 DEVICEPLUGIN_FIELDS: dict[str, dict[str, str]] = {
     "DevicePluginOptions": {"pre_start_required": "1 bool", "get_preferred_allocation_available": "2 bool"},
     "RegisterRequest": {
@@ -115,13 +116,63 @@ PODRESOURCES_SERVICES = {
     },
 }
 
+DRA_FIELDS: dict[str, dict[str, str]] = {
+    "NodePrepareResourcesRequest": {"claims": "1 repeated Claim"},
+    "NodePrepareResourcesResponse": {"claims": "1 map<string,NodePrepareResourceResponse>"},
+    "NodePrepareResourceResponse": {"devices": "1 repeated Device", "error": "2 string"},
+    "Device": {
+        "request_names": "1 repeated string",
+        "pool_name": "2 string",
+        "device_name": "3 string",
+        "cdi_device_ids": "4 repeated string",
+        "share_id": "5 optional string",
+    },
+    "NodeUnprepareResourcesRequest": {"claims": "1 repeated Claim"},
+    "NodeUnprepareResourcesResponse": {"claims": "1 map<string,NodeUnprepareResourceResponse>"},
+    "NodeUnprepareResourceResponse": {"error": "1 string"},
+    "Claim": {"namespace": "1 string", "uid": "2 string", "name": "3 string"},
+}
+
+DRA_SERVICES = {
+    "DRAPlugin": {
+        "NodePrepareResources": ("NodePrepareResourcesRequest", "NodePrepareResourcesResponse", False),
+        "NodeUnprepareResources": ("NodeUnprepareResourcesRequest", "NodeUnprepareResourcesResponse", False),
+    },
+}
+
+PLUGINREGISTRATION_FIELDS: dict[str, dict[str, str]] = {
+    "PluginInfo": {
+        "type": "1 string",
+        "name": "2 string",
+        "endpoint": "3 string",
+        "supported_versions": "4 repeated string",
+    },
+    "RegistrationStatus": {"plugin_registered": "1 bool", "error": "2 string"},
+    "RegistrationStatusResponse": {},
+    "InfoRequest": {},
+}
+
+PLUGINREGISTRATION_SERVICES = {
+    "Registration": {
+        "GetInfo": ("InfoRequest", "PluginInfo", False),
+        "NotifyRegistrationStatus": ("RegistrationStatus", "RegistrationStatusResponse", False),
+    },
+}
+
 FILES = pytest.mark.parametrize(
     ("file", "package", "fields", "services"),
     [
         (deviceplugin_v1beta1_pb2.DESCRIPTOR, "v1beta1", DEVICEPLUGIN_FIELDS, DEVICEPLUGIN_SERVICES),
         (podresources_v1_pb2.DESCRIPTOR, "v1", PODRESOURCES_FIELDS, PODRESOURCES_SERVICES),
+        (dra_v1_pb2.DESCRIPTOR, "k8s.io.kubelet.pkg.apis.dra.v1", DRA_FIELDS, DRA_SERVICES),
+        (
+            pluginregistration_v1_pb2.DESCRIPTOR,
+            "pluginregistration",
+            PLUGINREGISTRATION_FIELDS,
+            PLUGINREGISTRATION_SERVICES,
+        ),
     ],
-    ids=["deviceplugin-v1beta1", "podresources-v1"],
+    ids=["deviceplugin-v1beta1", "podresources-v1", "dra-v1", "pluginregistration-v1"],
 )
 
 
@@ -137,9 +188,11 @@ SCALARS = {
 def field_spec(field: FieldDescriptor) -> str:
     message = field.message_type
     if message is not None and message.GetOptions().map_entry:
-        return f"{field.number} map<string,string>"
+        return f"{field.number} map<string,{field_spec(message.fields_by_name['value']).split(' ')[-1]}>"
     kind = message.name if message is not None else SCALARS[field.type]
-    return f"{field.number} {'repeated ' if field.is_repeated else ''}{kind}"
+    optional = field.containing_oneof is not None and field.containing_oneof.name == "_" + field.name
+    label = "repeated " if field.is_repeated else "optional " if optional else ""
+    return f"{field.number} {label}{kind}"
 
 
 def field_table(message: Descriptor) -> dict[str, str]:

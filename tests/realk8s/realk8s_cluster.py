@@ -137,6 +137,7 @@ class ControlPlane:
 
     node_name: str = NODE_NAME
     nodes: dict[str, KubeletNode] = field(default_factory=dict)
+    controllers: tuple[str, ...] = KCM_CONTROLLERS
 
     @property
     def server(self) -> str:
@@ -180,7 +181,8 @@ class ControlPlane:
     def component(self, name: str, *flags: str) -> Proc:
         return self.spawn(name, [str(self.binary), name, *flags])
 
-    def start(self) -> None:
+    def start(self, with_node: bool = True) -> None:
+        """The control plane and the default-scheduler; the first kubelet too unless ``with_node`` is false."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pki = make_pki(self.work / "pki")
         etcd = self._start_etcd()
@@ -191,7 +193,8 @@ class ControlPlane:
         self.default_scheduler = self.start_scheduler(
             "kube-scheduler", {"profiles": [{"schedulerName": "default-scheduler"}]}
         )
-        self._start_node(self.node)
+        if with_node:
+            self._start_node(self.node)
 
     def start_node(self, name: str, taints: tuple[dict[str, str], ...] = ()) -> KubeletNode:
         """Another kubelet (with its own CRI, mount namespace and directories) registering Node ``name``.
@@ -275,7 +278,7 @@ class ControlPlane:
         return self.component(
             "kube-controller-manager",
             f"--kubeconfig={kubeconfig}",
-            f"--controllers={','.join(KCM_CONTROLLERS)}",
+            f"--controllers={','.join(self.controllers)}",
             f"--service-account-private-key-file={self.pki.service_account_key}",
             f"--root-ca-file={self.pki.ca.cert}",
             "--leader-elect=false",

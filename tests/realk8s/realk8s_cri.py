@@ -55,13 +55,27 @@ class ContainerRecord:
         return annotations
 
 
+CDI_SUFFIX = ".cdi.json"  # the CRI's record of a container's resolved CDI edits, beside its request
+
+
 def records(directory: Path) -> list[ContainerRecord]:
     """Every CreateContainer request so far, oldest first."""
     found = []
     for path in directory.glob("*.json"):
+        if path.name.endswith(CDI_SUFFIX):
+            continue
         seq, _, container_id = path.stem.partition("-")
         found.append(ContainerRecord(int(seq), container_id, json.loads(path.read_text(encoding="utf-8"))))
     return sorted(found, key=lambda r: r.seq)
+
+
+def cdi_edits(directory: Path, record: ContainerRecord) -> dict[str, Any] | None:
+    """What the CRI resolved from the container's CDI devices (names, env, deviceNodes, mounts), if it had any."""
+    path = directory / f"{record.seq:06d}-{record.container_id}{CDI_SUFFIX}"
+    if not path.is_file():
+        return None
+    edits: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return edits
 
 
 def records_of(directory: Path, namespace: str, pod: str) -> list[ContainerRecord]:

@@ -24,7 +24,7 @@ import helm_python as helm
 import yaml
 from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
-from realk8s_cluster import ControlPlane, write_kubeconfig
+from realk8s_cluster import ControlPlane, KubeletNode, write_kubeconfig
 from realk8s_procs import Proc, http_ok, wait_for
 
 from flexnpu import names
@@ -50,10 +50,12 @@ SUITE_VALUES: dict[str, Any] = {"node": {"hostNetwork": False, "daemon": {"devic
 Manifest = dict[str, Any]
 
 
-def render_chart(values: Mapping[str, Any] | None = None) -> tuple[list[Manifest], list[Manifest]]:
+def render_chart(
+    values: Mapping[str, Any] | None = None, release: str = RELEASE, namespace: str = NAMESPACE
+) -> tuple[list[Manifest], list[Manifest]]:
     """The chart's manifests and CRDs, as ``helm install`` would render them."""
     with helm.Chart.load(CHART_DIR) as chart:
-        rendered = chart.render(dict(values) if values else None, name=RELEASE, namespace=NAMESPACE)
+        rendered = chart.render(dict(values) if values else None, name=release, namespace=namespace)
         crds = [doc for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc]
     manifests = [
         doc
@@ -97,45 +99,57 @@ def replace_flags(args: Sequence[str], replacements: Mapping[str, str | None]) -
     return out
 
 
-def apply(api: k8s.ApiClient, manifests: Iterable[Manifest]) -> None:
+def apply(api: k8s.ApiClient, manifests: Iterable[Manifest], namespace: str = NAMESPACE) -> None:
     """Create each object with the admin credential (the namespace is created first when missing)."""
     core = k8s.CoreV1Api(api)
-    if NAMESPACE not in {ns.metadata.name for ns in core.list_namespace().items if ns.metadata}:
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+    if namespace not in {ns.metadata.name for ns in core.list_namespace().items if ns.metadata}:
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     for manifest in manifests:
         k8s_utils.create_from_dict(  # type: ignore[no-untyped-call]
-            api, manifest, namespace=manifest["metadata"].get("namespace", NAMESPACE)
+            api, manifest, namespace=manifest["metadata"].get("namespace", namespace)
         )
 
 
-def service_account_token(api: k8s.ApiClient, account: str, seconds: int = 3600) -> str:
+def service_account_token(api: k8s.ApiClient, account: str, seconds: int = 3600, namespace: str = NAMESPACE) -> str:
     """A token of ServiceAccount ``account`` in the chart's namespace (TokenRequest)."""
     body = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
-    answer = k8s.CoreV1Api(api).create_namespaced_service_account_token(account, NAMESPACE, body)
+    answer = k8s.CoreV1Api(api).create_namespaced_service_account_token(account, namespace, body)
     if answer.status is None or not answer.status.token:
-        raise RuntimeError(f"TokenRequest for {NAMESPACE}/{account} returned no token")
+        raise RuntimeError(f"TokenRequest for {namespace}/{account} returned no token")
     return answer.status.token
 
 
 class Flexnpu:
-    """The chart's components as processes against ``cluster``, each with its ServiceAccount's token."""
+    """The chart's components as processes against ``cluster``, each with its ServiceAccount's token.
+
+    One release per instance: ``release`` in ``namespace``, its node components on ``node`` (default: the
+    cluster's first node).
+    """
 
     def __init__(
-        self, cluster: ControlPlane, api: k8s.ApiClient, values: Mapping[str, Any] | None = SUITE_VALUES
+        self,
+        cluster: ControlPlane,
+        api: k8s.ApiClient,
+        values: Mapping[str, Any] | None = SUITE_VALUES,
+        *,
+        release: str = RELEASE,
+        namespace: str = NAMESPACE,
+        node: KubeletNode | None = None,
     ) -> None:
         self.cluster, self.api = cluster, api
-        self.manifests, self.crds = render_chart(values)
-        self.work = cluster.work / "flexnpu"
+        self.namespace, self.node = namespace, node or cluster.node
+        self.manifests, self.crds = render_chart(values, release, namespace)
+        self.work = cluster.work / ("flexnpu" if release == RELEASE else release)
         self.work.mkdir(exist_ok=True)
         self.flexnpu = shutil.which("flexnpu", path=str(Path(sys.executable).parent)) or "flexnpu"
 
     def install_rbac_and_crds(self) -> None:
-        apply(self.api, self.crds)
-        apply(self.api, [m for m in self.manifests if m["kind"] in RBAC_KINDS])
+        apply(self.api, self.crds, self.namespace)
+        apply(self.api, [m for m in self.manifests if m["kind"] in RBAC_KINDS], self.namespace)
 
     def kubeconfig_for(self, component: str) -> Path:
         account = only(self.manifests, "ServiceAccount", component)["metadata"]["name"]
-        token = service_account_token(self.api, account)
+        token = service_account_token(self.api, account, namespace=self.namespace)
         return write_kubeconfig(
             self.work / f"{component}.kubeconfig", self.cluster.server, self.cluster.pki.ca.cert, token=token
         )
@@ -146,8 +160,8 @@ class Flexnpu:
         args = replace_flags(
             container_args(only(self.manifests, "DaemonSet", "node"), "device-plugin"),
             {
-                "--kubelet-dir": str(self.cluster.device_plugin_dir),
-                "--node-name": self.cluster.node_name,
+                "--kubelet-dir": str(self.node.device_plugin_dir),
+                "--node-name": self.node.name,
                 "--npu-smi": None,
                 "--inventory": str(path),
                 "--metrics-port": str(free_port()),
@@ -168,7 +182,7 @@ class Flexnpu:
             container_args(only(self.manifests, "Deployment", "extender"), "extender"),
             {
                 "--listen": f"127.0.0.1:{self.extender_port}",
-                "--namespace": NAMESPACE,
+                "--namespace": self.namespace,
                 "--identity": "extender-0",
                 "--kubeconfig": str(self.kubeconfig_for("extender")),
             },
@@ -183,9 +197,9 @@ class Flexnpu:
     def install_daemon_token(self) -> Path:
         """The chart's daemon-token Secret created; its token (read back from the API) in a file, as mounted."""
         secret = only(self.manifests, "Secret", "daemon-token")
-        apply(self.api, [secret])
+        apply(self.api, [secret], self.namespace)
         core: Any = k8s.CoreV1Api(self.api)
-        [value] = core.read_namespaced_secret(secret["metadata"]["name"], NAMESPACE).data.values()
+        [value] = core.read_namespaced_secret(secret["metadata"]["name"], self.namespace).data.values()
         self.token_file = self.work / "daemon-token"
         self.token_file.write_bytes(base64.b64decode(value))
         self.token_file.chmod(0o600)
@@ -233,9 +247,10 @@ class Flexnpu:
         return {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"flexnpu-node-{self.cluster.node_name}", "labels": template["metadata"]["labels"]},
+            "metadata": {"name": f"flexnpu-node-{self.node.name}", "labels": template["metadata"]["labels"]},
             "spec": {
-                "nodeName": self.cluster.node_name,
+                "nodeName": self.node.name,
+                "tolerations": template["spec"].get("tolerations", []),
                 "hostNetwork": bool(template["spec"].get("hostNetwork", False)),
                 "restartPolicy": "Always",
                 "terminationGracePeriodSeconds": 5,
@@ -246,10 +261,10 @@ class Flexnpu:
     def start_daemon(self) -> Any:
         """flexnpud as the node DaemonSet's pod, once Ready (kubelet's readiness probe: the chart's)."""
         core: Any = k8s.CoreV1Api(self.api)
-        pod = core.create_namespaced_pod(NAMESPACE, self.daemon_pod())
+        pod = core.create_namespaced_pod(self.namespace, self.daemon_pod())
 
         def ready() -> Any:
-            got = core.read_namespaced_pod(pod.metadata.name, NAMESPACE)
+            got = core.read_namespaced_pod(pod.metadata.name, self.namespace)
             conditions = {c.type: c.status for c in got.status.conditions or []}
             return got if conditions.get("Ready") == "True" else None
 

@@ -1,0 +1,1 @@
+"""The DRA mode's pure decisions: no gRPC, no Kubernetes client."""
