@@ -13,10 +13,11 @@ requeues the pod with backoff; a non-200 status would reach the pod only as "cod
 ``preempt``, whose answers have no error field, answer 503 (the scheduler drops a failed prioritize's scores, but
 filter has already failed the attempt; a failed preempt fails the preemption).
 
-``/readyz`` answers 200 once the caches have synced and a leader is known, on every replica: the leader (which
-binds) and standbys alike (they answer filter and prioritize from their own caches); the body says which this
-replica is. It answers 503 before the first lists are in, and while no leader is known (the first election in
-progress), when no replica could bind.
+``/readyz`` answers 200 on the leader once its caches have synced, and 503 before that and on standbys: the
+chart's one Service sends each of kube-scheduler's requests to any ready replica, and a bind that reaches a
+standby fails (only the leader binds), so a standby must not be an endpoint until it leads. The body says why
+(not synced, standby and who leads, no leader known yet). Ready standbys need binds forwarded to the leader
+first (issue 10, case 11).
 """
 
 from __future__ import annotations
@@ -150,9 +151,7 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
         return web.Response(text="ready: leader (binds)")
     if not leadership.leader:
         return web.Response(text="not ready: no leader known yet (election in progress)", status=503)
-    return web.Response(
-        text=f"ready: standby (answers filter and prioritize; only the leader, {leadership.leader}, binds)"
-    )
+    return web.Response(text=f"not ready: standby (synced; only the leader, {leadership.leader}, binds)", status=503)
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:

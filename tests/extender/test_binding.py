@@ -121,8 +121,8 @@ async def test_only_the_leader_binds(extender: Extender) -> None:
     _, result = await extender.post("bind", bind_args(body, "n1"))
 
     assert "not the leader" in result["Error"] and "extender-7f9c" in result["Error"]
-    readiness = await extender.client.get("/readyz")  # synced: a standby is ready too (it answers filter)
-    assert readiness.status == 200 and "standby" in await readiness.text()
+    readiness = await extender.client.get("/readyz")  # synced, but a standby is no endpoint: it cannot bind
+    assert readiness.status == 503 and "standby" in await readiness.text()
 
 
 async def test_a_plain_pod_is_only_bound(extender: Extender, kube: kmock.KubernetesEmulator) -> None:

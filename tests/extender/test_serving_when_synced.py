@@ -1,5 +1,5 @@
 """Until the watches' first lists are in, every verb is an error to kube-scheduler and /readyz says not ready;
-after, leader and standby replicas are both ready."""
+after, the leader is ready and a standby says why it is not."""
 
 from __future__ import annotations
 
@@ -69,13 +69,15 @@ async def test_every_verb_is_an_error_until_synced(gated: tuple[Extender, asynci
     assert readiness.status == 200 and "leader" in await readiness.text()
 
 
-async def test_a_standby_is_ready_once_synced_and_still_does_not_bind(gated: tuple[Extender, asyncio.Event]) -> None:
+async def test_a_synced_standby_stays_out_of_the_service_and_does_not_bind(
+    gated: tuple[Extender, asyncio.Event],
+) -> None:
     extender, synced = gated
     extender.service.leadership = Standby()
     assert (await extender.client.get("/readyz")).status == 503
     synced.set()
     readiness = await extender.client.get("/readyz")
-    assert readiness.status == 200 and "standby" in await readiness.text() and "extender-0" in await readiness.text()
+    assert readiness.status == 503 and "standby" in await readiness.text() and "extender-0" in await readiness.text()
     extender.add_node("n1", inventory(1))
     body = extender.create_pod(pod("p", 2))
     assert (await extender.post("filter", {"Pod": body, "NodeNames": ["n1"]}))[1]["NodeNames"] == ["n1"]
