@@ -69,7 +69,7 @@ def test_config_applies_to_its_requests_and_later_entries_win() -> None:
         ({"units": "3", "memory": "Infinity"}, "memory"),
     ],
 )
-def test_hostile_capacity_is_refused_naming_the_field(consumed: dict[str, object], field: str) -> None:
+def test_hostile_capacity_is_refused_naming_the_field(consumed: dict[str, Any], field: str) -> None:
     error = refused(claim(result(**consumed)))
     assert error.field == f"{RESULT0}consumedCapacity.{field}"
     assert error.value == consumed[field]

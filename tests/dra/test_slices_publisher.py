@@ -47,7 +47,7 @@ def publisher(k8s: KubeEmulator) -> Iterator[SlicePublisher]:
     try:
         yield SlicePublisher(client, NODE)
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
 
 
 def cards(health: dict[int, Health] | None = None) -> list[Card]:
