@@ -99,15 +99,24 @@ def replace_flags(args: Sequence[str], replacements: Mapping[str, str | None]) -
     return out
 
 
-def apply(api: k8s.ApiClient, manifests: Iterable[Manifest], namespace: str = NAMESPACE) -> None:
-    """Create each object with the admin credential (the namespace is created first when missing)."""
+def apply(
+    api: k8s.ApiClient, manifests: Iterable[Manifest], namespace: str = NAMESPACE, exist_ok: bool = False
+) -> None:
+    """Create each object with the admin credential (the namespace is created first when missing).
+
+    With ``exist_ok`` an object that already exists (409 AlreadyExists) is left as it is.
+    """
     core = k8s.CoreV1Api(api)
     if namespace not in {ns.metadata.name for ns in core.list_namespace().items if ns.metadata}:
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     for manifest in manifests:
-        k8s_utils.create_from_dict(  # type: ignore[no-untyped-call]
-            api, manifest, namespace=manifest["metadata"].get("namespace", namespace)
-        )
+        try:
+            k8s_utils.create_from_dict(  # type: ignore[no-untyped-call]
+                api, manifest, namespace=manifest["metadata"].get("namespace", namespace)
+            )
+        except k8s_utils.FailToCreateError as exc:
+            if not exist_ok or any(e.status != 409 for e in exc.api_exceptions):
+                raise
 
 
 def service_account_token(api: k8s.ApiClient, account: str, seconds: int = 3600, namespace: str = NAMESPACE) -> str:
@@ -144,7 +153,8 @@ class Flexnpu:
         self.flexnpu = shutil.which("flexnpu", path=str(Path(sys.executable).parent)) or "flexnpu"
 
     def install_rbac_and_crds(self) -> None:
-        apply(self.api, self.crds, self.namespace)
+        # The CRDs are cluster-wide and the same in every release: another release of the suite may have made them.
+        apply(self.api, self.crds, self.namespace, exist_ok=True)
         apply(self.api, [m for m in self.manifests if m["kind"] in RBAC_KINDS], self.namespace)
 
     def kubeconfig_for(self, component: str) -> Path:
