@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from flexnpu.extender.server import make_app
 from flexnpu.extender.service import ExtenderService, Leadership, SoleReplica
 from flexnpu.extender.settings import ENV_PREFIX, ExtenderSettings, parse_listen
 from flexnpu.extender.state import ClusterState
+from flexnpu.extender.webhook import make_webhook_app, server_tls
 from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.extender")
@@ -55,6 +57,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--leader-elect", default=None, help="true|false (default true)")
     p.add_argument("--max-body-bytes", help="largest request body accepted")
     p.add_argument("--units-per-card", help="U, units per card (default 10)")
+    p.add_argument("--webhook-listen", help="HOST:PORT of the admission webhook (HTTPS; default: no webhook)")
+    p.add_argument("--webhook-cert-file", help="PEM serving certificate of the webhook")
+    p.add_argument("--webhook-key-file", help="PEM private key of the webhook")
+    p.add_argument("--webhook-max-body-bytes", help="largest AdmissionReview accepted (default 8 MiB)")
+    p.add_argument("--scheduler-name", help="spec.schedulerName the webhook sets on vnpu pods (flexnpu-scheduler)")
+    p.add_argument("--high-priority-namespaces", help="comma-separated namespaces allowed flexnpu.io/priority: high")
+    p.add_argument("--high-priority-classes", help="comma-separated PriorityClasses allowed flexnpu.io/priority: high")
+    p.add_argument("--high-priority-min-value", help="PriorityClass value allowing flexnpu.io/priority: high (1000000)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return p
 
@@ -65,13 +75,21 @@ def main(argv: Sequence[str]) -> int:
     try:
         settings = load_settings(ExtenderSettings, flags=flags, env=os.environ, file=args.config, env_prefix=ENV_PREFIX)
         kube = kube_config(settings, os.environ)
+        tls = webhook_tls(settings)
     except ConfigError as exc:
         print(f"flexnpu extender: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("settings: %s", describe(settings))
-    asyncio.run(serve(settings, kube))
+    asyncio.run(serve(settings, kube, tls=tls))
     return 0
+
+
+def webhook_tls(settings: ExtenderSettings) -> ssl.SSLContext | None:
+    """The webhook's TLS context when it is enabled (a ConfigError names an unusable file)."""
+    if not settings.webhook_listen or settings.webhook_cert_file is None or settings.webhook_key_file is None:
+        return None
+    return server_tls(settings.webhook_cert_file, settings.webhook_key_file)
 
 
 def kube_config(settings: ExtenderSettings, env: Mapping[str, str]) -> KubeConfig:
@@ -84,9 +102,16 @@ def identity(settings: ExtenderSettings) -> str:
     return settings.identity or f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def serve(settings: ExtenderSettings, kube: KubeConfig, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT when not given)."""
+async def serve(
+    settings: ExtenderSettings,
+    kube: KubeConfig,
+    stop: asyncio.Event | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT when not given); with ``webhook_listen``, the webhook too."""
     stop = stop or _signal_event()
+    tls = tls or webhook_tls(settings)
     me = identity(settings)
     async with KubeApi(kube) as api:
         state = ClusterState()
@@ -121,6 +146,7 @@ async def serve(settings: ExtenderSettings, kube: KubeConfig, stop: asyncio.Even
         host, port = parse_listen(settings.listen)
         await web.TCPSite(runner, host, port).start()
         log.info("serving the extender on %s:%d as %s", host, port, me)
+        webhook = await _start_webhook(settings, tls)
         tasks = [asyncio.create_task(informers.run())]
         if elector is not None:
             tasks.append(asyncio.create_task(elector.run()))
@@ -134,6 +160,19 @@ async def serve(settings: ExtenderSettings, kube: KubeConfig, stop: asyncio.Even
                     await task
             await service.drain()
             await runner.cleanup()
+            if webhook is not None:
+                await webhook.cleanup()
+
+
+async def _start_webhook(settings: ExtenderSettings, tls: ssl.SSLContext | None) -> web.AppRunner | None:
+    if tls is None:
+        return None
+    runner = web.AppRunner(make_webhook_app(settings.admission, max_body_bytes=settings.webhook_max_body_bytes))
+    await runner.setup()
+    host, port = parse_listen(settings.webhook_listen)
+    await web.TCPSite(runner, host, port, ssl_context=tls).start()
+    log.info("serving the admission webhook on https://%s:%d (/mutate, /validate)", host, port)
+    return runner
 
 
 def _signal_event() -> asyncio.Event:

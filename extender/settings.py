@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from flexnpu.errors import ConfigError
+from flexnpu.extender.core.admission import AdmissionPolicy
 from flexnpu.extender.core.placement import DEFAULT_POLICY, policy
 from flexnpu.settings import setting
 from flexnpu.units import UnitsConfig
@@ -47,6 +48,22 @@ class ExtenderSettings:
     retry_period: float = setting(2.0, "seconds between Lease renewals and acquisition attempts")
     max_body_bytes: int = setting(64 * MIB, "largest request body accepted (a NodeList of 5,000 nodes is ~50 MB)")
     units_per_card: int = setting(10, "U: units per card, as the device plugin advertises (1..1000)")
+    webhook_listen: str = setting("", "HOST:PORT of the admission webhook's HTTPS server; empty: no webhook")
+    webhook_cert_file: Path | None = setting(
+        None, "PEM serving certificate of the webhook (needed with webhook_listen)"
+    )
+    webhook_key_file: Path | None = setting(None, "PEM private key of the webhook's certificate")
+    webhook_max_body_bytes: int = setting(8 * MIB, "largest AdmissionReview accepted (a pod and its old object)")
+    scheduler_name: str = setting(
+        "flexnpu-scheduler", "the webhook sets spec.schedulerName to this for vnpu pods naming no other scheduler"
+    )
+    high_priority_namespaces: tuple[str, ...] = setting((), "namespaces whose pods may say flexnpu.io/priority: high")
+    high_priority_classes: tuple[str, ...] = setting(
+        (), "PriorityClass names whose pods may say flexnpu.io/priority: high"
+    )
+    high_priority_min_value: int = setting(
+        1_000_000, "pods whose PriorityClass value (spec.priority) is at least this may say flexnpu.io/priority: high"
+    )
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -62,7 +79,31 @@ class ExtenderSettings:
             )
         if not self.lease_name:
             raise ConfigError("lease_name", self.lease_name, "must not be empty")
+        self._check_webhook()
+
+    def _check_webhook(self) -> None:
+        if not self.scheduler_name:
+            raise ConfigError("scheduler_name", self.scheduler_name, "must not be empty")
+        if self.webhook_max_body_bytes < 1024:
+            raise ConfigError("webhook_max_body_bytes", self.webhook_max_body_bytes, "must be at least 1024")
+        if not self.webhook_listen:
+            return
+        parse_listen(self.webhook_listen)
+        for name in ("webhook_cert_file", "webhook_key_file"):
+            if getattr(self, name) is None:
+                raise ConfigError(name, None, "must be set when webhook_listen is (the webhook serves HTTPS only)")
 
     @property
     def units(self) -> UnitsConfig:
         return UnitsConfig(units_per_card=self.units_per_card)
+
+    @property
+    def admission(self) -> AdmissionPolicy:
+        """What the admission webhook enforces (flexnpu.extender.core.admission)."""
+        return AdmissionPolicy(
+            scheduler_name=self.scheduler_name,
+            units=self.units,
+            high_namespaces=frozenset(self.high_priority_namespaces),
+            high_priority_classes=frozenset(self.high_priority_classes),
+            high_min_priority=self.high_priority_min_value,
+        )
