@@ -19,6 +19,7 @@ BENCHMARKS = {
     "placement": "openb trace replay: unallocated %% at 100%% and 130%% arrival vs published FGD",
     "extender": "filter+prioritize+bind latency per pod on 5,000 nodes x 8 cards, pods/s",
     "scheduler": "the real kube-scheduler with the extender vs without it: pods/s, bind p50/p99 (5,000 nodes)",
+    "dra_placement": "openb replay through the real kube-scheduler: unallocated %% of cards, DRA vs extender",
     "deviceplugin": "Allocate latency and re-registration time after a kubelet restart",
     "operator": "claims registered per second and create-to-Registered p99",
 }
