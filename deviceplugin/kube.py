@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from flexnpu import names
@@ -32,10 +30,10 @@ from flexnpu.deviceplugin.core.allocation import PodRef
 from flexnpu.deviceplugin.core.containers import PodClaim
 from flexnpu.deviceplugin.core.pods import NodePod, read_node_pods, read_pod_claims
 from flexnpu.errors import FlexnpuError
+from flexnpu.kubeclient import LOADER_ERRORS, load_configuration
 
 log = logging.getLogger(__name__)
 _TIMEOUT = 5.0
-_DEFAULT_FILE = "~/.kube/config"
 
 
 class KubeError(FlexnpuError):
@@ -57,29 +55,11 @@ class KubeApi:
 
     @classmethod
     def connect(cls, node_name: str, kubeconfig: Path | None = None) -> KubeApi:
-        """A client built by the ``kubernetes`` config loader, in the order ``kubernetes.config.load_config`` uses.
-
-        ``kubeconfig`` when given; else ``KUBECONFIG`` (a ``:``-separated list of files, merged); else
-        ``~/.kube/config`` when it exists; else the pod's service account (in-cluster). Kubeconfigs with exec
-        plugins (EKS, GKE, OIDC helpers) work through the loader's exec provider.
-        """
+        """A client built by the ``kubernetes`` config loader (flexnpu.kubeclient: kubeconfig, KUBECONFIG,
+        ~/.kube/config, in-cluster)."""
         try:
-            configuration = kubernetes.client.Configuration()
-            files = str(kubeconfig) if kubeconfig is not None else os.environ.get("KUBECONFIG", "")
-            if not files and Path(_DEFAULT_FILE).expanduser().exists():
-                files = _DEFAULT_FILE
-            if files:
-                # The files are named here, not left to the loader's default, which it reads from KUBECONFIG once
-                # at import; persist_config=False: a refreshed token is never written back to a mounted file.
-                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=files, client_configuration=configuration, persist_config=False
-                )
-            else:
-                kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration
-                )
-            return cls(kubernetes.client.ApiClient(configuration), node_name)
-        except (ConfigException, OSError, ValueError, TypeError) as exc:
+            return cls(kubernetes.client.ApiClient(load_configuration(kubeconfig)), node_name)
+        except LOADER_ERRORS as exc:
             raise KubeError(f"cannot configure the Kubernetes client ({exc})") from exc
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
 from flexnpu import names
 from flexnpu.errors import FlexnpuError
+from flexnpu.kubeclient import LOADER_ERRORS, load_configuration
 
 _TIMEOUT = 5.0
-_DEFAULT_FILE = "~/.kube/config"
 
 
 class KubeError(FlexnpuError):
@@ -48,21 +46,11 @@ class ClaimApi:
 
     @classmethod
     def connect(cls, node_name: str, kubeconfig: Path | None = None) -> ClaimApi:
+        """A client built by the ``kubernetes`` config loader (flexnpu.kubeclient: kubeconfig, KUBECONFIG,
+        ~/.kube/config, in-cluster)."""
         try:
-            configuration = kubernetes.client.Configuration()
-            files = str(kubeconfig) if kubeconfig is not None else os.environ.get("KUBECONFIG", "")
-            if not files and Path(_DEFAULT_FILE).expanduser().exists():
-                files = _DEFAULT_FILE
-            if files:
-                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=files, client_configuration=configuration, persist_config=False
-                )
-            else:
-                kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration
-                )
-            return cls(kubernetes.client.ApiClient(configuration), node_name)
-        except (ConfigException, OSError, ValueError, TypeError) as exc:
+            return cls(kubernetes.client.ApiClient(load_configuration(kubeconfig)), node_name)
+        except LOADER_ERRORS as exc:
             raise KubeError(f"cannot configure the Kubernetes client ({exc})") from exc
 
     def close(self) -> None:
