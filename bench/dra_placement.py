@@ -107,18 +107,19 @@ def _harness() -> tuple[Any, Any]:
     return importlib.import_module("realk8s_cluster"), importlib.import_module("realk8s_flexnpu")
 
 
-def scaled_nodes(nodes: Sequence[NodeState], wanted: int) -> tuple[int, list[NodeState]]:
-    """Every k-th node with cards, k chosen so that about ``wanted`` remain."""
+def scaled_nodes(nodes: Sequence[NodeState], wanted: int, sample: int = 0) -> tuple[int, list[NodeState]]:
+    """Every k-th node with cards from offset ``sample`` (mod k), k chosen so that about ``wanted`` remain."""
     with_cards = [n for n in nodes if n.cards]
     step = max(1, math.ceil(len(with_cards) / wanted))
-    return step, with_cards[::step]
+    return step, with_cards[sample % step :: step]
 
 
-def scaled_pods(pods: Sequence[TracePod], step: int, capacity_units: int) -> list[BenchPod]:
-    """Every ``step``-th pod in trace order (offset 0, then 1, ...) until the requests reach the capacity."""
+def scaled_pods(pods: Sequence[TracePod], step: int, capacity_units: int, sample: int = 0) -> list[BenchPod]:
+    """Every ``step``-th pod in trace order (offset ``sample``, then the next ones, mod ``step``) until the
+    requests reach the capacity."""
     out: list[BenchPod] = []
     requested = 0
-    for offset in range(step):
+    for offset in ((sample + i) % step for i in range(step)):
         for pod in pods[offset::step]:
             if requested >= capacity_units:
                 return out
@@ -334,11 +335,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trace", default="default", help="openb pod list name (default: default)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated (default {','.join(MODES)})")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of the openb CSV files")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="independent samples: sample s takes every k-th node and pod from offset s (default 1)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directories (component logs)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error(f"--nodes must be at least 1, got {args.nodes}")
+    if not 1 <= args.samples <= 50:
+        parser.error(f"--samples must be 1..50, got {args.samples}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         if mode not in MODES:
@@ -348,34 +357,51 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             parser.error(f"no such file: {path}")
     all_nodes = load_nodes(data_dir / NODE_FILE)
-    step, nodes = scaled_nodes(all_nodes, args.nodes)
-    capacity = UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
-    pods = scaled_pods(load_pods(data_dir / POD_FILE.format(args.trace), all_nodes), step, capacity)
+    trace = load_pods(data_dir / POD_FILE.format(args.trace), all_nodes)
     cluster_mod, flexnpu_mod = _harness()
     started = time.monotonic()
-    results = {mode: run_mode(mode, nodes, pods, cluster_mod, flexnpu_mod, args.keep) for mode in modes}
+    samples: list[dict[str, Any]] = []
+    for sample in range(args.samples):
+        step, nodes = scaled_nodes(all_nodes, args.nodes, sample)
+        capacity = UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
+        pods = scaled_pods(trace, step, capacity, sample)
+        results = {mode: run_mode(mode, nodes, pods, cluster_mod, flexnpu_mod, args.keep) for mode in modes}
+        samples.append(
+            {"sample": sample, "nodes": len(nodes), "cards": sum(len(n.cards) for n in nodes), "modes": results}
+        )
+        print(
+            f"sample {sample}: {len(nodes)} nodes, "
+            + ", ".join(f"{m} {r['unallocated_pct_at_100']:.2f}%" for m, r in results.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     wall = time.monotonic() - started
-    cards = sum(len(n.cards) for n in nodes)
-    rows = [
-        [
-            m,
-            r["unallocated_pct_at_100"],
-            r["pods"],
-            r["refused"],
-            r["allocated_units"],
-            r["capacity_units"],
-            r["replay_s"],
-        ]
-        for m, r in results.items()
-    ]
-    table = format_table(["mode", "unallocated %", "pods", "refused", "units bound", "units", "replay s"], rows)
+    rows = []
+    summary_modes: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        values = [x["modes"][mode]["unallocated_pct_at_100"] for x in samples]
+        mean = sum(values) / len(values)
+        summary_modes[mode] = {"mean": round(mean, 3), "min": min(values), "max": max(values)}
+        per_sample = " ".join(f"{v:.2f}" for v in values)
+        rows.append([mode, f"{mean:.2f}", f"{min(values):.2f}", f"{max(values):.2f}", per_sample])
+    table = format_table(["mode", "unallocated % mean", "min", "max", "per sample"], rows)
+    sizes = ", ".join(f"{x['nodes']} nodes/{x['cards']} cards" for x in samples)
     table += (
-        f"\n{len(nodes)} nodes (every {step}th of the openb node list), {cards} cards x {UNITS_PER_CARD} units, "
-        f"trace {args.trace}, arrival 100%; wall {wall:.0f} s; upstream apiserver + scheduler v1.37.2, no kubelets"
+        f"\n{args.samples} sample(s) of every {step}th node of the openb node list ({sizes}), "
+        f"{UNITS_PER_CARD} units a card, trace {args.trace}, arrival 100%; wall {wall:.0f} s; "
+        "upstream apiserver + scheduler v1.37.2, no kubelets"
     )
-    for mode, r in results.items():
-        if r["refusals"]:
-            table += f"\n{mode} refusals: " + ", ".join(f"{k} x{v}" for k, v in sorted(r["refusals"].items()))
-    summary = {"nodes": len(nodes), "node_step": step, "cards": cards, "trace": args.trace, "wall_s": round(wall, 1)}
-    emit("dra_placement", {**summary, "units_per_card": UNITS_PER_CARD, "modes": results}, table, args)
+    for x in samples:
+        for mode, r in x["modes"].items():
+            if r["refusals"]:
+                table += f"\nsample {x['sample']} {mode} refusals: " + ", ".join(
+                    f"{k} x{v}" for k, v in sorted(r["refusals"].items())
+                )
+    summary = {"node_step": step, "trace": args.trace, "wall_s": round(wall, 1), "samples": args.samples}
+    emit(
+        "dra_placement",
+        {**summary, "units_per_card": UNITS_PER_CARD, "summary": summary_modes, "per_sample": samples},
+        table,
+        args,
+    )
     return 0

@@ -30,6 +30,7 @@ from flexnpu.dra.server import Servers
 from flexnpu.dra.settings import DEFAULT_NPU_SMI, ENV_PREFIX, DraSettings
 from flexnpu.dra.slices import SliceError, SlicePublisher
 from flexnpu.errors import FlexnpuError, ValidationError
+from flexnpu.preloadfile import write_preload_file
 from flexnpu.settings import describe, load_settings
 from flexnpu.units import UnitsConfig
 
@@ -52,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--daemon-url", help="flexnpud's registration API (default http://127.0.0.1:8765)")
     p.add_argument("--daemon-token-file", type=Path, help="file holding flexnpud's bearer token")
     p.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--shim-socket-dir", help=f"host directory of flexnpud's grant socket ({names.SHIM_SOCKET_DIR})")
+    p.add_argument("--interposer-host-path", help=f"host path of libflexnpu.so ({names.INTERPOSER_HOST_PATH})")
+    p.add_argument(
+        "--preload-host-file",
+        help=f"host file mounted onto /etc/ld.so.preload, written at start ({names.PRELOAD_HOST_FILE})",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
 
@@ -123,7 +130,12 @@ def build(settings: DraSettings) -> tuple[Servers, Callable[[threading.Event], N
         shim_socket_dir=settings.shim_socket_dir,
         shim_runtime_dir=settings.shim_runtime_dir,
         interposer=settings.interposer,
+        interposer_host_path=settings.interposer_host_path,
+        interposer_pod_path=settings.interposer_pod_path,
+        preload_host_file=settings.preload_host_file,
+        slot_mount=True,  # NodePrepareResources registers before it writes the CDI spec: the slot exists
     )
+    write_preload_file(layout)
     cards = _Cards(scanner)
     claims = ClaimApi.connect(settings.node_name, settings.kubeconfig)
     publisher = SlicePublisher(

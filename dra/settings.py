@@ -34,6 +34,12 @@ class DraSettings:
     shim_socket_dir: str = setting(names.SHIM_SOCKET_DIR, "host directory of the node daemon's grant socket")
     shim_runtime_dir: str = setting(names.SHIM_RUNTIME_HOST_DIR, "host directory holding the in-pod runtime")
     interposer: bool = setting(True, "mount the native interposer and a read-only /etc/ld.so.preload naming it")
+    interposer_host_path: str = setting(names.INTERPOSER_HOST_PATH, "host path of libflexnpu.so")
+    interposer_pod_path: str = setting(names.INTERPOSER_POD_PATH, "where pods see libflexnpu.so")
+    preload_host_file: str = setting(
+        names.PRELOAD_HOST_FILE,
+        "host file holding interposer_pod_path, mounted onto /etc/ld.so.preload (written at start)",
+    )
     rescan_interval: float = setting(10.0, "seconds between card scans; the ResourceSlice follows inventory and health")
     log_level: str = setting("info", "debug, info, warning or error")
 

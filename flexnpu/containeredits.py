@@ -8,7 +8,9 @@ Allocate response, the DRA kubelet plugin in a CDI spec (``flexnpu.dra.core.cdi`
 - The in-pod runtime: its directory mounted read-only with ``PYTHONPATH`` pointing at it (the Python step-level
   client), the node daemon's socket directory (read-only: connecting to a socket needs no write access, and a
   pod must not be able to remove the socket of its neighbours; the card regions and registration slots live
-  there too), and the ``FLEXNPU_*`` variables.
+  there too), the registration's own slot file read-write on top of it where it exists before the container
+  starts (``NodeLayout.slot_mount``; the interposer maps its slot read-write, and a read-only slot leaves the
+  process ungated), and the ``FLEXNPU_*`` variables.
 - The native interposer (DESIGN.md section 7): the library mounted read-only, and a host file naming it
   bind-mounted read-only onto ``/etc/ld.so.preload``, so that the dynamic loader puts it into every process of
   the container and no variable or interpreter flag turns it off. ``FLEXNPU_SHIM_DIR`` names the directory of
@@ -67,6 +69,10 @@ class NodeLayout:
     interposer_host_path: str = names.INTERPOSER_HOST_PATH
     interposer_pod_path: str = names.INTERPOSER_POD_PATH
     preload_host_file: str = names.PRELOAD_HOST_FILE
+    slot_mount: bool = False
+    """Mount the registration's slot file read-write over the read-only shim directory (the interposer maps it
+    read-write: pod-wide memory account, want flag, usage). Only where the registration, and so its slot, exists
+    before the container starts (the DRA plugin registers in NodePrepareResources)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,8 @@ def container_allocation(
     mounts = () if layout.use_cdi else driver_mounts()
     if layout.inject_shim:
         mounts += shim_mounts(layout)
+        if layout.slot_mount and workload.flexnpu_ids:
+            mounts += (slot_mount(layout, workload.flexnpu_ids[0]),)
         if layout.interposer:
             mounts += interposer_mounts(layout)
     devices = () if layout.use_cdi else device_nodes(cards, layout)
@@ -130,6 +138,15 @@ def shim_mounts(layout: NodeLayout) -> tuple[Mount, ...]:
     return (
         Mount(container_path=names.SHIM_RUNTIME_POD_DIR, host_path=layout.shim_runtime_dir, read_only=True),
         Mount(container_path=names.SHIM_SOCKET_DIR, host_path=layout.shim_socket_dir, read_only=True),
+    )
+
+
+def slot_mount(layout: NodeLayout, flexnpu_id: str) -> Mount:
+    """The registration's own slot, read-write, on top of the read-only shim directory: the pod can write its own
+    slot (memory account, want flag, usage) and no other pod's."""
+    name = names.slot_file(flexnpu_id)
+    return Mount(
+        container_path=f"{names.SHIM_SOCKET_DIR}/{name}", host_path=f"{layout.shim_socket_dir}/{name}", read_only=False
     )
 
 

@@ -84,6 +84,23 @@ INTERPOSER_POD_PATH: Final = "/usr/local/flexnpu/lib/libflexnpu.so"
 PRELOAD_HOST_FILE: Final = "/var/lib/flexnpu/ld.so.preload"
 PRELOAD_POD_FILE: Final = "/etc/ld.so.preload"
 
+_SLOT_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def slot_file(flexnpu_id: str) -> str:
+    """The registration's shared-memory slot in the shim directory (flexnpud makes it, the pod maps it).
+
+    ``slot-<id>.shm``; an id that is not 1..128 of [A-Za-z0-9._-] (or starts with '.') is hashed (FNV-1a 64), as
+    libflexnpu's ``slot_name`` does (shim/native/gate.c).
+    """
+    if 0 < len(flexnpu_id) <= 128 and not flexnpu_id.startswith(".") and all(c in _SLOT_SAFE for c in flexnpu_id):
+        return f"slot-{flexnpu_id}.shm"
+    h = 0xCBF29CE484222325
+    for byte in flexnpu_id.encode("utf-8", "surrogateescape"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"slot-h{h:016x}.shm"
+
+
 ASCEND_DEVICE_NODES: Final = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
 ASCEND_DRIVER_MOUNTS: Final = (
     "/usr/local/Ascend/driver/lib64",

@@ -170,3 +170,21 @@ def test_two_whole_cards_of_one_request_share_one_cdi_device() -> None:
     env = dict(e.split("=", 1) for e in device["containerEdits"]["env"])
     assert (env[names.ENV_ASCEND_VISIBLE_DEVICES], env[names.ENV_ASCEND_RT_VISIBLE_DEVICES]) == ("4,5", "0,1")
     assert len({d.registration_id for d in prepared.devices}) == 2
+
+
+def test_the_registrations_own_slot_is_mounted_read_write_over_the_read_only_shim_directory() -> None:
+    """libflexnpu maps its slot read-write (memory account, want, usage): under the read-only shim directory alone
+    it would run ungated. Only its own slot is writable, no other pod's."""
+    prepared = prepare_claim(claim(result(units="3", memory="16Gi", device="npu-2")), node())
+    layout = NodeLayout(units_per_card=10, shim_socket_dir="/run/flexnpu-host", slot_mount=True)
+    (device,) = cdi_spec(prepared, layout)["devices"]
+    mounts = {m["containerPath"]: m for m in device["containerEdits"]["mounts"]}
+    slot = names.slot_file(prepared.devices[0].registration_id)
+    assert "ro" in mounts[names.SHIM_SOCKET_DIR]["options"]
+    own = mounts[f"{names.SHIM_SOCKET_DIR}/{slot}"]
+    assert own["hostPath"] == f"/run/flexnpu-host/{slot}" and "ro" not in own["options"]
+    paths = list(mounts)
+    assert paths.index(names.SHIM_SOCKET_DIR) < paths.index(f"{names.SHIM_SOCKET_DIR}/{slot}")
+    assert not any(p.endswith(".shm") for p in mounts if p != f"{names.SHIM_SOCKET_DIR}/{slot}")
+    without = cdi_spec(prepared, NodeLayout(units_per_card=10))["devices"][0]["containerEdits"]["mounts"]
+    assert not any(m["containerPath"].endswith(".shm") for m in without)

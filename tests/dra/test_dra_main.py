@@ -15,6 +15,7 @@ import grpc
 import pytest
 import yaml
 
+from flexnpu import names
 from flexnpu.cards import Card
 from flexnpu.dra.core.slices import SlicePlan
 from flexnpu.dra.main import build, load, main, slice_loop
@@ -70,6 +71,8 @@ def test_build_serves_the_registration_of_the_configured_sockets(tmp_path: Path)
             f"--plugin-socket={root / 'dra.sock'}",
             f"--checkpoint={root / 'checkpoint.json'}",
             f"--cdi-dir={root / 'cdi'}",
+            f"--preload-host-file={root / 'preload' / 'ld.so.preload'}",
+            "--interposer-host-path=/opt/flexnpu/libflexnpu.so",
         ]
     )
     servers, _ = build(settings)
@@ -78,6 +81,10 @@ def test_build_serves_the_registration_of_the_configured_sockets(tmp_path: Path)
         with grpc.insecure_channel(f"unix://{root / 'reg.sock'}") as channel:
             info = reg_grpc.RegistrationStub(channel).GetInfo(reg.InfoRequest(), timeout=10)
         assert info.endpoint == str(root / "dra.sock")
+        # The CDI specs mount this file onto /etc/ld.so.preload: a runtime refuses a missing mount source.
+        preload = root / "preload" / "ld.so.preload"
+        assert preload.read_text() == names.INTERPOSER_POD_PATH + "\n"
+        assert oct(preload.stat().st_mode & 0o777) == oct(0o644)
     finally:
         servers.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,13 +1,15 @@
 """Reading what kubelet passed to the suite's CRI server, and what the started process really got.
 
 The CRI server writes each CreateContainer request as ``<seq>-<container id>.json`` (protobuf JSON of
-runtime.v1.CreateContainerRequest) and each started process's pid as ``<container id>.pid``.
+runtime.v1.CreateContainerRequest), each started process's pid as ``<container id>.pid``, and what it bind-mounted
+in the container's mount namespace (and skipped: a source missing on this host) as ``<container id>.mounts.json``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,17 +58,28 @@ class ContainerRecord:
 
 
 CDI_SUFFIX = ".cdi.json"  # the CRI's record of a container's resolved CDI edits, beside its request
+_REQUEST = re.compile(r"(\d+)-([0-9a-f]+)\.json")
 
 
 def records(directory: Path) -> list[ContainerRecord]:
     """Every CreateContainer request so far, oldest first."""
     found = []
     for path in directory.glob("*.json"):
-        if path.name.endswith(CDI_SUFFIX):
+        match = _REQUEST.fullmatch(path.name)
+        if match is None:
             continue
-        seq, _, container_id = path.stem.partition("-")
-        found.append(ContainerRecord(int(seq), container_id, json.loads(path.read_text(encoding="utf-8"))))
+        found.append(ContainerRecord(int(match[1]), match[2], json.loads(path.read_text(encoding="utf-8"))))
     return sorted(found, key=lambda r: r.seq)
+
+
+def mounts_applied(directory: Path, record: ContainerRecord) -> dict[str, list[dict[str, Any]]] | None:
+    """What the CRI bind-mounted in the container's namespace (``applied``) and skipped (``skipped``, with a
+    ``reason``), each entry with ``source``, ``target``, ``readOnly`` and ``origin``; None before it started."""
+    path = directory / f"{record.container_id}.mounts.json"
+    if not path.is_file():
+        return None
+    body: dict[str, list[dict[str, Any]] | None] = json.loads(path.read_text(encoding="utf-8"))
+    return {key: list(body.get(key) or []) for key in ("applied", "skipped")}
 
 
 def cdi_edits(directory: Path, record: ContainerRecord) -> dict[str, Any] | None:
@@ -95,3 +108,17 @@ def process_env(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     pairs = [item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item]
     return {key: value for key, _, value in pairs}
+
+
+def container_log(record: ContainerRecord) -> str:
+    """What the container's process wrote (stdout and stderr), from the CRI log file kubelet asked for (the API
+    server's pod log proxy needs a node address, which the suite's nodes do not have)."""
+    directory = record.request["sandboxConfig"].get("logDirectory", "")
+    name = record.request["config"].get("logPath", "")
+    if not directory or not name:
+        return ""
+    try:
+        lines = (Path(directory) / name).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return "".join(line.split(" ", 3)[3] + "\n" for line in lines if line.count(" ") >= 3)

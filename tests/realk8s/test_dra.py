@@ -5,14 +5,16 @@ kubelet plugin, which publishes one ResourceSlice device per card. Pods ask for 
 ResourceClaimTemplates (the README's and deploy/examples'); the plain default-scheduler allocates them with its
 own DRA allocator, the real kubelet calls NodePrepareResources on the plugin, the plugin registers each claim
 with flexnpud and answers with CDI device names, and the suite's CRI applies the CDI spec's variables to the
-container's process. Covered: the slices, a 3-unit 16 GiB high-priority claim end to end, 2 + 8 units sharing
-one card, 11 units refused with the scheduler's own reason, memory exhausted before units, a card going
-unhealthy, the plugin restarted with pods running, and claims released when their pods go.
+container's process and its mounts in the container's own mount namespace. Covered: the slices, a 3-unit 16 GiB
+high-priority claim end to end, 2 + 8 units sharing one card, 11 units refused with the scheduler's own reason,
+memory exhausted before units, a card going unhealthy, the plugin restarted with pods running, claims released
+when their pods go, and achieved shares through the runtime: C programs on the fake AscendCL in the containers,
+libflexnpu loaded by the read-only /etc/ld.so.preload that the CDI spec mounts, metered by the fake device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,13 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane
-from realk8s_cri import cdi_edits, process_env, process_pid, records_of
+from realk8s_cri import cdi_edits, container_log, mounts_applied, process_env, process_pid, records_of
 from realk8s_dra import DRA_NODE, DRA_TAINT, GROUP, TOLERATION, VERSION, DraStack
 from realk8s_flexnpu import REPO
 from realk8s_procs import wait_for
 
 from flexnpu import names
+from flexnpu.bench.native_share import busy_per_window, read_kernels
 
 pytestmark = [pytest.mark.realk8s, pytest.mark.timeout(900)]
 
@@ -67,8 +70,11 @@ def custom(api: k8s.ApiClient) -> Any:
     return k8s.CustomObjectsApi(api)
 
 
-def claim_template(name: str, units: int | None, memory: str | None, priority: str | None = None) -> dict[str, Any]:
-    """A ResourceClaimTemplate for one request of the driver's DeviceClass with the given capacity."""
+def claim_template(
+    name: str, units: int | None, memory: str | None, priority: str | None = None, card: int | None = None
+) -> dict[str, Any]:
+    """A ResourceClaimTemplate for one request of the driver's DeviceClass with the given capacity (on ``card``:
+    a CEL selector on the device's ``index`` attribute)."""
     requests: dict[str, str] = {}
     if units is not None:
         requests[names.DRA_CAPACITY_UNITS] = str(units)
@@ -77,6 +83,8 @@ def claim_template(name: str, units: int | None, memory: str | None, priority: s
     exactly: dict[str, Any] = {"deviceClassName": names.DRA_DEVICE_CLASS}
     if requests:
         exactly["capacity"] = {"requests": requests}
+    if card is not None:
+        exactly["selectors"] = [{"cel": {"expression": f'device.attributes["{names.DRA_DRIVER}"].index == {card}'}}]
     spec: dict[str, Any] = {"devices": {"requests": [{"name": "npu", "exactly": exactly}]}}
     if priority is not None:
         parameters = {"apiVersion": "flexnpu.io/v1alpha1", "kind": "VNpuConfig", "priority": priority}
@@ -91,7 +99,9 @@ def claim_template(name: str, units: int | None, memory: str | None, priority: s
     }
 
 
-def claim_pod(name: str, template: str) -> dict[str, Any]:
+def claim_pod(
+    name: str, template: str, command: Sequence[str] = ("/bin/sleep", "3600"), env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -105,7 +115,8 @@ def claim_pod(name: str, template: str) -> dict[str, Any]:
                 {
                     "name": "main",
                     "image": IMAGE,
-                    "command": ["/bin/sleep", "3600"],
+                    "command": list(command),
+                    "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
                     "resources": {"claims": [{"name": "npu"}]},
                 }
             ],
@@ -324,3 +335,132 @@ def test_examples_are_accepted_by_the_api_server(dra: DraStack, api: k8s.ApiClie
                 )
                 found += 1
     assert found >= 2
+
+
+# ----- achieved shares through the runtime: the interposer in the containers, metered by the fake device -------------
+
+
+def workload_pod(stack: DraStack, name: str, template: str, device: Path, argv: Sequence[str]) -> dict[str, Any]:
+    """A pod running the C workload on the fake AscendCL. Nothing in it asks for enforcement: libflexnpu reaches
+    its process through the /etc/ld.so.preload that the claim's CDI spec mounts, and its slot through the shim
+    directory and slot mounts."""
+    env = {"FLEXNPU_FAKEDEV": str(device), "LD_LIBRARY_PATH": str(stack.native / "fake")}
+    return claim_pod(name, template, (str(stack.native / "workload_prog"), *argv), env)
+
+
+def finished(stack: DraStack, core: Any, name: str, timeout: float = 180) -> Any:
+    def phase() -> Any:
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        if pod.status.phase == "Failed":
+            [record] = records_of(stack.node.cri_records, NAMESPACE, name)
+            raise AssertionError(f"pod {name} failed: {container_log(record)[-2000:]}")
+        return pod if pod.status.phase == "Succeeded" else None
+
+    return wait_for(f"pod {name} Succeeded", phase, timeout, watch=stack.cluster.procs, interval=0.5)
+
+
+def pid_of(stack: DraStack, pod: str) -> int:
+    [record] = records_of(stack.node.cri_records, NAMESPACE, pod)
+    pid: int = wait_for(f"process of {pod}", lambda: process_pid(stack.node.cri_records, record), 60)
+    return pid
+
+
+def assert_enforced(stack: DraStack, api: k8s.ApiClient, core: Any, pod: str) -> None:
+    """The container got the interposer and its own slot through real mounts, and the interposer was gated."""
+    [record] = records_of(stack.node.cri_records, NAMESPACE, pod)
+    mounts = wait_for(f"mounts of {pod}", lambda: mounts_applied(stack.node.cri_records, record), 60)
+    applied = {m["target"]: m for m in mounts["applied"]}
+    flexnpu_id = process_env(pid_of(stack, pod)).get(names.ENV_ID) or running_id(api, core, stack, pod)
+    slot = f"{names.SHIM_SOCKET_DIR}/{names.slot_file(flexnpu_id)}"
+    assert applied.get(names.PRELOAD_POD_FILE, {}).get("readOnly") is True, mounts
+    assert applied.get(names.INTERPOSER_POD_PATH, {}).get("readOnly") is True, mounts
+    assert applied.get(names.SHIM_SOCKET_DIR, {}).get("readOnly") is True, mounts
+    assert applied.get(slot, {}).get("readOnly") is False, mounts
+    log = container_log(record)
+    assert "ungated" not in log and "pacing locally" not in log, log[-2000:]
+
+
+def running_id(api: k8s.ApiClient, core: Any, stack: DraStack, pod: str) -> str:
+    registration = registration_of(stack, pod_claim(api, core, pod))
+    assert registration is not None
+    return str(registration["flexnpu_id"])
+
+
+def charged_us(stack: DraStack, api: k8s.ApiClient, core: Any, pods: Sequence[str]) -> dict[str, float]:
+    """flexnpud's device time charged to each pod's registration, once every one has been charged something."""
+
+    def all_charged() -> dict[str, float] | None:
+        out = {}
+        for pod in pods:
+            registration = registration_of(stack, pod_claim(api, core, pod))
+            if registration is None or not float(registration.get("device_time_us", 0)) > 0:
+                return None
+            out[pod] = float(registration["device_time_us"])
+        return out
+
+    return wait_for("device time charged to every pod", all_charged, 60, watch=stack.cluster.procs, interval=0.2)
+
+
+def device_time_by_pod(device: Path, pids: Mapping[int, str]) -> tuple[dict[str, int], int, int]:
+    """Each pod's device time (ns) in the span where all of them ran, from the fake device's own kernel log."""
+    kernels = [k for k in read_kernels(device) if k.pid in pids]
+    firsts = {pid: min(k.start_ns for k in kernels if k.pid == pid) for pid in pids}
+    lasts = {pid: max(k.end_ns for k in kernels if k.pid == pid) for pid in pids}
+    start, end = max(firsts.values()) + 500_000_000, min(lasts.values()) - 500_000_000
+    assert end - start >= 2_000_000_000, f"the pods overlapped for only {(end - start) / 1e9:.2f} s"
+    busy = busy_per_window(kernels, pids, start, end, end - start)
+    return {pod: values[0] for pod, values in busy.items()}, start, end
+
+
+def share_run(
+    stack: DraStack, api: k8s.ApiClient, core: Any, name: str, split: Mapping[int, str | None]
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """One pod per (units, priority) of ``split`` on card 0, all saturating with the same kernels (8 s of 1-5 ms
+    kernels, no host gaps): each pod's share of the device time where all of them ran, measured by the fake device,
+    which nothing in the runtime reads; and each pod's flexnpud registration."""
+    device = stack.work / f"fakedev-{name}"
+    device.unlink(missing_ok=True)
+    pods = {}
+    for i, (units, priority) in enumerate(split.items()):
+        template = f"{name}-{units}"
+        create_template(api, claim_template(template, units, "8Gi", priority, card=0))
+        pods[f"{name}-{units}"] = template
+        argv = ("batch", "8", str(101 + i), "1000", "5000", "8", "0")
+        core.create_namespaced_pod(NAMESPACE, workload_pod(stack, f"{name}-{units}", template, device, argv))
+    try:
+        for pod in pods:
+            running(stack, core, pod)
+        charged_us(stack, api, core, list(pods))
+        registrations = {}
+        for pod in pods:
+            assert_enforced(stack, api, core, pod)
+            registration = registration_of(stack, pod_claim(api, core, pod))
+            assert registration is not None
+            registrations[pod] = registration
+        pids = {pid_of(stack, pod): pod for pod in pods}
+        for pod in pods:
+            finished(stack, core, pod)
+        busy, _, _ = device_time_by_pod(device, pids)
+        total = sum(busy.values())
+        return {pod: busy[pod] / total for pod in pods}, registrations
+    finally:
+        for pod in pods:
+            delete_pod(core, pod)
+
+
+def test_two_and_eight_units_get_their_shares_through_the_interposer(
+    dra: DraStack, api: k8s.ApiClient, core: Any
+) -> None:
+    """2 and 8 units of one card: the device time splits 2:8 (without the runtime these two pods split it 1:1)."""
+    shares, _ = share_run(dra, api, core, "share", {2: None, 8: None})
+    assert 0.12 <= shares["share-2"] <= 0.28, f"device time shares {shares} (targets 0.2, 0.8)"
+
+
+def test_a_high_priority_pod_gets_its_share_beside_a_saturating_batch_pod(
+    dra: DraStack, api: k8s.ApiClient, core: Any
+) -> None:
+    """3 units at priority high beside 7 units of batch, both saturating: the high pod, registered high from its
+    claim's opaque config, gets its 30% (served first while under its share, capped at it: the card's hard cap)."""
+    shares, registrations = share_run(dra, api, core, "prio", {3: "high", 7: None})
+    assert registrations["prio-3"]["priority"] == "high" and registrations["prio-7"]["priority"] == "normal"
+    assert 0.22 <= shares["prio-3"] <= 0.38, f"device time shares {shares} (targets 0.3, 0.7)"

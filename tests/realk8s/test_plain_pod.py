@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from realk8s_cluster import ControlPlane
-from realk8s_cri import process_env, process_pid, records_of
+from realk8s_cri import mounts_applied, process_env, process_pid, records_of
 from realk8s_procs import wait_for
 
 pytestmark = [pytest.mark.realk8s, pytest.mark.timeout(600)]
@@ -72,3 +73,45 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_kubelets_mounts_are_applied_in_the_containers_namespace_only(
+    ready_node: Any, cluster: ControlPlane, core: Any, tmp_path: Path
+) -> None:
+    """A hostPath volume read-only at a path this host does not have: the process reads the volume's file there,
+    cannot write it, and the host still has no such path (the CRI's mount namespace, as a runtime gives)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "greeting").write_text("from the volume\n", encoding="utf-8")
+    target = "/opt/realk8s-missing/data"
+    assert not Path(target).exists()
+    pod = plain_pod("mounted", {})
+    script = (
+        f"cat {target}/greeting > {tmp_path}/seen; "
+        f"touch {target}/x 2> /dev/null || echo refused >> {tmp_path}/seen; sleep 3600"
+    )
+    container = pod["spec"]["containers"][0]
+    container["command"] = ["/bin/sh", "-c", script]
+    container["volumeMounts"] = [{"name": "data", "mountPath": target, "readOnly": True}]
+    pod["spec"]["volumes"] = [{"name": "data", "hostPath": {"path": str(volume), "type": "Directory"}}]
+    core.create_namespaced_pod("default", pod)
+    try:
+        seen = tmp_path / "seen"
+        text = wait_for("the container's output", lambda: seen.read_text() if "refused" in _read(seen) else None, 120)
+        assert text == "from the volume\nrefused\n"
+        [record] = records_of(cluster.cri_records, "default", "mounted")
+        applied = mounts_applied(cluster.cri_records, record)
+        assert applied is not None
+        assert {"source": str(volume), "target": target, "readOnly": True, "origin": "kubelet-mount"} in applied[
+            "applied"
+        ]
+        assert not Path(target).exists() and not Path("/opt/realk8s-missing").exists()
+    finally:
+        core.delete_namespaced_pod("mounted", "default", grace_period_seconds=1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

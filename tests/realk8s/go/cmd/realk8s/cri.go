@@ -2,8 +2,10 @@ package main
 
 // A small CRI v1 runtime and image service. Its "containers" are local
 // processes started with exactly the command, environment and working
-// directory that kubelet passes in CreateContainer; mounts and devices are
-// recorded, not applied (CDI devices: cdi.go). Every CreateContainer request is written as JSON to
+// directory that kubelet passes in CreateContainer, in a mount namespace of
+// their own where kubelet's mounts and devices and the CDI devices' mounts
+// and device nodes are bind-mounted (mounts.go; CDI resolution: cdi.go;
+// --apply-mounts=false starts them in the runtime's own namespace instead). Every CreateContainer request is written as JSON to
 // --record-dir (<seq>-<container id>.json) and every started process's pid to
 // <container id>.pid, so tests can read what kubelet passed and what ran.
 // Images are names only: every image is present and pulling is a no-op; the
@@ -65,6 +67,7 @@ type criServer struct {
 	recordDir  string
 	stateDir   string
 	cdiDir     string
+	applyMnts  bool
 	sandboxes  map[string]*sandbox
 	containers map[string]*container
 	images     map[string]bool
@@ -76,6 +79,7 @@ func runCRI(args []string) int {
 	recordDir := fs.String("record-dir", "", "directory for CreateContainer records")
 	stateDir := fs.String("state-dir", "", "working directory for processes without one")
 	cdiDir := fs.String("cdi-dir", "", "directory of CDI spec files (*.json) for ContainerConfig.CDIDevices")
+	applyMounts := fs.Bool("apply-mounts", true, "bind-mount kubelet's and CDI's mounts in a mount namespace per container")
 	if err := fs.Parse(args); err != nil || *socket == "" || *recordDir == "" || *stateDir == "" {
 		fmt.Fprintln(os.Stderr, "cri: --socket, --record-dir and --state-dir are required")
 		return 2
@@ -92,7 +96,7 @@ func runCRI(args []string) int {
 		fmt.Fprintln(os.Stderr, "cri:", err)
 		return 1
 	}
-	s := &criServer{recordDir: *recordDir, stateDir: *stateDir, cdiDir: *cdiDir,
+	s := &criServer{recordDir: *recordDir, stateDir: *stateDir, cdiDir: *cdiDir, applyMnts: *applyMounts,
 		sandboxes: map[string]*sandbox{}, containers: map[string]*container{}, images: map[string]bool{}}
 	g := grpc.NewServer()
 	rt.RegisterRuntimeServiceServer(g, s)
@@ -316,21 +320,44 @@ func (s *criServer) StartContainer(_ context.Context, r *rt.StartContainerReques
 	if len(argv) == 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "container %q has no command: set command/args in the pod", c.id)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = []string{}
+	env := []string{}
 	for _, kv := range c.config.GetEnvs() {
-		cmd.Env = append(cmd.Env, kv.GetKey()+"="+string(kv.GetValue()))
+		env = append(env, kv.GetKey()+"="+string(kv.GetValue()))
 	}
 	if c.cdi != nil {
-		cmd.Env = append(cmd.Env, c.cdi.Env...) // later entries win, as in exec
+		env = append(env, c.cdi.Env...) // later entries win, as in exec
 	}
-	cmd.Dir = s.stateDir
+	dir := s.stateDir
 	if wd := c.config.GetWorkingDir(); wd != "" {
 		if st, err := os.Stat(wd); err == nil && st.IsDir() {
-			cmd.Dir = wd
+			dir = wd
 		}
 	}
+	if p, err := exec.LookPath(argv[0]); err == nil {
+		argv[0] = p
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if s.applyMnts {
+		mounts, err := containerMounts(c.config, c.cdi)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "container %q: %v", c.id, err)
+		}
+		self, err := os.Executable()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "container-init: %v", err)
+		}
+		spec := initSpec{Mounts: mounts, Env: env, Dir: dir, Record: filepath.Join(s.recordDir, c.id+".mounts.json")}
+		body, _ := json.Marshal(spec)
+		specPath := filepath.Join(s.stateDir, c.id+".init.json")
+		if err := writeAtomic(specPath, body); err != nil {
+			return nil, status.Errorf(codes.Internal, "container-init spec: %v", err)
+		}
+		cmd = exec.Command(self, append([]string{"container-init", specPath, "--"}, argv...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Unshareflags: syscall.CLONE_NEWNS}
+	}
+	cmd.Env = env
+	cmd.Dir = dir
 	var logFile *os.File
 	if c.logPath != "" {
 		f, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)

@@ -4,7 +4,8 @@
 //
 //	realk8s etcd --data-dir DIR --listen-client URL --listen-peer URL
 //	realk8s kube-apiserver | kube-controller-manager | kube-scheduler | kubelet [upstream flags]
-//	realk8s cri --socket PATH --record-dir DIR --state-dir DIR
+//	realk8s cri --socket PATH --record-dir DIR --state-dir DIR [--cdi-dir DIR] [--apply-mounts=false]
+//	realk8s container-init SPEC -- ARGV (the CRI's, in a container's new mount namespace)
 package main
 
 import (
@@ -40,6 +41,8 @@ func main() {
 		os.Exit(runEtcd(args))
 	case "cri":
 		os.Exit(runCRI(args))
+	case "container-init":
+		os.Exit(runContainerInit(args))
 	case "kube-apiserver":
 		os.Exit(cli.Run(apiserver.NewAPIServerCommand()))
 	case "kube-controller-manager":
