@@ -10,6 +10,8 @@ high-priority claim end to end, 2 + 8 units sharing one card, 11 units refused w
 memory exhausted before units, a card going unhealthy, the plugin restarted with pods running, claims released
 when their pods go, and achieved shares through the runtime: C programs on the fake AscendCL in the containers,
 libflexnpu loaded by the read-only /etc/ld.so.preload that the CDI spec mounts, metered by the fake device.
+Bad input: a malformed opaque config (a Warning Event on the claim naming the field, nothing registered, no
+container), 0 units (rounded up to the request policy's minimum by the scheduler) and memory past HBM (refused).
 """
 
 from __future__ import annotations
@@ -464,3 +466,71 @@ def test_a_high_priority_pod_gets_its_share_beside_a_saturating_batch_pod(
     shares, registrations = share_run(dra, api, core, "prio", {3: "high", 7: None})
     assert registrations["prio-3"]["priority"] == "high" and registrations["prio-7"]["priority"] == "normal"
     assert 0.22 <= shares["prio-3"] <= 0.38, f"device time shares {shares} (targets 0.3, 0.7)"
+
+
+# ----- bad input on the real components --------------------------------------------------------------------------
+
+
+def claim_events(core: Any, claim: Mapping[str, Any]) -> list[Any]:
+    selector = f"involvedObject.kind=ResourceClaim,involvedObject.uid={claim['metadata']['uid']}"
+    return list(core.list_namespaced_event(NAMESPACE, field_selector=selector).items)
+
+
+def test_a_malformed_opaque_config_is_refused_with_an_event_and_nothing_registered(
+    dra: DraStack, api: k8s.ApiClient, core: Any
+) -> None:
+    """Priority "urgent" in the claim's VNpuConfig: the scheduler allocates (it cannot read opaque config), the
+    plugin refuses to prepare: a Warning Event on the claim names the field and the value, kubelet keeps the pod
+    from starting, flexnpud has no registration and the CDI directory no spec for it."""
+    create_template(api, claim_template("vnpu-urgent", 2, "8Gi", "urgent"))
+    core.create_namespaced_pod(NAMESPACE, claim_pod("urgent", "vnpu-urgent"))
+    try:
+
+        def allocated() -> Any:
+            pod = core.read_namespaced_pod("urgent", NAMESPACE)
+            statuses = pod.status.resource_claim_statuses or []
+            if not statuses:
+                return None
+            claim = pod_claim(api, core, "urgent")
+            return claim if claim.get("status", {}).get("allocation") else None
+
+        claim = wait_for("claim urgent allocated", allocated, 120, watch=dra.cluster.procs, interval=0.5)
+        [event] = wait_for(
+            "PrepareFailed event",
+            lambda: [e for e in claim_events(core, claim) if e.reason == "PrepareFailed"] or None,
+            120,
+            watch=dra.cluster.procs,
+            interval=0.5,
+        )
+        assert event.type == "Warning" and "priority" in event.message and "urgent" in event.message, event.message
+        assert core.read_namespaced_pod("urgent", NAMESPACE).status.phase == "Pending"
+        assert registration_of(dra, claim) is None
+        assert not list(dra.node.cdi_dir.glob(f"*{claim['metadata']['uid']}*"))
+        assert not records_of(dra.node.cri_records, NAMESPACE, "urgent"), "kubelet started a container"
+    finally:
+        delete_pod(core, "urgent")
+
+
+def test_zero_units_round_up_to_one_and_memory_past_hbm_is_refused_by_the_scheduler(
+    dra: DraStack, api: k8s.ApiClient, core: Any
+) -> None:
+    """The slice's request policy (units 1..10, memory 1Mi..HBM) is the scheduler's to apply: a request below the
+    range's minimum is rounded up to it (upstream's allocator, dynamic-resource-allocation structured/internal/
+    experimental/consumable_capacity.go roundUpRange), so 0 units is allocated, prepared and registered as 1; a
+    request past the maximum is refused with the scheduler's own reason and nothing is allocated."""
+    create_template(api, claim_template("vnpu-0", 0, "8Gi"))
+    create_template(api, claim_template("vnpu-too-much-memory", 1, f"{HBM_MIB + 1}Mi"))
+    core.create_namespaced_pod(NAMESPACE, claim_pod("zero", "vnpu-0"))
+    core.create_namespaced_pod(NAMESPACE, claim_pod("past-hbm", "vnpu-too-much-memory"))
+    try:
+        message = unschedulable_reason(dra, core, "past-hbm")
+        assert "cannot allocate all claims" in message or "resourceclaim" in message.lower(), message
+        assert not pod_claim(api, core, "past-hbm").get("status", {}).get("allocation")
+        running(dra, core, "zero")
+        claim = pod_claim(api, core, "zero")
+        assert allocation(claim)["consumedCapacity"][names.DRA_CAPACITY_UNITS] == "1"
+        registration = registration_of(dra, claim)
+        assert registration is not None and registration["aicore_alloc"] == 1
+    finally:
+        delete_pod(core, "zero")
+        delete_pod(core, "past-hbm")
