@@ -15,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from flexnpu import names
 from flexnpu.annotations import CardAssignment, Inventory
 from flexnpu.cards import Card
 from flexnpu.deviceplugin.core.allocation import (
@@ -246,8 +248,23 @@ class VnpuPlugin:
             pod_cards=tuple(pod_cards),
             cards=chosen,
             placement=placement,
-            response=container_allocation(chosen, workload, self.layout),
+            response=container_allocation(chosen, workload, self._layout_for(pod, workload.flexnpu_ids)),
         )
+
+    def _layout_for(self, pod: PendingPod, ids: Sequence[str]) -> NodeLayout:
+        """The layout with the registration's slot mounted when flexnpud has made it (awaited up to
+        ``claim_wait``): a container runtime refuses a missing mount source, and libflexnpu cannot use a slot it
+        can only read. Without it the container gets the read-only shim directory alone (and runs ungated)."""
+        if not (self.layout.slot_mount and ids):
+            return replace(self.layout, slot_mount=False)
+        slot = Path(self.layout.shim_socket_dir) / names.slot_file(ids[0])
+        deadline = self._clock() + self.claim_wait
+        while not slot.is_file():
+            if self._clock() >= deadline:
+                log.warning("pod %s: flexnpud has no slot %s yet: the container runs ungated", pod.ref, slot)
+                return replace(self.layout, slot_mount=False)
+            self._sleep(CLAIM_POLL_S)
+        return self.layout
 
     @staticmethod
     def _container_cards(pod: PendingPod, pod_cards: Sequence[CardAssignment]) -> tuple[CardAssignment, ...]:

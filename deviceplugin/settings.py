@@ -46,6 +46,11 @@ class DevicePluginSettings:
         "host file holding interposer_pod_path, mounted onto /etc/ld.so.preload (written at start)",
     )
     claim_wait: float = setting(1.0, "seconds an Allocate waits for the pod's VNpuClaim (its FLEXNPU_ID), 0..30")
+    slot_mount: bool = setting(
+        True,
+        "mount the registration's slot file read-write over the read-only shim_socket_dir (libflexnpu maps it "
+        "read-write); an Allocate waits up to claim_wait for flexnpud to make it (shim_socket_dir must be mounted)",
+    )
     metrics_port: int = setting(9401, "port of the Prometheus /metrics endpoint (0: off)")
     metrics_host: str = setting("0.0.0.0", "address of the /metrics endpoint")
     log_level: str = setting("info", "debug, info, warning or error")

@@ -391,3 +391,54 @@ def test_home_kubeconfig_then_in_cluster_are_the_fallbacks(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(KubeError, match="cannot configure"):  # in-cluster, but not in a pod
         KubeApi.connect(NODE)
+
+
+@pytest.mark.parametrize("appears_after_naps", [0, 2, None])
+def test_the_registrations_slot_is_mounted_read_write_once_flexnpud_has_made_it(
+    k8s: KubeEmulator,
+    with_claims: KubeEmulator,
+    kube_api: KubeApi,
+    tmp_path: Path,
+    appears_after_naps: int | None,
+) -> None:
+    """libflexnpu maps its slot read-write: the read-only shim directory alone leaves it ungated. The slot file is
+    mounted over it once flexnpud has made it (awaited up to claim_wait: a runtime refuses a missing source)."""
+    create_pod(
+        k8s,
+        "slotted",
+        [container("main", 3)],
+        created="2026-12-01T12:00:00Z",
+        assigned=[CardAssignment(CARD[0], 0, 3, 100)],
+    )
+    create_claim(k8s, "slotted", "slotted", 0, flexnpu_id="id-slotted")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    slot = shim / names.slot_file("id-slotted")
+    now = [0.0]
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        now[0] += seconds
+        if appears_after_naps is not None and len(naps) >= appears_after_naps:
+            slot.write_bytes(b"\0" * 4096)
+
+    if appears_after_naps == 0:
+        slot.write_bytes(b"\0" * 4096)
+    scanner = InventoryFileScanner(write_inventory(tmp_path / "inv.yaml", eight_cards()))
+    layout = NodeLayout(10, shim_socket_dir=str(shim), slot_mount=True)
+    plugin = VnpuPlugin(
+        scanner, UnitsConfig(), layout, kube=kube_api, clock=lambda: now[0], claim_wait=0.5, sleep=sleep
+    )
+    plugin.rescan()
+    allocation = plugin.allocate([f"{CARD[0]}-{k}" for k in range(3)])
+    assert allocation.response.env()[names.ENV_ID] == "id-slotted"
+    mounts = {m.container_path: m for m in allocation.response.mounts}
+    own = mounts.get(f"{names.SHIM_SOCKET_DIR}/{slot.name}")
+    if appears_after_naps is None:
+        assert own is None
+        assert 0.5 <= now[0] < 0.6
+    else:
+        assert own is not None and own.host_path == str(slot) and not own.read_only
+        assert mounts[names.SHIM_SOCKET_DIR].read_only
+        assert len(naps) == appears_after_naps

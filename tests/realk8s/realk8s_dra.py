@@ -11,15 +11,13 @@ plain default-scheduler: in DRA mode the scheduler's own allocator picks the car
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane, KubeletNode
-from realk8s_flexnpu import REPO, Flexnpu, Manifest, apply, container_args, only, replace_flags
+from realk8s_flexnpu import Flexnpu, Manifest, apply, container_args, only, replace_flags
 from realk8s_procs import Proc, wait_for
 
 from flexnpu import names
@@ -47,17 +45,8 @@ class DraStack(Flexnpu):
         self.cards = cards
         self.plugin: Proc | None = None
 
-    @property
-    def native(self) -> Path:
-        """libflexnpu.so, the fake device libraries and the workload program, built for this node."""
-        return self.work / "native"
-
     def install(self) -> None:
-        subprocess.run(
-            ["make", "-s", "-C", str(REPO / "shim" / "native"), f"BUILD={self.native}", "all", "fakes"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        self.build_native()
         self.install_rbac_and_crds()
         apply(self.api, [m for m in self.manifests if m["kind"] == "DeviceClass"], self.namespace)
         self.install_daemon_token()

@@ -26,6 +26,7 @@ from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 from realk8s_cluster import ControlPlane, KubeletNode, write_kubeconfig
 from realk8s_procs import Proc, http_ok, wait_for
+from realk8s_tenants import build_native
 
 from flexnpu import names
 from flexnpu.claims import ClaimPhase, registration_id
@@ -152,6 +153,16 @@ class Flexnpu:
         self.work.mkdir(exist_ok=True)
         self.flexnpu = shutil.which("flexnpu", path=str(Path(sys.executable).parent)) or "flexnpu"
 
+    @property
+    def native(self) -> Path:
+        """Where build_native puts libflexnpu.so, the fake device libraries and the workload program."""
+        return self.work / "native"
+
+    def build_native(self) -> Path:
+        if not (self.native / "workload_prog").is_file():
+            build_native(self.native)
+        return self.native
+
     def install_rbac_and_crds(self) -> None:
         # The CRDs are cluster-wide and the same in every release: another release of the suite may have made them.
         apply(self.api, self.crds, self.namespace, exist_ok=True)
@@ -178,11 +189,13 @@ class Flexnpu:
                 "--kubeconfig": str(self.kubeconfig_for("node")),
             },
         )
-        # The chart points the interposer and the ld.so.preload file at host paths; here they live in the work dir.
+        # The chart points the interposer, the ld.so.preload file and the shim directory at host paths; here they
+        # live in the work dir (the shim directory is flexnpud's: start_daemon first).
         env = {
             **os.environ,
-            "FLEXNPU_DEVICEPLUGIN_INTERPOSER_HOST_PATH": str(self.work / "lib" / "libflexnpu.so"),
+            "FLEXNPU_DEVICEPLUGIN_INTERPOSER_HOST_PATH": str(self.build_native() / "libflexnpu.so"),
             "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(self.work / "preload" / "ld.so.preload"),
+            "FLEXNPU_DEVICEPLUGIN_SHIM_SOCKET_DIR": str(self.socket_dir),
         }
         return self.cluster.spawn("device-plugin", [self.flexnpu, *args], env=env)
 

@@ -24,13 +24,13 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane
-from realk8s_cri import cdi_edits, container_log, mounts_applied, process_env, process_pid, records_of
+from realk8s_cri import cdi_edits, container_log, process_env, process_pid, records_of
 from realk8s_dra import DRA_NODE, DRA_TAINT, GROUP, TOLERATION, VERSION, DraStack
 from realk8s_flexnpu import REPO
 from realk8s_procs import wait_for
+from realk8s_tenants import SATURATING, device_time, enforcement_problems, workload_container
 
 from flexnpu import names
-from flexnpu.bench.native_share import busy_per_window, read_kernels
 
 pytestmark = [pytest.mark.realk8s, pytest.mark.timeout(900)]
 
@@ -343,11 +343,9 @@ def test_examples_are_accepted_by_the_api_server(dra: DraStack, api: k8s.ApiClie
 
 
 def workload_pod(stack: DraStack, name: str, template: str, device: Path, argv: Sequence[str]) -> dict[str, Any]:
-    """A pod running the C workload on the fake AscendCL. Nothing in it asks for enforcement: libflexnpu reaches
-    its process through the /etc/ld.so.preload that the claim's CDI spec mounts, and its slot through the shim
-    directory and slot mounts."""
-    env = {"FLEXNPU_FAKEDEV": str(device), "LD_LIBRARY_PATH": str(stack.native / "fake")}
-    return claim_pod(name, template, (str(stack.native / "workload_prog"), *argv), env)
+    """A pod running the C workload on the fake AscendCL (libflexnpu reaches it through the CDI spec's mounts)."""
+    command, env = workload_container(stack.native, device, argv)
+    return claim_pod(name, template, command, env)
 
 
 def finished(stack: DraStack, core: Any, name: str, timeout: float = 180) -> Any:
@@ -367,51 +365,19 @@ def pid_of(stack: DraStack, pod: str) -> int:
     return pid
 
 
-def assert_enforced(stack: DraStack, api: k8s.ApiClient, core: Any, pod: str) -> None:
-    """The container got the interposer and its own slot through real mounts, and the interposer was gated."""
-    [record] = records_of(stack.node.cri_records, NAMESPACE, pod)
-    mounts = wait_for(f"mounts of {pod}", lambda: mounts_applied(stack.node.cri_records, record), 60)
-    applied = {m["target"]: m for m in mounts["applied"]}
-    flexnpu_id = process_env(pid_of(stack, pod)).get(names.ENV_ID) or running_id(api, core, stack, pod)
-    slot = f"{names.SHIM_SOCKET_DIR}/{names.slot_file(flexnpu_id)}"
-    assert applied.get(names.PRELOAD_POD_FILE, {}).get("readOnly") is True, mounts
-    assert applied.get(names.INTERPOSER_POD_PATH, {}).get("readOnly") is True, mounts
-    assert applied.get(names.SHIM_SOCKET_DIR, {}).get("readOnly") is True, mounts
-    assert applied.get(slot, {}).get("readOnly") is False, mounts
-    log = container_log(record)
-    assert "ungated" not in log and "pacing locally" not in log, log[-2000:]
+def charged_us(stack: DraStack, api: k8s.ApiClient, core: Any, pods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """flexnpud's registrations of the pods, once every one has been charged device time."""
 
-
-def running_id(api: k8s.ApiClient, core: Any, stack: DraStack, pod: str) -> str:
-    registration = registration_of(stack, pod_claim(api, core, pod))
-    assert registration is not None
-    return str(registration["flexnpu_id"])
-
-
-def charged_us(stack: DraStack, api: k8s.ApiClient, core: Any, pods: Sequence[str]) -> dict[str, float]:
-    """flexnpud's device time charged to each pod's registration, once every one has been charged something."""
-
-    def all_charged() -> dict[str, float] | None:
+    def all_charged() -> dict[str, dict[str, Any]] | None:
         out = {}
         for pod in pods:
             registration = registration_of(stack, pod_claim(api, core, pod))
             if registration is None or not float(registration.get("device_time_us", 0)) > 0:
                 return None
-            out[pod] = float(registration["device_time_us"])
+            out[pod] = registration
         return out
 
     return wait_for("device time charged to every pod", all_charged, 60, watch=stack.cluster.procs, interval=0.2)
-
-
-def device_time_by_pod(device: Path, pids: Mapping[int, str]) -> tuple[dict[str, int], int, int]:
-    """Each pod's device time (ns) in the span where all of them ran, from the fake device's own kernel log."""
-    kernels = [k for k in read_kernels(device) if k.pid in pids]
-    firsts = {pid: min(k.start_ns for k in kernels if k.pid == pid) for pid in pids}
-    lasts = {pid: max(k.end_ns for k in kernels if k.pid == pid) for pid in pids}
-    start, end = max(firsts.values()) + 500_000_000, min(lasts.values()) - 500_000_000
-    assert end - start >= 2_000_000_000, f"the pods overlapped for only {(end - start) / 1e9:.2f} s"
-    busy = busy_per_window(kernels, pids, start, end, end - start)
-    return {pod: values[0] for pod, values in busy.items()}, start, end
 
 
 def share_run(
@@ -427,22 +393,20 @@ def share_run(
         template = f"{name}-{units}"
         create_template(api, claim_template(template, units, "8Gi", priority, card=0))
         pods[f"{name}-{units}"] = template
-        argv = ("batch", "8", str(101 + i), "1000", "5000", "8", "0")
+        argv = [a.format(seed=101 + i) for a in SATURATING]
         core.create_namespaced_pod(NAMESPACE, workload_pod(stack, f"{name}-{units}", template, device, argv))
     try:
         for pod in pods:
             running(stack, core, pod)
-        charged_us(stack, api, core, list(pods))
-        registrations = {}
+        registrations = charged_us(stack, api, core, list(pods))
         for pod in pods:
-            assert_enforced(stack, api, core, pod)
-            registration = registration_of(stack, pod_claim(api, core, pod))
-            assert registration is not None
-            registrations[pod] = registration
+            [record] = records_of(stack.node.cri_records, NAMESPACE, pod)
+            problems = enforcement_problems(stack.node.cri_records, record, registrations[pod]["flexnpu_id"])
+            assert not problems, f"{pod}: {problems}"
         pids = {pid_of(stack, pod): pod for pod in pods}
         for pod in pods:
             finished(stack, core, pod)
-        busy, _, _ = device_time_by_pod(device, pids)
+        busy = device_time(device, pids)
         total = sum(busy.values())
         return {pod: busy[pod] / total for pod in pods}, registrations
     finally:
