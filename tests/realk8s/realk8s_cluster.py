@@ -213,6 +213,15 @@ class ControlPlane:
         wait_for(f"CRI socket of {node.name}", lambda: True if node.cri_socket.exists() else None, 30, watch=[cri])
         self._start_kubelet(node)
 
+    def restart_kubelet(self, node: KubeletNode) -> Proc:
+        """Stop the node's kubelet (SIGTERM, as a systemd restart does) and start it again on the same root-dir:
+        its CRI, and so the node's containers, keep running."""
+        name = f"kubelet{self._suffix(node)}"
+        [old] = [p for p in self.procs if p.name == name]
+        old.stop()
+        self.procs.remove(old)
+        return self._start_kubelet(node)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()

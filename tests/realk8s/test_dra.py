@@ -316,6 +316,30 @@ def test_plugin_restart_keeps_running_pods_and_registrations(dra: DraStack, api:
         delete_pod(core, "after-restart")
 
 
+def test_kubelet_restart_keeps_running_pods_and_registrations(dra: DraStack, api: k8s.ApiClient, core: Any) -> None:
+    """The DRA node's kubelet restarted with a pod running: the container keeps running (same process), its
+    claim's registration on flexnpud is untouched (kubelet prepares it again: idempotent), and a claim made after
+    the restart is prepared."""
+    create_template(api, claim_template("vnpu-5", 5, "8Gi"))
+    core.create_namespaced_pod(NAMESPACE, claim_pod("before-kubelet-restart", "vnpu-5"))
+    try:
+        running(dra, core, "before-kubelet-restart")
+        before = registration_of(dra, pod_claim(api, core, "before-kubelet-restart"))
+        assert before is not None
+        pid = pid_of(dra, "before-kubelet-restart")
+        dra.cluster.restart_kubelet(dra.node)
+        core.create_namespaced_pod(NAMESPACE, claim_pod("after-kubelet-restart", "vnpu-5"))
+        running(dra, core, "after-kubelet-restart")
+        assert registration_of(dra, pod_claim(api, core, "after-kubelet-restart")) is not None
+        after = registration_of(dra, pod_claim(api, core, "before-kubelet-restart"))
+        assert after is not None and {k: after[k] for k in STABLE} == {k: before[k] for k in STABLE}
+        assert core.read_namespaced_pod("before-kubelet-restart", NAMESPACE).status.phase == "Running"
+        assert pid_of(dra, "before-kubelet-restart") == pid and Path(f"/proc/{pid}").exists()
+    finally:
+        delete_pod(core, "before-kubelet-restart")
+        delete_pod(core, "after-kubelet-restart")
+
+
 def test_an_unhealthy_card_is_withdrawn(dra: DraStack) -> None:
     sick = [dict(c, health="Unhealthy") if c["index"] == 0 else dict(c) for c in INVENTORY]
     dra.inventory_file(sick)
