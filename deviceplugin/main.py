@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from flexnpu.deviceplugin.adapters.nodelabels import NodeLabeller
+from flexnpu.deviceplugin.core.nodelabels import node_labels
 from flexnpu.deviceplugin.core.response import NodeLayout, preload_text
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.metrics import Metrics
@@ -82,6 +84,7 @@ def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
         interposer_host_path=settings.interposer_host_path,
         interposer_pod_path=settings.interposer_pod_path,
         preload_host_file=settings.preload_host_file,
+        slot_mount=settings.slot_mount,
     )
     plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics(), claim_wait=settings.claim_wait)
     return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
@@ -109,19 +112,30 @@ def write_preload_file(layout: NodeLayout) -> None:
 
 def run(settings: DevicePluginSettings, stop: threading.Event) -> int:
     plugin, server = build(settings)
+    labeller = NodeLabeller.connect(settings.node_name, settings.kubeconfig) if settings.kubernetes else None
     plugin.rescan()
     write_preload_file(plugin.layout)
+    label_node(labeller, plugin)
     plugin.metrics.serve(settings.metrics_host, settings.metrics_port)
     server.start()
     try:
         while not stop.wait(settings.scan_interval):
             _rescan(plugin)
+            label_node(labeller, plugin)
     finally:
         server.stop()
         plugin.metrics.close()
         if plugin.kube is not None:
             plugin.kube.close()
+        if labeller is not None:
+            labeller.close()
     return 0
+
+
+def label_node(labeller: NodeLabeller | None, plugin: VnpuPlugin) -> None:
+    """The node's card model, card count and units per card as labels (written only when they change)."""
+    if labeller is not None:
+        labeller.publish(node_labels(plugin.cards, plugin.units))
 
 
 def _rescan(plugin: VnpuPlugin) -> None:

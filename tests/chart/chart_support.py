@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import kubernetes_validate
 import yaml
+from helm_python import _native
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "flexnpu"
@@ -43,6 +46,8 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     },
     "daemonToken": {"existingSecret": "my-daemon-token", "key": "bearer"},
     "extender": {"replicas": 3, "policy": "binpack", "port": 9000},
+    "webhook": {"port": 10443, "failurePolicy": "Ignore", "timeoutSeconds": 5, "excludeNamespaces": ["batch"]},
+    "highPriority": {"minValue": 5000, "namespaces": ["prod", "infer"], "priorityClasses": ["gold"]},
     "scheduler": {
         "mode": "second",
         "replicas": 2,
@@ -90,3 +95,32 @@ def containers(workload: Manifest) -> dict[str, Manifest]:
 
 def load_yaml_docs(path: Path) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def render_for_kube(chart: helm.Chart, kube_version: str, values: dict[str, Any] | None = None) -> list[Manifest]:
+    """The chart rendered for a cluster of ``kube_version`` (``helm template --kube-version``).
+
+    helm_python's Chart.render does not expose the option its native helm_render accepts (``kube_version`` in the
+    options JSON), so this calls that directly; Chart.render otherwise renders for Helm's default, v1.36.0.
+    """
+    options = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": kube_version}
+    raw = _native.call_string("helm_render", chart._raw(), json.dumps(values) if values else None, json.dumps(options))
+    rendered: dict[str, str] = json.loads(raw)
+    return parse_manifests(rendered)
+
+
+RANDOM_ON_EVERY_RENDER = ("Secret",)
+
+
+def without_random_parts(manifests: list[Manifest]) -> list[Manifest]:
+    """The render without what offline rendering generates anew each time: the daemon token and webhook Secrets
+    and the generated CA in the webhook configurations' caBundle."""
+    out = []
+    for manifest in manifests:
+        if manifest["kind"] in RANDOM_ON_EVERY_RENDER:
+            continue
+        if manifest["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            hooks = [{**h, "clientConfig": {**h["clientConfig"], "caBundle": ""}} for h in manifest["webhooks"]]
+            manifest = {**manifest, "webhooks": hooks}
+        out.append(manifest)
+    return out

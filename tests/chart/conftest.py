@@ -42,9 +42,11 @@ def custom_manifests(render: Render) -> list[Manifest]:
 
 
 @pytest.fixture(scope="session")
-def chart_crds(chart: helm.Chart) -> list[Manifest]:
-    """The CRDs Helm installs from the chart's crds/ folder (never templated)."""
-    return [doc for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc]
+def chart_crds(chart: helm.Chart, default_manifests: list[Manifest]) -> list[Manifest]:
+    """Every CRD a default install creates: those of the crds/ folder (never templated) and the templated ones
+    (the VNpuClaim CRD, a template so that mode dra can leave it out)."""
+    from_folder = [doc for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc]
+    return from_folder + [m for m in default_manifests if m["kind"] == "CustomResourceDefinition"]
 
 
 @pytest.fixture(scope="session")

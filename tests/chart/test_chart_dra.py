@@ -7,14 +7,28 @@ schema kubernetes-validate ships only, not the chart's 1.28 floor.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
-from chart_support import CHART_DIR, NAMESPACE, NON_DEFAULT_VALUES, Manifest, Render, containers, find, only
+import yaml
+from chart_support import (
+    CHART_DIR,
+    NAMESPACE,
+    NON_DEFAULT_VALUES,
+    Manifest,
+    Render,
+    containers,
+    find,
+    only,
+    render_for_kube,
+    without_random_parts,
+)
 
 from flexnpu import names
+from flexnpu.shim.daemon.config import load_config
 
 DRA = {"mode": "dra"}
 PLUGIN_DIR = f"/var/lib/kubelet/plugins/{names.DRA_DRIVER}"
@@ -98,13 +112,70 @@ def test_deviceplugin_mode_is_the_default_and_has_no_dra_objects(
 
 
 def test_explicit_deviceplugin_mode_renders_like_the_default(render: Render, default_manifests: list[Manifest]) -> None:
-    def without_token(manifests: list[Manifest]) -> list[Manifest]:
-        return [m for m in manifests if m["kind"] != "Secret"]  # the daemon token is random on every render
-
-    assert without_token(render({"mode": "deviceplugin"})) == without_token(default_manifests)
+    assert without_random_parts(render({"mode": "deviceplugin"})) == without_random_parts(default_manifests)
 
 
 def test_dra_lint_is_clean() -> None:
     version = f"v{kubernetes_validate.latest_version()}"
     report = helm.lint(CHART_DIR, DRA, strict=True, namespace=NAMESPACE, kube_version=version)
     assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_dra_on_a_cluster_older_than_1_34_fails_with_the_reason(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"mode dra needs Kubernetes 1\.34 or later.*v1\.33\.7"):
+        render_for_kube(chart, "v1.33.7", DRA)
+    assert find(render_for_kube(chart, "v1.34.0", DRA), "DeviceClass")
+    assert find(render_for_kube(chart, "v1.28.0"), "DaemonSet")  # mode deviceplugin keeps the 1.28 floor
+
+
+def test_no_vnpuclaim_crd_in_dra_mode(chart: helm.Chart, dra_manifests: list[Manifest]) -> None:
+    assert find(dra_manifests, "CustomResourceDefinition") == []
+    # crds/ is installed on every install whatever the mode: the claim CRD must not be there.
+    from_folder = {doc["metadata"]["name"] for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc}
+    assert names.CRD_NAME not in from_folder
+
+
+def test_the_claim_crd_survives_uninstall_and_a_switch_to_dra(default_manifests: list[Manifest]) -> None:
+    [crd] = find(default_manifests, "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == names.CRD_NAME
+    # Deleting the CRD would delete every VNpuClaim: Helm must leave it when the release stops rendering it.
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    source = yaml.safe_load((CHART_DIR / "files" / f"{names.CRD_NAME}.yaml").read_text(encoding="utf-8"))
+    assert crd["spec"] == source["spec"]
+
+
+@pytest.mark.parametrize("host_network", [True, False])
+def test_flexnpud_listens_on_loopback_in_dra_mode(render: Render, host_network: bool, tmp_path: Path) -> None:
+    # Only the DRA plugin in the same pod calls flexnpud in mode dra, so nothing else may reach its API, even
+    # where node.daemon.host says 0.0.0.0 (the default, for the operator of mode deviceplugin).
+    manifests = render({**DRA, "node": {"hostNetwork": host_network, "daemon": {"host": "0.0.0.0"}}})
+    conf = tmp_path / "flexnpud.conf"
+    conf.write_text(only(manifests, "ConfigMap", "node")["data"]["flexnpud.conf"], encoding="utf-8")
+    settings, _ = load_config(conf)
+    assert settings.host == "127.0.0.1"
+    pod = containers(only(manifests, "DaemonSet", "node"))
+    assert f"--daemon-url=http://127.0.0.1:{settings.port}" in pod["dra-plugin"]["args"]
+    for probe in (pod["flexnpud"]["livenessProbe"], pod["flexnpud"]["readinessProbe"]):
+        if host_network:  # kubelet probes from the host's network namespace, which is the pod's
+            assert probe["httpGet"]["host"] == "127.0.0.1"
+        else:  # kubelet cannot reach the pod's loopback: the check runs inside the container
+            assert f"http://127.0.0.1:{settings.port}/service/health" in probe["exec"]["command"][-1]
+
+
+def test_deviceplugin_mode_keeps_the_daemon_reachable_for_the_operator(
+    default_manifests: list[Manifest], tmp_path: Path
+) -> None:
+    conf = tmp_path / "flexnpud.conf"
+    conf.write_text(only(default_manifests, "ConfigMap", "node")["data"]["flexnpud.conf"], encoding="utf-8")
+    assert load_config(conf)[0].host == "0.0.0.0"
+    probe = containers(only(default_manifests, "DaemonSet", "node"))["flexnpud"]["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/service/health", "port": "daemon"}
+
+
+def test_no_daemon_scrape_in_dra_mode(render: Render) -> None:
+    monitor = {"serviceMonitor": {"enabled": True}}
+    ports = [
+        {e["port"] for e in only(render(v), "ServiceMonitor")["spec"]["endpoints"]}
+        for v in (monitor, {**monitor, **DRA})
+    ]
+    assert "daemon" in ports[0] and "daemon" not in ports[1]

@@ -3,11 +3,12 @@ flexnpud.conf is accepted by the daemon's own configuration loader."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_support import Manifest, Render, containers, only
+from chart_support import REPO, Manifest, Render, containers, only
 
 from flexnpu import names
 from flexnpu.shim.daemon.config import load_config
@@ -141,3 +142,12 @@ def test_config_change_rolls_the_daemonset(render: Render) -> None:
         return str(annotations["checksum/config"])
 
     assert checksum({}) != checksum({"node": {"daemon": {"quota": 8}}})
+
+
+def test_no_pod_resources_mount_since_no_component_reads_it(daemonset: Manifest) -> None:
+    # kubelet's pod-resources API was mounted for a restart path that never used it; the device plugin resumes
+    # from its pod annotations instead. Nothing of the product may dial it without the mount coming back.
+    assert not any("pod-resources" in path for path in host_paths(daemonset).values())
+    product = [p for p in (REPO).glob("*/**/*.py") if p.parts[len(REPO.parts)] not in ("tests", "build", "protos")]
+    readers = [str(p) for p in product if re.search(r"pod-resources|podresources", p.read_text(encoding="utf-8"))]
+    assert readers == []

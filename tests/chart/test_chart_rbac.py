@@ -29,6 +29,7 @@ EXPECTED: dict[tuple[str, str], set[Grant]] = {
         ("", "pods", "watch"),
         ("", "pods", "patch"),
         ("", "pods/binding", "create"),
+        ("", "pods/finalizers", "update"),  # blockOwnerDeletion on the claims it creates
         ("", "events", "create"),
         ("", "events", "patch"),
         ("events.k8s.io", "events", "create"),
@@ -60,6 +61,8 @@ EXPECTED: dict[tuple[str, str], set[Grant]] = {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     },
+    # The Helm hook releasing claims before uninstall (templates/release-claims-hook.yaml).
+    ("ClusterRole", "release-claims"): {("flexnpu.io", "vnpuclaims", v) for v in ("list", "delete", "patch")},
     ("Role", "scheduler"): {
         ("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "update", "patch")
     },

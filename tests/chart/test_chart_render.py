@@ -69,7 +69,14 @@ def test_invalid_object_is_caught_by_the_validator(default_manifests: list[Manif
 
 
 def test_namespaced_objects_live_in_the_release_namespace(default_manifests: list[Manifest]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "PriorityClass",
+    }
     elsewhere = [
         (m["kind"], m["metadata"]["name"], m["metadata"].get("namespace"))
         for m in default_manifests
@@ -109,17 +116,17 @@ def test_pod_disruption_budgets_only_with_several_replicas(
 
 
 def test_generated_token_is_random_and_long(render: Render) -> None:
-    tokens = [base64.b64decode(only(render(), "Secret")["data"]["token"]) for _ in range(2)]
+    tokens = [base64.b64decode(only(render(), "Secret", "daemon-token")["data"]["token"]) for _ in range(2)]
     assert len(tokens[0]) == 48 and tokens[0] != tokens[1]
 
 
 def test_given_token_is_used(render: Render) -> None:
-    secret = only(render({"daemonToken": {"value": "s3cret-token"}}), "Secret")
+    secret = only(render({"daemonToken": {"value": "s3cret-token"}}), "Secret", "daemon-token")
     assert base64.b64decode(secret["data"]["token"]) == b"s3cret-token"
 
 
 def test_existing_token_secret_is_referenced_not_created(custom_manifests: list[Manifest]) -> None:
-    assert find(custom_manifests, "Secret") == []
+    assert find(custom_manifests, "Secret", "daemon-token") == []
     operator = only(custom_manifests, "Deployment", "operator")
     node = only(custom_manifests, "DaemonSet", "node")
     for workload in (operator, node):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
-from chart_support import NAMESPACE, Manifest, Render, containers, find, only
+from chart_support import NAMESPACE, Manifest, Render, containers, find, only, render_for_kube
 
 from flexnpu import names
 
@@ -94,3 +95,22 @@ def test_default_scheduler_mode_renders_only_the_configuration(render: Render) -
     assert [p["schedulerName"] for p in config["profiles"]] == ["default-scheduler"]
     assert config["clientConnection"]["kubeconfig"] == "/etc/kubernetes/scheduler.conf"
     assert extender_entry(manifests)["bindVerb"] == "bind"
+
+
+def scheduler_image(manifests: list[Manifest]) -> str:
+    return str(containers(only(manifests, "Deployment", "scheduler"))["kube-scheduler"]["image"])
+
+
+@pytest.mark.parametrize(
+    ("cluster", "tag"),
+    [("v1.31.4", "v1.31.4"), ("v1.33.2-eks-2d5f260", "v1.33.2"), ("v1.30.6+k3s1", "v1.30.6"), ("v1.37.2", "v1.37.2")],
+)
+def test_the_scheduler_image_follows_the_cluster(chart: helm.Chart, cluster: str, tag: str) -> None:
+    # registry.k8s.io publishes upstream versions only: a distribution's suffix is dropped.
+    assert scheduler_image(render_for_kube(chart, cluster)) == f"registry.k8s.io/kube-scheduler:{tag}"
+
+
+def test_a_given_scheduler_tag_wins(chart: helm.Chart, custom_manifests: list[Manifest]) -> None:
+    assert scheduler_image(custom_manifests) == "registry.k8s.io/kube-scheduler:v1.30.6"
+    values = {"scheduler": {"image": {"tag": "v1.29.0"}}}
+    assert scheduler_image(render_for_kube(chart, "v1.31.4", values)).endswith(":v1.29.0")

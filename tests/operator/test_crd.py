@@ -15,7 +15,7 @@ import yaml
 from flexnpu import names
 from flexnpu.claims import ClaimPhase, parse_claim_spec
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "deploy/helm/flexnpu/crds" / f"{names.CRD_NAME}.yaml"
+CRD_FILE = Path(__file__).resolve().parents[2] / "deploy/helm/flexnpu/files" / f"{names.CRD_NAME}.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ plain default-scheduler: in DRA mode the scheduler's own allocator picks the car
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,6 +69,9 @@ class DraStack(Flexnpu):
                 "--plugin-socket": str(self.node.plugins_dir / names.DRA_DRIVER / "dra.sock"),
                 "--checkpoint": str(self.node.plugins_dir / names.DRA_DRIVER / "checkpoint.json"),
                 "--cdi-dir": str(self.node.cdi_dir),
+                "--shim-socket-dir": str(self.socket_dir),
+                "--interposer-host-path": str(self.build_native() / "libflexnpu.so"),
+                "--preload-host-file": str(self.work / "preload" / "ld.so.preload"),
                 "--npu-smi": None,
                 "--inventory": inventory,
                 "--daemon-url": f"http://127.0.0.1:{self.daemon_port}",
@@ -80,13 +82,7 @@ class DraStack(Flexnpu):
 
     def start_plugin(self, cards: Sequence[Mapping[str, Any]]) -> Proc:
         inventory = self.inventory_file(cards)
-        env = {
-            **os.environ,
-            "FLEXNPU_DRA_SHIM_SOCKET_DIR": str(self.socket_dir),
-            "FLEXNPU_DRA_INTERPOSER_HOST_PATH": str(self.native / "libflexnpu.so"),
-            "FLEXNPU_DRA_PRELOAD_HOST_FILE": str(self.work / "preload" / "ld.so.preload"),
-        }
-        self.plugin = self.cluster.spawn("dra-plugin", [self.flexnpu, *self.plugin_args(inventory)], env=env)
+        self.plugin = self.cluster.spawn("dra-plugin", [self.flexnpu, *self.plugin_args(inventory)])
         return self.plugin
 
     def slices(self) -> list[Manifest]:

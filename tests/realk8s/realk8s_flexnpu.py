@@ -65,6 +65,8 @@ def render_chart(
         for doc in yaml.safe_load_all(text)
         if doc
     ]
+    # The VNpuClaim CRD is a template (absent in mode dra), the kopf peering CRD a file of crds/.
+    crds += [m for m in manifests if m["kind"] == "CustomResourceDefinition"]
     return manifests, crds
 
 
@@ -166,6 +168,8 @@ class Flexnpu:
     def install_rbac_and_crds(self) -> None:
         # The CRDs are cluster-wide and the same in every release: another release of the suite may have made them.
         apply(self.api, self.crds, self.namespace, exist_ok=True)
+        # flexnpu-high, cluster-wide like the CRDs: the examples' "high" pods name it.
+        apply(self.api, [m for m in self.manifests if m["kind"] == "PriorityClass"], self.namespace, exist_ok=True)
         apply(self.api, [m for m in self.manifests if m["kind"] in RBAC_KINDS], self.namespace)
 
     def kubeconfig_for(self, component: str) -> Path:
@@ -199,8 +203,9 @@ class Flexnpu:
         }
         return self.cluster.spawn("device-plugin", [self.flexnpu, *args], env=env)
 
-    def start_extender(self) -> Proc:
-        self.extender_port = free_port()
+    def start_extender(self, port: int | None = None) -> Proc:
+        """The extender on ``port`` (default: a free one; the scheduler's config names it, so a restart keeps it)."""
+        self.extender_port = port or free_port()
         args = replace_flags(
             container_args(only(self.manifests, "Deployment", "extender"), "extender"),
             {
@@ -208,6 +213,10 @@ class Flexnpu:
                 "--namespace": self.namespace,
                 "--identity": "extender-0",
                 "--kubeconfig": str(self.kubeconfig_for("extender")),
+                # The suite's extender serves no webhook (test_webhook.py starts one with its own certificate).
+                "--webhook-listen": None,
+                "--webhook-cert-file": None,
+                "--webhook-key-file": None,
             },
         )
         proc = self.cluster.spawn("extender", [self.flexnpu, *args])

@@ -176,15 +176,16 @@ def pod(name: str, units: int = 2, priority: str | None = None, **spec: Any) -> 
 
 @pytest.fixture(scope="module")
 def webhook(flexnpu_stack: Flexnpu, cluster: ControlPlane, api: k8s.ApiClient, core: Any) -> Iterator[int]:
-    """The webhook extender running and registered for NAMESPACE, plus the flexnpu-high PriorityClass; all
-    removed afterwards (configurations first, so that nothing else meets a webhook that is going away)."""
+    """The webhook extender running and registered for NAMESPACE; all removed afterwards (configurations first,
+    so that nothing else meets a webhook that is going away)."""
     admission: Any = k8s.AdmissionregistrationV1Api(api)
     scheduling: Any = k8s.SchedulingV1Api(api)
     proc, port = start_webhook_extender(flexnpu_stack, cluster, make_pki(cluster.work / "webhook-pki"))
     mutating, validating = webhook_configurations(port, cluster.work / "webhook-pki" / "ca.crt")
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
     try:
-        scheduling.create_priority_class({"metadata": {"name": HIGH_CLASS}, "value": 1_000_000})
+        # The chart's flexnpu-high PriorityClass (Flexnpu.install_rbac_and_crds applied it) at the threshold.
+        assert scheduling.read_priority_class(HIGH_CLASS).value == 1_000_000
         admission.create_mutating_webhook_configuration(mutating)
         admission.create_validating_webhook_configuration(validating)
         wait_for(
@@ -202,7 +203,6 @@ def webhook(flexnpu_stack: Flexnpu, cluster: ControlPlane, api: k8s.ApiClient, c
             admission.delete_validating_webhook_configuration,
         ):
             _quietly(delete, WEBHOOK_NAME)
-        _quietly(scheduling.delete_priority_class, HIGH_CLASS)
         _quietly(core.delete_namespace, NAMESPACE)
         proc.stop()
 

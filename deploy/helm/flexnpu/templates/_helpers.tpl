@@ -90,6 +90,8 @@ capabilities:
 runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
+# Mounted Secrets (daemon token, webhook certificate) are mode 0440: group 10001 must own them to read them.
+fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
@@ -115,5 +117,59 @@ seccompProfile:
 {{- $dir := .Values.ascend.driverDir }}
 - name: LD_LIBRARY_PATH
   value: {{ printf "%s/lib64:%s/lib64/common:%s/lib64/driver" $dir $dir $dir | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The admission webhook runs in the extender's pods: mode deviceplugin with webhook.enabled. */}}
+{{- define "flexnpu.webhookEnabled" -}}
+{{- if and (ne .Values.mode "dra") .Values.webhook.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The webhook's Service (all extender replicas, ready or not) and the Secret holding its serving certificate. */}}
+{{- define "flexnpu.webhookServiceName" -}}
+{{- include "flexnpu.componentName" (dict "root" . "component" "webhook") }}
+{{- end }}
+
+{{- define "flexnpu.webhookSecretName" -}}
+{{- include "flexnpu.componentName" (dict "root" . "component" "webhook-tls") }}
+{{- end }}
+
+{{/* The cert-manager Certificate of the serving certificate (the cainjector copies its CA into caBundle). */}}
+{{- define "flexnpu.webhookCertificateName" -}}
+{{- include "flexnpu.componentName" (dict "root" . "component" "webhook") }}
+{{- end }}
+
+{{/* The kube-scheduler image: the tag given, else the cluster's own version (major.minor.patch, without a
+     distribution suffix such as -eks-... or +k3s1, which registry.k8s.io does not publish). */}}
+{{- define "flexnpu.schedulerImage" -}}
+{{- $tag := .Values.scheduler.image.tag }}
+{{- if not $tag }}
+{{- $v := semver .Capabilities.KubeVersion.Version }}
+{{- $tag = printf "v%d.%d.%d" $v.Major $v.Minor $v.Patch }}
+{{- end }}
+{{- printf "%s:%s" .Values.scheduler.image.repository $tag }}
+{{- end }}
+
+{{/* The address flexnpud binds. Mode dra: 127.0.0.1 whatever node.daemon.host says, since only the DRA plugin
+     in the same pod calls it (no operator dials in), so nothing off the node can reach its API. */}}
+{{- define "flexnpu.daemonHost" -}}
+{{- if eq .Values.mode "dra" }}127.0.0.1{{ else }}{{ .Values.node.daemon.host }}{{ end }}
+{{- end }}
+
+{{/* flexnpud's liveness and readiness check: an HTTP GET of /service/health where kubelet can reach it (the pod
+     IP, or with hostNetwork the bound host address), else, for a loopback-only daemon in its own network
+     namespace, the same GET from inside the container. */}}
+{{- define "flexnpu.daemonProbe" -}}
+{{- $host := include "flexnpu.daemonHost" . }}
+{{- if or .Values.node.hostNetwork (ne $host "127.0.0.1") }}
+httpGet:
+  path: /service/health
+  port: daemon
+  {{- if and .Values.node.hostNetwork (ne $host "0.0.0.0") }}
+  host: {{ $host }}
+  {{- end }}
+{{- else }}
+exec:
+  command: ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{{ int .Values.node.daemon.port }}/service/health', timeout=3)"]
 {{- end }}
 {{- end }}
