@@ -20,6 +20,13 @@ long steps (32 kernels of 0.5-1.5 ms, 300 ms of host time between steps: about 1
 (8 of 50-200 us, 20 ms between: about 5%), inside its 30% share as a latency-critical service is. Its p99 is
 compared with the same program alone on the card with no interposer (solo).
 
+Hand-off: each tenant's libflexnpu measures, for every grant it waited for, the time from the end of the previous
+holder's grant (its deadline, or the moment its holder gave it back at an idle sync) to the moment its own gate let
+a launch through, and, on a card nobody held, from its want to that moment (acquire); it counts them in its slot's
+histograms (``flexnpu.shim.grant.shm``: 1 µs buckets below 32 µs, 12.5% above), which the bench reads before
+flexnpud stops: p50/p99 over all tenants of a run, as the bucket's upper bound. Measured by the tenants, not by the
+daemon's bookkeeping.
+
 This is wall-clock time on whatever machine runs it (the output says how many CPUs it has and its load): the
 tenants, the daemon and the fake device's host side share those CPUs. Needs ``cc`` and ``make`` and the
 repository's ``tests/native`` (it builds the fakes and the workload into a temporary directory).
@@ -204,6 +211,29 @@ class Daemon:
                 raise RuntimeError(f"flexnpud made no slot for {flexnpu_id} (is its shared-memory grant path on?)")
             time.sleep(0.01)
 
+    def latencies(self, names: Sequence[str]) -> dict[str, Any]:
+        """The tenants' hand-off and acquire histograms (their slots), summed, as p50/p99 µs and counts."""
+        sums = {name: [0] * shm.HIST_BUCKETS for name in ("handoff_hist", "acquire_hist")}
+        for flexnpu_id in names:
+            try:
+                slot = shm.Slot.open(str(self.shim_dir / shm.slot_name(flexnpu_id)))
+            except (OSError, shm.ShmError):
+                continue
+            try:
+                for name, total in sums.items():
+                    for i, count in enumerate(slot.histogram(name)):
+                        total[i] += count
+            finally:
+                slot.close()
+        return {
+            kind: {
+                "count": sum(counts),
+                "p50_us": shm.hist_percentile(counts, 50),
+                "p99_us": shm.hist_percentile(counts, 99),
+            }
+            for kind, counts in (("handoff", sums["handoff_hist"]), ("acquire", sums["acquire_hist"]))
+        }
+
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -296,6 +326,7 @@ def share_run(
         device = root / "fakedev"
         daemon_cpu: float | None = None
         charged: dict[str, float] = {}
+        latency: dict[str, Any] | None = None
         if variant == "flexnpu":
             with daemon(root, args.slice_us) as d:
                 for t, (units, _) in zip(tenants, split, strict=True):
@@ -303,6 +334,7 @@ def share_run(
                 cpu0 = d.cpu_s()
                 tenant_of, _, t0 = run_tenants(build_dir, device, d.shim_dir, tenants)
                 daemon_cpu = (d.cpu_s() - cpu0) / args.seconds * 100
+                latency = d.latencies([t.name for t in tenants])
                 charged = {
                     r["flexnpu_id"]: float(r["device_time_us"])
                     for r in d.request("GET", "/device/flexnpu-info")["registrations"]
@@ -311,7 +343,7 @@ def share_run(
             tenant_of, _, t0 = run_tenants(build_dir, device, None, tenants)
         kernels = read_kernels(device)
         start, end = t0 + int(args.warmup * 1e9), t0 + int(args.seconds * 1e9)
-        row: dict[str, Any] = {"split": label, "variant": variant, "daemon_cpu_pct": daemon_cpu}
+        row: dict[str, Any] = {"split": label, "variant": variant, "daemon_cpu_pct": daemon_cpu, "latency": latency}
         for window_ms in (1000, 100):
             busy = busy_per_window(kernels, tenant_of, start, end, window_ms * 1_000_000)
             errors = share_errors_pp(busy, targets)
@@ -362,11 +394,13 @@ def step_run(
         device = root / "fakedev"
         with_batch = [critical] if variant == "solo" else [critical, batch]
         stop_after = () if variant == "solo" else ("batch",)
+        latency: dict[str, Any] | None = None
         if variant == "flexnpu":
             with daemon(root, args.slice_us) as d:
                 d.register("critical", CRITICAL_UNITS, "high")
                 d.register("batch", BATCH_UNITS)
                 tenant_of, outputs, t0 = run_tenants(build_dir, device, d.shim_dir, with_batch, stop_after)
+                latency = d.latencies(["critical", "batch"])
         else:
             tenant_of, outputs, t0 = run_tenants(build_dir, device, None, with_batch, stop_after)
         step_ms = [int(v) / 1e6 for v in parse_output(outputs["critical"])["step_ns"].split(",")]
@@ -385,6 +419,7 @@ def step_run(
                 "p99_ms": p99,
                 "p99_over_solo": p99 / solo_p99,
                 "batch_share_pct": busy["batch"][0] / total * 100 if "batch" in busy and total else 0.0,
+                "latency": latency,
             }
         )
         print(f"  {label} {variant}: p99 {p99:.2f} ms", file=sys.stderr, flush=True)
@@ -428,6 +463,7 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                     "err 100 ms mean/max pp",
                     "card busy %",
                     "daemon CPU %",
+                    "hand-off p50/p99 us (n)",
                     "achieved (target) [charged]",
                 ],
                 [
@@ -438,6 +474,7 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                         f"{r['error_100ms_pp']['mean']:.2f} / {r['error_100ms_pp']['max']:.2f}",
                         f"{r['card_busy_pct']:.1f}",
                         "-" if r["daemon_cpu_pct"] is None else f"{r['daemon_cpu_pct']:.1f}",
+                        _latency_cell(r["latency"], "handoff"),
                         " ".join(
                             f"{t['achieved_share'] * 100:.1f}({t['target_share'] * 100:.0f})"
                             + ("" if t["daemon_charged_share"] is None else f"[{t['daemon_charged_share'] * 100:.0f}]")
@@ -451,7 +488,17 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
     if steps:
         parts.append(
             format_table(
-                ["critical", "run", "steps", "p50 ms", "p99 ms", "p99 / solo", "batch share %"],
+                [
+                    "critical",
+                    "run",
+                    "steps",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99 / solo",
+                    "batch share %",
+                    "hand-off p50/p99 us (n)",
+                    "acquire p50/p99 us (n)",
+                ],
                 [
                     [
                         r["steps"],
@@ -461,12 +508,23 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                         r["p99_ms"],
                         r["p99_over_solo"],
                         r["batch_share_pct"],
+                        _latency_cell(r["latency"], "handoff"),
+                        _latency_cell(r["latency"], "acquire"),
                     ]
                     for r in steps
                 ],
             )
         )
     return "\n\n".join(parts)
+
+
+def _latency_cell(latency: Mapping[str, Any] | None, kind: str) -> str:
+    if latency is None:
+        return "-"
+    figures = latency[kind]
+    if not figures["count"]:
+        return "- (0)"
+    return f"{figures['p50_us']:.0f} / {figures['p99_us']:.0f} ({figures['count']})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

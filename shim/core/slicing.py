@@ -60,6 +60,14 @@ Charging: usage is reported by the tenant, so it is hostile. Each ``extend`` and
 the others, one that reports more than it could have used (or a non-finite number) pays the bounded maximum. A
 release by a tenant that holds nothing (a withdrawn wish) is charged nothing.
 
+Yield: on the shared-memory path a holder with nothing in flight may give its grant back before its deadline
+while another tenant waits (flexnpu.shim.grant.shm). The caller then calls ``release`` with ``now_us`` = when it saw
+the yield (its own clock, never the tenant's), so the holder is charged ``max(reported, held until the yield was
+seen)``, as for any release: the tenant's own timestamp of its yield is not believed for the charge, so a hostile
+tenant shaves nothing off it (at worst an honest one pays the daemon's reaction time, which the daemon keeps short
+by stamping the moment it woke, before any lock). A yield ends the holding; the tenant is not renewed and queues
+again with its next want.
+
 Hand-off: on the shared-memory path a grant ends at its deadline without a drain, so the card may still run the
 former holder's last work (one non-preemptive engine) while the next holder's clock runs. The caller measures
 that tail (the former holder's reported usage after its deadline) and passes it as ``credit_us`` to the next

@@ -4,7 +4,10 @@ It drives one pure ``CardScheduler`` per card with the monotonic clock, and only
 ``want`` / ``release`` / ``extend`` become scheduler events, the scheduler's decisions become ``grant`` and
 ``revoke`` messages. Wire: newline-delimited JSON (``flexnpu.shim.runtime.wire``), parsed into typed events by
 ``flexnpu.shim.grant.messages`` before anything changes, so that no value a pod sends can raise half-way through
-a state change. Connections are served by ``flexnpu.shim.grant.unixserver`` (one reader thread each, capped in
+a state change. The shared-memory slots (``flexnpu.shim.grant.shmgrants``) are read by the timer (a poll every
+few slices) and, at once, by the doorbell thread (``flexnpu.shim.grant.bells``) when a tenant rings: a want, or a
+yield (a holder with nothing in flight giving its grant back while another tenant waits: charged until the daemon
+saw it). Connections are served by ``flexnpu.shim.grant.unixserver`` (one reader thread each, capped in
 total and per pod); a timer thread calls ``decide`` at the scheduler's ``wake_at`` and reclaims grants whose
 holder went silent (a process that stopped launching while holding the card, or ignored a revoke). A holder
 whose connection closes (it exited or was killed) gives the card back at once, charged the time it held it.
@@ -17,6 +20,8 @@ Messages (client -> server): ``hello {id}``, ``want``, ``release {seq, used_us, 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -31,6 +36,7 @@ from flexnpu.cards import Card
 from flexnpu.registration import Registration
 from flexnpu.shim.core.slicing import CardScheduler, Decision, Grant, SlicePolicy, Tenant, UnknownTenantError
 from flexnpu.shim.grant import messages
+from flexnpu.shim.grant.bells import Doorbells
 from flexnpu.shim.grant.identity import IdentityError, Peer, check_peer, peer_of
 from flexnpu.shim.grant.messages import BadMessage
 from flexnpu.shim.grant.shmgrants import MIB, ShmGrants, usage_delta_us
@@ -52,10 +58,15 @@ MAX_LINE = 4096
 # Connections at once: all pods together, and one pod (a pod has a few processes, each with one connection).
 LIMITS = Limits(max_connections=1024, max_per_peer=64)
 
-# How often idle slots are read for a new want, in slices (a want may also come over the socket at once; the
-# slot's doorbell futex is not watched: a thread per slot asleep on it, tried, made the critical tenant's p99 and
-# the daemon's CPU worse on a loaded 2-core VM): a tenant that only sets its slot's flag waits up to this long.
+# How often every slot is read for a new want (or a yield), in slices: the fallback for what the doorbells do not
+# bring at once (a slot past the doorbell thread's 127, one over its ring budget, a kernel without futex_waitv,
+# a tenant that sets its flag without ringing). The doorbell thread (``flexnpu.shim.grant.bells``) sees a ring at
+# once; a thread per slot asleep on its doorbell, tried before, was worse on a loaded 2-core VM.
 SLOT_POLL_SLICES = 4
+# Rings of one slot's doorbell the daemon handles, per slice on average (an honest tenant rings twice per grant:
+# its want and its yield), and at once.
+RINGS_PER_SLICE = 4
+RING_BURST = 64
 
 # Run-ahead the runtime may queue on the device (the wait it can impose on a revoke): generous when nobody of a
 # higher priority shares the card (keeps a lone tenant at native throughput), short when someone does.
@@ -114,6 +125,10 @@ class _Card:
     # usage since is work the card ran during the next holding, credited to that holder (its charge counts less).
     tail_of: tuple[str, int] | None = None
     tail_credited_us: int = 0
+    # When the last holding ended (its deadline, its yield, its release), until the next grant is published with it
+    # as the card's ended_ns (a direct hand-over); 0 once the card went free or was handed over (a grant on a free
+    # card then says 0: the tenant times it as an acquire, not a hand-off).
+    ended_ns: int = 0
 
 
 def _now_us() -> int:
@@ -147,6 +162,7 @@ class GrantServer:
         timer: bool = True,
         shm_dir: str | None = None,
         daemon_pid_start: int = 0,
+        doorbells: bool = True,
     ) -> None:
         self.socket_path = socket_path
         self.policy = policy
@@ -166,7 +182,19 @@ class GrantServer:
         self._timer_thread: threading.Thread | None = None
         self._grant_seq = 0
         self._timer_due_us: int | None = None
-        self._shm = None if shm_dir is None else ShmGrants(shm_dir, cards, daemon_pid_start)
+        self._bells = (
+            Doorbells(
+                self._on_ring,
+                rate_per_s=RINGS_PER_SLICE * 1e6 / policy.slice_us,
+                burst=RING_BURST,
+                stamp=clock_us,
+            )
+            if shm_dir is not None and doorbells
+            else None
+        )
+        if self._bells is not None:
+            self._bells.on_start = _latency_priority
+        self._shm = None if shm_dir is None else ShmGrants(shm_dir, cards, daemon_pid_start, watch=self._bells)
         self._slot_sessions: dict[str, Session] = {}
         self._next_poll_us: int | None = None
         self._server: UnixServer[Peer] = UnixServer(
@@ -186,6 +214,8 @@ class GrantServer:
         """Create the shared-memory regions (if any), listen on the socket, serve in background threads."""
         if self._shm is not None:
             self._shm.start()
+        if self._bells is not None:
+            self._bells.start()
         self._server.start()
         if self._use_timer:
             self._timer_thread = threading.Thread(target=self._timer, name="grant-timer", daemon=True)
@@ -237,6 +267,10 @@ class GrantServer:
         with self._lock:
             return {key: card.scheduler.holders for key, card in self._cards.items()}
 
+    def doorbell_counts(self, flexnpu_id: str) -> tuple[int, int]:
+        """(rings handled, rings dropped at the ring budget) of a slot's doorbell; (0, 0) without the thread."""
+        return (0, 0) if self._bells is None else self._bells.counts(flexnpu_id)
+
     @property
     def connections(self) -> int:
         """Connections open now."""
@@ -265,6 +299,8 @@ class GrantServer:
         self._server.stop()
         if self._timer_thread is not None:
             self._timer_thread.join(timeout=5)
+        if self._bells is not None:
+            self._bells.stop()  # not under the lock: its thread may be waiting for it
         if self._shm is not None:
             with self._lock:
                 self._shm.stop()
@@ -405,10 +441,12 @@ class GrantServer:
         *,
         grace_us: int | None = None,
         credit_us: int = 0,
+        ended_us: int | None = None,
     ) -> int:
         card = self._cards[session.card]
         session.holding = False
-        card.holders.pop(session.flexnpu_id, None)
+        if card.holders.pop(session.flexnpu_id, None) is not None:
+            card.ended_ns = (now if ended_us is None else ended_us) * 1000
         still_wants = bool(card.waiting.get(session.flexnpu_id))
         try:
             charged = card.scheduler.release(
@@ -464,6 +502,10 @@ class GrantServer:
         if not card.holders and card.published is not None:
             card.published = None  # nobody got the card next: one write says so (a hand-over is one write)
             self._publish(key, None, self._grant_seq, 0)
+        if not card.holders:
+            card.ended_ns = 0
+        if self._shm is not None:
+            self._shm.set_contended(key, any(q and f not in card.holders for f, q in card.waiting.items()))
         self._poke_timer(card.wake_at_us)
 
     def _grant(self, card: _Card, grant: Grant, now: int) -> None:
@@ -493,8 +535,10 @@ class GrantServer:
             stats.grants += 1
         if session.conn is None:
             session.deadline_us = end  # no release comes: the holding ends at the deadline
-        self._cards[session.card].published = session.flexnpu_id
-        self._publish(session.card, session.flexnpu_id, session.seq, end)
+        card = self._cards[session.card]
+        card.published = session.flexnpu_id
+        self._publish(session.card, session.flexnpu_id, session.seq, end, card.ended_ns)
+        card.ended_ns = 0
         if not session.send(
             {
                 "op": wire.OP_GRANT,
@@ -506,10 +550,12 @@ class GrantServer:
         ):
             _hang_up(session)  # its reader thread drops it and the grant returns
 
-    def _publish(self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_us: int) -> None:
+    def _publish(
+        self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_us: int, ended_ns: int | None = None
+    ) -> None:
         """Mirror the card's grant into its shared-memory region (monotonic µs -> ns)."""
         if self._shm is not None:
-            self._shm.publish(key, flexnpu_id, epoch, deadline_us * 1000)
+            self._shm.publish(key, flexnpu_id, epoch, deadline_us * 1000, ended_ns)
 
     def _run_ahead_us(self, session: Session) -> int:
         mine = self._registrations.get(session.flexnpu_id)
@@ -546,6 +592,8 @@ class GrantServer:
             self._timer_cond.notify()
 
     def _timer(self) -> None:
+        _fine_timer_slack()  # the default 50 µs slack of a timed wait is the hand-off's delay at every deadline
+        _latency_priority()
         with self._lock:
             while not self._stopping:
                 self._run_due(self._clock())
@@ -616,19 +664,46 @@ class GrantServer:
         if self._next_poll_us is not None and now < self._next_poll_us:
             return
         self._next_poll_us = now + SLOT_POLL_SLICES * self.policy.slice_us
-        touched: set[CardKey] = set()
-        for fid, session in self._slot_sessions.items():
-            if session.holding:
-                continue
-            wants = self._shm.wants(fid)
-            if wants and not session.wants:
-                self._want(session, now)
-                touched.add(session.card)
-            elif not wants and session.wants:
-                self._unqueue(session)
-                touched.add(session.card)
+        touched = {s.card for s in self._slot_sessions.values() if self._slot_changed(s, now)}
         for key in touched:
             self._decide(key, now)
+
+    def _on_ring(self, flexnpu_ids: Sequence[str], woke_us: int) -> None:
+        """The doorbell thread saw these slots ring (it woke at ``woke_us``): read them now (a want, a yield),
+        decide for their cards. A yield ends its holding when the thread woke, not when it got the lock."""
+        with self._lock:
+            if self._stopping or self._shm is None:
+                return
+            now = self._clock()
+            seen = min(now, woke_us)
+            touched = set()
+            for fid in flexnpu_ids:
+                session = self._slot_sessions.get(fid)
+                if session is not None and self._slot_changed(session, now, seen):
+                    touched.add(session.card)
+            for key in touched:
+                self._decide(key, now)
+
+    def _slot_changed(self, session: Session, now: int, seen: int | None = None) -> bool:
+        """Apply what a slot says now (its holder gave the grant back; its want came or went): True when it did.
+        ``seen``: when the daemon saw it (its doorbell thread woke), ``now`` when not given."""
+        assert self._shm is not None
+        fid = session.flexnpu_id
+        if session.holding:
+            if not self._shm.yielded(fid, session.seq):
+                return False
+            # Charged until the daemon saw the yield (its own clock: the pod could have used the card until it
+            # rang), never before the grant began.
+            self._end_slot_holding(session, max(session.granted_at_us, min(now, now if seen is None else seen)), True)
+            return True
+        wants = self._shm.wants(fid)
+        if wants and not session.wants:
+            self._want(session, now)
+            return True
+        if not wants and session.wants:
+            self._unqueue(session)
+            return True
+        return False
 
     def _unqueue(self, session: Session) -> None:
         card = self._cards[session.card]
@@ -639,20 +714,27 @@ class GrantServer:
         if not queue and session.flexnpu_id not in card.holders:
             self._withdraw(card, session.flexnpu_id)
 
-    def _end_slot_holding(self, session: Session, now: int) -> None:
-        """A slot's grant reached its deadline: charge it, and renew it when it still wants and would be picked."""
+    def _end_slot_holding(self, session: Session, now: int, yielded: bool = False) -> None:
+        """A slot's grant reached its deadline: charge it, and renew it when it still wants and would be picked.
+
+        ``yielded``: its pod gave the grant back before the deadline (nothing in flight, another tenant waits): it
+        ends at ``now`` (when the daemon saw the yield), charged max(reported, held until then), and is not renewed.
+        The tenant's ``yield_ns`` is not believed for the charge (it only dates the end of the holding in the card's
+        ``ended_ns``, a figure).
+        """
         assert self._shm is not None
-        report = self._shm.report(session.flexnpu_id)
-        used_ns = report.used_ns if report else session.used_ns_seen
+        report = self._shm.usage(session.flexnpu_id)
+        used_ns, wants, yield_ns = report if report else (session.used_ns_seen, False, 0)
         # A counter that went backwards is re-based (it charged nothing meanwhile); a backlog past one window is a
         # lie, of which one window is kept.
         session.used_ns_seen = max(min(session.used_ns_seen, used_ns), used_ns - self.policy.window_us * 1000)
         used_us = usage_delta_us(session.used_ns_seen, used_ns)
-        wants = report is not None and report.want
         card = self._cards[session.card]
         grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)
         credit = self._tail_credit(card, session)
-        if wants and session.revoked_seq != session.seq:  # a revoked holder queues again, it is not renewed
+        # When the holding ended, for the card's ended_ns (a figure): its deadline, or its yield as the pod dates it
+        ended_us = max(session.granted_at_us, min(now, yield_ns // 1000)) if yielded else session.deadline_us
+        if wants and not yielded and session.revoked_seq != session.seq:  # a revoked holder queues, not renewed
             try:
                 grant = card.scheduler.extend(session.flexnpu_id, used_us, now, grace_us=grace, credit_us=credit)
                 charged = card.scheduler.last_charge_us(session.flexnpu_id)
@@ -667,7 +749,7 @@ class GrantServer:
         session.holding = False
         if wants:
             self._enqueue(session, now)
-        charged = self._end_grant(session, used_us, now, grace_us=grace, credit_us=credit)
+        charged = self._end_grant(session, used_us, now, grace_us=grace, credit_us=credit, ended_us=ended_us)
         if used_us:
             session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged)
         card.tail_of, card.tail_credited_us = (session.flexnpu_id, used_ns), 0  # its last work may still run
@@ -677,14 +759,27 @@ class GrantServer:
         assert self._shm is not None
         if card.tail_of is None or card.tail_of[0] == session.flexnpu_id:
             return 0
-        report = self._shm.report(card.tail_of[0])
+        report = self._shm.usage(card.tail_of[0])
         if report is None:
             card.tail_of = None
             return 0
-        tail = min(usage_delta_us(card.tail_of[1], report.used_ns), MAX_TAIL_US)
+        tail = min(usage_delta_us(card.tail_of[1], report[0]), MAX_TAIL_US)
         credit = max(0, tail - card.tail_credited_us)
         card.tail_credited_us += credit
         return credit
+
+
+def _fine_timer_slack() -> None:
+    """1 ns of timer slack for the calling thread (Linux prctl PR_SET_TIMERSLACK); nothing elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)
+
+
+def _latency_priority() -> None:
+    """Nice -10 for the calling thread when the daemon may (CAP_SYS_NICE, as a node daemon has): the grant threads
+    wake up to hand the card on, and every microsecond a runnable one waits for a CPU the card idles."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
 
 
 def _consumed(seen_ns: int, used_ns: int, charged_us: int) -> int:

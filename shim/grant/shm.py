@@ -1,4 +1,4 @@
-"""The shared-memory grant protocol, version 1, in Python: the mirror of ``shim/native/flexnpu_shm.h``.
+"""The shared-memory grant protocol, version 2, in Python: the mirror of ``shim/native/flexnpu_shm.h``.
 
 flexnpud creates one card grant region per card (``card-<index>.grant``, it alone writes it) and one slot per
 registration (``slot-<id>.shm``, every process of the pod maps it read-write) in the shim directory. The tenant's
@@ -13,6 +13,18 @@ its deadline is idle). ``mem_used_bytes`` is the pod's fetch-add/sub account (ne
 the tenant's own checks), ``mem_peak_bytes`` its high-water mark, ``denied_allocs`` the refusals. A tenant that
 sees no change of ``seq`` for 2 s while waiting paces itself locally at ``share_permille``.
 
+The yield (version 2): while ``contended`` is 1 in the card region (the daemon sets it while a tenant other than
+the holder waits), a holder process that has nothing in flight at an application sync, and launched in the
+current grant, gives the grant back: it writes ``yield_ns`` then ``yield_epoch`` = the grant's epoch, stops
+treating that epoch as granted (every process of the pod reads ``yield_epoch`` on each launch), and bumps and
+wakes ``doorbell``. flexnpud sleeps on the doorbells of all slots at once (``futex_waitv``, see
+``flexnpu.shim.grant.bells``), so a want or a yield is seen at once, not at the next slot poll. ``ended_ns``
+says when the grant the current one directly follows ended (its deadline, or its holder's yield; 0 after a free
+card or for a renewal of the same holder); the next holder's
+libflexnpu measures the hand-off from it to the moment its gate lets a launch through (``handoff_hist``), and,
+when nobody held the card, from its want to that moment (``acquire_hist``): figures, bucketed by
+``hist_bucket``.
+
 Stores and loads of a field are single naturally aligned 4- or 8-byte accesses through ctypes (atomic on x86-64
 and aarch64); the daemon is the only writer of the card region and of the slot's daemon fields, so it needs no
 read-modify-write. Everything read from a slot was written by a pod: callers clamp it (``Slot.snapshot`` only
@@ -22,6 +34,8 @@ reads). Standard library only, Python 3.9+ (the in-pod runtime uses it too).
 from __future__ import annotations
 
 import ctypes
+import functools
+import math
 import mmap
 import os
 import platform
@@ -29,20 +43,23 @@ import re
 from dataclasses import dataclass
 
 SHM_SIZE = 4096
-VERSION = 1
+VERSION = 2
 CARD_MAGIC = 0x46584E50  # "PNXF" little-endian: bytes 'P','N','X','F'
 SLOT_MAGIC = 0x534E5846  # "FXNS"
 NO_HOLDER = 0xFFFFFFFF
 ID_MAX = 128
+HIST_BUCKETS = 128
 
 # (offset, size in bytes) of every field; tests/native/test_layout.py checks these against the C header.
 CARD_FIELDS: dict[str, tuple[int, int]] = {
     "magic": (0, 4),
     "version": (4, 4),
     "seq": (8, 4),
+    "contended": (12, 4),
     "grant": (16, 8),
     "deadline_ns": (24, 8),
     "daemon_pid_start": (32, 8),
+    "ended_ns": (40, 8),
 }
 SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "magic": (0, 4),
@@ -59,7 +76,43 @@ SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "priority": (60, 4),
     "mem_peak_bytes": (64, 8),
     "denied_allocs": (72, 8),
+    "yield_epoch": (80, 4),
+    "yield_ns": (88, 8),
 }
+# Arrays of u32 (offset, count): the tenant-measured latency histograms.
+SLOT_ARRAYS: dict[str, tuple[int, int]] = {"handoff_hist": (128, HIST_BUCKETS), "acquire_hist": (640, HIST_BUCKETS)}
+
+
+def hist_bucket(us: int) -> int:
+    """The histogram bucket of a latency in microseconds (``fx_hist_bucket`` in the C header)."""
+    if us < 32:
+        return max(0, us)
+    octave = us.bit_length() - 1
+    return min(HIST_BUCKETS - 1, 32 + (octave - 5) * 8 + ((us >> (octave - 3)) & 7))
+
+
+def hist_bounds(bucket: int) -> tuple[int, int]:
+    """[low, high) microseconds of a bucket (the last one's high is its low doubled: it is open-ended)."""
+    if bucket < 32:
+        return bucket, bucket + 1
+    octave, sub = 5 + (bucket - 32) // 8, (bucket - 32) % 8
+    low = (8 + sub) << (octave - 3)
+    return low, (low * 2 if bucket == HIST_BUCKETS - 1 else low + (1 << (octave - 3)))
+
+
+def hist_percentile(counts: list[int], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of a histogram, as its bucket's upper bound in µs; None when empty."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q / 100 * total))
+    seen = 0
+    for bucket, count in enumerate(counts):
+        seen += count
+        if seen >= rank:
+            return float(hist_bounds(bucket)[1])
+    return float(hist_bounds(len(counts) - 1)[1])
+
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # 128 = ID_MAX
 _FUTEX_WAIT = 0
@@ -94,6 +147,7 @@ def unpack_grant(grant: int) -> tuple[int, int]:
     return grant >> 32, grant & 0xFFFFFFFF
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
@@ -138,6 +192,10 @@ class _Mapped:
         if not self._address:
             raise ShmError(f"{self.path}: mapped read-only")
         ctype.from_address(self._address + offset).value = value & ((1 << (8 * size)) - 1)
+
+    def address(self, name: str) -> int:
+        """The field's address in this process (0 for a read-only map): what a futex waits on."""
+        return self._address + self._fields[name][0] if self._address else 0
 
     def futex_wake(self, name: str, count: int = 2**31 - 1) -> None:
         offset, size = self._fields[name]
@@ -256,6 +314,8 @@ class SlotSnapshot:
     priority: int
     mem_peak_bytes: int
     denied_allocs: int
+    yield_epoch: int = 0
+    yield_ns: int = 0
 
 
 class Slot(_Mapped):
@@ -286,6 +346,7 @@ class Slot(_Mapped):
         slot.set("mem_cap_bytes", max(0, mem_cap_bytes))
         slot.set("share_permille", min(1000, max(0, share_permille)))
         slot.set("priority", min(2, max(0, priority)))
+        slot.set("yield_epoch", 0)  # no epoch of this daemon's was given back yet (epochs restart with it)
         return slot
 
     @classmethod
@@ -294,6 +355,12 @@ class Slot(_Mapped):
 
     def snapshot(self) -> SlotSnapshot:
         return SlotSnapshot(**{name: self.get(name) for name in SLOT_FIELDS if name not in ("magic", "version")})
+
+    def histogram(self, name: str) -> list[int]:
+        """One of ``SLOT_ARRAYS`` (the pod's own figures: unvalidated counts)."""
+        offset, count = SLOT_ARRAYS[name]
+        with memoryview(self._mm) as view, view[offset : offset + 4 * count] as part, part.cast("I") as words:
+            return list(words)
 
     def wait_doorbell(self, seen: int, timeout_s: float) -> None:
         """Block until the doorbell moves past ``seen`` (or timeout_s)."""

@@ -13,6 +13,10 @@ Everything read from a slot was written by a pod and is hostile: ``read_report``
 nothing; memory figures are bounded), and ``usage_delta_us`` turns two cumulative ``used_ns`` readings into the
 report the scheduler then charges (at least the time held: ``flexnpu.shim.core.slicing.charge_us``).
 
+``watch`` (optional) is told of every slot's doorbell address as the slot comes, and forgets it before the slot is
+unmapped: flexnpud's ``flexnpu.shim.grant.bells.Doorbells``. ``set_contended`` writes the card region's
+``contended`` word (only when it changes), which tells a holder to give its grant back at its next idle sync.
+
 Cards with a chip index other than 0 get no region (the protocol names a region by card index only).
 """
 
@@ -23,6 +27,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flexnpu.cards import Card
 from flexnpu.registration import Registration
@@ -47,6 +52,16 @@ class SlotReport:
     mem_used_bytes: int
     mem_peak_bytes: int
     denied_allocs: int
+    yield_epoch: int = 0
+    yield_ns: int = 0
+
+
+class Watcher(Protocol):
+    """What is told of the slots' doorbells (``flexnpu.shim.grant.bells.Doorbells``)."""
+
+    def add(self, flexnpu_id: str, address: int) -> None: ...
+
+    def forget(self, flexnpu_id: str) -> None: ...
 
 
 def read_report(snapshot: shm.SlotSnapshot) -> SlotReport:
@@ -57,6 +72,8 @@ def read_report(snapshot: shm.SlotSnapshot) -> SlotReport:
         mem_used_bytes=min(snapshot.mem_used_bytes, MAX_MEMORY_BYTES),
         mem_peak_bytes=min(snapshot.mem_peak_bytes, MAX_MEMORY_BYTES),
         denied_allocs=min(snapshot.denied_allocs, MAX_COUNT),
+        yield_epoch=snapshot.yield_epoch,
+        yield_ns=min(snapshot.yield_ns, MAX_COUNT),
     )
 
 
@@ -76,7 +93,11 @@ def region_index(key: CardKey) -> int | None:
 class ShmGrants:
     """The card regions and registration slots in ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: str, cards: Sequence[Card], daemon_pid_start: int) -> None:
+    def __init__(
+        self, directory: str, cards: Sequence[Card], daemon_pid_start: int, watch: Watcher | None = None
+    ) -> None:
+        self._watch = watch
+        self._contended: dict[CardKey, bool] = {}
         self.directory = directory
         self._keys = [(c.index, c.chip) for c in cards if region_index((c.index, c.chip)) is not None]
         self._pid_start = daemon_pid_start
@@ -125,16 +146,41 @@ class ShmGrants:
         slot = self._slots.get(flexnpu_id)
         return slot is not None and slot.get("want") == 1
 
+    def yielded(self, flexnpu_id: str, epoch: int) -> bool:
+        """True when the slot says its pod gave back the grant of ``epoch`` (one load)."""
+        slot = self._slots.get(flexnpu_id)
+        return slot is not None and slot.get("yield_epoch") == epoch & 0xFFFFFFFF
+
+    def set_contended(self, key: CardKey, contended: bool) -> None:
+        """The card region's ``contended`` word, written when it changes."""
+        region = self._regions.get(key)
+        if region is None or self._contended.get(key, False) == contended:
+            return
+        self._contended[key] = contended
+        region.set("contended", int(contended))
+
+    def usage(self, flexnpu_id: str) -> tuple[int, bool, int] | None:
+        """(used_ns, want, yield_ns) of the slot, clamped as ``read_report`` does: the three loads a charge needs."""
+        slot = self._slots.get(flexnpu_id)
+        if slot is None:
+            return None
+        return min(slot.get("used_ns"), MAX_COUNT), slot.get("want") == 1, min(slot.get("yield_ns"), MAX_COUNT)
+
     def report(self, flexnpu_id: str) -> SlotReport | None:
         """The slot's clamped report, or None when the registration has no slot."""
         slot = self._slots.get(flexnpu_id)
         return None if slot is None else read_report(slot.snapshot())
 
-    def publish(self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_ns: int) -> None:
-        """The card is now held by ``flexnpu_id``'s slot until ``deadline_ns`` (None: by nobody)."""
+    def publish(
+        self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_ns: int, ended_ns: int | None = None
+    ) -> None:
+        """The card is now held by ``flexnpu_id``'s slot until ``deadline_ns`` (None: by nobody); ``ended_ns``:
+        when the grant before it ended (written before the grant word; None leaves it)."""
         region = self._regions.get(key)
         if region is None:
             return
+        if ended_ns is not None:
+            region.set("ended_ns", max(0, ended_ns))
         holder = shm.NO_HOLDER if flexnpu_id is None else self._indexes.get(flexnpu_id, shm.NO_HOLDER)
         # CardRegion.publish's order (deadline, grant word, seq + 1, wake), with the wake (a syscall, the most
         # of its cost from Python) only when a slot of this card waits: a tenant sets want=1 before it sleeps on
@@ -186,8 +232,12 @@ class ShmGrants:
         self._slots[registration.flexnpu_id] = slot
         self._indexes[registration.flexnpu_id] = index
         self._cards_of[registration.flexnpu_id] = (registration.npu, registration.chip)
+        if self._watch is not None:
+            self._watch.add(registration.flexnpu_id, slot.address("doorbell"))
 
     def _remove(self, flexnpu_id: str) -> None:
+        if self._watch is not None:
+            self._watch.forget(flexnpu_id)  # before the unmap: the watcher never reads the address again
         slot = self._slots.pop(flexnpu_id)
         self._indexes.pop(flexnpu_id, None)
         self._cards_of.pop(flexnpu_id, None)

@@ -1,11 +1,16 @@
-/* The shared-memory grant protocol, version 1: the layout libflexnpu and flexnpud agree on.
+/* The shared-memory grant protocol, version 2: the layout libflexnpu and flexnpud agree on.
  *
  * Two files in the shim directory (FLEXNPU_SHIM_DIR, default /var/run/flexnpu, mounted into every pod):
  *   card-<index>.grant   4096 bytes, written only by flexnpud, mapped read-only by tenants;
  *   slot-<id>.shm        4096 bytes, one per registration, created by flexnpud, mapped read-write by every
  *                        process of the pod (pod-wide accounting).
  * Little-endian, naturally aligned, every field accessed with C11 atomics. The Python mirror is
- * shim/grant/shm.py; tests/native/test_layout.py checks that both agree on every offset.
+ * shim/grant/shm.py; tests/native/test_native_layout.py checks that both agree on every offset.
+ *
+ * Version 2 adds the yield (a holder with nothing in flight gives its grant back at an application sync while
+ * another tenant waits: card.contended, slot.yield_epoch / yield_ns, then a ring of the slot's doorbell, on which
+ * flexnpud sleeps with futex_waitv) and the tenant-measured hand-off figures (card.ended_ns, slot.handoff_hist
+ * and slot.acquire_hist, bucketed by fx_hist_bucket).
  */
 #ifndef FLEXNPU_SHM_H
 #define FLEXNPU_SHM_H
@@ -15,21 +20,25 @@
 #include <stdint.h>
 
 #define FX_SHM_SIZE 4096u
-#define FX_SHM_VERSION 1u
+#define FX_SHM_VERSION 2u
 #define FX_CARD_MAGIC 0x46584E50u /* "PNXF" little-endian: bytes 'P','N','X','F' */
 #define FX_SLOT_MAGIC 0x534E5846u /* "FXNS" */
 #define FX_NO_HOLDER 0xFFFFFFFFu
 #define FX_ID_MAX 128u /* a longer or unsafe flexnpu_id is hashed (see fx_slot_name) */
+#define FX_HIST_BUCKETS 128u
 
 /* Card grant region: flexnpud writes deadline_ns, then grant, then bumps seq and FUTEX_WAKEs all. */
 struct fx_card_region {
     _Atomic uint32_t magic;
     _Atomic uint32_t version;
     _Atomic uint32_t seq;              /* futex word (shared futex) */
-    uint32_t pad;
+    _Atomic uint32_t contended;        /* 1 while a tenant other than the holder waits for the card */
     _Atomic uint64_t grant;            /* (epoch << 32) | holder_slot */
     _Atomic uint64_t deadline_ns;      /* CLOCK_MONOTONIC end of the current grant */
     _Atomic uint64_t daemon_pid_start; /* pid << 32 | start counter */
+    _Atomic uint64_t ended_ns;         /* when the grant the current one directly follows ended: its deadline,
+                                          or its holder's yield (yield_ns clamped into the holding); 0 when
+                                          the card was free before it (or it renews the same holder) */
 };
 
 /* Registration slot: "daemon" fields are written by flexnpud only; "tenant" fields by the pod's processes. */
@@ -48,13 +57,24 @@ struct fx_slot {
     _Atomic uint32_t priority;        /* daemon: 0 low, 1 normal, 2 high */
     _Atomic uint64_t mem_peak_bytes;  /* tenant: high-water mark */
     _Atomic uint64_t denied_allocs;   /* tenant: allocations refused by the cap */
+    _Atomic uint32_t yield_epoch;     /* tenant: the epoch whose grant the pod gave back (then rings doorbell) */
+    uint32_t pad;
+    _Atomic uint64_t yield_ns;        /* tenant: when it gave it back (CLOCK_MONOTONIC; a figure, not a charge) */
+    uint64_t reserved[4];
+    /* tenant, figures only: grants this pod waited for, by fx_hist_bucket of the microseconds from the end of the
+     * previous holder's grant (card.ended_ns) to the gate letting a launch through (hand-off), and, when nobody
+     * held the card, from the want to that moment (acquire) */
+    _Atomic uint32_t handoff_hist[FX_HIST_BUCKETS];
+    _Atomic uint32_t acquire_hist[FX_HIST_BUCKETS];
 };
 
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "8-byte atomics");
 _Static_assert(offsetof(struct fx_card_region, seq) == 8, "card.seq");
 _Static_assert(offsetof(struct fx_card_region, grant) == 16, "card.grant");
 _Static_assert(offsetof(struct fx_card_region, deadline_ns) == 24, "card.deadline_ns");
+_Static_assert(offsetof(struct fx_card_region, contended) == 12, "card.contended");
 _Static_assert(offsetof(struct fx_card_region, daemon_pid_start) == 32, "card.daemon_pid_start");
+_Static_assert(offsetof(struct fx_card_region, ended_ns) == 40, "card.ended_ns");
 _Static_assert(offsetof(struct fx_slot, slot_index) == 8, "slot.slot_index");
 _Static_assert(offsetof(struct fx_slot, mem_cap_bytes) == 16, "slot.mem_cap_bytes");
 _Static_assert(offsetof(struct fx_slot, mem_used_bytes) == 24, "slot.mem_used_bytes");
@@ -66,9 +86,24 @@ _Static_assert(offsetof(struct fx_slot, share_permille) == 56, "slot.share_permi
 _Static_assert(offsetof(struct fx_slot, priority) == 60, "slot.priority");
 _Static_assert(offsetof(struct fx_slot, mem_peak_bytes) == 64, "slot.mem_peak_bytes");
 _Static_assert(offsetof(struct fx_slot, denied_allocs) == 72, "slot.denied_allocs");
+_Static_assert(offsetof(struct fx_slot, yield_epoch) == 80, "slot.yield_epoch");
+_Static_assert(offsetof(struct fx_slot, yield_ns) == 88, "slot.yield_ns");
+_Static_assert(offsetof(struct fx_slot, handoff_hist) == 128, "slot.handoff_hist");
+_Static_assert(offsetof(struct fx_slot, acquire_hist) == 640, "slot.acquire_hist");
 _Static_assert(sizeof(struct fx_slot) <= FX_SHM_SIZE && sizeof(struct fx_card_region) <= FX_SHM_SIZE, "4 KiB");
 
 static inline uint32_t fx_grant_holder(uint64_t grant) { return (uint32_t)(grant & 0xFFFFFFFFu); }
 static inline uint32_t fx_grant_epoch(uint64_t grant) { return (uint32_t)(grant >> 32); }
+
+/* Histogram bucket of a latency in microseconds: 1 us wide below 32 us, then 8 buckets per octave (12.5%), the
+ * last bucket open-ended (from 2^16 + 7 * 2^13 us on). shm.py's hist_bucket / hist_bounds mirror it. */
+static inline uint32_t fx_hist_bucket(uint64_t us)
+{
+    if (us < 32)
+        return (uint32_t)us;
+    uint32_t octave = 63u - (uint32_t)__builtin_clzll(us); /* >= 5 */
+    uint64_t b = 32u + (octave - 5u) * 8u + ((us >> (octave - 3u)) & 7u);
+    return b < FX_HIST_BUCKETS ? (uint32_t)b : FX_HIST_BUCKETS - 1u;
+}
 
 #endif

@@ -8,9 +8,16 @@
  *   FLEXNPU_EVENT_EVERY  launches per timing interval (one start and one end event; default 8: an event
  *                        record costs the host about a microsecond on real devices, 8 launches amortise it)
  *   FLEXNPU_SLICE_US     local pacing burst when no daemon is there (default 10000)
+ *   FLEXNPU_YIELD_MIN_US an idle holder gives its grant back only when at least this much of it is left (default
+ *                        300: less is gone before flexnpud could hand the card on; 10000000 never yields)
  *   FLEXNPU_RENEW_US     a launch this close to the grant's deadline sets want=1 already (default 1000; 0 off):
  *                        flexnpud decides at the deadline whether the holder still wants the card, and a busy
  *                        holder is then usually in the middle of its work, not yet asking
+ * Yield: at an application sync (fx_harvest) a holder process with nothing in flight that launched in the current
+ * grant gives it back while the card region says another tenant waits (contended): yield_ns, yield_epoch, then a
+ * ring of the slot's doorbell; no process of the pod launches on that epoch again (granted() reads yield_epoch).
+ * Figures: each wait that ends in a grant adds its hand-off (card.ended_ns -> gate open) or, on a free card, its
+ * acquire time (want -> gate open) to the slot's histograms.
  * Modes: a slot and a card region -> GRANTED; a slot only (no daemon) -> LOCAL pacing at share_permille;
  * no slot -> UNGATED (this is a process outside any registration), logged once to stderr.
  */
@@ -50,6 +57,7 @@ static uint64_t g_inflight_cap_ns = 2000000;
 static uint32_t g_event_every = 8;
 static uint64_t g_burst_ns = 10000000;
 static uint64_t g_renew_ns = 1000000;
+static uint64_t g_yield_min_ns = 300000;
 static _Atomic uint64_t g_inflight_launches; /* process-wide launches whose completion is not yet observed */
 static _Atomic uint64_t g_est_launch_ns; /* learned device time per launch (EWMA of event timings) */
 static _Atomic uint64_t g_used_ns;           /* this process's measured device time (local pacing) */
@@ -58,6 +66,8 @@ static _Atomic uint64_t g_next_probe;
 static _Atomic uint32_t g_dead_seq = UINT32_MAX; /* seq value at which the daemon was declared gone */
 static _Atomic int g_dead;
 static _Atomic int g_early_want; /* want=1 was set by a launch near the deadline, not by a waiting thread */
+/* The epoch of this thread's last launch through the gate, plus 1 (0: none). */
+static __thread uint32_t t_epoch __attribute__((tls_model("initial-exec")));
 static pthread_key_t g_thread_key;
 static int g_log_ungated, g_log_local, g_log_dead;
 
@@ -286,6 +296,7 @@ static void init_once(void)
     g_event_every = (uint32_t)env_u64("FLEXNPU_EVENT_EVERY", 8, 1, 1024);
     g_burst_ns = env_u64("FLEXNPU_SLICE_US", 10000, 100, 10000000) * 1000ull;
     g_renew_ns = env_u64("FLEXNPU_RENEW_US", 1000, 0, 100000000) * 1000ull;
+    g_yield_min_ns = env_u64("FLEXNPU_YIELD_MIN_US", 300, 0, 10000000) * 1000ull;
     /* Until events have measured something, assume a launch is half the cap: little queues ahead unmeasured. */
     atomic_store(&g_est_launch_ns, g_inflight_cap_ns / 2);
     pthread_key_create(&g_thread_key, thread_exit);
@@ -396,6 +407,7 @@ static void timing_drain(const struct fx_ops *ops, struct fx_timing *t, int bloc
 }
 
 static void withdraw_early_want(void);
+static void maybe_yield(void);
 
 void fx_harvest(const struct fx_ops *ops, int device_idle)
 {
@@ -411,6 +423,7 @@ void fx_harvest(const struct fx_ops *ops, int device_idle)
     while (t->count && collect_oldest(ops, t, 0)) {
     }
     withdraw_early_want();
+    maybe_yield();
 }
 
 /* At exit (before the device libraries' destructors run): report this thread's last intervals. */
@@ -452,11 +465,15 @@ static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t 
 
 /* ---- the grant ------------------------------------------------------------------------------------------ */
 
-static inline int granted(const struct fx_card_region *card, uint64_t now)
+/* The grant word when this registration holds the card now (and the pod has not given that epoch back), else 0. */
+static inline uint64_t granted(const struct fx_card_region *card, uint64_t now)
 {
     uint64_t g = atomic_load_explicit(&card->grant, memory_order_acquire);
-    return fx_grant_holder(g) == atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) &&
-           now < atomic_load_explicit(&card->deadline_ns, memory_order_relaxed);
+    if (fx_grant_holder(g) != atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) ||
+        now >= atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) ||
+        fx_grant_epoch(g) == atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed))
+        return 0;
+    return g | 1u << 31 | 1u; /* never 0, even for epoch 0 holder 0 (holder bits are not read by callers) */
 }
 
 static void drain_and_report(const struct fx_ops *ops, struct fx_timing *t)
@@ -483,12 +500,41 @@ static void withdraw_early_want(void)
     atomic_store(&g_slot->want, 0);
 }
 
+static void ring(void)
+{
+    atomic_fetch_add(&g_slot->doorbell, 1);
+    futex_wake(&g_slot->doorbell);
+}
+
 static void ring_doorbell(void)
 {
-    if (atomic_exchange(&g_slot->want, 1) == 0) {
-        atomic_fetch_add(&g_slot->doorbell, 1);
-        futex_wake(&g_slot->doorbell);
-    }
+    if (atomic_exchange(&g_slot->want, 1) == 0)
+        ring();
+}
+
+/* Give the grant back at an application sync: nothing of this process in flight, another tenant waits, and this
+ * thread launched in the current grant (a sync before any launch keeps a grant just waited for). */
+static void maybe_yield(void)
+{
+    if (atomic_load_explicit(&g_mode, memory_order_relaxed) != FX_GRANTED || atomic_load(&g_dead))
+        return;
+    struct fx_card_region *card = atomic_load_explicit(&g_card, memory_order_relaxed);
+    if (!atomic_load_explicit(&card->contended, memory_order_relaxed) ||
+        atomic_load_explicit(&g_inflight_launches, memory_order_relaxed))
+        return;
+    uint64_t now = fx_now_ns(), g = granted(card, now);
+    if (!g || t_epoch != fx_grant_epoch(g) + 1u ||
+        atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_yield_min_ns)
+        return;
+    atomic_store_explicit(&g_slot->yield_ns, now, memory_order_relaxed);
+    atomic_store_explicit(&g_slot->yield_epoch, fx_grant_epoch(g), memory_order_release);
+    ring();
+}
+
+static void record_latency(_Atomic uint32_t *hist, uint64_t from_ns, uint64_t to_ns)
+{
+    if (from_ns && to_ns >= from_ns)
+        atomic_fetch_add_explicit(&hist[fx_hist_bucket((to_ns - from_ns) / 1000)], 1, memory_order_relaxed);
 }
 
 static void pace_locally(void);
@@ -499,13 +545,21 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
     struct fx_card_region *card = atomic_load(&g_card);
     drain_and_report(ops, t);
     atomic_store(&g_early_want, 0);
+    uint64_t asked = fx_now_ns();
+    int was_free = fx_grant_holder(atomic_load_explicit(&card->grant, memory_order_acquire)) == FX_NO_HOLDER;
     ring_doorbell();
     uint32_t seq = atomic_load_explicit(&card->seq, memory_order_acquire);
-    uint64_t since = fx_now_ns();
+    uint64_t since = asked;
     for (;;) {
-        if (granted(card, fx_now_ns())) {
+        uint64_t now = fx_now_ns();
+        if (granted(card, now)) {
             atomic_store(&g_slot->want, 0);
             atomic_store(&g_dead, 0);
+            uint64_t ended = atomic_load_explicit(&card->ended_ns, memory_order_relaxed);
+            if (ended >= asked)
+                record_latency(g_slot->handoff_hist, ended, now);
+            else if (was_free)
+                record_latency(g_slot->acquire_hist, asked, now);
             return;
         }
         uint32_t now_seq = atomic_load_explicit(&card->seq, memory_order_acquire);
@@ -613,12 +667,18 @@ static struct fx_timing *gate(const struct fx_ops *ops)
     for (;;) {
         uint64_t now = fx_now_ns();
         struct fx_card_region *card = atomic_load_explicit(&g_card, memory_order_relaxed);
-        if (mode == FX_LOCAL || !granted(card, now))
+        uint64_t g = mode == FX_LOCAL ? 0 : granted(card, now);
+        if (!g)
             slow_path(ops, t, now);
-        else if (atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_renew_ns &&
-                 atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0) {
-            atomic_store(&g_early_want, 1);
-            ring_doorbell(); /* launching in the grant's last moments: it will want the card after it too */
+        else {
+            t_epoch = fx_grant_epoch(g) + 1u;
+            if (atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_renew_ns &&
+                atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0) {
+                /* launching in the grant's last moments: it will want the card after it too. No ring: the daemon
+                 * reads the flag at the deadline, and a wake-up of it now would find nothing to do. */
+                atomic_store(&g_early_want, 1);
+                atomic_store(&g_slot->want, 1);
+            }
         }
         if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) == 0)
             return t;

@@ -11,6 +11,10 @@ client and the adapter the ``FLEXNPU_DEVICE`` variable selects, and keeps one ru
 
 ``FLEXNPU_CLAIM`` is the registration id (``flexnpu_id``) the process presents to flexnpud; without it, or with
 ``FLEXNPU_SHIM_DISABLE=1``, the runtime stays off and ``slice()`` blocks run ungated.
+
+Grants come from flexnpud's shared-memory grant path (``shm_client``: the registration's slot in
+``FLEXNPU_SHIM_DIR``, default the grant socket's directory, named by ``FLEXNPU_ID``, default the claim), with the
+socket for the hello; only where flexnpud made no slot does the runtime take its grants over the socket.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from flexnpu import names
-from flexnpu.shim.runtime.grant_client import GrantClient, Lease
+from flexnpu.shim.runtime.grant_client import Lease
+from flexnpu.shim.runtime.shm_client import make_grants
 from flexnpu.shim.runtime.slicer import METER_WALL, Slicer
 
 log = logging.getLogger("flexnpu.shim.runtime")
@@ -53,6 +58,12 @@ class RuntimeConfig:
     memory_mib: Optional[int] = None
     priority: str = "normal"
     device: str = "auto"
+    shim_dir: str = ""  # flexnpud's slots and card regions; "" -> the grant socket's directory
+    slot_id: str = ""  # the registration whose slot this process uses; "" -> flexnpu_id
+
+    @property
+    def slot_dir(self) -> str:
+        return self.shim_dir or os.path.dirname(self.socket_path)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Optional[RuntimeConfig]:
@@ -74,6 +85,8 @@ class RuntimeConfig:
             memory_mib=_mib(env.get(names.ENV_MEMORY_MIB, "")),
             priority=env.get(names.ENV_PRIORITY, "").strip() or "normal",
             device=device,
+            shim_dir=env.get(names.ENV_SHIM_DIR, "").strip(),
+            slot_id=env.get(names.ENV_ID, "").strip(),
         )
 
 
@@ -115,7 +128,9 @@ class Runtime:
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
-        self.grants = GrantClient(config.socket_path, config.flexnpu_id, config.share)
+        self.grants = make_grants(
+            config.slot_dir, config.flexnpu_id, config.socket_path, config.share, slot_id=config.slot_id
+        )
         self.simnpu: Any = None
         self.memory: Any = None
         self.torch_kind = ""

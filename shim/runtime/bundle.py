@@ -3,7 +3,8 @@
 The node DaemonSet's init container writes it to the host (``python -m flexnpu.shim.runtime.bundle DEST``, or the
 image's ``install_runtime.py``); the device plugin mounts it read-only at ``names.SHIM_RUNTIME_POD_DIR`` and puts
 that directory on PYTHONPATH. It holds ``sitecustomize.py`` and the few standard-library-only modules of
-``flexnpu`` the runtime imports, so it works in any Python 3.9+ image without installing anything.
+``flexnpu`` the runtime imports (the protocol module ``flexnpu.shim.grant.shm`` among them), so it works in any
+Python 3.9+ image without installing anything.
 
 Running pods bind-mount the directory, so it is updated in place: every file is written under a temporary name and
 renamed over the old one, and nothing is deleted. A pod sees the old file or the new one, never a missing or
@@ -32,6 +33,9 @@ def bundle_files() -> List[Tuple[str, str]]:
         (os.path.join(package, "__init__.py"), os.path.join("flexnpu", "__init__.py")),
         (os.path.abspath(flexnpu.names.__file__), os.path.join("flexnpu", "names.py")),
         (os.path.join(_SHIM, "__init__.py"), os.path.join("flexnpu", "shim", "__init__.py")),
+        # The shared-memory grant protocol (standard library only): the runtime's shm_client maps slots with it.
+        (os.path.join(_SHIM, "grant", "__init__.py"), os.path.join("flexnpu", "shim", "grant", "__init__.py")),
+        (os.path.join(_SHIM, "grant", "shm.py"), os.path.join("flexnpu", "shim", "grant", "shm.py")),
     ]
     for name in sorted(os.listdir(_HERE)):
         if name.endswith(".py"):

@@ -1,7 +1,8 @@
 """The simulated NPU under the runtime: kernel launches gated on grants, memory capped exactly by the device.
 
-The declared duration of each kernel is its device time (the simulated card runs it exactly that long), so the
-slicer meters ``declared`` usage and the grant server's figures agree with the simulator's ground truth.
+The declared duration of each kernel bounds the work queued ahead of the device (the slicer's ``declared`` meter);
+the usage reported to flexnpud is what the device measured: each synchronisation's reply carries the device time
+this context's finished kernels took, as a pair of events around them would on a real card.
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from flexnpu.shim.runtime.grant_client import GrantClient
 from flexnpu.shim.runtime.simnpu_client import SimNpuClient
-from flexnpu.shim.runtime.slicer import METER_DECLARED, Slicer
+from flexnpu.shim.runtime.slicer import METER_DECLARED, Grants, Slicer
 
 
 class GatedSimNpu:
     """A simulated-NPU context whose launches wait for grants (``grants`` None: ungated, the native baseline)."""
 
-    def __init__(self, client: SimNpuClient, grants: Optional[GrantClient]) -> None:
+    def __init__(self, client: SimNpuClient, grants: Optional[Grants]) -> None:
         self.client = client
         self.slicer: Optional[Slicer] = Slicer(grants, self, METER_DECLARED) if grants is not None else None
         self._mark = 0
@@ -65,3 +65,7 @@ class GatedSimNpu:
 
     def settle(self) -> None:
         self.client.synchronize(self._mark)
+
+    def measured_us(self) -> int:
+        """Device time of this context's finished kernels as the device timed them (as of the last sync)."""
+        return self.client.device_busy_us

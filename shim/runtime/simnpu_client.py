@@ -42,6 +42,7 @@ class SimNpuClient:
         self.capacity_mib = int(reply["capacity_mib"])
         self.launched = 0
         self.launched_us = 0.0
+        self.device_busy_us = 0  # device-timed time of this context's finished kernels, as of the last sync
 
     def launch(self, duration_us: float) -> None:
         """Queue one kernel that keeps the engine busy ``duration_us``; returns without waiting."""
@@ -55,8 +56,12 @@ class SimNpuClient:
         self.launched_us += sum(durations_us)
 
     def synchronize(self, upto: Optional[int] = None) -> None:
-        """Wait until every kernel this context launched (or the first ``upto`` of them) has finished."""
-        self._call({"op": "sync"} if upto is None else {"op": "sync", "upto": int(upto)})
+        """Wait until every kernel this context launched (or the first ``upto`` of them) has finished; the reply
+        says how much device time this context's finished kernels took, as the device timed them."""
+        reply = self._call({"op": "sync"} if upto is None else {"op": "sync", "upto": int(upto)})
+        busy = reply.get("busy_us")
+        if isinstance(busy, (int, float)) and not isinstance(busy, bool) and 0 <= busy < 2**62:
+            self.device_busy_us = max(self.device_busy_us, int(busy))
 
     def allocate(self, mib: int) -> int:
         """A handle to ``mib`` MiB of device memory; DeviceOutOfMemoryError past the cap or the capacity."""

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Protocol
 
-from flexnpu.shim.runtime.grant_client import GrantClient, Lease
+from flexnpu.shim.runtime.grant_client import Lease
 
 METER_DECLARED = "declared"
 METER_WALL = "wall"
@@ -39,12 +39,28 @@ class Device(Protocol):
         """Wait until the work launched before the last ``mark`` has finished (bounds run-ahead to one slice)."""
 
 
+class Grants(Protocol):
+    """Where the slicer gets grants: the shared-memory client (``shm_client``) or the socket client."""
+
+    def acquire(self) -> Lease: ...
+
+    def extend(self, used_us: int) -> Optional[Lease]: ...
+
+    def release(self, used_us: int, want: bool = False, ops_used: int = 0) -> None: ...
+
+    def revoked(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    # Optional: ``report(used_us)``, device time known done within the lease (the shared-memory client has it).
+
+
 class Slicer:
     """Launch-boundary gating of one process (one thread launching at a time)."""
 
     def __init__(
         self,
-        grants: GrantClient,
+        grants: Grants,
         device: Device,
         meter: str = METER_WALL,
         clock: Callable[[], float] = time.perf_counter,
@@ -53,7 +69,13 @@ class Slicer:
         if meter not in (METER_DECLARED, METER_WALL):
             raise ValueError("meter must be 'declared' or 'wall', not %r" % (meter,))
         self.grants = grants
+        # The shared-memory path reads usage from the slot at its deadlines (and credits the next holder with what
+        # the former one reports after its deadline): report completed work as it completes, as libflexnpu does.
+        self._report_progress: Optional[Callable[[int], None]] = getattr(grants, "report", None)
         self._device = device
+        # A device that times its own work (``measured_us()``, cumulative µs of finished work) is reported by that.
+        self._measured: Optional[Callable[[], int]] = getattr(device, "measured_us", None)
+        self._measured_reported = 0
         self._default_cap_us = inflight_cap_us
         self._inflight_cap_us = inflight_cap_us
         self._since_mark_us = 0.0
@@ -92,6 +114,13 @@ class Slicer:
             if self._since_mark_us >= self._inflight_cap_us / 2:
                 self._device.settle()
                 self._settled_declared_us = self._mark_declared_us  # the work before the mark is done now
+                if self._report_progress is not None:  # the shm path: usage known done goes out as it completes
+                    progress = int(self._settled_declared_us) - self._reported_us
+                    if progress > 0:
+                        reported = self._reportable(progress)
+                        self._report_progress(reported)
+                        self._reported_us += progress
+                        self.device_time_us += reported
                 self._device.mark()
                 self._mark_declared_us = self._declared_us
                 self._since_mark_us = 0.0
@@ -155,8 +184,9 @@ class Slicer:
                 self._device.settle()
             done = self._completed_us()
             used = int(done) - self._reported_us
-            renewed = self.grants.extend(used)
-            self.device_time_us += used
+            reported = self._reportable(used)
+            renewed = self.grants.extend(reported)
+            self.device_time_us += reported
             if renewed is not None:
                 carried = self._declared_us - done if self._meter == METER_DECLARED else 0.0
                 self._start(renewed, carried_us=carried)
@@ -178,10 +208,22 @@ class Slicer:
         if lease.ops is None:
             self.drains += 1
             self._device.drain()  # the seed's ops mode does not drain: several tenants interleave on purpose
-        used = self._used_us() - self._reported_us
+        used = self._reportable(self._used_us() - self._reported_us)
         self.device_time_us += used
         self.grants.release(used, want=want, ops_used=self._ops)
         self._lease = None
+
+    def _reportable(self, used_us: int) -> int:
+        """What to report for ``used_us`` of metered work: the device's own measurement since the last report when
+        the device measures (``measured_us``: event-timed), else the meter's figure."""
+        if self._measured is None:
+            return used_us
+        measured = int(self._measured())
+        delta, self._measured_reported = (
+            max(0, measured - self._measured_reported),
+            max(self._measured_reported, measured),
+        )
+        return delta
 
     def _used_us(self) -> int:
         if self._meter == METER_DECLARED:

@@ -109,7 +109,7 @@ def daemon_config(node: Node) -> str:
         f"[server]\nhost = 127.0.0.1\nport = {node.port}\n[logger]\nlog_level = WARNING\n"
         f"[flexnpu]\nschedule_cycle = {c.slice_us}\npersistent_file_dir = {node.workdir / 'state'}\n"
         f"share_in_idle = {str(c.share_in_idle).lower()}\ndevices = sim:910B3x1\n"
-        f"oversubscription = {c.oversubscription}\npolicy = {c.policy}\nsocket_dir = {node.workdir / 'run'}\n"
+        f"oversubscription = {c.oversubscription}\npolicy = {c.policy}\nsocket_dir = {shim_dir(node)}\n"
         f"[ticker]\nquota = {c.quota}\nticker_interval = {c.ticker_interval_us}\n"
     )
 
@@ -118,7 +118,7 @@ def start_daemon(node: Node) -> None:
     node.port = free_port()
     conf = node.workdir / "flexnpud.conf"
     conf.write_text(daemon_config(node), encoding="utf-8")
-    node.grant_socket = str(node.workdir / "run" / names.SHIM_SOCKET_NAME)
+    node.grant_socket = str(shim_dir(node) / names.SHIM_SOCKET_NAME)
     proc = subprocess.Popen(
         _python("daemon", "--config", str(conf)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=node.workdir
     )
@@ -157,6 +157,11 @@ def register(node: Node, name: str, units: int, priority: str = "normal", memory
             pass
     except OSError as exc:
         raise NodeError(f"registering {name} with flexnpud failed: {exc}") from exc
+
+
+def shim_dir(node: Node) -> Path:
+    """flexnpud's shim directory: the grant socket, the card regions and the registrations' slots."""
+    return node.workdir / "run"
 
 
 def tenant_env(
@@ -210,13 +215,15 @@ def wait_until(at: float) -> None:
 
 
 @contextmanager
-def simulated_node(config: NodeConfig, prefix: str = "flexnpu-demo-") -> Iterator[Node]:
-    """The simulated NPU and flexnpud running; every process is stopped when the block ends."""
+def simulated_node(config: NodeConfig, prefix: str = "flexnpu-demo-", simnpu: bool = True) -> Iterator[Node]:
+    """The simulated NPU and flexnpud running; every process is stopped when the block ends. ``simnpu`` False:
+    flexnpud only (the tenants bring their device: the fake device libraries map one shared card file)."""
     with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
         node = Node(Path(workdir), config)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            start_simnpu(node)
+            if simnpu:
+                start_simnpu(node)
             start_daemon(node)
             yield node
         finally:

@@ -57,6 +57,9 @@ class Context:
     done: int = 0
     pending_waits: list[int] = field(default_factory=list)
     sticky_error: str = ""
+    # Device time of its finished kernels as the device timed them (start to end on the engine): what a pair of
+    # events around them measures on a real card. Sync replies carry it, so the runtime meters by the device.
+    done_busy_us: int = 0
     handles: dict[int, int] = field(default_factory=dict)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -196,6 +199,7 @@ class SimCard:
         for kernel in finished:
             context = self._contexts[kernel.client]
             context.done += 1
+            context.done_busy_us += kernel.finished_us - kernel.started_us
             if context.pending_waits and context.pending_waits[0] <= context.done:
                 ready = [t for t in context.pending_waits if t <= context.done]
                 context.pending_waits = [t for t in context.pending_waits if t > context.done]
@@ -217,7 +221,7 @@ def _sync_reply(context: Context) -> Message:
     if context.sticky_error:
         message, context.sticky_error = context.sticky_error, ""
         return {"ok": False, "error": "bad_launch", "message": message}
-    return {"ok": True, "done": context.done}
+    return {"ok": True, "done": context.done, "busy_us": context.done_busy_us}
 
 
 class SimNpuServer:

@@ -65,7 +65,7 @@ class Client:
 
 
 def fake_device(path: Path) -> tuple[int, int, dict[int, Client]]:
-    """(capacity, used, clients by pid) from the fake device's shared file (layout: tests/native/fakes/fakedev.h)."""
+    """(capacity, used, clients by pid) from the fake device's shared file (layout: shim/simnpu/native/fakedev.h)."""
     data = path.read_bytes()
     if len(data) < 4608 or struct.unpack_from("<I", data, 4)[0] != 2:
         return 0, 0, {}  # a process is creating it: no client yet

@@ -259,7 +259,8 @@ def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_wi
     application synchronised (its work done) the early want is withdrawn, so an idle holder is not renewed. Also
     when the grant ended before the synchronise returned (its last kernels ran past the deadline): the test
     publishes that end itself, so which side of the deadline the synchronise falls on does not depend on the
-    machine's speed. (The second case failed before gate.c withdrew the want whether or not the grant runs.)"""
+    machine's speed. (The second case failed before gate.c withdrew the want whether or not the grant runs.) The card
+    region's contended word is 0 (nobody else waits), so the synchronise does not give the grant back either."""
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() + 50_000_000_000)
     proc = subprocess.Popen(
@@ -274,13 +275,14 @@ def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_wi
     try:
         assert proc.stdout.readline().strip() == "launched=1"
         assert pod.card is not None and pod.card.state().holder == 1  # it still holds the card
-        assert (a.get("want"), a.get("doorbell")) == (1, 1)  # and already asked for the next grant
+        # and already asked for the next grant, without a ring: flexnpud reads the flag at the deadline
+        assert (a.get("want"), a.get("doorbell")) == (1, 0)
         if grant_over_at_sync:
             pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() - 1)  # the same grant, now over
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "synced=1"
-        assert (a.get("want"), a.get("doorbell")) == (0, 1)  # idle now: nothing to renew, and it did not ask again
+        assert (a.get("want"), a.get("doorbell")) == (0, 0)  # idle now: nothing to renew, and it did not ask again
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(timeout=60)
@@ -304,3 +306,90 @@ def test_no_early_want_far_from_the_deadline(pod: Pod) -> None:
     ).stdout
     assert parse(out)["launched"] == "20"
     assert (a.get("want"), a.get("doorbell")) == (0, 0)
+
+
+@pytest.mark.parametrize("contended", [True, False], ids=["another-waits", "nobody-waits"])
+def test_an_idle_holder_gives_its_grant_back_at_a_sync_while_another_tenant_waits(pod: Pod, contended: bool) -> None:
+    """At an application sync with nothing in flight, while the card region says another tenant waits, the holder
+    writes yield_epoch (and yield_ns), rings its doorbell, and launches no more on that epoch: its next launch waits
+    for a new grant. With nobody waiting it keeps the grant. (Failed before gate.c yielded: yield_epoch stayed 0 and
+    the launch after the sync ran on the old grant.)"""
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    assert pod.card is not None
+    pod.grant(1, epoch=7, deadline_ns=time.monotonic_ns() + 50_000_000_000)
+    pod.card.set("contended", int(contended))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", YIELD_PROGRAM],
+        env=pod.env("pod-a"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        before = time.monotonic_ns()
+        assert proc.stdout.readline().strip() == "synced=1"
+        if not contended:
+            assert (a.get("yield_epoch"), a.get("doorbell")) == (0, 0)
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "launched=1"  # on the same grant
+            return
+        assert a.get("yield_epoch") == 7 and a.get("doorbell") == 1
+        assert before <= a.get("yield_ns") <= time.monotonic_ns()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        wait_for(lambda: a.get("want") == 1, "the launch after the yield to ask for the card again")
+        assert launches_of(pod, proc.pid) == 1  # the second launch waits: epoch 7 was given back
+        pod.card.set("ended_ns", time.monotonic_ns())
+        pod.grant(1, epoch=8, deadline_ns=time.monotonic_ns() + 50_000_000_000)
+        assert proc.stdout.readline().strip() == "launched=1"
+        assert sum(a.histogram("handoff_hist")) == 1  # the tenant timed the hand-off it waited for
+        assert sum(a.histogram("acquire_hist")) == 0
+    finally:
+        if proc.poll() is None:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+YIELD_PROGRAM = """
+import ctypes, sys
+acl = ctypes.CDLL("libascendcl.so")
+stream = ctypes.c_void_p()
+acl.aclrtCreateStream(ctypes.byref(stream))
+us = ctypes.c_uint64(100)
+acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream)
+print("synced=%d" % (acl.aclrtSynchronizeStream(stream) == 0), flush=True)
+sys.stdin.readline()
+print("launched=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+acl.aclrtSynchronizeStream(stream)
+"""
+
+
+def test_a_want_on_a_free_card_is_timed_as_an_acquire(pod: Pod) -> None:
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    assert pod.card is not None
+    pod.card.revoke(1)  # nobody holds the card
+    proc = subprocess.Popen(
+        [pod.program("acl_prog"), "launch", "1", "100"],
+        env=pod.env("pod-a"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: a.get("want") == 1, "the tenant to ask for the free card")
+        pod.grant(1, epoch=2)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert parse(out)["launched"] == "1", err
+    assert (sum(a.histogram("acquire_hist")), sum(a.histogram("handoff_hist"))) == (1, 0)

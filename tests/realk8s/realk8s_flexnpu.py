@@ -274,7 +274,7 @@ class Flexnpu:
             "command": [self.flexnpu],
             "args": args,
             "ports": [{**port, "containerPort": self.daemon_port}],
-            "readinessProbe": daemon["readinessProbe"],
+            "readinessProbe": self._probe(daemon["readinessProbe"], int(port["containerPort"])),
         }
         return {
             "apiVersion": "v1",
@@ -289,6 +289,17 @@ class Flexnpu:
                 "containers": [container],
             },
         }
+
+    def _probe(self, probe: Manifest, chart_port: int) -> Manifest:
+        """The chart's probe; an exec probe (flexnpud on 127.0.0.1 without the host network) run with this
+        interpreter against this run's port."""
+        if "exec" not in probe:
+            return probe
+        command = [
+            sys.executable if arg == "python" else arg.replace(f":{chart_port}/", f":{self.daemon_port}/")
+            for arg in probe["exec"]["command"]
+        ]
+        return {**probe, "exec": {"command": command}}
 
     def start_daemon(self) -> Any:
         """flexnpud as the node DaemonSet's pod, once Ready (kubelet's readiness probe: the chart's)."""

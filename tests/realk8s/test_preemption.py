@@ -66,7 +66,7 @@ PRIORITY_CLASSES = (("flexnpu-test-low", 100), ("flexnpu-test-high", 1_000_000))
 
 def setup_namespace(api: k8s.ApiClient, core: Any, namespace: str) -> None:
     scheduling = k8s.SchedulingV1Api(api)
-    existing = {c.metadata.name for c in scheduling.list_priority_class().items}
+    existing = {c.metadata.name for c in scheduling.list_priority_class().items if c.metadata}
     for name, value in PRIORITY_CLASSES:
         if name not in existing:
             body = k8s.V1PriorityClass(

@@ -76,14 +76,15 @@ def stop_proc(cluster: ControlPlane, name: str) -> None:
 
 def restart_flexnpud(stack: Flexnpu) -> None:
     """Kill flexnpud's container process; kubelet starts the container again (restartPolicy Always)."""
-    [record] = records_of(stack.node.cri_records, stack.namespace, "flexnpud")
+    pod = f"flexnpu-node-{stack.node.name}"
+    [record] = records_of(stack.node.cri_records, stack.namespace, pod)
     pid = process_pid(stack.node.cri_records, record)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     url = f"http://127.0.0.1:{stack.daemon_port}/service/health"
 
     def restarted() -> bool | None:
-        records = records_of(stack.node.cri_records, stack.namespace, "flexnpud")
+        records = records_of(stack.node.cri_records, stack.namespace, pod)
         return True if len(records) > 1 and http_ok(url) else None
 
     wait_for("flexnpud restarted by kubelet", restarted, 120, watch=stack.cluster.procs, interval=0.5)
@@ -135,16 +136,23 @@ def test_restarting_each_component_disturbs_no_running_pod(
         }
         before = {name: {k: stack.registrations()[fid][k] for k in STABLE} for name, fid in ids.items()}
 
+        def restart(name: str, start: Callable[[], object]) -> Callable[[], None]:
+            def run() -> None:
+                stop_proc(cluster, name)
+                start()
+
+            return run
+
         restarts: list[tuple[str, Callable[[], object]]] = [
             ("device-plugin", lambda: restart_device_plugin(stack)),
             ("flexnpud", lambda: restart_flexnpud(stack)),
-            ("extender", lambda: (stop_proc(cluster, "extender"), stack.start_extender(stack.extender_port))),
-            ("operator", lambda: (stop_proc(cluster, "operator"), stack.start_operator())),
-            ("flexnpu-scheduler", lambda: (stop_proc(cluster, "flexnpu-scheduler"), stack.start_scheduler())),
+            ("extender", restart("extender", lambda: stack.start_extender(stack.extender_port))),
+            ("operator", restart("operator", stack.start_operator)),
+            ("flexnpu-scheduler", restart("flexnpu-scheduler", stack.start_scheduler)),
             ("kubelet", lambda: cluster.restart_kubelet(cluster.node)),
         ]
-        for component, restart in restarts:
-            restart()
+        for component, restart_it in restarts:
+            restart_it()
             probe = f"probe-{component}"
             core.create_namespaced_pod(NAMESPACE, pod_body(probe, 3))
             pod = running(cluster, core, probe)

@@ -9,6 +9,7 @@ device's kernel log, which nothing in the runtime reads. Without the runtime the
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -84,7 +85,7 @@ def test_two_and_eight_units_on_one_card_get_their_shares_through_the_interposer
         assert len(cards) == 1, f"the extender put the pods on cards {cards}: they do not share one"
         for name in pods:
             [record] = records_of(cluster.cri_records, NAMESPACE, name)
-            pid = wait_for(f"process of {name}", lambda r=record: process_pid(cluster.cri_records, r), 60)
+            pid = wait_for(f"process of {name}", functools.partial(process_pid, cluster.cri_records, record), 60)
             pids[pid] = name
             problems = enforcement_problems(cluster.cri_records, record, ids[name])
             assert not problems, f"{name}: {problems}"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +25,14 @@ from flexnpu.priority import Priority
 from flexnpu.registration import Registration
 from flexnpu.shim.core.slicing import SlicePolicy
 from flexnpu.shim.grant import shm
-from flexnpu.shim.grant.server import REVOKE_GRACE_US, SLOT_CHARGE_GRACE_US, GrantServer
+from flexnpu.shim.grant.bells import RingBudget
+from flexnpu.shim.grant.server import (
+    REVOKE_GRACE_US,
+    RING_BURST,
+    RINGS_PER_SLICE,
+    SLOT_CHARGE_GRACE_US,
+    GrantServer,
+)
 from flexnpu.shim.grant.shmgrants import SlotReport, read_report, usage_delta_us
 from flexnpu.shim.runtime import wire
 from flexnpu.shim.runtime.grant_client import GrantClient
@@ -92,6 +102,17 @@ class Tenant:
     def use(self, used_us: int) -> None:
         self.slot.set("used_ns", self.slot.get("used_ns") + used_us * 1000)
 
+    def ring(self) -> None:
+        """What libflexnpu does after a want 0 -> 1 or a yield: bump the doorbell, wake whoever sleeps on it."""
+        self.slot.set("doorbell", self.slot.get("doorbell") + 1)
+        self.slot.futex_wake("doorbell")
+
+    def give_back(self, at_ns: int) -> None:
+        """libflexnpu's yield at an idle sync: yield_ns, then yield_epoch = the grant's epoch, then a ring."""
+        self.slot.set("yield_ns", at_ns)
+        self.slot.set("yield_epoch", self.region.state().epoch)
+        self.ring()
+
     def close(self) -> None:
         self.slot.close()
         self.region.close()
@@ -133,6 +154,8 @@ def test_the_daemon_creates_a_region_per_card_and_a_slot_per_registration(
         priority=1,
         mem_peak_bytes=0,
         denied_allocs=0,
+        yield_epoch=0,
+        yield_ns=0,
     )
     assert (b.slot.get("share_permille"), b.slot.get("priority")) == (200, 2)
     assert a.index != b.index
@@ -393,7 +416,17 @@ def test_read_report_clamps_every_tenant_field() -> None:
     )
 
 
-TENANT_FIELDS = ("mem_used_bytes", "used_ns", "inflight_est_ns", "want", "doorbell", "mem_peak_bytes", "denied_allocs")
+TENANT_FIELDS = (
+    "mem_used_bytes",
+    "used_ns",
+    "inflight_est_ns",
+    "want",
+    "doorbell",
+    "mem_peak_bytes",
+    "denied_allocs",
+    "yield_epoch",
+    "yield_ns",
+)
 U64 = st.one_of(st.sampled_from([0, 1, 2, (1 << 32) - 1, (1 << 63) - 1, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1))
 
 
@@ -523,3 +556,139 @@ def _in_futex_wait(thread_id: int) -> bool:
     except OSError:
         return False
     return bool(fields) and fields[0] == str(shm._sys_futex())
+
+
+def test_a_want_rung_on_the_doorbell_is_seen_without_waiting_for_a_poll(
+    make_server: Callable[[list[Registration]], GrantServer], tenants: Callable[[str], Tenant]
+) -> None:
+    # The timer never runs (no run_timers, a clock that does not move): only the doorbell thread can see the want.
+    # (Failed before it: the daemon read the want flag at its slot poll only, every SLOT_POLL_SLICES slices.)
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    a.want()
+    a.ring()
+    wait_for(a.holds, "the doorbell thread to hand the card to the slot that rang")
+    assert server.doorbell_counts("a")[0] >= 1
+
+
+def test_a_holder_that_gives_its_grant_back_hands_the_card_on_before_its_deadline(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    a.ring()
+    wait_for(a.holds, "a to be granted the free card")
+    a.want(0)  # libflexnpu clears its want when it sees the grant
+    assert a.region.get("contended") == 0  # nobody else waits: a keeps its grant at an idle sync
+    granted = a.region.state()
+    b.want()
+    b.ring()
+    wait_for(lambda: a.region.get("contended") == 1, "the daemon to tell the holder that b waits")
+    clock.now_us += 300  # a ran 200 us of work in 300 us, then had nothing in flight at a sync
+    a.use(200)
+    a.give_back(at_ns=(clock.now_us - 100) * 1000)
+    wait_for(b.holds, "the card to go to b at a's yield, long before a's deadline")
+    state = b.region.state()
+    assert clock.now_us * 1000 < granted.deadline_ns and state.epoch > granted.epoch
+    assert state.deadline_ns == (clock.now_us + SLICE_US) * 1000
+    assert state.daemon_pid_start == PID_START
+    assert b.region.get("ended_ns") == (clock.now_us - 100) * 1000  # a's yield as it dated it, for the figure
+    assert b.region.get("contended") == 0
+    assert server.stats()["a"]["device_time_us"] == 300  # max(reported, held until the daemon saw the yield)
+    assert server.holders()[KEY] == frozenset({"b"})
+
+
+@pytest.mark.parametrize("epoch_offset", [1, -1, 1 << 31])
+def test_a_yield_of_another_epoch_ends_nothing(
+    make_server: Callable[[list[Registration]], GrantServer],
+    clock: ManualClock,
+    tenants: Callable[[str], Tenant],
+    epoch_offset: int,
+) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    a.ring()
+    wait_for(a.holds, "a to be granted the free card")
+    b.want()
+    b.ring()
+    wait_for(lambda: a.region.get("contended") == 1, "the daemon to see b's want")
+    handled = server.doorbell_counts("a")[0]
+    a.slot.set("yield_epoch", (a.region.state().epoch + epoch_offset) & 0xFFFFFFFF)
+    a.slot.set("yield_ns", (1 << 64) - 1)
+    a.ring()
+    wait_for(lambda: server.doorbell_counts("a")[0] > handled, "the daemon to read a's ring")
+    assert a.holds() and server.holders()[KEY] == frozenset({"a"})
+    clock.now_us += SLICE_US
+    server.run_timers()  # its deadline: the card goes to b as usual
+    assert b.holds()
+
+
+def test_a_doorbell_flood_is_cut_to_its_ring_budget_and_the_honest_tenant_is_served(
+    grant_socket: str, shm_dir: Path, tmp_path: Path
+) -> None:
+    # Real clock and timer. A hostile pod rings its doorbell as fast as it can from another process; the daemon
+    # handles at most its ring budget of those rings, and an honest tenant's want is still served at once.
+    server = GrantServer(
+        grant_socket, SlicePolicy(quota=10, slice_us=SLICE_US), [CARD], proc_root=tmp_path, shm_dir=str(shm_dir)
+    )
+    server.start()
+    opened: list[Tenant] = []
+    flood: subprocess.Popen[str] | None = None
+    try:
+        server.set_registrations([registration("evil", units=5), registration("a", units=5)])
+        evil, a = Tenant(shm_dir, "evil"), Tenant(shm_dir, "a")
+        opened += [evil, a]
+        started = time.monotonic()
+        flood = subprocess.Popen(
+            [sys.executable, "-c", FLOOD, evil.slot.path, "40000"], stdout=subprocess.PIPE, text=True
+        )
+        wait_for(lambda: evil.slot.get("doorbell") > 1000, "the flood to start")
+        a.want()
+        a.ring()
+        wait_for(a.holds, "the honest tenant to be granted the card during the flood")
+        out, _ = flood.communicate(timeout=120)
+        elapsed = time.monotonic() - started
+        rings = int(out)
+        handled, _dropped = server.doorbell_counts("evil")
+        budget = RING_BURST + RINGS_PER_SLICE * 1e6 / SLICE_US * elapsed
+        assert rings == 40000 and handled <= budget + 1, (handled, budget, elapsed)
+        assert handled < rings / 4
+    finally:
+        if flood is not None and flood.poll() is None:
+            flood.kill()
+            flood.communicate()
+        for tenant in opened:
+            tenant.close()
+        server.stop()
+
+
+FLOOD = """
+import sys
+from flexnpu.shim.grant import shm
+slot = shm.Slot.open(sys.argv[1])
+count = int(sys.argv[2])
+for _ in range(count):
+    slot.set("doorbell", slot.get("doorbell") + 1)
+    slot.futex_wake("doorbell")
+print(count)
+"""
+
+
+@pytest.mark.parametrize(
+    ("spent", "at_ns", "handled"),
+    [
+        (0, 0, True),
+        (64, 0, False),  # the burst is spent, no time passed
+        (64, 1_000_000, True),  # 1 ms at 2000 rings/s: two tokens back
+    ],
+)
+def test_the_ring_budget_is_a_token_bucket(spent: int, at_ns: int, handled: bool) -> None:
+    budget = RingBudget(64.0, 0)
+    for _ in range(spent):
+        budget, ok = budget.spend(0, 2000.0, 64)
+        assert ok
+    budget, ok = budget.spend(at_ns, 2000.0, 64)
+    assert ok is handled
+    assert budget.ready_at_ns(2000.0) >= at_ns

@@ -509,6 +509,42 @@ func (s *criServer) ContainerStatus(_ context.Context, r *rt.ContainerStatusRequ
 	}}, nil
 }
 
+// ExecSync runs the command (an exec probe's) as a local process with the
+// container's environment and working directory, as kubelet's prober asks.
+func (s *criServer) ExecSync(ctx context.Context, r *rt.ExecSyncRequest) (*rt.ExecSyncResponse, error) {
+	s.mu.Lock()
+	c, ok := s.containers[r.GetContainerId()]
+	s.mu.Unlock()
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "container %q not found", r.GetContainerId())
+	}
+	if len(r.GetCmd()) == 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "exec in %q: empty command", c.id)
+	}
+	if t := r.GetTimeout(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(t)*time.Second)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, r.GetCmd()[0], r.GetCmd()[1:]...)
+	for _, kv := range c.config.GetEnvs() {
+		cmd.Env = append(cmd.Env, kv.GetKey()+"="+string(kv.GetValue()))
+	}
+	if wd := c.config.GetWorkingDir(); wd != "" {
+		cmd.Dir = wd
+	}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	code := int32(0)
+	if err := cmd.Run(); err != nil {
+		code = 126
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = int32(ee.ExitCode())
+		}
+	}
+	return &rt.ExecSyncResponse{Stdout: []byte(stdout.String()), Stderr: []byte(stderr.String()), ExitCode: code}, nil
+}
+
 func (s *criServer) ListContainerStats(context.Context, *rt.ListContainerStatsRequest) (*rt.ListContainerStatsResponse, error) {
 	return &rt.ListContainerStatsResponse{}, nil
 }
