@@ -8,7 +8,7 @@ rtKernelLaunch, with host gaps between bursts. Neither the daemon nor the interp
 interposer measures device time with the device's events.
 
 The meter is the fake device's ground truth: it logs every kernel's device start and end with the launching
-process (``tests/native/fakes/fakedev.h``). For each 1 s and 100 ms window after a warm-up, a tenant's achieved
+process (``shim/simnpu/native/fakedev.h``). For each 1 s and 100 ms window after a warm-up, a tenant's achieved
 share is its device time in the window over the device time of all tenants in it (the card is not 100% busy:
 host gaps and hand-offs leave it idle, which the "card busy" column shows); the error is |achieved - target| in
 percentage points, mean and max over tenants and windows. Beside each split, in the same run: the same programs

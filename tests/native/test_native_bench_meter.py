@@ -1,6 +1,6 @@
 """The oracle-free meter of ``flexnpu bench native_share``: the fake device's kernel log and the window arithmetic.
 
-The log is the fake device's ground truth (tests/native/fakes/fakedev.h): every kernel's device start and end with
+The log is the fake device's ground truth (shim/simnpu/native/fakedev.h): every kernel's device start and end with
 the launching process, written under the device's lock, so two processes' kernels never overlap on its one engine.
 """
 
