@@ -151,8 +151,18 @@ def test_restarting_each_component_disturbs_no_running_pod(
             ("flexnpu-scheduler", restart("flexnpu-scheduler", stack.start_scheduler)),
             ("kubelet", lambda: cluster.restart_kubelet(cluster.node)),
         ]
+
+        def advertised() -> bool | None:
+            allocatable = core.read_node(cluster.node_name).status.allocatable or {}
+            return True if allocatable.get(names.RESOURCE_VNPU) == str(len(INVENTORY) * UNITS_PER_CARD) else None
+
         for component, restart_it in restarts:
             restart_it()
+            # A pod created while the node still reports the old plugin's units as gone is refused by
+            # NodeResourcesFit and waits for the scheduler's queue flush: wait for the node to advertise them again.
+            wait_for(
+                f"units advertised after the {component} restart", advertised, 120, watch=cluster.procs, interval=0.5
+            )
             probe = f"probe-{component}"
             core.create_namespaced_pod(NAMESPACE, pod_body(probe, 3))
             pod = running(cluster, core, probe)
