@@ -19,7 +19,7 @@ from types import FrameType
 
 from flexnpu.deviceplugin.adapters.nodelabels import NodeLabeller
 from flexnpu.deviceplugin.core.nodelabels import node_labels
-from flexnpu.deviceplugin.core.response import NodeLayout, preload_text
+from flexnpu.deviceplugin.core.response import NodeLayout
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.metrics import Metrics
 from flexnpu.deviceplugin.plugin import VnpuPlugin
@@ -27,6 +27,7 @@ from flexnpu.deviceplugin.server import PluginServer
 from flexnpu.deviceplugin.settings import DEFAULT_NPU_SMI, ENV_PREFIX, DevicePluginSettings
 from flexnpu.discovery import DiscoveryError, scanner_for
 from flexnpu.errors import FlexnpuError
+from flexnpu.preloadfile import write_preload_file
 from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.deviceplugin")
@@ -88,26 +89,6 @@ def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
     )
     plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics(), claim_wait=settings.claim_wait)
     return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
-
-
-def write_preload_file(layout: NodeLayout) -> None:
-    """The host file Allocate mounts onto /etc/ld.so.preload: written atomically, world-readable.
-
-    OSError when it cannot be written: pods would then fail to start on a missing mount source, so the plugin
-    stops before it advertises anything.
-    """
-    if not (layout.inject_shim and layout.interposer):
-        return
-    path = Path(layout.preload_host_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = preload_text(layout)
-    if path.is_file() and path.read_text() == text:
-        return
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text)
-    temporary.chmod(0o644)
-    temporary.replace(path)
-    log.info("interposer: %s names %s", path, layout.interposer_pod_path)
 
 
 def run(settings: DevicePluginSettings, stop: threading.Event) -> int:
