@@ -129,7 +129,11 @@ def slot_name(flexnpu_id: str) -> str:
     if _SAFE_ID.fullmatch(flexnpu_id) and not flexnpu_id.startswith("."):
         return f"slot-{flexnpu_id}.shm"
     h = 0xCBF29CE484222325
-    for byte in flexnpu_id.encode("utf-8", "surrogateescape"):
+    try:
+        raw = flexnpu_id.encode("utf-8", "surrogateescape")  # the bytes an environment variable carried
+    except UnicodeEncodeError:
+        raw = flexnpu_id.encode("utf-8", "surrogatepass")  # a lone surrogate from JSON: hashed, never an error
+    for byte in raw:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return f"slot-h{h:016x}.shm"
 
