@@ -81,7 +81,8 @@ def serve(nodes: int, cards: int, policy: str, pipe: Connection) -> None:
         state = ClusterState()
         seed(state, nodes, cards)
         gc.freeze()  # the seeded cluster is long-lived: keep it out of every collection's scan
-        service = ExtenderService(state, CountingWriter(), policy=policy, identity="bench")
+        # No kubelets: nothing would ever allocate the bound pods, so binds do not wait for earlier ones.
+        service = ExtenderService(state, CountingWriter(), policy=policy, identity="bench", allocation_timeout=0)
         runner = web.AppRunner(make_app(service, max_body_bytes=64 * 1024 * 1024), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -12,7 +12,10 @@ Two schedulers run from the chart's KubeSchedulerConfiguration: ``flexnpu-schedu
 extender's pods request vNPU units (1, 2, 3, 5 units or one whole card), the plain ones the same counts of the
 plain resource. The client creates the pods from several threads and watches them; a pod's latency is from the
 end of its create call to the watch event that shows it bound (``spec.nodeName``), the throughput is pods over
-the time from the first create to the last bind. The figures are the scheduler's and the API server's on this
+the time from the first create to the last bind. With no kubelets, the client also does the device plugin's one
+write per pod: as soon as the watch shows an extender pod bound it sets its handshake to ``allocated``, as the
+plugin does after kubelet's Allocate (the extender binds a second pod of the same first size to a node only
+after that: kubelet's Allocate names no pod). The figures are the scheduler's and the API server's on this
 machine, with the client in the loop for both modes alike.
 """
 
@@ -133,6 +136,7 @@ def run_mode(core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int
                     version = pod.metadata.resource_version
                     name = pod.metadata.name
                     if name.startswith(prefix) and pod.spec.node_name:
+                        on_bound(pod)
                         with lock:
                             bound.setdefault(name, time.monotonic())
                             if len(bound) >= pods:
@@ -140,6 +144,21 @@ def run_mode(core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int
                                 w.stop()
             except ProtocolError:  # the server closed the stream: watch again from ``version``
                 continue
+
+    allocator = ThreadPoolExecutor(threads)
+    allocated: set[str] = set()
+
+    def allocate(name: str) -> None:
+        """The device plugin's write after kubelet's Allocate (no kubelet here): the handshake ends."""
+        core.patch_namespaced_pod(
+            name, NAMESPACE, {"metadata": {"annotations": {names.ANNOTATION_BIND_PHASE: "allocated"}}}
+        )
+
+    def on_bound(pod: Any) -> None:
+        notes = pod.metadata.annotations or {}
+        if notes.get(names.ANNOTATION_BIND_PHASE) == "allocating" and pod.metadata.name not in allocated:
+            allocated.add(pod.metadata.name)
+            allocator.submit(allocate, pod.metadata.name)
 
     thread = threading.Thread(target=watcher, daemon=True)
     thread.start()
@@ -153,7 +172,9 @@ def run_mode(core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int
 
     first = time.monotonic()
     in_parallel([partial(create, i) for i in range(pods)], threads)
-    if not done.wait(max(120.0, pods * 0.5)):
+    finished = done.wait(max(120.0, pods * 0.5))
+    allocator.shutdown(wait=True)
+    if not finished:
         raise SystemExit(f"flexnpu bench scheduler: {scheduler} bound {len(bound)} of {pods} pods in time")
     last = max(bound.values())
     latencies = [max(0.0, bound[n] - created[n]) * 1000 for n in created]

@@ -81,6 +81,7 @@ def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
         inject_shim=settings.inject_shim,
         shim_socket_dir=settings.shim_socket_dir,
         shim_runtime_dir=settings.shim_runtime_dir,
+        python_path=settings.python_path,
         interposer=settings.interposer,
         interposer_host_path=settings.interposer_host_path,
         interposer_pod_path=settings.interposer_pod_path,

@@ -38,6 +38,10 @@ class DevicePluginSettings:
     inject_shim: bool = setting(True, "mount the in-pod runtime and set FLEXNPU_* variables")
     shim_socket_dir: str = setting(names.SHIM_SOCKET_DIR, "host directory of the node daemon's grant socket")
     shim_runtime_dir: str = setting(names.SHIM_RUNTIME_HOST_DIR, "host directory holding the in-pod runtime")
+    python_path: bool = setting(
+        False,
+        "set PYTHONPATH to the in-pod runtime (the Python step-level client); it replaces the image's PYTHONPATH",
+    )
     interposer: bool = setting(True, "mount the native interposer and a read-only /etc/ld.so.preload naming it")
     interposer_host_path: str = setting(names.INTERPOSER_HOST_PATH, "host path of libflexnpu.so")
     interposer_pod_path: str = setting(names.INTERPOSER_POD_PATH, "where pods see libflexnpu.so")

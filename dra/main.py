@@ -129,6 +129,7 @@ def build(settings: DraSettings) -> tuple[Servers, Callable[[threading.Event], N
         units_per_card=settings.units_per_card,
         shim_socket_dir=settings.shim_socket_dir,
         shim_runtime_dir=settings.shim_runtime_dir,
+        python_path=settings.python_path,
         interposer=settings.interposer,
         interposer_host_path=settings.interposer_host_path,
         interposer_pod_path=settings.interposer_pod_path,

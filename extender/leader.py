@@ -6,6 +6,11 @@ renews ``renewTime`` every ``retry_period``; another replica takes the Lease onl
 leaseDurationSeconds`` has passed; a holder that stops cleanly gives the Lease up at once. Updates carry the
 resourceVersion they read, so the API server rejects the loser of a race (409).
 
+The holder also publishes where it can be reached: the annotation :data:`ANNOTATION_LEADER_URL`, written in the
+same patch as ``holderIdentity`` (so the two always agree), carries its advertise URL. Standbys forward the binds
+they receive there (:mod:`flexnpu.extender.forward`); a URL that is not ``http(s)://host:port`` is ignored, with a
+log line.
+
 :func:`decide` is the pure part: given the Lease as read and the time, what should this replica do.
 """
 
@@ -17,13 +22,17 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
+from flexnpu.errors import ValidationError
+from flexnpu.extender.forward import peer_url
 from flexnpu.extender.kube import KubeApi, KubeApiError, KubeConflict, KubeNotFound
+from flexnpu.names import DOMAIN
 
 log = logging.getLogger(__name__)
 
 _MICRO_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+ANNOTATION_LEADER_URL: Final = f"{DOMAIN}/extender-leader-url"
 
 
 class Action(enum.Enum):
@@ -40,6 +49,7 @@ class LeaseRecord:
     renew_time: datetime | None
     transitions: int = 0
     resource_version: str = ""
+    leader_url: object = None  # the annotation as read: hostile until peer_url has checked it
 
     def expired(self, now: datetime) -> bool:
         return self.renew_time is None or now >= self.renew_time + timedelta(seconds=self.duration_s)
@@ -57,13 +67,24 @@ def decide(lease: LeaseRecord | None, identity: str, now: datetime) -> Action:
 
 def parse_lease(body: Mapping[str, Any]) -> LeaseRecord:
     spec = body.get("spec") or {}
+    meta = body.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    annotations = meta.get("annotations")
     return LeaseRecord(
         holder=str(spec.get("holderIdentity") or ""),
         duration_s=int(spec.get("leaseDurationSeconds") or 15),
         renew_time=_parse_time(spec.get("renewTime")),
         transitions=int(spec.get("leaseTransitions") or 0),
-        resource_version=str((body.get("metadata") or {}).get("resourceVersion") or ""),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        leader_url=annotations.get(ANNOTATION_LEADER_URL) if isinstance(annotations, Mapping) else None,
     )
+
+
+def published_url(lease: LeaseRecord) -> str:
+    """The holder's URL from the Lease ("" when there is none); ValidationError when it is not a plain URL."""
+    if lease.leader_url is None or lease.leader_url == "":
+        return ""
+    return peer_url(lease.leader_url, ANNOTATION_LEADER_URL)
 
 
 def format_time(when: datetime) -> str:
@@ -89,10 +110,11 @@ class ElectionConfig:
     lease_duration_s: int = 15
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
+    advertise_url: str = ""  # where this replica serves; published in the Lease while it leads ("": nowhere)
 
 
 class LeaderElector:
-    """Runs the election loop; ``is_leader`` and ``leader`` say where things stand for the bind handler."""
+    """Runs the election loop; ``is_leader``, ``leader`` and ``leader_url`` say where things stand for binds."""
 
     def __init__(
         self, api: KubeApi, config: ElectionConfig, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -102,7 +124,9 @@ class LeaderElector:
         self.clock = clock
         self.is_leader = False
         self.leader = ""  # the holder last seen, "" when unknown
+        self.leader_url = ""  # the URL the holder last seen publishes, "" when unknown or unusable
         self._last_renew: datetime | None = None
+        self._rejected_url: object = None  # the last unusable URL logged, so that it is logged once
 
     @property
     def path(self) -> str:
@@ -147,7 +171,7 @@ class LeaderElector:
         action = decide(lease, self.config.identity, now)
         if action is Action.WAIT:
             assert lease is not None
-            self._set(False, lease.holder)
+            self._set(False, lease.holder, self._holder_url(lease))
             return
         if action is Action.CREATE:
             await self.api.create(self.path.rsplit("/", 1)[0], self._new_lease(now))
@@ -163,7 +187,18 @@ class LeaderElector:
             )
             await self.api.patch(self.path, patch)
         self._last_renew = now
-        self._set(True, self.config.identity)
+        self._set(True, self.config.identity, self.config.advertise_url)
+
+    def _holder_url(self, lease: LeaseRecord) -> str:
+        try:
+            url = published_url(lease)
+        except ValidationError as exc:
+            if exc.value != self._rejected_url:
+                log.warning("lease %s: ignoring the holder's URL: %s", self.config.name, exc)
+                self._rejected_url = exc.value
+            return ""
+        self._rejected_url = None
+        return url
 
     def _check_deadline(self) -> None:
         """A leader that cannot renew within the deadline stops binding before another replica may take over."""
@@ -171,18 +206,25 @@ class LeaderElector:
         if self.is_leader and last is not None and (self.clock() - last).total_seconds() > self.config.renew_deadline_s:
             self._set(False, "")
 
-    def _set(self, leading: bool, leader: str) -> None:
-        if leading != self.is_leader or leader != self.leader:
-            log.info("lease %s: leader is now %r (this replica: %s)", self.config.name, leader, self.config.identity)
+    def _set(self, leading: bool, leader: str, url: str = "") -> None:
+        if leading != self.is_leader or leader != self.leader or url != self.leader_url:
+            log.info(
+                "lease %s: leader is now %r at %s (this replica: %s)",
+                self.config.name,
+                leader,
+                url or "no known URL",
+                self.config.identity,
+            )
         self.is_leader = leading
         self.leader = leader
+        self.leader_url = url
 
     def _new_lease(self, now: datetime) -> dict[str, Any]:
         c = self.config
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": c.name, "namespace": c.namespace},
+            "metadata": {"name": c.name, "namespace": c.namespace, "annotations": self._published()},
             "spec": {
                 "holderIdentity": c.identity,
                 "leaseDurationSeconds": c.lease_duration_s,
@@ -210,7 +252,16 @@ class LeaderElector:
             spec["leaseTransitions"] = transitions
         if acquired is not None:
             spec["acquireTime"] = format_time(acquired)
-        patch: dict[str, Any] = {"spec": spec}
+        meta: dict[str, Any] = {"annotations": self._annotations(holder)}
         if lease.resource_version:
-            patch["metadata"] = {"resourceVersion": lease.resource_version}
-        return patch
+            meta["resourceVersion"] = lease.resource_version
+        return {"metadata": meta, "spec": spec}
+
+    def _annotations(self, holder: str) -> dict[str, str | None]:
+        """The holder's URL, or none (a merge patch's null removes a stale one)."""
+        url = self.config.advertise_url if holder == self.config.identity else ""
+        return {ANNOTATION_LEADER_URL: url or None}
+
+    def _published(self) -> dict[str, str]:
+        url = self.config.advertise_url
+        return {ANNOTATION_LEADER_URL: url} if url else {}

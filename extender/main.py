@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from flexnpu.errors import ConfigError
+from flexnpu.extender.forward import BindForwarder, peer_url, url_for
 from flexnpu.extender.informers import Informers
 from flexnpu.extender.kube import KubeApi, KubeConfig, KubeWriter, load_kube_config
 from flexnpu.extender.leader import ElectionConfig, LeaderElector
@@ -65,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--high-priority-namespaces", help="comma-separated namespaces allowed flexnpu.io/priority: high")
     p.add_argument("--high-priority-classes", help="comma-separated PriorityClasses allowed flexnpu.io/priority: high")
     p.add_argument("--high-priority-min-value", help="PriorityClass value allowing flexnpu.io/priority: high (1000000)")
+    p.add_argument("--advertise-url", help="http(s)://HOST:PORT the other replicas forward binds to while this leads")
+    p.add_argument("--advertise-host", help="this replica's address; the URL is http://HOST:<listen port>")
+    p.add_argument("--forward-timeout", help="seconds a standby waits for the leader's answer to a bind (4.5)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return p
 
@@ -102,6 +106,15 @@ def identity(settings: ExtenderSettings) -> str:
     return settings.identity or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def advertise_url(settings: ExtenderSettings) -> str:
+    """Where the other replicas reach this one ("" when neither advertise_url nor advertise_host is set)."""
+    if settings.advertise_url:
+        return peer_url(settings.advertise_url, "advertise_url")
+    if settings.advertise_host:
+        return url_for(settings.advertise_host, parse_listen(settings.listen)[1])
+    return ""
+
+
 async def serve(
     settings: ExtenderSettings,
     kube: KubeConfig,
@@ -125,6 +138,7 @@ async def serve(
                     lease_duration_s=int(settings.lease_duration),
                     renew_deadline_s=settings.renew_deadline,
                     retry_period_s=settings.retry_period,
+                    advertise_url=advertise_url(settings),
                 ),
             )
             if settings.leader_elect
@@ -140,12 +154,17 @@ async def serve(
             leadership=leadership,
             identity=me,
             synced=informers.synced.is_set,
+            bind_wait=settings.bind_wait,
+            allocation_timeout=settings.allocation_timeout,
         )
-        runner = web.AppRunner(make_app(service, max_body_bytes=settings.max_body_bytes))
+        forwarder = (
+            BindForwarder(elector, identity=me, timeout_s=settings.forward_timeout) if elector is not None else None
+        )
+        runner = web.AppRunner(make_app(service, max_body_bytes=settings.max_body_bytes, forwarder=forwarder))
         await runner.setup()
         host, port = parse_listen(settings.listen)
         await web.TCPSite(runner, host, port).start()
-        log.info("serving the extender on %s:%d as %s", host, port, me)
+        log.info("serving the extender on %s:%d as %s, reachable at %s", host, port, me, advertise_url(settings) or "-")
         webhook = await _start_webhook(settings, tls)
         tasks = [asyncio.create_task(informers.run())]
         if elector is not None:
@@ -160,6 +179,8 @@ async def serve(
                     await task
             await service.drain()
             await runner.cleanup()
+            if forwarder is not None:
+                await forwarder.close()
             if webhook is not None:
                 await webhook.cleanup()
 

@@ -18,13 +18,16 @@ import enum
 import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from flexnpu.annotations import CardAssignment, decode_assignment
+from flexnpu.annotations import BindPhase, CardAssignment, decode_assignment, parse_bind_time
 from flexnpu.errors import ValidationError
 from flexnpu.extender.core.model import PodDemand
 from flexnpu.names import (
     ANNOTATION_ASSIGNED,
+    ANNOTATION_BIND_PHASE,
+    ANNOTATION_BIND_TIME,
     ANNOTATION_CARD_MODEL,
     ANNOTATION_PRIORITY,
     RESOURCE_VNPU,
@@ -67,6 +70,11 @@ class PodFacts:
     deleting: bool = False
     cpu_milli: int = 0
     memory_mib: int = 0
+    first_units: int = 0
+    """Units of its first container asking for vnpu, in kubelet's order (see :func:`first_allocation_units`)."""
+    allocating_since: datetime | None = None
+    """Its bind time while the handshake says ``allocating`` and the pod has not started: kubelet may still be
+    about to send its Allocate. None otherwise."""
 
     @property
     def live(self) -> bool:
@@ -177,16 +185,53 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         name=str(meta.get("name") or ""),
         uid=str(meta.get("uid") or ""),
     )
+    phase = str(_lenient(pod.get("status")).get("phase") or "Pending")
+    try:
+        first = first_allocation_units(pod) or 0
+    except ValidationError:
+        first = 0
     return PodFacts(
         key=key,
         node_name=str(_lenient(pod.get("spec")).get("nodeName") or ""),
-        phase=str(_lenient(pod.get("status")).get("phase") or "Pending"),
+        phase=phase,
         priority=priority,
         assignments=assignments,
         deleting=bool(meta.get("deletionTimestamp")),
         cpu_milli=cpu,
         memory_mib=memory,
+        first_units=first,
+        allocating_since=_allocating_since(notes, phase),
     )
+
+
+def first_allocation_units(pod: Mapping[str, Any]) -> int | None:
+    """The units kubelet's first Allocate for this pod asks for: its first container asking for ``huawei.com/vnpu``
+    in the order kubelet allocates (init containers, then app containers, each in spec order); None for none.
+
+    Kubelet's Allocate names no pod: the device plugin tells the pods it may be admitting apart by this count (a
+    pod it is in the middle of comes first). Two pods bound to one node with the same first count, both still to
+    be allocated, could be told apart by nothing, so the extender binds the second only once the first is
+    allocated (:meth:`flexnpu.extender.service.ExtenderService.bind`).
+    """
+    spec = _mapping(pod.get("spec"), "spec")
+    for group in ("initContainers", "containers"):
+        for where, container in _containers(spec, group):
+            units = _amount(where, container, RESOURCE_VNPU, _quantity)
+            if units:
+                return units
+    return None
+
+
+def _allocating_since(notes: Mapping[str, Any], phase: str) -> datetime | None:
+    """The bind time of a pod whose handshake is at ``allocating`` and that has not started; None otherwise (a
+    malformed bind time counts as none: such a pod holds back no other)."""
+    if phase != "Pending" or notes.get(ANNOTATION_BIND_PHASE) != BindPhase.ALLOCATING.value:
+        return None
+    text = notes.get(ANNOTATION_BIND_TIME)
+    try:
+        return parse_bind_time(text) if isinstance(text, str) else None
+    except ValidationError:
+        return None
 
 
 def _mapping(value: object, field: str) -> Mapping[str, Any]:

@@ -13,11 +13,11 @@ requeues the pod with backoff; a non-200 status would reach the pod only as "cod
 ``preempt``, whose answers have no error field, answer 503 (the scheduler drops a failed prioritize's scores, but
 filter has already failed the attempt; a failed preempt fails the preemption).
 
-``/readyz`` answers 200 on the leader once its caches have synced, and 503 before that and on standbys: the
-chart's one Service sends each of kube-scheduler's requests to any ready replica, and a bind that reaches a
-standby fails (only the leader binds), so a standby must not be an endpoint until it leads. The body says why
-(not synced, standby and who leads, no leader known yet). Ready standbys need binds forwarded to the leader
-first (issue 10, case 11).
+``/readyz`` answers 200 once the caches have synced, on the leader and on a standby that knows where the leader
+is (it forwards the binds it receives there, :mod:`flexnpu.extender.forward`): the chart's one Service sends each
+of kube-scheduler's requests to any ready replica, filter, prioritize and preempt are answered from each replica's
+own caches, and only the leader binds. It answers 503 before the sync, while no leader is known, and on a
+standby that cannot forward (no forwarder, or a leader that publishes no URL); the body says why.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from flexnpu.errors import ValidationError
 from flexnpu.extender import wire
+from flexnpu.extender.forward import FORWARDED_HEADER, BindForwarder, forwarded_by
 from flexnpu.extender.metrics import ExtenderMetrics
 from flexnpu.extender.service import ExtenderService
 
@@ -41,6 +41,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE_KEY = web.AppKey("service", ExtenderService)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 LIMIT_KEY = web.AppKey("max_body_bytes", int)
+FORWARDER_KEY = web.AppKey("forwarder", BindForwarder)
+Verb = Callable[[web.Request, object], Awaitable[object]]
 
 
 def _dumps(value: object) -> str:
@@ -79,7 +81,7 @@ async def _read_json(request: web.Request, limit: int) -> object:
         raise BodyError(400, "request body is nested too deeply to be a Kubernetes object") from exc
 
 
-def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]]) -> Handler:
+def _verb(name: str, call: Verb) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
         started = time.perf_counter()
@@ -90,7 +92,7 @@ def _verb(name: str, call: Callable[[ExtenderService, object], Awaitable[object]
                 status = 200 if name in _ERROR_FIELD_VERBS else 503
                 return _json(_not_synced_answer(name, waiting), status)
             body = await _read_json(request, request.app[LIMIT_KEY])
-            answer = await call(service, body)
+            answer = await call(request, body)
             status = 200
             response = _json(answer)
             # The standard Server-Timing header: the time spent in the extender, without the network.
@@ -121,20 +123,37 @@ def _not_synced_answer(verb: str, reason: str) -> dict[str, object]:
     return {"Error": reason}
 
 
-async def _filter(service: ExtenderService, body: object) -> object:
+async def _filter(request: web.Request, body: object) -> object:
+    service = request.app[SERVICE_KEY]
     return _Encoded(wire.encode_filter_result(service.filter(wire.read_extender_args(body))))
 
 
-async def _prioritize(service: ExtenderService, body: object) -> object:
+async def _prioritize(request: web.Request, body: object) -> object:
+    service = request.app[SERVICE_KEY]
     return _Encoded(wire.encode_score_groups(service.prioritize(wire.read_extender_args(body))))
 
 
-async def _bind(service: ExtenderService, body: object) -> object:
-    return await service.bind(wire.read_binding_args(body))
+async def _bind(request: web.Request, body: object) -> object:
+    """The leader binds; a standby forwards to it, once: a forwarded bind that reaches a standby is refused."""
+    service, args = request.app[SERVICE_KEY], wire.read_binding_args(body)
+    forwarder = request.app.get(FORWARDER_KEY)
+    if service.leadership.is_leader or forwarder is None:
+        return await service.bind(args)
+    sender = request.headers.get(FORWARDED_HEADER)
+    if sender is not None:
+        service.counters.binds["forward-refused"] += 1
+        leader = service.leadership.leader or "unknown (election in progress)"
+        return {
+            "Error": f"extender replica {service.identity} is not the leader (the leader is {leader}) and does not "
+            f"forward again a bind that replica {forwarded_by(sender)} forwarded to it"
+        }
+    answer = await forwarder.forward(args)
+    service.counters.binds["forward-error" if answer["Error"] else "forwarded"] += 1
+    return answer
 
 
-async def _preempt(service: ExtenderService, body: object) -> object:
-    return service.preempt(wire.read_preemption_args(body))
+async def _preempt(request: web.Request, body: object) -> object:
+    return request.app[SERVICE_KEY].preempt(wire.read_preemption_args(body))
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:
@@ -151,7 +170,16 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
         return web.Response(text="ready: leader (binds)")
     if not leadership.leader:
         return web.Response(text="not ready: no leader known yet (election in progress)", status=503)
-    return web.Response(text=f"not ready: standby (synced; only the leader, {leadership.leader}, binds)", status=503)
+    forwarder = request.app.get(FORWARDER_KEY)
+    if forwarder is None:
+        return web.Response(
+            text=f"not ready: standby (synced; only the leader, {leadership.leader}, binds)", status=503
+        )
+    why = forwarder.unreachable()
+    if why:
+        return web.Response(text=f"not ready: standby that cannot forward binds: {why}", status=503)
+    where = forwarder.location
+    return web.Response(text=f"ready: standby (forwards binds to the leader, {where.leader} at {where.leader_url})")
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
@@ -171,14 +199,22 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def make_app(
-    service: ExtenderService, *, max_body_bytes: int, metrics: ExtenderMetrics | None = None, prefix: str = ""
+    service: ExtenderService,
+    *,
+    max_body_bytes: int,
+    metrics: ExtenderMetrics | None = None,
+    prefix: str = "",
+    forwarder: BindForwarder | None = None,
 ) -> web.Application:
+    """The extender's routes; with ``forwarder``, a standby forwards binds to the leader (and is then ready)."""
     # aiohttp's own limit sits above ours so that the handler, not aiohttp, words the 413.
     app = web.Application(client_max_size=max_body_bytes + 1, middlewares=[_json_errors])
     app[SERVICE_KEY] = service
     app[METRICS_KEY] = metrics or ExtenderMetrics(service)
     app[LIMIT_KEY] = max_body_bytes
-    verbs: dict[str, Callable[[ExtenderService, Any], Awaitable[object]]] = {
+    if forwarder is not None:
+        app[FORWARDER_KEY] = forwarder
+    verbs: dict[str, Verb] = {
         "filter": _filter,
         "prioritize": _prioritize,
         "bind": _bind,

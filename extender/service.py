@@ -19,12 +19,13 @@ scheduler never waits for it, and at most once a minute per pod and message).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from flexnpu.annotations import CardAssignment
@@ -34,9 +35,17 @@ from flexnpu.extender.core.model import CPU_ONLY, PodDemand
 from flexnpu.extender.core.placement import MAX_SCORE, PlacementError, Refusal, choose
 from flexnpu.extender.index import PlacementIndex
 from flexnpu.extender.informers import node_record
-from flexnpu.extender.pods import Interest, PodKey, interest, pod_demand, pod_key, pod_requests
+from flexnpu.extender.pods import (
+    Interest,
+    PodKey,
+    first_allocation_units,
+    interest,
+    pod_demand,
+    pod_key,
+    pod_requests,
+)
 from flexnpu.extender.preemption import Occupant, victims_for
-from flexnpu.extender.state import ClusterState, ReservationConflict
+from flexnpu.extender.state import ClusterState, Holding, ReservationConflict
 from flexnpu.names import ANNOTATION_INVENTORY
 from flexnpu.units import UnitsConfig
 
@@ -48,6 +57,8 @@ EVENT_BIND_REFUSED: Final = "FlexnpuBindRefused"
 EVENT_BIND_FAILED: Final = "FlexnpuBindFailed"
 EVENT_CLAIM_FAILED: Final = "FlexnpuClaimFailed"
 EVENT_ASSIGNED: Final = "FlexnpuAssigned"
+EVENT_BIND_DEFERRED: Final = "FlexnpuBindDeferred"
+BIND_POLL_S: Final = 0.02  # how often a bind waiting for an earlier pod's Allocate looks at the state again
 _PENDING_PODS: Final = 10_000  # pods seen by filter, kept for their bind
 _EVENT_REPEAT_S: Final = 60.0
 
@@ -90,6 +101,8 @@ class ExtenderService:
         identity: str = "",
         clock: Callable[[], datetime] | None = None,
         synced: Callable[[], bool] | None = None,
+        bind_wait: float = 3.0,
+        allocation_timeout: float = 30.0,
     ) -> None:
         self.state = state
         self.writer = writer
@@ -105,6 +118,9 @@ class ExtenderService:
         self._node_notes: dict[str, str] = {}
         self._events_sent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.bind_wait = bind_wait
+        self.allocation_timeout = timedelta(seconds=allocation_timeout)
+        self._turns: dict[tuple[str, int], tuple[asyncio.Lock, int]] = {}  # (node, first size) -> (lock, binds)
 
     def not_synced(self) -> str:
         """Why this replica cannot answer yet ("" once the first lists of nodes and pods are in)."""
@@ -218,14 +234,74 @@ class ExtenderService:
             return ""
         try:
             demand = pod_demand(pod, self.units)
+            first = first_allocation_units(pod) or 0
         except ValidationError as exc:
             return self._refuse(key, EVENT_INVALID, str(exc))
-        assignments = self._reserve(key, node, demand)
+        if first and self.allocation_timeout > timedelta(0):
+            deadline = time.monotonic() + self.bind_wait
+            async with self._turn(node, first, deadline) as turn:
+                blocker = await self._wait_for_allocation(key, node, first, deadline) if turn else None
+                if blocker is not None or not turn:
+                    return self._defer(
+                        key, deferred_message(node, None if blocker is None else blocker.key, first, self.bind_wait)
+                    )
+                assignments = self._reserve(key, node, demand, first)
+        else:
+            assignments = self._reserve(key, node, demand)
         if isinstance(assignments, str):
             return assignments
         return await self._write(key, node, demand, assignments)
 
-    def _reserve(self, key: PodKey, node: str, demand: PodDemand) -> tuple[CardAssignment, ...] | str:
+    def _defer(self, key: PodKey, message: str) -> str:
+        self.counters.binds["deferred"] += 1
+        self._event(key, EVENT_BIND_DEFERRED, message, warning=False)
+        return message
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, node: str, first: int, deadline: float) -> AsyncIterator[bool]:
+        """One bind at a time per node and first Allocate size, from the wait to the reservation (two binds waiting
+        for the same earlier pod must not both go ahead when it is allocated); yields False when the turn did not
+        come by ``deadline``."""
+        turn = (node, first)
+        lock, users = self._turns.get(turn) or (asyncio.Lock(), 0)
+        self._turns[turn] = (lock, users + 1)
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await lock.acquire()
+            except TimeoutError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._turns[turn]
+            if users <= 1:
+                del self._turns[turn]
+            else:
+                self._turns[turn] = (lock, users - 1)
+
+    async def _wait_for_allocation(self, key: PodKey, node: str, first: int, deadline: float) -> Holding | None:
+        """Wait (up to ``bind_wait`` seconds) until no other pod on ``node`` with the same first Allocate size is
+        still to be allocated by kubelet; the pod still in the way, if any, when the time is up.
+
+        Kubelet's Allocate carries no pod (DESIGN.md section 4): the device plugin knows which pod an Allocate is
+        for by its size among the node's pods not yet allocated, and two pods of one size would be told apart by
+        nothing but kubelet's admission order, which it does not publish. A pod that no kubelet allocated within
+        ``allocation_timeout`` of its bind holds nothing back any longer (its node may be down); a timeout of 0
+        turns the wait off (replays and benchmarks without kubelets, where nothing would ever allocate a pod).
+        """
+        if not first or self.allocation_timeout <= timedelta(0):
+            return None
+        while True:
+            blocker = self.state.allocating_on(node, first, key.uid, self._clock() - self.allocation_timeout)
+            if blocker is None or time.monotonic() >= deadline:
+                return blocker
+            await asyncio.sleep(BIND_POLL_S)
+
+    def _reserve(self, key: PodKey, node: str, demand: PodDemand, first: int = 0) -> tuple[CardAssignment, ...] | str:
         """Choose the cards and reserve them; a reservation race is retried once against the fresh state."""
         for attempt in range(2):
             state = self.state.node(node)
@@ -234,7 +310,14 @@ class ExtenderService:
             try:
                 assignments = choose(demand, state, self.policy, self.index.stats, memo=self.index.memo)
                 self.state.reserve(
-                    key, node, assignments, demand.priority.rank, demand.cpu_milli, demand.host_memory_mib
+                    key,
+                    node,
+                    assignments,
+                    demand.priority.rank,
+                    demand.cpu_milli,
+                    demand.host_memory_mib,
+                    first_units=first,
+                    at=self._clock(),
                 )
                 return assignments
             except PlacementError as exc:
@@ -343,6 +426,20 @@ def cpu_only_demand(pod: dict[str, Any]) -> PodDemand | None:
     if not cpu and not memory:
         return None
     return PodDemand(request=CPU_ONLY, cpu_milli=cpu, host_memory_mib=memory)
+
+
+def deferred_message(node: str, blocker: PodKey | None, first: int, waited: float) -> str:
+    """Why a bind was put off: the earlier pod of the same first Allocate size that kubelet has not allocated (or,
+    ``None``, another bind of that size to the node still waiting ahead of it)."""
+    ahead = (
+        f"pod {blocker.entity} asks for {first} unit(s) in its first container too and kubelet has not allocated it yet"
+        if blocker is not None
+        else f"another bind of a pod asking for {first} unit(s) in its first container is waiting ahead of it"
+    )
+    return (
+        f"bind to node {node} deferred: {ahead} (waited {waited:g} s); kubelet's Allocate names no pod, so two "
+        "such pods are bound to one node one after the other; the scheduler retries"
+    )
 
 
 def unschedulable_message(nodes: int, refusals: list[Refusal]) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from flexnpu.errors import ConfigError
+from flexnpu.errors import ConfigError, ValidationError
 from flexnpu.extender.core.admission import AdmissionPolicy
 from flexnpu.extender.core.placement import DEFAULT_POLICY, policy
+from flexnpu.extender.forward import peer_url, url_for
 from flexnpu.settings import setting
 from flexnpu.units import UnitsConfig
 
@@ -46,6 +47,14 @@ class ExtenderSettings:
     lease_duration: float = setting(15.0, "seconds a Lease stays valid without renewal")
     renew_deadline: float = setting(10.0, "seconds a leader keeps binding without a successful renewal")
     retry_period: float = setting(2.0, "seconds between Lease renewals and acquisition attempts")
+    bind_wait: float = setting(
+        3.0,
+        "seconds a bind waits for the node's kubelet to finish allocating an earlier pod of the same first "
+        "container size (Allocate names no pod; kept below the scheduler's extender httpTimeout, 5 s in the chart)",
+    )
+    allocation_timeout: float = setting(
+        30.0, "seconds after its bind that a pod no kubelet has allocated stops holding back the next bind"
+    )
     max_body_bytes: int = setting(64 * MIB, "largest request body accepted (a NodeList of 5,000 nodes is ~50 MB)")
     units_per_card: int = setting(10, "U: units per card, as the device plugin advertises (1..1000)")
     webhook_listen: str = setting("", "HOST:PORT of the admission webhook's HTTPS server; empty: no webhook")
@@ -64,6 +73,19 @@ class ExtenderSettings:
     high_priority_min_value: int = setting(
         1_000_000, "pods whose PriorityClass value (spec.priority) is at least this may say flexnpu.io/priority: high"
     )
+    advertise_url: str = setting(
+        "",
+        "http(s)://HOST:PORT where the other replicas reach this one (published in the Lease while it leads, "
+        "for the binds they forward); empty: built from advertise_host and the listen port",
+    )
+    advertise_host: str = setting(
+        "", "this replica's address (the chart passes the pod IP); empty with no advertise_url: binds not forwarded"
+    )
+    forward_timeout: float = setting(
+        4.5,
+        "seconds a standby waits for the leader's answer to a forwarded bind "
+        "(keep it below the scheduler's extender httpTimeout, 5 s in the chart)",
+    )
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -77,9 +99,14 @@ class ExtenderSettings:
                 (self.retry_period, self.renew_deadline, self.lease_duration),
                 "must satisfy 0 < retry_period < renew_deadline < lease_duration",
             )
+        if not 0 <= self.bind_wait <= 60:
+            raise ConfigError("bind_wait", self.bind_wait, "must be 0..60 seconds (0: binds never wait)")
+        if not 0 < self.allocation_timeout <= 3600:
+            raise ConfigError("allocation_timeout", self.allocation_timeout, "must be in (0, 3600] seconds")
         if not self.lease_name:
             raise ConfigError("lease_name", self.lease_name, "must not be empty")
         self._check_webhook()
+        self._check_forwarding()
 
     def _check_webhook(self) -> None:
         if not self.scheduler_name:
@@ -92,6 +119,17 @@ class ExtenderSettings:
         for name in ("webhook_cert_file", "webhook_key_file"):
             if getattr(self, name) is None:
                 raise ConfigError(name, None, "must be set when webhook_listen is (the webhook serves HTTPS only)")
+
+    def _check_forwarding(self) -> None:
+        try:
+            if self.advertise_url:
+                peer_url(self.advertise_url, "advertise_url")
+            if self.advertise_host:
+                peer_url(url_for(self.advertise_host, parse_listen(self.listen)[1]), "advertise_host")
+        except ValidationError as exc:
+            raise ConfigError(exc.field, exc.value, exc.reason) from exc
+        if not 0 < self.forward_timeout <= 60:
+            raise ConfigError("forward_timeout", self.forward_timeout, "must be in (0, 60] seconds")
 
     @property
     def units(self) -> UnitsConfig:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from flexnpu.annotations import CardAssignment, Inventory
 from flexnpu.errors import FlexnpuError
@@ -49,6 +50,11 @@ class Holding:
     priority_rank: int = 1
     cpu_milli: int = 0
     memory_mib: int = 0
+    first_units: int = 0
+    """Units of its first Allocate (flexnpu.extender.pods.first_allocation_units); 0 when unknown."""
+    allocating_since: datetime | None = None
+    """Since when kubelet may still be about to allocate it (its reservation or bind time); None once it is
+    allocated or started."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,21 @@ class ClusterState:
     def holdings_on(self, node: str) -> list[Holding]:
         with self._lock:
             return [self._holdings[uid] for uid in self._on_node.get(node, ())]
+
+    def allocating_on(self, node: str, first_units: int, other_than: str, since: datetime) -> Holding | None:
+        """A pod on ``node`` other than ``other_than`` whose first Allocate asks for ``first_units`` too and that
+        kubelet may still be about to allocate (allocating since ``since`` or later); None when there is none."""
+        with self._lock:
+            for uid in self._on_node.get(node, ()):
+                h = self._holdings[uid]
+                if (
+                    uid != other_than
+                    and h.first_units == first_units
+                    and h.allocating_since is not None
+                    and h.allocating_since >= since
+                ):
+                    return h
+            return None
 
     # -- nodes -----------------------------------------------------------------------------------------------
 
@@ -188,9 +209,11 @@ class ClusterState:
         priority_rank: int = 1,
         cpu_milli: int = 0,
         memory_mib: int = 0,
+        first_units: int = 0,
+        at: datetime | None = None,
     ) -> None:
         """Take ``assignments`` (and the CPU and memory) on ``node`` for the pod, or raise ReservationConflict
-        naming what is missing."""
+        naming what is missing. ``at``: when, for :meth:`allocating_on` (None: the reservation holds back no bind)."""
         with self._lock:
             state = self._nodes.get(node)
             if state is None:
@@ -209,6 +232,8 @@ class ClusterState:
                     priority_rank=priority_rank,
                     cpu_milli=cpu_milli,
                     memory_mib=memory_mib,
+                    first_units=first_units,
+                    allocating_since=at,
                 )
             )
 
@@ -231,6 +256,8 @@ class ClusterState:
             priority_rank=pod.priority.rank,
             cpu_milli=pod.cpu_milli,
             memory_mib=pod.memory_mib,
+            first_units=pod.first_units,
+            allocating_since=pod.allocating_since,
         )
 
     @staticmethod

@@ -5,8 +5,10 @@ Allocate response, the DRA kubelet plugin in a CDI spec (``flexnpu.dra.core.cdi`
   lists the logical IDs the ACL runtime sees inside the container (0..n-1: only the mounted cards exist there).
   Frameworks such as vLLM need the second one for tensor parallelism.
 - Device nodes and read-only driver mounts, or, with CDI, the CDI device names instead of both.
-- The in-pod runtime: its directory mounted read-only with ``PYTHONPATH`` pointing at it (the Python step-level
-  client), the node daemon's socket directory (read-only: connecting to a socket needs no write access, and a
+- The in-pod runtime: its directory mounted read-only (the Python step-level client; ``PYTHONPATH`` points at it
+  only where ``NodeLayout.python_path`` asks: a variable from the device plugin or a CDI spec replaces the image's
+  own ``PYTHONPATH``, since neither kubelet nor the runtime can extend it, and the native interposer needs none),
+  the node daemon's socket directory (read-only: connecting to a socket needs no write access, and a
   pod must not be able to remove the socket of its neighbours; the card regions and registration slots live
   there too), the registration's own slot file read-write on top of it where it exists before the container
   starts (``NodeLayout.slot_mount``; the interposer maps its slot read-write, and a read-only slot leaves the
@@ -69,6 +71,10 @@ class NodeLayout:
     interposer_host_path: str = names.INTERPOSER_HOST_PATH
     interposer_pod_path: str = names.INTERPOSER_POD_PATH
     preload_host_file: str = names.PRELOAD_HOST_FILE
+    python_path: bool = False
+    """Set ``PYTHONPATH`` to the runtime directory (its ``sitecustomize`` starts the Python step-level client). It
+    replaces the image's own ``PYTHONPATH``: off by default; a pod that wants the client and has a path of its own
+    names both in its own env (``PYTHONPATH=/usr/local/flexnpu/runtime:...``: the pod's env wins)."""
     slot_mount: bool = False
     """Mount the registration's slot file read-write over the read-only shim directory (the interposer maps it
     read-write: pod-wide memory account, want flag, usage). Only where the registration, and so its slot, exists
@@ -126,7 +132,7 @@ def shim_envs(cards: Sequence[CardAssignment], workload: Workload, layout: NodeL
         (names.ENV_CLAIM, workload.flexnpu_ids[0] if workload.flexnpu_ids else workload.claim),
         (names.ENV_SOCKET, f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}"),
         (names.ENV_SHIM_DIR, names.SHIM_SOCKET_DIR),
-        ("PYTHONPATH", names.SHIM_RUNTIME_POD_DIR),
+        *((("PYTHONPATH", names.SHIM_RUNTIME_POD_DIR),) if layout.python_path else ()),
     ) + (((names.ENV_ID, workload.flexnpu_ids[0]),) if workload.flexnpu_ids else ())
 
 

@@ -4,7 +4,11 @@ Kubelet's Allocate does not say which pod it serves (DESIGN.md section 4). Kubel
 at a time, in creation-timestamp order (``HandlePodAdditions`` sorts each batch with ``PodsByCreationTime``), and
 within a pod allocates its init containers, then its app containers, in spec order, one Allocate each. So an
 Allocate of n IDs is for the first pod, in that order, whose next container not yet served asks for n; a pod
-already partly served comes first (kubelet finishes one pod before the next). A pod the extender placed gets
+already partly served comes first (kubelet finishes one pod before the next). Creation timestamps have 1 s
+resolution and kubelet's sort of ties is not stable, so that order alone cannot tell two pods of one size apart:
+the extender binds a pod to a node only when no other pod there with the same first Allocate size still waits
+for its Allocate (flexnpu.extender.service), so among the pods it placed an Allocate has one candidate. A pod the
+extender placed gets
 exactly its assigned cards, split across its containers (flexnpu.deviceplugin.core.containers). A pod nobody
 placed is packed here: a fraction on the healthy card with the fewest free units that still fit (best fit, so
 large holes stay open), whole cards on fully free cards, on one HCCS ring when one has enough.

@@ -44,10 +44,8 @@ def scenario(tmp_path: Path) -> Iterator[Scenario]:
 
 def test_pods_run_through_every_component_and_survive_restarts_and_bad_input(scenario: Scenario) -> None:
     box, api = scenario.box, scenario.api
-    scenario.create_and_schedule()
+    containers = scenario.place_all()
     assert scenario.report.placements == {t.name: NODE for t in scenario.tenants}
-
-    containers = scenario.admit_all()
     for tenant, container in zip(scenario.tenants, containers, strict=True):
         annotations = api.pod("default", tenant.name)["metadata"]["annotations"]
         assert annotations[names.ANNOTATION_BIND_PHASE] == BindPhase.ALLOCATED.value

@@ -106,8 +106,7 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(
         "FLEXNPU_CLAIM": "default/infer",
         "FLEXNPU_SOCKET": f"{names.SHIM_SOCKET_DIR}/{names.SHIM_SOCKET_NAME}",
         "FLEXNPU_SHIM_DIR": names.SHIM_SOCKET_DIR,
-        "PYTHONPATH": names.SHIM_RUNTIME_POD_DIR,
-    }
+    }  # no PYTHONPATH by default: it would replace the image's own (NodeLayout.python_path)
     assert [(d.container_path, d.host_path, d.permissions) for d in response.devices] == [
         ("/dev/davinci5", "/dev/davinci5", "rw"),
         ("/dev/davinci_manager", "/dev/davinci_manager", "rw"),
@@ -315,3 +314,18 @@ def test_an_allocate_of_ten_thousand_ids_is_refused_with_a_short_reason(
     assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # not RESOURCE_EXHAUSTED: the reason arrives
     details = str(raised.value.details())
     assert len(details) <= 1200 and "10000" in details
+
+
+def test_python_path_only_where_asked_and_then_the_runtime_directory() -> None:
+    from flexnpu.annotations import CardAssignment
+    from flexnpu.containeredits import NodeLayout, Workload, container_allocation
+    from flexnpu.priority import Priority
+
+    card = (CardAssignment(uuid="u", index=0, units=3, memory_mib=1000),)
+    plain = container_allocation(card, Workload(Priority.NORMAL, "ns/p"), NodeLayout(units_per_card=10)).env()
+    asked = container_allocation(
+        card, Workload(Priority.NORMAL, "ns/p"), NodeLayout(units_per_card=10, python_path=True)
+    ).env()
+    assert "PYTHONPATH" not in plain
+    assert asked["PYTHONPATH"] == names.SHIM_RUNTIME_POD_DIR
+    assert {k: v for k, v in asked.items() if k != "PYTHONPATH"} == plain

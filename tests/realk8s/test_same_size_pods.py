@@ -2,7 +2,10 @@
 
 Kubelet's Allocate does not say which pod it serves; each container must still get its own pod's card, memory
 cap, priority and claim. Memory and priority differ per pod so that any swap between pods shows (memory is
-never a multiple of 1000 here: see test_quantities.py for that bug).
+never a multiple of 1000 here: see test_quantities.py for that bug). Kubelet admits pods in creation-timestamp
+order with ties (1 s resolution) in no published order, so the device plugin alone cannot tell same-size pods
+apart: the extender binds a pod to a node only once no other pod of the same first Allocate size waits there
+for its Allocate (flexnpu.extender.service), and each Allocate then has exactly one pod it can be for.
 """
 
 from __future__ import annotations
@@ -68,18 +71,6 @@ def claims_by_pod_uid(api: k8s.ApiClient) -> dict[str, str]:
     }
 
 
-@pytest.mark.xfail(
-    # Not strict: when no two pods share a creation second, the pods can come out right by luck.
-    strict=False,
-    reason=(
-        "product bug (issue 10 case 3), open: the device plugin now matches Allocate in kubelet's admission order "
-        "(creation timestamp, then name), but pods created in the same second tie (timestamps have 1 s "
-        "resolution and kubelet's sort is not stable), so same-size pods still get each other's "
-        "FLEXNPU_MEMORY_MIB, FLEXNPU_PRIORITY and FLEXNPU_CLAIM. Allocate carries no pod; the fix is to take "
-        "pod-specific values from the daemon's identity check (pod UID from the process's cgroup) and to "
-        "reconcile the card from kubelet's pod-resources API after Allocate"
-    ),
-)
 def test_twenty_same_size_pods_each_get_their_own(
     flexnpu_stack: Flexnpu, cluster: ControlPlane, core: Any, api: k8s.ApiClient
 ) -> None:

@@ -176,6 +176,7 @@ class Box:
                 **os.environ,
                 "FLEXNPU_DEVICEPLUGIN_SHIM_SOCKET_DIR": str(self.grant_dir),
                 "FLEXNPU_DEVICEPLUGIN_SHIM_RUNTIME_DIR": str(self.runtime_dir),
+                "FLEXNPU_DEVICEPLUGIN_PYTHON_PATH": "true",  # the box's containers run the Python client
                 "FLEXNPU_DEVICEPLUGIN_PRELOAD_HOST_FILE": str(self.dir / "ld.so.preload"),
             }
             return Child(

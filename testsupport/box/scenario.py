@@ -118,14 +118,17 @@ class Scenario:
 
     # ----- placing and starting the pods ------------------------------------------------------------------------
 
-    def create_and_schedule(self) -> None:
+    def place_all(self) -> list[Container]:
+        """Create every pod, then, pod by pod, schedule it through the extender and admit it as kubelet does once it
+        sees the pod bound: the extender binds a second pod of the same first size to a node only after the device
+        plugin has served the first one's Allocate (kubelet's Allocate names no pod)."""
         for tenant in self.tenants:
             self.api.create(pod_body(tenant))
+        containers = []
         for tenant in self.tenants:
             self.report.placements[tenant.name] = self.scheduler.schedule("default", tenant.name, [NODE]).node
-
-    def admit_all(self) -> list[Container]:
-        return [self.kubelet.admit("default", t.name, t.workload) for t in self.tenants]
+            containers.append(self.kubelet.admit("default", tenant.name, tenant.workload))
+        return containers
 
     def wait_registered(self) -> None:
         """Every claim Registered by the operator and every container past its first steps."""
@@ -302,8 +305,7 @@ class Scenario:
 
     def run(self, measure_seconds: float = 3.0) -> Report:
         """The whole scenario; the box must be started."""
-        self.create_and_schedule()
-        self.admit_all()
+        self.place_all()
         self.wait_registered()
         self.measure_shares(measure_seconds)
         self.measure_latency()
