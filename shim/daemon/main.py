@@ -5,7 +5,9 @@ line naming the key); then logging, the HTTP port is taken (so a second daemon s
 first one's grant socket), the grant server starts, the persisted registrations are restored, and only then is
 the API served, so that a client that reaches it finds the registrations and the grant socket in place. The
 memory watch (``memwatch``) starts with the API and stops before the grant server.
-SIGTERM and SIGINT stop the API, then the grant server, and exit 0.
+SIGTERM and SIGINT stop the API, then the grant server, and exit 0. The registrations' shared-memory slots stay
+on disk through any stop (running pods keep them mapped, bind mounts pin their files): the next start adopts them
+in place (``flexnpu.shim.grant.shmgrants``), so a restart or a rollout never cuts a running pod off its grants.
 """
 
 from __future__ import annotations

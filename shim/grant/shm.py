@@ -33,6 +33,7 @@ reads). Standard library only, Python 3.9+ (the in-pod runtime uses it too).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -40,6 +41,7 @@ import mmap
 import os
 import platform
 import re
+import stat
 from dataclasses import dataclass
 
 SHM_SIZE = 4096
@@ -163,9 +165,12 @@ class _Mapped:
         self.path = path
         self._fields = fields
         flags = os.O_RDWR if writable else os.O_RDONLY
-        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO must not block
         try:
-            if os.fstat(fd).st_size < SHM_SIZE:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ShmError(f"{path}: not a regular file")
+            if info.st_size < SHM_SIZE:
                 raise ShmError(f"{path}: smaller than {SHM_SIZE} bytes")
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             self._mm = mmap.mmap(fd, SHM_SIZE, access=access)
@@ -237,7 +242,9 @@ def _sys_futex() -> int:
 def _create_file(path: str) -> None:
     """A zeroed 4096-byte file, created atomically (write to a temporary name, then rename)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a crashed daemon with this pid (never opened: it may be anything)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, SHM_SIZE)
     finally:
@@ -337,21 +344,43 @@ class Slot(_Mapped):
     ) -> Slot:
         """Create the slot, or adopt an existing one (a daemon restart): the tenant fields stay, so the pod's
         memory account survives; the daemon fields are (re)written."""
-        try:
-            slot = cls(path)
-        except (OSError, ShmError):
-            _create_file(path)
-            with _Mapped(path, SLOT_FIELDS, writable=True) as raw:
-                raw.set("version", VERSION)
-                raw.set("magic", SLOT_MAGIC)
-            slot = cls(path)
-        slot.set("slot_index", slot_index)
-        slot.set("card_index", card_index)
-        slot.set("mem_cap_bytes", max(0, mem_cap_bytes))
-        slot.set("share_permille", min(1000, max(0, share_permille)))
-        slot.set("priority", min(2, max(0, priority)))
-        slot.set("yield_epoch", 0)  # no epoch of this daemon's was given back yet (epochs restart with it)
+        slot, _ = cls.adopt_or_create(path)
+        slot.write_daemon_fields(
+            slot_index=slot_index,
+            card_index=card_index,
+            mem_cap_bytes=mem_cap_bytes,
+            share_permille=share_permille,
+            priority=priority,
+        )
         return slot
+
+    @classmethod
+    def adopt_or_create(cls, path: str) -> tuple[Slot, bool]:
+        """The slot a previous daemon left at ``path``, opened in place (the same inode: a pod's bind mount and its
+        processes' mappings pin that one), and True; or, when there is none or it is not a slot of this version (a
+        symlink, which is never followed, a truncated file, a wrong magic), a zeroed one in its place, and False.
+        The daemon fields are the caller's to write."""
+        try:
+            return cls(path), True
+        except (OSError, ShmError):
+            pass
+        _create_file(path)
+        with _Mapped(path, SLOT_FIELDS, writable=True) as raw:
+            raw.set("version", VERSION)
+            raw.set("magic", SLOT_MAGIC)
+        return cls(path), False
+
+    def write_daemon_fields(
+        self, *, slot_index: int, card_index: int, mem_cap_bytes: int, share_permille: int, priority: int
+    ) -> None:
+        """The fields only flexnpud writes (clamped); ``yield_epoch`` back to 0: no epoch of this daemon's was
+        given back yet (epochs restart with it)."""
+        self.set("slot_index", slot_index)
+        self.set("card_index", card_index)
+        self.set("mem_cap_bytes", max(0, mem_cap_bytes))
+        self.set("share_permille", min(1000, max(0, share_permille)))
+        self.set("priority", min(2, max(0, priority)))
+        self.set("yield_epoch", 0)
 
     @classmethod
     def open(cls, path: str) -> Slot:

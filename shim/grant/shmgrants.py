@@ -8,6 +8,17 @@ tenants' libflexnpu maps, and reads back what the tenants write:
 - one slot ``slot-<id>.shm`` per registration, created at registration with the daemon's fields (slot index,
   card, memory cap, share, priority) and removed when the registration goes.
 
+Slots outlive the daemon. A pod's processes map their slot once, and the node component bind-mounts the slot
+file into the container, which pins its inode: a slot made anew (a new inode) at a restart would leave the pod
+writing its wants and usage where no daemon looks. So ``stop`` keeps the slots of live registrations (it revokes
+and removes only the card regions, which libflexnpu maps again by path), and at start every registration the
+daemon restores adopts the slot file a previous daemon left, in place, when it is a slot of this version
+(``shm.Slot.adopt_or_create``; a symlink is never followed, a truncated or foreign file is replaced). The slot
+index stays what the slot said (``adopted_index``: unless another slot has it, or it is out of range), so the pod
+finds the same index before and after. The first ``sync`` after start removes the slot files that no
+registration owns (``orphan_slots``). The usage a slot reports is counted from what it says when the daemon
+first sees it (``flexnpu.shim.grant.server``): a restart never charges a pod its lifetime usage at once.
+
 Everything read from a slot was written by a pod and is hostile: ``read_report`` turns a raw snapshot into a
 ``SlotReport`` of clamped values (a want flag that is not exactly 1 is no want; usage that goes backwards counts
 nothing; memory figures are bounded), and ``usage_delta_us`` turns two cumulative ``used_ns`` readings into the
@@ -25,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,7 +53,11 @@ MIB = 1 << 20
 # The most device memory a slot may claim (1 PiB): anything larger is a lie, clamped to it.
 MAX_MEMORY_BYTES = 1 << 50
 MAX_COUNT = 1 << 62
+# Beyond the registrations of any node: a larger index in an adopted slot is a pod's lie, replaced by a fresh one.
+MAX_SLOT_INDEX = 1 << 20
 CardKey = tuple[int, int]
+# A slot file, or the temporary file of a slot's creation that a crash left (``shm._create_file``).
+_SLOT_FILE = re.compile(r"slot-.+\.shm(?:\.tmp[0-9]+)?", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,28 @@ def usage_delta_us(before_ns: int, after_ns: int) -> int:
     return min((after_ns - before_ns) // 1000, MAX_REPORT_US)
 
 
+def adopted_index(hint: int | None, taken: AbstractSet[int], next_index: int) -> tuple[int, int]:
+    """(the slot index of a registration whose slot is being made, the next fresh index) (pure).
+
+    ``hint`` is the index an adopted slot carries: what the previous daemon wrote there, unless the pod rewrote
+    it. It is kept when it is in range and no other slot has it, so that indexes stay as they were across a
+    restart; otherwise the slot gets the next fresh index. Either way the daemon writes the index into the slot
+    before any grant names it, so a rewritten hint gains a pod nothing.
+    """
+    if hint is not None and 0 <= hint < MAX_SLOT_INDEX and hint not in taken:
+        return hint, max(next_index, hint + 1)
+    index = next_index
+    while index in taken:
+        index += 1
+    return index, index + 1
+
+
+def orphan_slots(names: Iterable[str], owned: AbstractSet[str]) -> list[str]:
+    """The entries of the shim directory that are slot files (or a crashed creation's temporary files) of no
+    current registration, sorted (pure)."""
+    return sorted(name for name in names if _SLOT_FILE.fullmatch(name) and name not in owned)
+
+
 def region_index(key: CardKey) -> int | None:
     """The card region's index for a (card index, chip) key; None for a chip that has none."""
     index, chip = key
@@ -106,6 +145,7 @@ class ShmGrants:
         self._indexes: dict[str, int] = {}
         self._cards_of: dict[str, CardKey] = {}
         self._next_index = 0
+        self._swept = False
 
     def start(self) -> None:
         """Create (or replace) one zeroed region per card: nobody holds any card."""
@@ -121,8 +161,12 @@ class ShmGrants:
             os.chmod(path, 0o644)  # every tenant reads it, whatever the daemon's umask
 
     def sync(self, registrations: Sequence[Registration], quota: int) -> None:
-        """Slots for the current registrations: new ones created, removed ones deleted, changed ones updated."""
+        """Slots for the current registrations: new ones created (or adopted), removed ones deleted, changed ones
+        updated; the first call after ``start`` (the restored set) also removes the slot files nobody owns."""
         current = {r.flexnpu_id: r for r in registrations if (r.npu, r.chip) in self._regions}
+        if not self._swept:
+            self._swept = True
+            self._remove_orphans({shm.slot_name(flexnpu_id) for flexnpu_id in current})
         for flexnpu_id in [f for f in self._slots if f not in current]:
             self._remove(flexnpu_id)
         for flexnpu_id, registration in current.items():
@@ -196,7 +240,8 @@ class ShmGrants:
         return None if region is None else region.state()
 
     def stop(self) -> None:
-        """Nobody holds any card (waiters wake and find no daemon), then every file is removed."""
+        """Nobody holds any card (waiters wake, find no daemon and pace locally) and the card regions are removed;
+        the slots of the registrations are unmapped but stay on disk, for the next daemon to adopt."""
         for region in self._regions.values():
             with contextlib.suppress(OSError, ValueError):
                 region.revoke(0)
@@ -204,21 +249,12 @@ class ShmGrants:
             _unlink(region.path)
         self._regions.clear()
         for flexnpu_id in list(self._slots):
-            self._remove(flexnpu_id)
+            self._close(flexnpu_id)
 
     def _create(self, registration: Registration, quota: int) -> None:
-        index = self._next_index
-        self._next_index += 1
         path = self._path(shm.slot_name(registration.flexnpu_id))
         try:
-            slot = shm.Slot.create(
-                path,
-                slot_index=index,
-                card_index=registration.npu,
-                mem_cap_bytes=registration.memory_alloc * MIB,
-                share_permille=_permille(registration, quota),
-                priority=registration.priority.rank,
-            )
+            slot, adopted = shm.Slot.adopt_or_create(path)
         except (OSError, shm.ShmError) as exc:
             log.warning(
                 "shared-memory grant path: no slot for %r (%s); it gets grants over the socket only",
@@ -226,6 +262,17 @@ class ShmGrants:
                 exc,
             )
             return
+        hint = slot.get("slot_index") if adopted else None
+        index, self._next_index = adopted_index(hint, set(self._indexes.values()), self._next_index)
+        slot.write_daemon_fields(
+            slot_index=index,
+            card_index=registration.npu,
+            mem_cap_bytes=registration.memory_alloc * MIB,
+            share_permille=_permille(registration, quota),
+            priority=registration.priority.rank,
+        )
+        if adopted:
+            log.info("slot of %r adopted from a previous daemon (slot index %d)", registration.flexnpu_id, index)
         # Every process of the pod maps its slot read-write, whatever uid it runs as (the card region stays 0644).
         # Which pods see which slots is the device plugin's mount, not this file's mode.
         os.chmod(path, 0o666)
@@ -236,13 +283,34 @@ class ShmGrants:
             self._watch.add(registration.flexnpu_id, slot.address("doorbell"))
 
     def _remove(self, flexnpu_id: str) -> None:
+        """The registration went: its slot is unmapped and its file removed."""
+        _unlink(self._close(flexnpu_id))
+
+    def _close(self, flexnpu_id: str) -> str:
+        """Unmap the slot (its file stays); returns the file's path."""
         if self._watch is not None:
             self._watch.forget(flexnpu_id)  # before the unmap: the watcher never reads the address again
         slot = self._slots.pop(flexnpu_id)
         self._indexes.pop(flexnpu_id, None)
         self._cards_of.pop(flexnpu_id, None)
         slot.close()
-        _unlink(slot.path)
+        return slot.path
+
+    def _remove_orphans(self, owned: AbstractSet[str]) -> None:
+        """Remove the slot files no registration owns (a registration removed while no daemon ran, or a crash
+        between a creation's write and its rename); a symlink is removed, never followed."""
+        try:
+            entries = os.listdir(self.directory)
+        except OSError as exc:
+            log.warning("shared-memory grant path: %s cannot be listed (%s); orphan slots stay", self.directory, exc)
+            return
+        for name in orphan_slots(entries, owned):
+            try:
+                _unlink(self._path(name))
+            except OSError as exc:
+                log.warning("shared-memory grant path: orphan %s cannot be removed (%s)", name, exc)
+                continue
+            log.info("shared-memory grant path: removed %s, which no registration owns", name)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, name)
