@@ -22,6 +22,8 @@ BENCHMARKS = {
     "dra_placement": "openb replay through the real kube-scheduler: unallocated %% of cards, DRA vs extender",
     "deviceplugin": "Allocate latency and re-registration time after a kubelet restart",
     "operator": "claims registered per second and create-to-Registered p99",
+    "operator_real": "the same on the real kube-apiserver: 1,000 claims, 10 flexnpud, create-to-Registered p99",
+    "deviceplugin_real": "Allocate p50/p99 through the real kubelet, from its own alloc-duration histogram",
 }
 
 NEEDS_KMOCK = {"operator"}
