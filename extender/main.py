@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-url", help="http(s)://HOST:PORT the other replicas forward binds to while this leads")
     p.add_argument("--advertise-host", help="this replica's address; the URL is http://HOST:<listen port>")
     p.add_argument("--forward-timeout", help="seconds a standby waits for the leader's answer to a bind (4.5)")
+    p.add_argument("--bind-wait", help="seconds a bind waits for an earlier same-size pod's Allocate (3; 0: never)")
+    p.add_argument("--allocation-timeout", help="seconds after its bind an unallocated pod stops holding others (30)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return p
 

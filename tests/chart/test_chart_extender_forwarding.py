@@ -47,7 +47,8 @@ def test_the_extender_service_publishes_only_ready_replicas(custom_manifests: li
 
 
 def forwarding(timeout: Any, http_timeout: str) -> dict[str, Any]:
-    return {"extender": {"forwardTimeoutSeconds": timeout}, "scheduler": {"extender": {"httpTimeout": http_timeout}}}
+    extender = {"forwardTimeoutSeconds": timeout, "bindWaitSeconds": 0.25}  # a bind waits less than it is forwarded
+    return {"extender": extender, "scheduler": {"extender": {"httpTimeout": http_timeout}}}
 
 
 @pytest.mark.parametrize(
@@ -70,3 +71,40 @@ def test_a_forward_timeout_at_or_above_the_schedulers_fails_the_render(
 def test_a_forward_timeout_outside_the_schema_is_rejected(render: Render, timeout: Any) -> None:
     with pytest.raises(helm.HelmValuesError, match="forwardTimeoutSeconds"):
         render({"extender": {"forwardTimeoutSeconds": timeout}})
+
+
+def test_bind_wait_and_allocation_timeout_reach_the_extenders_settings(default_manifests: list[Manifest]) -> None:
+    [_, *args] = extender_container(default_manifests)["args"]
+    flags = vars(extender_main.parser().parse_args(args))
+    flags = {k: v for k, v in flags.items() if k not in ("config", "log_level")}
+    settings = load_settings(ExtenderSettings, flags=flags, env={}, env_prefix=ENV_PREFIX)
+    assert settings.bind_wait == 3 and settings.allocation_timeout == 30
+
+
+def test_custom_bind_wait_and_allocation_timeout_render(render: Render) -> None:
+    args = extender_container(render({"extender": {"bindWaitSeconds": 1.5, "allocationTimeoutSeconds": 120}}))["args"]
+    assert "--bind-wait=1.5" in args and "--allocation-timeout=120" in args
+
+
+@pytest.mark.parametrize(("wait", "forward"), [(5, 4.5), (4.5, 4.5)])
+def test_a_bind_wait_at_or_above_the_forward_timeout_fails_the_render(
+    render: Render, wait: float, forward: float
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=rf"bindWaitSeconds \({wait}\)"):
+        render({"extender": {"bindWaitSeconds": wait, "forwardTimeoutSeconds": forward}})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bindWaitSeconds", -1),
+        ("bindWaitSeconds", 61),
+        ("allocationTimeoutSeconds", 0),
+        ("allocationTimeoutSeconds", "30"),
+    ],
+)
+def test_bind_wait_and_allocation_timeout_outside_the_schema_are_rejected(
+    render: Render, field: str, value: Any
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=field):
+        render({"extender": {field: value}})
