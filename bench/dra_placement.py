@@ -24,6 +24,10 @@ shows this one bound (``spec.nodeName``) or refused (its ``PodScheduled`` condit
   already takes the first device in slice order that fits, so node packing is the knob a cluster has.
 - ``deviceplugin``: Nodes with the inventory annotation and ``huawei.com/vnpu`` capacity, pods with
   ``huawei.com/vnpu`` limits, scheduled by the chart's flexnpu-scheduler with the extender.
+- ``deviceplugin-model``: the same nodes and pods, in the same order, through ``flexnpu bench placement``'s
+  production path instead (:mod:`flexnpu.bench.placement_production`: the extender's service behind the model of
+  kube-scheduler the chart configures, CPU-only pods to the modelled default-scheduler), no processes: how far the
+  modelled scheduler lands from the real one.
 
 CPU-only pods go to the default-scheduler in the other two modes. The figure is bench/placement.py's: the unallocated
 share of all card units when the arrived requests reach 100% of the capacity.
@@ -41,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,12 +54,15 @@ from urllib3.exceptions import ProtocolError
 from flexnpu import names
 from flexnpu.annotations import Inventory, encode_inventory
 from flexnpu.bench.common import add_common_args, emit, format_table
+from flexnpu.bench.openb import UNITS as OPENB_UNITS
 from flexnpu.bench.openb import TracePod, load_nodes, load_pods
 from flexnpu.bench.placement import NODE_FILE, POD_FILE, default_data_dir
+from flexnpu.bench.placement_production import chart_profile, replay_production
 from flexnpu.cards import Card
 from flexnpu.dra.core.slices import wanted_slices
-from flexnpu.extender.core.model import NodeState
-from flexnpu.units import UnitsConfig
+from flexnpu.extender.core.model import CPU_ONLY, NodeState, PodDemand
+from flexnpu.extender.core.policies import DEFAULT_POLICY
+from flexnpu.units import UnitsConfig, parse_vnpu_request
 
 REPO: Final = Path(__file__).resolve().parents[1]
 HARNESS: Final = REPO / "tests" / "realk8s"
@@ -63,7 +70,7 @@ NAMESPACE: Final = "bench"
 MODEL: Final = "910B3"
 UNITS_PER_CARD: Final = 10
 MILLI_PER_UNIT: Final = 100
-MODES: Final = ("dra", "dra-mostallocated", "deviceplugin")
+MODES: Final = ("dra", "dra-mostallocated", "deviceplugin", "deviceplugin-model")
 PACKED_SCHEDULER: Final = "dra-mostallocated"
 # The default-scheduler's resource score turned from spreading (LeastAllocated) to packing, for CPU and memory:
 # the DRA plugin scores no device capacity (only firstAvailable ranks), so this is the one packing knob there is.
@@ -295,6 +302,11 @@ def run_mode(
                     )
                 core.create_namespaced_pod(NAMESPACE, pod_body(pod, mode))
                 kind, detail = outcomes.wait(pod.name, POD_TIMEOUT_S)
+                if kind == "bound" and pod.cards and mode == "deviceplugin":
+                    # The device plugin's Allocate handshake (no kubelet here): the extender binds the next pod of
+                    # this size to this node only once this one is allocated.
+                    notes = {names.ANNOTATION_BIND_PHASE: "allocated"}
+                    core.patch_namespaced_pod(pod.name, NAMESPACE, {"metadata": {"annotations": notes}})
                 if kind == "bound":
                     allocated += pod.requested_units
                 else:
@@ -319,6 +331,43 @@ def run_mode(
         "refusals": reasons,
         "replay_s": round(seconds, 1),
     }
+
+
+def run_model(nodes: Sequence[NodeState], pods: Sequence[BenchPod], seed: int = 0) -> dict[str, Any]:
+    """The replay of :func:`run_mode` (``deviceplugin``) through the modelled production path: the same Node
+    names, 910B3 cards cut into the same units, the same pods in the same order, each submitted once."""
+    model_nodes = [
+        replace(node, name=f"node-{index:04d}", cards=tuple(replace(c, model=MODEL) for c in node.cards))
+        for index, node in enumerate(nodes)
+    ]
+    order = [trace_pod(pod) for pod in pods]
+    started = time.monotonic()
+    outcome = replay_production(
+        model_nodes, order, DEFAULT_POLICY, seed, (), profile=chart_profile(), units=UNITS_PER_CARD
+    )
+    seconds = time.monotonic() - started
+    allocated = sum(p.requested_units for p, where in zip(pods, outcome.placements, strict=True) if where)
+    capacity = UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
+    return {
+        "unallocated_pct_at_100": round(100.0 - 100.0 * allocated / capacity, 3),
+        "allocated_units": allocated,
+        "capacity_units": capacity,
+        "pods": len(pods),
+        "refused": outcome.failed,
+        "refusals": {},
+        "replay_s": round(seconds, 1),
+    }
+
+
+def trace_pod(pod: BenchPod) -> TracePod:
+    """A replayed pod as the production path takes it: its request in thousandths of a card (openb's U)."""
+    if pod.cards == 0:
+        request = CPU_ONLY
+    else:
+        units = pod.cards * OPENB_UNITS if pod.cards > 1 else pod.units * (OPENB_UNITS // UNITS_PER_CARD)
+        request = parse_vnpu_request(units, UnitsConfig(units_per_card=OPENB_UNITS))
+    demand = PodDemand(request=request, cpu_milli=pod.cpu_milli, host_memory_mib=pod.memory_mib)
+    return TracePod(name=pod.name, demand=demand, milli=pod.requested_units * MILLI_PER_UNIT)
 
 
 def _wait_service_account(core: Any) -> None:
@@ -358,14 +407,19 @@ def main(argv: list[str]) -> int:
             parser.error(f"no such file: {path}")
     all_nodes = load_nodes(data_dir / NODE_FILE)
     trace = load_pods(data_dir / POD_FILE.format(args.trace), all_nodes)
-    cluster_mod, flexnpu_mod = _harness()
+    cluster_mod, flexnpu_mod = _harness() if set(modes) - {"deviceplugin-model"} else (None, None)
     started = time.monotonic()
     samples: list[dict[str, Any]] = []
     for sample in range(args.samples):
         step, nodes = scaled_nodes(all_nodes, args.nodes, sample)
         capacity = UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
         pods = scaled_pods(trace, step, capacity, sample)
-        results = {mode: run_mode(mode, nodes, pods, cluster_mod, flexnpu_mod, args.keep) for mode in modes}
+        results = {
+            mode: run_model(nodes, pods, sample)
+            if mode == "deviceplugin-model"
+            else run_mode(mode, nodes, pods, cluster_mod, flexnpu_mod, args.keep)
+            for mode in modes
+        }
         samples.append(
             {"sample": sample, "nodes": len(nodes), "cards": sum(len(n.cards) for n in nodes), "modes": results}
         )

@@ -51,7 +51,7 @@ from flexnpu.extender.core.placement import (
     workload_stats,
 )
 from flexnpu.extender.core.policies import Policy
-from flexnpu.extender.core.stats import ClusterStats
+from flexnpu.extender.core.stats import ClusterStats, model_cards
 
 SEEDS: Final = tuple(range(42, 52))
 ARRIVALS: Final = (100, 130)
@@ -116,9 +116,10 @@ def bench_policy(name: str) -> Policy:
     return EXTRA_POLICIES.get(name) or policy(PUBLISHED_SCORERS.get(name, name))
 
 
-def trace_stats(pods: Sequence[TracePod], policy_name: str) -> ClusterStats:
-    """The typical shapes of the trace's pod list, as the extender would build them for the policy."""
-    return workload_stats([p.demand for p in pods], UNITS, bench_policy(policy_name))
+def trace_stats(pods: Sequence[TracePod], policy_name: str, nodes: Sequence[NodeState] = ()) -> ClusterStats:
+    """The typical shapes of the trace's pod list, and the pressure on the card models of ``nodes``, as the
+    extender would build them for the policy."""
+    return workload_stats([p.demand for p in pods], UNITS, bench_policy(policy_name), model_cards(nodes))
 
 
 @functools.cache
@@ -200,7 +201,9 @@ def run_one(task: tuple[Path, str, str, int]) -> tuple[str, str, int, SeedResult
             trace, order, policy_name, seed, offline=path.startswith("offline"), all_pods=path.endswith("-all")
         )
     else:
-        result = replay(trace.nodes, order, policy_name, trace_stats(trace.pods, policy_name), seed, trace.pods)
+        result = replay(
+            trace.nodes, order, policy_name, trace_stats(trace.pods, policy_name, trace.nodes), seed, trace.pods
+        )
     return trace_name, column, seed, result, time.perf_counter() - started
 
 
@@ -209,7 +212,7 @@ def replay_through_production(
 ) -> SeedResult:
     """The replay through the extender's service and the kube-scheduler model the chart configures (with
     ``all_pods``, CPU-only pods opt in to flexnpu-scheduler too)."""
-    stats = trace_stats(trace.pods, policy_name) if offline else None
+    stats = trace_stats(trace.pods, policy_name, trace.nodes) if offline else None
     profile = replace(chart_profile(), cpu_pods_to_extender=all_pods)
     outcome = replay_production(trace.nodes, order, policy_name, seed, ARRIVALS, profile=profile, stats=stats)
     return SeedResult(

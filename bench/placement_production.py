@@ -366,9 +366,12 @@ def replay_production(
     profile: SchedulerProfile,
     stats: ClusterStats | None = None,
     seconds_per_pod: float = SECONDS_PER_POD,
+    units: int | None = None,
 ) -> ProductionOutcome:
-    """Submit each pod once through the production path; record where it went and the unallocated share."""
-    return asyncio.run(_replay(nodes, order, policy_name, seed, levels, profile, stats, seconds_per_pod))
+    """Submit each pod once through the production path; record where it went and the unallocated share.
+    ``units``: the cut of a card the extender and the Nodes use (default :func:`replay_units`)."""
+    cut = units or replay_units(order)
+    return asyncio.run(_replay(nodes, order, policy_name, seed, levels, profile, stats, seconds_per_pod, cut))
 
 
 async def _replay(
@@ -380,13 +383,14 @@ async def _replay(
     profile: SchedulerProfile,
     stats: ClusterStats | None,
     seconds_per_pod: float,
+    units: int,
 ) -> ProductionOutcome:
     replay = ProductionReplay(
         nodes,
         policy_name,
         seed=seed,
         profile=profile,
-        units=replay_units(order),
+        units=units,
         stats=stats,
         seconds_per_pod=seconds_per_pod,
     )

@@ -16,7 +16,8 @@ a burst of pods learns their shapes within the burst, not ``stats_refresh_s`` la
 
 A rebuild happens on the request path, so it is kept cheap, with the same decisions as a full re-evaluation:
 
-- the history is kept as counts per shape (:func:`workload_shape`), so a new view costs O(shapes), not O(pods);
+- the history is kept as counts per shape (:func:`workload_shape`), so a new view costs O(shapes), not O(pods)
+  (plus one count of the cluster's cards per model, which each model's pressure is measured against);
 - fit verdicts do not depend on the view: a rebuild keeps every remembered refusal and only re-costs the nodes that
   fit (each shape on its next request);
 - costs are shared between nodes in the same state: the core's verdict and cost depend on a node only through its
@@ -45,7 +46,7 @@ from flexnpu.extender.core.placement import (
     workload_shape,
     workload_stats_of_counts,
 )
-from flexnpu.extender.core.stats import ClusterStats, Shape
+from flexnpu.extender.core.stats import ClusterStats, Shape, model_cards
 from flexnpu.extender.state import ClusterState
 from flexnpu.priority import Priority
 
@@ -288,7 +289,8 @@ class PlacementIndex:
         young = self.stats is None or seen >= 2 * self._stats_pods
         if not young and now - self._stats_at < self._stats_refresh_s:
             return
-        self.stats = workload_stats_of_counts(self._shape_counts, self._units_per_card, self.policy)
+        cards = model_cards(self.state.nodes().values())  # the capacity each model's pressure is measured against
+        self.stats = workload_stats_of_counts(self._shape_counts, self._units_per_card, self.policy, cards)
         self._stats_at, self._stats_pods, self._history_changed = now, seen, False
         # Every cost was made against the old view; each shape re-costs its fitting nodes on its next request.
         self._shared_costs.clear()

@@ -198,11 +198,16 @@ def choose(
 
 
 def workload_stats(
-    demands: Iterable[PodDemand], units_per_card: int, chosen: Policy | str = DEFAULT_POLICY
+    demands: Iterable[PodDemand],
+    units_per_card: int,
+    chosen: Policy | str = DEFAULT_POLICY,
+    cards_per_model: Mapping[str, int] | None = None,
 ) -> ClusterStats:
-    """The typical shapes of the pods seen (one demand per pod, CPU-only ones included), as the policy cuts them."""
+    """The typical shapes of the pods seen (one demand per pod, CPU-only ones included), as the policy cuts them,
+    and the pressure on each card model of ``cards_per_model`` (the cluster's cards per model,
+    :func:`flexnpu.extender.core.stats.model_cards`)."""
     shapes = [demand_shape(d, units_per_card) for d in demands]
-    return cluster_stats(shapes, units_per_card, _policy(chosen).shape_coverage)
+    return cluster_stats(shapes, units_per_card, _policy(chosen).shape_coverage, cards_per_model)
 
 
 def workload_shape(demand: PodDemand, units_per_card: int) -> Shape:
@@ -211,10 +216,13 @@ def workload_shape(demand: PodDemand, units_per_card: int) -> Shape:
 
 
 def workload_stats_of_counts(
-    counts: Mapping[Shape, int], units_per_card: int, chosen: Policy | str = DEFAULT_POLICY
+    counts: Mapping[Shape, int],
+    units_per_card: int,
+    chosen: Policy | str = DEFAULT_POLICY,
+    cards_per_model: Mapping[str, int] | None = None,
 ) -> ClusterStats:
     """:func:`workload_stats` from pods counted per :func:`workload_shape`: the same view, built in O(shapes)."""
-    return cluster_stats_of_counts(counts, units_per_card, _policy(chosen).shape_coverage)
+    return cluster_stats_of_counts(counts, units_per_card, _policy(chosen).shape_coverage, cards_per_model)
 
 
 def placement_signature(node: NodeState) -> Hashable:

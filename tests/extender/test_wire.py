@@ -79,7 +79,7 @@ async def test_pods_without_vnpu_pass_through_untouched(extender: Extender) -> N
     assert {h["Host"]: h["Score"] for h in scores} == {"cpu-1": 10, "cpu-2": 10, "npu-a": 10}
 
 
-async def test_a_cpu_only_pod_prefers_nodes_without_cards_and_then_the_least_fragmented(extender: Extender) -> None:
+async def test_a_cpu_only_pod_prefers_nodes_without_cards(extender: Extender) -> None:
     extender.add_node("npu-a", inventory(1, prefix="a"))
     extender.add_node("npu-b", inventory(1, prefix="b"))
     await bind_one(extender, "npu-b", units=4)
@@ -89,8 +89,9 @@ async def test_a_cpu_only_pod_prefers_nodes_without_cards_and_then_the_least_fra
 
     by_host = {h["Host"]: h["Score"] for h in scores}
     assert by_host["cpu-1"] == 10
-    assert by_host["npu-b"] == 10  # the default policy consolidates: the busier NPU node
-    assert by_host.get("npu-a", 0) < 10
+    # It takes no card and the nodes' CPU is not tracked here: the NPU nodes are priced alike, kube-scheduler's
+    # own plugins choose between them.
+    assert by_host["npu-a"] == by_host["npu-b"]
 
 
 async def test_a_pod_that_requests_nothing_passes_through_without_scores(extender: Extender) -> None:

@@ -24,6 +24,7 @@ from flexnpu.bench.placement_production import (
 )
 from flexnpu.extender.core.model import NodeState
 from flexnpu.extender.core.placement import choose, filter_nodes, score_nodes
+from flexnpu.extender.index import PlacementIndex
 from flexnpu.names import ANNOTATION_ASSIGNED
 
 NODES = """sn,cpu_milli,memory_mib,gpu,model
@@ -45,20 +46,40 @@ p7,1000,2048,1,750
 """
 
 
-@pytest.fixture
-def trace(tmp_path: Path) -> bench.Trace:
+# The same pods in the 6-column format, some restricted to a card model: the models' pressure steers the rest.
+PODS_WITH_SPEC = """name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec
+p0,4000,8192,1,500,
+p1,8000,16384,1,250,T4
+p2,2000,4096,1,1000,
+p3,16000,32768,2,1000,V100M16
+p4,6000,4096,0,0,
+p5,4000,65536,1,300,T4
+p6,12000,8192,4,1000,
+p7,1000,2048,1,750,T4|V100M16
+"""
+
+
+def make_trace(tmp_path: Path, pods: str) -> bench.Trace:
     (tmp_path / "nodes.csv").write_text(NODES, encoding="utf-8")
-    (tmp_path / "pods.csv").write_text(PODS, encoding="utf-8")
+    (tmp_path / "pods.csv").write_text(pods, encoding="utf-8")
     nodes = load_nodes(tmp_path / "nodes.csv")
     return bench.Trace(nodes=nodes, pods=load_pods(tmp_path / "pods.csv", nodes))
 
 
+@pytest.fixture
+def trace(tmp_path: Path) -> bench.Trace:
+    return make_trace(tmp_path, PODS)
+
+
+@pytest.mark.parametrize("pods", [PODS, PODS_WITH_SPEC])
 @pytest.mark.parametrize("policy", ["default", "fgd", "bestfit"])
 def test_the_production_path_and_the_core_replay_choose_alike_on_the_same_snapshot(
-    trace: bench.Trace, policy: str
+    tmp_path: Path, pods: str, policy: str
 ) -> None:
+    trace = make_trace(tmp_path, pods)
     order = bench.arrival_order(trace.pods, trace.capacity_milli, seed=3)
-    stats = bench.trace_stats(trace.pods, policy)
+    stats = bench.trace_stats(trace.pods, policy, trace.nodes)
+    assert bool(stats.pressure) == (pods is PODS_WITH_SPEC)
     production = ProductionReplay(trace.nodes, policy, seed=3, profile=SchedulerProfile(), units=UNITS, stats=stats)
     core = {n.name: n for n in trace.nodes}
     for serial, pod in enumerate(order):
@@ -146,3 +167,18 @@ def test_the_chart_gives_the_extender_weight_and_the_nodes_to_score() -> None:
 
     assert profile.extender_weight >= 1
     assert 0 <= profile.percentage_of_nodes_to_score <= 100
+
+
+def test_the_production_path_learns_the_models_pressure_online(tmp_path: Path) -> None:
+    trace = make_trace(tmp_path, PODS_WITH_SPEC)
+    replay = ProductionReplay(trace.nodes, "default", seed=5, profile=SchedulerProfile(), units=UNITS)
+    # The replay's index learns from 100 pods on; this trace has fewer.
+    replay.service.index = PlacementIndex(replay.state, "default", units_per_card=UNITS, min_pods=5, clock=replay.clock)
+    order = bench.arrival_order(trace.pods, trace.capacity_milli, seed=5)
+    for serial, pod in enumerate(order):
+        asyncio.run(replay.place(serial, pod))
+    learnt = replay.service.index.stats
+    assert learnt is not None
+    # Against the whole trace's pressure: the online view saw the inflated order, so the same models, near values.
+    offline = bench.trace_stats(trace.pods, "default", trace.nodes)
+    assert set(learnt.pressure) == set(offline.pressure) == {"T4", "V100M16"}
