@@ -13,6 +13,7 @@ import pytest
 from flexnpu.bench import dra_placement
 from flexnpu.bench.dra_placement import BenchPod, run_model, scaled_nodes, scaled_pods, trace_pod
 from flexnpu.bench.openb import load_nodes, load_pods
+from flexnpu.bench.placement import NODE_FILE, POD_FILE
 from flexnpu.extender.core.model import CPU_ONLY
 
 NODES = """sn,cpu_milli,memory_mib,gpu,model
@@ -37,8 +38,8 @@ p9,8000,8192,4,1000
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    (tmp_path / dra_placement.NODE_FILE).write_text(NODES, encoding="utf-8")
-    (tmp_path / dra_placement.POD_FILE.format("tiny")).write_text(PODS, encoding="utf-8")
+    (tmp_path / NODE_FILE).write_text(NODES, encoding="utf-8")
+    (tmp_path / POD_FILE.format("tiny")).write_text(PODS, encoding="utf-8")
     return tmp_path
 
 
@@ -65,10 +66,10 @@ def test_a_cpu_only_pod_stays_cpu_only() -> None:
 
 
 def test_the_modelled_replay_counts_what_it_placed(data: Path) -> None:
-    nodes_all = load_nodes(data / dra_placement.NODE_FILE)
+    nodes_all = load_nodes(data / NODE_FILE)
     step, nodes = scaled_nodes(nodes_all, 10)
     capacity = dra_placement.UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
-    pods = scaled_pods(load_pods(data / dra_placement.POD_FILE.format("tiny"), nodes_all), step, capacity)
+    pods = scaled_pods(load_pods(data / POD_FILE.format("tiny"), nodes_all), step, capacity)
     assert step == 1 and [len(n.cards) for n in nodes] == [2, 2, 4]  # the node without cards is left out
 
     result = run_model(nodes, pods)
