@@ -321,13 +321,24 @@ def run_mode(
             print(f"{mode}: component logs in {work / 'logs'}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+    return _figures(nodes, pods, allocated, failed, reasons, seconds)
+
+
+def _figures(
+    nodes: Sequence[NodeState],
+    pods: Sequence[BenchPod],
+    allocated: int,
+    refused: int,
+    reasons: dict[str, int],
+    seconds: float,
+) -> dict[str, Any]:
     capacity = UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
     return {
         "unallocated_pct_at_100": round(100.0 - 100.0 * allocated / capacity, 3),
         "allocated_units": allocated,
         "capacity_units": capacity,
         "pods": len(pods),
-        "refused": failed,
+        "refused": refused,
         "refusals": reasons,
         "replay_s": round(seconds, 1),
     }
@@ -347,16 +358,7 @@ def run_model(nodes: Sequence[NodeState], pods: Sequence[BenchPod], seed: int = 
     )
     seconds = time.monotonic() - started
     allocated = sum(p.requested_units for p, where in zip(pods, outcome.placements, strict=True) if where)
-    capacity = UNITS_PER_CARD * sum(len(n.cards) for n in nodes)
-    return {
-        "unallocated_pct_at_100": round(100.0 - 100.0 * allocated / capacity, 3),
-        "allocated_units": allocated,
-        "capacity_units": capacity,
-        "pods": len(pods),
-        "refused": outcome.failed,
-        "refusals": {},
-        "replay_s": round(seconds, 1),
-    }
+    return _figures(nodes, pods, allocated, outcome.failed, {}, seconds)
 
 
 def trace_pod(pod: BenchPod) -> TracePod:
