@@ -9,6 +9,9 @@
  *       STEPS steps of KERNELS kernels of MIN_US..MAX_US each; a step is timed on the host's wall clock from its
  *       first launch to the return of its synchronise; GAP_US of host time between steps. Prints
  *       launched=N and step_ns=T1,T2,... (one per step).
+ *
+ * With WORKLOAD_START_FILE set, the program waits (after aclInit and aclrtSetDevice, up to 10 minutes) until that
+ * file exists before its first kernel, so tenants started at different times run their work side by side.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -119,6 +122,23 @@ static int run_steps(long steps, long kernels, uint64_t min_us, uint64_t max_us,
     return 0;
 }
 
+/* 0 once the start file exists (or none is named); 4 when it did not appear in time. */
+static int wait_for_start(void)
+{
+    const char *path = getenv("WORKLOAD_START_FILE");
+    if (!path || !*path)
+        return 0;
+    for (int i = 0; i < 60000; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            fclose(f);
+            return 0;
+        }
+        sleep_us(10000);
+    }
+    return 4;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOFBF, 1 << 16);
@@ -127,6 +147,8 @@ int main(int argc, char **argv)
     g_rng = strtoull(argv[3], NULL, 10) * 0x9E3779B97F4A7C15ull + 1;
     uint64_t a = strtoull(argv[4], NULL, 10), lo = strtoull(argv[5], NULL, 10), hi = strtoull(argv[6], NULL, 10);
     uint64_t gap = strtoull(argv[7], NULL, 10);
+    if (wait_for_start() != 0)
+        return 4;
     if (!strcmp(argv[1], "batch"))
         return run_batch(strtod(argv[2], NULL), a, lo, hi, gap);
     if (!strcmp(argv[1], "steps"))

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from realk8s_cri import ContainerRecord, container_log, mounts_applied
+from realk8s_procs import wait_for
 
 from flexnpu import names
 from flexnpu.bench.native_share import busy_per_window, read_kernels
@@ -29,20 +30,31 @@ def build_native(directory: Path) -> Path:
     return directory
 
 
-def workload_container(native: Path, device: Path, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The command and environment of a workload container. Nothing in it asks for enforcement."""
-    return [str(native / "workload_prog"), *argv], {
-        "FLEXNPU_FAKEDEV": str(device),
-        "LD_LIBRARY_PATH": str(native / "fake"),
-    }
+def workload_container(
+    native: Path, device: Path, argv: Sequence[str], start: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a workload container. Nothing in it asks for enforcement. With ``start``, the
+    program launches its first kernel only once that file exists (``open_gate``): pods that a loaded kubelet starts
+    seconds apart still run their work side by side."""
+    env = {"FLEXNPU_FAKEDEV": str(device), "LD_LIBRARY_PATH": str(native / "fake")}
+    if start is not None:
+        env["WORKLOAD_START_FILE"] = str(start)
+    return [str(native / "workload_prog"), *argv], env
+
+
+def open_gate(start: Path) -> None:
+    """Let the gated tenants of ``workload_container`` launch their kernels."""
+    start.touch()
 
 
 def enforcement_problems(records: Path, record: ContainerRecord, flexnpu_id: str) -> list[str]:
     """What keeps libflexnpu from gating the container: a mount the CRI did not apply as the interposer needs it
     (the preload file and the library read-only, the shim directory read-only, the registration's own slot
-    read-write), or the interposer saying it runs ungated or pacing without flexnpud."""
-    mounts = mounts_applied(records, record)
-    if mounts is None:
+    read-write), or the interposer saying it runs ungated or pacing without flexnpud. The CRI writes its record of
+    the mounts in the container's process just before the exec, so after the pid: it is waited for."""
+    try:
+        mounts = wait_for(f"the CRI's mounts of {record.container_id}", lambda: mounts_applied(records, record), 30)
+    except TimeoutError:
         return ["the CRI recorded no mounts (not started?)"]
     applied = {m["target"]: m for m in mounts["applied"]}
     wanted = {

@@ -28,7 +28,7 @@ from realk8s_cri import cdi_edits, container_log, process_env, process_pid, reco
 from realk8s_dra import DRA_NODE, DRA_TAINT, GROUP, TOLERATION, VERSION, DraStack
 from realk8s_flexnpu import REPO
 from realk8s_procs import wait_for
-from realk8s_tenants import SATURATING, device_time, enforcement_problems, workload_container
+from realk8s_tenants import SATURATING, device_time, enforcement_problems, open_gate, workload_container
 
 from flexnpu import names
 
@@ -366,9 +366,11 @@ def test_examples_are_accepted_by_the_api_server(dra: DraStack, api: k8s.ApiClie
 # ----- achieved shares through the runtime: the interposer in the containers, metered by the fake device -------------
 
 
-def workload_pod(stack: DraStack, name: str, template: str, device: Path, argv: Sequence[str]) -> dict[str, Any]:
+def workload_pod(
+    stack: DraStack, name: str, template: str, device: Path, argv: Sequence[str], start: Path | None = None
+) -> dict[str, Any]:
     """A pod running the C workload on the fake AscendCL (libflexnpu reaches it through the CDI spec's mounts)."""
-    command, env = workload_container(stack.native, device, argv)
+    command, env = workload_container(stack.native, device, argv, start)
     return claim_pod(name, template, command, env)
 
 
@@ -390,16 +392,17 @@ def pid_of(stack: DraStack, pod: str) -> int:
 
 
 def charged_us(stack: DraStack, api: k8s.ApiClient, core: Any, pods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """flexnpud's registrations of the pods, once every one has been charged device time."""
+    """flexnpud's registration of each pod, taken when it was first seen charged device time."""
+    out: dict[str, dict[str, Any]] = {}
 
     def all_charged() -> dict[str, dict[str, Any]] | None:
-        out = {}
         for pod in pods:
+            if pod in out:
+                continue
             registration = registration_of(stack, pod_claim(api, core, pod))
-            if registration is None or not float(registration.get("device_time_us", 0)) > 0:
-                return None
-            out[pod] = registration
-        return out
+            if registration is not None and float(registration.get("device_time_us", 0)) > 0:
+                out[pod] = registration
+        return out if len(out) == len(pods) else None
 
     return wait_for("device time charged to every pod", all_charged, 60, watch=stack.cluster.procs, interval=0.2)
 
@@ -408,26 +411,30 @@ def share_run(
     stack: DraStack, api: k8s.ApiClient, core: Any, name: str, split: Mapping[int, str | None]
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """One pod per (units, priority) of ``split`` on card 0, all saturating with the same kernels (8 s of 1-5 ms
-    kernels, no host gaps): each pod's share of the device time where all of them ran, measured by the fake device,
-    which nothing in the runtime reads; and each pod's flexnpud registration."""
+    kernels, no host gaps), started together once every pod's process is up: each pod's share of the device time
+    where all of them ran, measured by the fake device, which nothing in the runtime reads; and each pod's flexnpud
+    registration."""
     device = stack.work / f"fakedev-{name}"
     device.unlink(missing_ok=True)
+    start = stack.work / f"start-{name}"
+    start.unlink(missing_ok=True)
     pods = {}
     for i, (units, priority) in enumerate(split.items()):
         template = f"{name}-{units}"
         create_template(api, claim_template(template, units, "8Gi", priority, card=0))
         pods[f"{name}-{units}"] = template
         argv = [a.format(seed=101 + i) for a in SATURATING]
-        core.create_namespaced_pod(NAMESPACE, workload_pod(stack, f"{name}-{units}", template, device, argv))
+        core.create_namespaced_pod(NAMESPACE, workload_pod(stack, f"{name}-{units}", template, device, argv, start))
     try:
         for pod in pods:
             running(stack, core, pod)
+        pids = {pid_of(stack, pod): pod for pod in pods}
+        open_gate(start)
         registrations = charged_us(stack, api, core, list(pods))
         for pod in pods:
             [record] = records_of(stack.node.cri_records, NAMESPACE, pod)
             problems = enforcement_problems(stack.node.cri_records, record, registrations[pod]["flexnpu_id"])
             assert not problems, f"{pod}: {problems}"
-        pids = {pid_of(stack, pod): pod for pod in pods}
         for pod in pods:
             finished(stack, core, pod)
         busy = device_time(device, pids)

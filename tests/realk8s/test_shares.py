@@ -19,7 +19,7 @@ from realk8s_cluster import ControlPlane
 from realk8s_cri import container_log, process_pid, records_of
 from realk8s_flexnpu import Flexnpu, claim_registration_id, wait_registered
 from realk8s_procs import wait_for
-from realk8s_tenants import SATURATING, device_time, enforcement_problems, workload_container
+from realk8s_tenants import SATURATING, device_time, enforcement_problems, open_gate, workload_container
 
 from flexnpu import names
 
@@ -30,7 +30,7 @@ NAMESPACE = "default"
 
 
 def workload_pod(stack: Flexnpu, name: str, units: int, argv: list[str]) -> dict[str, Any]:
-    command, env = workload_container(stack.native, stack.work / "fakedev-shares", argv)
+    command, env = workload_container(stack.native, stack.work / "fakedev-shares", argv, stack.work / "start-shares")
     limits = {names.RESOURCE_VNPU: str(units), names.RESOURCE_VNPU_MEMORY: "4096"}
     return {
         "apiVersion": "v1",
@@ -72,6 +72,7 @@ def test_two_and_eight_units_on_one_card_get_their_shares_through_the_interposer
     stack = flexnpu_stack
     stack.build_native()
     (stack.work / "fakedev-shares").unlink(missing_ok=True)
+    (stack.work / "start-shares").unlink(missing_ok=True)
     pods = {"dp-share-2": 2, "dp-share-8": 8}
     try:
         ids, pids, cards = {}, {}, set()
@@ -89,6 +90,7 @@ def test_two_and_eight_units_on_one_card_get_their_shares_through_the_interposer
             pids[pid] = name
             problems = enforcement_problems(cluster.cri_records, record, ids[name])
             assert not problems, f"{name}: {problems}"
+        open_gate(stack.work / "start-shares")  # the work starts together, however far apart kubelet started them
         for name in pods:
             phase(stack, core, name, "Succeeded")
         busy = device_time(stack.work / "fakedev-shares", pids)
