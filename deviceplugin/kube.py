@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
 from flexnpu import names
-from flexnpu.annotations import (
-    BindPhase,
-    CardAssignment,
-    Inventory,
-    encode_allocated_containers,
-    encode_assignment,
-    encode_inventory,
-)
+from flexnpu.annotations import Inventory, encode_inventory
 from flexnpu.deviceplugin.core.allocation import PodRef
 from flexnpu.deviceplugin.core.containers import PodClaim
 from flexnpu.deviceplugin.core.pods import NodePod, read_node_pods, read_pod_claims
@@ -42,6 +36,10 @@ class KubeError(FlexnpuError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class WatchExpired(KubeError):
+    """The watch's resourceVersion is too old (HTTP 410): list again."""
 
 
 class KubeApi:
@@ -74,17 +72,9 @@ class KubeApi:
         items: list[Mapping[str, Any]] = json.loads(body.data).get("items") or []
         return read_node_pods(items, self.node_name)
 
-    def record_allocation(
-        self, pod: PodRef, assignment: Sequence[CardAssignment], served: Sequence[str], *, done: bool
-    ) -> None:
-        """Progress of the handshake: the pod's cards, the containers served; ``allocated`` after the last one."""
-        notes: dict[str, str | None] = {
-            names.ANNOTATION_ASSIGNED: encode_assignment(assignment),
-            names.ANNOTATION_ALLOCATED_CONTAINERS: encode_allocated_containers(served),
-        }
-        if done:
-            notes |= {names.ANNOTATION_BIND_PHASE: BindPhase.ALLOCATED.value, names.ANNOTATION_BIND_REASON: None}
-        self._patch_pod(pod, notes)
+    def annotate_pod(self, pod: PodRef, annotations: Mapping[str, str | None]) -> None:
+        """Merge ``annotations`` into the pod's (None removes one): the handshake's writes."""
+        self._patch_pod(pod, annotations)
 
     def pod_claims(self, pod: PodRef) -> list[PodClaim]:
         """The pod's VNpuClaims (label ``flexnpu.io/pod-uid``) with the registration id each is registered under."""
@@ -105,14 +95,79 @@ class KubeApi:
             raise KubeError(f"list claims of pod {pod}: not a JSON list ({exc})") from exc
         return read_pod_claims(items if isinstance(items, list) else [], pod)
 
-    def record_failure(self, pod: PodRef, reason: str) -> None:
-        self._patch_pod(
-            pod, {names.ANNOTATION_BIND_PHASE: BindPhase.FAILED.value, names.ANNOTATION_BIND_REASON: reason}
+    def node_claims(self) -> tuple[list[Mapping[str, Any]], str]:
+        """Every VNpuClaim of this node (the CRD's selectable field ``spec.nodeName``) and the list's
+        resourceVersion, to watch from. HTTP 400 means the API server cannot select claims by node."""
+        body = self._call(
+            "list claims of this node",
+            self._custom.list_cluster_custom_object,
+            names.CRD_GROUP,
+            names.CRD_VERSION,
+            names.CRD_PLURAL,
+            field_selector=self._claim_selector,
+            _preload_content=False,
         )
+        try:
+            listed = json.loads(body.data)
+            items, version = listed.get("items"), listed.get("metadata", {}).get("resourceVersion")
+        except (ValueError, AttributeError) as exc:
+            raise KubeError(f"list claims of this node: not a JSON list ({exc})") from exc
+        if not isinstance(version, str) or not version:
+            raise KubeError("list claims of this node: no resourceVersion")
+        return [i for i in items if isinstance(i, Mapping)] if isinstance(items, list) else [], version
+
+    def watch_node_claims(self, version: str, timeout_s: int) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """(event type, claim) as the server streams them from ``version`` until it ends the watch (after
+        ``timeout_s``); BOOKMARK events carry only the resourceVersion. WatchExpired when ``version`` is too old."""
+        response = self._call(
+            "watch claims of this node",
+            self._custom.list_cluster_custom_object,
+            names.CRD_GROUP,
+            names.CRD_VERSION,
+            names.CRD_PLURAL,
+            field_selector=self._claim_selector,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout_s,
+            watch=True,
+            _preload_content=False,
+            request_timeout=(_TIMEOUT, timeout_s + 30),  # the server ends it after timeout_s
+        )
+        try:
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                if not line or line.isspace():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as exc:
+                    raise KubeError(f"watch claims of this node: not JSON ({line[:80]!r})") from exc
+                kind, obj = event.get("type"), event.get("object")
+                if not isinstance(kind, str) or not isinstance(obj, Mapping):
+                    raise KubeError(f"watch claims of this node: not an event ({line[:80]!r})")
+                if kind == "ERROR":
+                    code = obj.get("code")
+                    if code == 410:
+                        raise WatchExpired(f"watch claims of this node: {obj.get('message')}", 410)
+                    raise KubeError(f"watch claims of this node: {obj.get('message')}", code)
+                yield kind, obj
+        except (HTTPError, OSError) as exc:
+            raise KubeError(f"watch claims of this node: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()
+
+    @property
+    def _claim_selector(self) -> str:
+        return f"spec.nodeName={self.node_name}"
 
     def publish_inventory(self, inventory: Inventory) -> None:
         """The node's ``flexnpu.io/inventory`` annotation, read by the extender."""
         body = {"metadata": {"annotations": {names.ANNOTATION_INVENTORY: encode_inventory(inventory)}}}
+        self._write("patch node", self._core.patch_node, self.node_name, body)
+
+    def mark_claims_released(self, when: str) -> None:
+        """The node's ``flexnpu.io/claims-released`` annotation: a node update for kube-scheduler's queue."""
+        body = {"metadata": {"annotations": {names.ANNOTATION_CLAIMS_RELEASED: when}}}
         self._write("patch node", self._core.patch_node, self.node_name, body)
 
     def _patch_pod(self, pod: PodRef, annotations: Mapping[str, str | None]) -> None:
@@ -124,9 +179,9 @@ class KubeApi:
         response = self._call(what, method, *args, _content_type="application/merge-patch+json", _preload_content=False)
         response.data  # noqa: B018 - reading the body returns the connection to the pool
 
-    def _call(self, what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: Any, *args: Any, request_timeout: Any = _TIMEOUT, **kwargs: Any) -> Any:
         try:
-            return method(*args, _request_timeout=_TIMEOUT, **kwargs)
+            return method(*args, _request_timeout=request_timeout, **kwargs)
         except ApiException as exc:
             raise KubeError(f"{what}: HTTP {exc.status} {exc.reason}", exc.status) from exc
         except (HTTPError, OSError, ValueError) as exc:

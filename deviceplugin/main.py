@@ -18,10 +18,13 @@ from pathlib import Path
 from types import FrameType
 
 from flexnpu.deviceplugin.adapters.nodelabels import NodeLabeller
+from flexnpu.deviceplugin.claimcache import ClaimCache
 from flexnpu.deviceplugin.core.nodelabels import node_labels
 from flexnpu.deviceplugin.core.response import NodeLayout
+from flexnpu.deviceplugin.handshake import HandshakeWriter
 from flexnpu.deviceplugin.kube import KubeApi
 from flexnpu.deviceplugin.metrics import Metrics
+from flexnpu.deviceplugin.nudge import ReleaseNudger
 from flexnpu.deviceplugin.plugin import VnpuPlugin
 from flexnpu.deviceplugin.server import PluginServer
 from flexnpu.deviceplugin.settings import DEFAULT_NPU_SMI, ENV_PREFIX, DevicePluginSettings
@@ -31,6 +34,7 @@ from flexnpu.preloadfile import write_preload_file
 from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.deviceplugin")
+JOURNAL_FLUSH_S = 10.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cdi", action="store_const", const=True, help="answer Allocate with CDI device names")
     p.add_argument("--scan-interval", type=float, metavar="S", help="seconds between discovery scans")
+    p.add_argument("--journal", type=Path, metavar="FILE", help="journal of the handshake's pod writes (default: none)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0: off; default 9401)")
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
@@ -88,7 +93,19 @@ def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
         preload_host_file=settings.preload_host_file,
         slot_mount=settings.slot_mount,
     )
-    plugin = VnpuPlugin(scanner, settings.units, layout, kube=kube, metrics=Metrics(), claim_wait=settings.claim_wait)
+    metrics = Metrics()
+    writer = None if kube is None else HandshakeWriter(kube, settings.journal, metrics.handshake_pending.set)
+    claims = ClaimCache(kube, released=ReleaseNudger(kube)) if kube is not None and settings.claim_cache else None
+    plugin = VnpuPlugin(
+        scanner,
+        settings.units,
+        layout,
+        kube=kube,
+        metrics=metrics,
+        claim_wait=settings.claim_wait,
+        writer=writer,
+        claims=claims,
+    )
     return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
 
 
@@ -99,6 +116,11 @@ def run(settings: DevicePluginSettings, stop: threading.Event) -> int:
     write_preload_file(plugin.layout)
     label_node(labeller, plugin)
     plugin.metrics.serve(settings.metrics_host, settings.metrics_port)
+    # Writes a crash left in the journal land on the pods before kubelet can ask about them.
+    if plugin.writer is not None and plugin.writer.start() and not plugin.writer.flush(JOURNAL_FLUSH_S):
+        log.warning("journal: writes still pending after %.0fs, serving anyway", JOURNAL_FLUSH_S)
+    if plugin.claims is not None:
+        plugin.claims.start()
     server.start()
     try:
         while not stop.wait(settings.scan_interval):
@@ -106,6 +128,10 @@ def run(settings: DevicePluginSettings, stop: threading.Event) -> int:
             label_node(labeller, plugin)
     finally:
         server.stop()
+        if plugin.claims is not None:
+            plugin.claims.stop()
+        if plugin.writer is not None:
+            plugin.writer.stop()
         plugin.metrics.close()
         if plugin.kube is not None:
             plugin.kube.close()

@@ -45,6 +45,17 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
             registry=self.registry,
         )
+        self.claim_reads = Counter(
+            "flexnpu_deviceplugin_claim_reads",
+            "reads of a pod's VNpuClaims by Allocate, by source (cache: the watch; api: a list call)",
+            ["source"],
+            registry=self.registry,
+        )
+        self.handshake_pending = Gauge(
+            "flexnpu_deviceplugin_handshake_pending",
+            "pods with handshake writes not yet on the API",
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

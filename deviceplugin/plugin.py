@@ -20,6 +20,7 @@ from pathlib import Path
 from flexnpu import names
 from flexnpu.annotations import CardAssignment, Inventory
 from flexnpu.cards import Card
+from flexnpu.deviceplugin.claimcache import ClaimCache
 from flexnpu.deviceplugin.core.allocation import (
     AllocationError,
     PendingPod,
@@ -31,10 +32,12 @@ from flexnpu.deviceplugin.core.allocation import (
     placement_from_ids,
     preferred_ids,
 )
-from flexnpu.deviceplugin.core.containers import container_cards, registration_ids
+from flexnpu.deviceplugin.core.containers import PodClaim, container_cards, registration_ids
 from flexnpu.deviceplugin.core.devices import UnitDevice, unit_devices
+from flexnpu.deviceplugin.core.handshake import allocation_annotations, failure_annotations
 from flexnpu.deviceplugin.core.pods import NodePod, pending_pods, units_in_use
 from flexnpu.deviceplugin.core.response import ContainerAllocation, NodeLayout, Workload, container_allocation
+from flexnpu.deviceplugin.handshake import HandshakeWriter
 from flexnpu.deviceplugin.kube import KubeApi, KubeError
 from flexnpu.deviceplugin.metrics import Metrics
 from flexnpu.discovery import DiscoveryError, Scanner
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 # How long the pod GetPreferredAllocation matched stands for the Allocate that follows with the IDs it offered
 # (kubelet calls the two back to back for one container; the Allocate then skips listing the node's pods again).
 PREFERRED_TTL_S = 5.0
-CLAIM_POLL_S = 0.05
+CLAIM_POLL_S = 0.05  # between lists of a pod's claims when the claim cache cannot answer
+SLOT_POLL_S = 0.002  # between looks for flexnpud's slot file (a stat)
 CLAIMS_RETRY_S = 30.0  # after the API said it serves no claims to us (404, 403), ask again this much later
 
 
@@ -76,7 +80,11 @@ class VnpuPlugin:
         clock: Callable[[], float] = time.monotonic,
         claim_wait: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        writer: HandshakeWriter | None = None,
+        claims: ClaimCache | None = None,
     ) -> None:
+        """``writer`` patches the handshake onto pods off the Allocate path (default: one without a journal,
+        started here); ``claims`` answers a pod's claims from a watch (default: none, each Allocate lists them)."""
         self.scanner = scanner
         self.units = units
         self.layout = layout
@@ -94,6 +102,11 @@ class VnpuPlugin:
         self._offered: tuple[frozenset[str], PendingPod, float] | None = None  # the last preferred answer's pod
         self._clock = clock
         self._stopped = False
+        self.claims = claims
+        self.writer = writer
+        if writer is None and kube is not None:
+            self.writer = HandshakeWriter(kube, on_change=self.metrics.handshake_pending.set, clock=clock)
+            self.writer.start()
 
     # -- cards and units ---------------------------------------------------------------------------------
 
@@ -263,7 +276,7 @@ class VnpuPlugin:
             if self._clock() >= deadline:
                 log.warning("pod %s: flexnpud has no slot %s yet: the container runs ungated", pod.ref, slot)
                 return replace(self.layout, slot_mount=False)
-            self._sleep(CLAIM_POLL_S)
+            self._sleep(SLOT_POLL_S)
         return self.layout
 
     @staticmethod
@@ -280,18 +293,28 @@ class VnpuPlugin:
             return ()
         deadline = self._clock() + (self.claim_wait if pod.bind_time is not None else 0.0)
         while True:
+            cached = None if self.claims is None else self.claims.claims_of(pod.ref)
+            self.metrics.claim_reads.labels(source="api" if cached is None else "cache").inc()
             try:
-                ids = registration_ids(self.kube.pod_claims(pod.ref), cards)
+                ids = registration_ids(cached if cached is not None else self._listed_claims(pod), cards)
             except KubeError as exc:
                 if exc.status in (403, 404):  # no CRD, or no RBAC rule: not worth a call per container
                     self._claims_unserved_until = self._clock() + CLAIMS_RETRY_S
                 log.warning("claims of pod %s not readable, FLEXNPU_ID not set: %s", pod.ref, exc)
                 return ()
-            if ids or self._clock() >= deadline:
+            left = deadline - self._clock()
+            if ids or left <= 0:
                 if not ids:
                     log.warning("pod %s: no claim for its card(s) yet, FLEXNPU_ID not set", pod.ref)
                 return ids
-            self._sleep(CLAIM_POLL_S)
+            if cached is not None and self.claims is not None:
+                self.claims.wait(min(left, CLAIM_POLL_S))  # woken as soon as the watch brings a claim
+            else:
+                self._sleep(CLAIM_POLL_S)
+
+    def _listed_claims(self, pod: PendingPod) -> list[PodClaim]:
+        assert self.kube is not None
+        return self.kube.pod_claims(pod.ref)
 
     def _node_pods(self) -> list[NodePod]:
         if self.kube is None:
@@ -327,18 +350,12 @@ class VnpuPlugin:
         self._pod_cards[pod.ref.uid] = allocation.pod_cards
         order = [c.name for c in pod.containers if c.name in served]
         done = all(c.name in served for c in pod.containers)
-        try:
-            assert self.kube is not None
-            self.kube.record_allocation(pod.ref, allocation.pod_cards, order, done=done)
-        except KubeError as exc:
-            log.warning("pod %s allocated on %s but not recorded: %s", pod.ref, [c.uuid for c in allocation.cards], exc)
+        assert self.writer is not None
+        self.writer.submit(pod.ref, allocation_annotations(allocation.pod_cards, order, done=done))
 
     def _record_failure(self, pod: PendingPod, reason: str) -> None:
-        try:
-            assert self.kube is not None
-            self.kube.record_failure(pod.ref, reason)
-        except KubeError as exc:
-            log.warning("pod %s failed (%s), not recorded: %s", pod.ref, reason, exc)
+        assert self.writer is not None
+        self.writer.submit(pod.ref, failure_annotations(reason))
 
 
 __all__ = ["Allocation", "DiscoveryError", "VnpuPlugin"]

@@ -55,6 +55,14 @@ class DevicePluginSettings:
         "mount the registration's slot file read-write over the read-only shim_socket_dir (libflexnpu maps it "
         "read-write); an Allocate waits up to claim_wait for flexnpud to make it (shim_socket_dir must be mounted)",
     )
+    journal: Path | None = setting(
+        None,
+        "file journaling the handshake's pod writes until they land (they are patched off the Allocate path; "
+        "a restart patches what a crash left); empty: kept in memory only",
+    )
+    claim_cache: bool = setting(
+        True, "watch this node's VNpuClaims (the CRD's selectable field spec.nodeName) instead of a list per Allocate"
+    )
     metrics_port: int = setting(9401, "port of the Prometheus /metrics endpoint (0: off)")
     metrics_host: str = setting("0.0.0.0", "address of the /metrics endpoint")
     log_level: str = setting("info", "debug, info, warning or error")

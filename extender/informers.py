@@ -2,8 +2,9 @@
 
 Nodes contribute their ``flexnpu.io/inventory`` annotation (decoded with the shared contract; a node without one,
 or with one that does not parse, has no flexnpu cards) and their allocatable CPU and memory. Pods contribute
-their ``flexnpu.io/assigned`` annotation, node, phase and CPU and memory requests. The loops only translate API
-events into state calls.
+their ``flexnpu.io/assigned`` annotation, node, phase and CPU and memory requests. VNpuClaims contribute what
+each holds on its card (counted while its pod holds nothing: a pod gone before its claim was deregistered). The
+loops only translate API events into state calls.
 """
 
 from __future__ import annotations
@@ -17,14 +18,42 @@ from flexnpu.annotations import Inventory, decode_inventory
 from flexnpu.errors import ValidationError
 from flexnpu.extender.kube import KubeApi, KubeApiError
 from flexnpu.extender.pods import pod_facts, pod_key
-from flexnpu.extender.state import ClusterState, NodeRecord
-from flexnpu.names import ANNOTATION_INVENTORY
+from flexnpu.extender.state import ClusterState, HeldClaim, NodeRecord
+from flexnpu.names import ANNOTATION_INVENTORY, CRD_GROUP, CRD_PLURAL, CRD_VERSION, LABEL_CLAIM_POD_UID
 from flexnpu.quantity import cpu_milli, memory_mib
 
 log = logging.getLogger(__name__)
 
 NODES_PATH = "/api/v1/nodes"
 PODS_PATH = "/api/v1/pods"
+CLAIMS_PATH = f"/apis/{CRD_GROUP}/{CRD_VERSION}/{CRD_PLURAL}"
+CLAIMS_UNSERVED_RETRY_S = 30.0  # no CRD or no RBAC rule: serve without the claims, ask again this much later
+
+
+def held_claim(claim: Mapping[str, Any]) -> HeldClaim | None:
+    """What a VNpuClaim holds on its card; None (logged) for one that names no node, card or size we can read."""
+    meta = claim.get("metadata")
+    spec = claim.get("spec")
+    if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
+        return None
+    uid, labels = meta.get("uid"), meta.get("labels")
+    pod_uid = labels.get(LABEL_CLAIM_POD_UID) if isinstance(labels, Mapping) else None
+    node, npu, units, memory = (spec.get(k) for k in ("nodeName", "npu", "aicoreAlloc", "memoryMiB"))
+    numbers = (npu, units, 0 if memory is None else memory)
+    if not isinstance(uid, str) or not uid or not isinstance(node, str) or not node:
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 40 for n in numbers):
+        log.warning(
+            "claim %s/%s: spec npu %r, aicoreAlloc %r, memoryMiB %r not counted (not sizes)",
+            meta.get("namespace"),
+            meta.get("name"),
+            npu,
+            units,
+            memory,
+        )
+        return None
+    assert isinstance(npu, int) and isinstance(units, int)
+    return HeldClaim(uid, pod_uid if isinstance(pod_uid, str) else "", node, npu, units, int(memory or 0))
 
 
 def node_inventory(node: Mapping[str, Any]) -> Inventory | None:
@@ -79,16 +108,19 @@ class Informers:
         self.synced = asyncio.Event()
         self._nodes_synced = asyncio.Event()
         self._pods_synced = asyncio.Event()
+        self._claims_synced = asyncio.Event()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._loop(NODES_PATH, self._relist_nodes, self._node_event, self._nodes_synced))
             group.create_task(self._loop(PODS_PATH, self._relist_pods, self._pod_event, self._pods_synced))
+            group.create_task(self._loop(CLAIMS_PATH, self._relist_claims, self._claim_event, self._claims_synced))
             group.create_task(self._mark_synced())
 
     async def _mark_synced(self) -> None:
         await self._nodes_synced.wait()
         await self._pods_synced.wait()
+        await self._claims_synced.wait()
         self.synced.set()
 
     async def _loop(
@@ -105,6 +137,17 @@ class Informers:
                 synced.set()
                 await self._follow(path, version, on_event)
             except KubeApiError as exc:
+                if path == CLAIMS_PATH and exc.status in (403, 404):
+                    # No CRD or no RBAC rule for it: placement goes on from the pods alone (not held back).
+                    log.warning(
+                        "watch %s: %s; placing without the claims, asking again in %.0fs",
+                        path,
+                        exc,
+                        CLAIMS_UNSERVED_RETRY_S,
+                    )
+                    synced.set()
+                    await asyncio.sleep(CLAIMS_UNSERVED_RETRY_S)
+                    continue
                 log.warning("watch %s: %s; listing again in %.1fs", path, exc, self.retry_s)
             await asyncio.sleep(self.retry_s)
 
@@ -122,6 +165,19 @@ class Informers:
 
     def _relist_pods(self, items: list[dict[str, Any]]) -> None:
         self.state.replace_pods(pod_facts(pod) for pod in items)
+
+    def _relist_claims(self, items: list[dict[str, Any]]) -> None:
+        self.state.replace_claims(c for c in map(held_claim, items) if c is not None)
+
+    def _claim_event(self, kind: str, claim: dict[str, Any]) -> None:
+        uid = (claim.get("metadata") or {}).get("uid")
+        if kind == "BOOKMARK" or not isinstance(uid, str):
+            return
+        held = None if kind == "DELETED" else held_claim(claim)
+        if held is None:
+            self.state.forget_claim(uid)
+        else:
+            self.state.observe_claim(held)
 
     def _node_event(self, kind: str, node: dict[str, Any]) -> None:
         name = str((node.get("metadata") or {}).get("name") or "")

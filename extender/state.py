@@ -12,6 +12,11 @@ log (node names in order of change) so that caches of placement decisions can re
 Besides the cards, the state keeps each node's allocatable CPU and memory (from ``status.allocatable``) and the CPU
 and memory requests of every live pod bound to it, CPU-only pods included, so that fit, fragmentation and CPU
 stranding see the same node as kube-scheduler and as the openb replay.
+
+And it keeps the node's VNpuClaims (the claim watch): a claim whose pod holds nothing here (the pod is gone while
+the operator has not deregistered it yet, or a claim made by hand) still holds its units and memory on flexnpud,
+so it counts on its card until the claim itself is gone. Without that a pod placed right after another left would
+be refused by the daemon for a few seconds, and its container would start before its registration.
 """
 
 from __future__ import annotations
@@ -58,6 +63,18 @@ class Holding:
 
 
 @dataclass(frozen=True)
+class HeldClaim:
+    """A VNpuClaim as the claim watch shows it: what it holds on flexnpud (card ``npu`` of ``node``)."""
+
+    uid: str
+    pod_uid: str
+    node: str
+    npu: int
+    units: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     """What the node watch gives for one flexnpu node: its inventory and allocatable CPU and memory (0 = unknown)."""
 
@@ -75,6 +92,8 @@ class ClusterState:
         self._nodes: dict[str, NodeState] = {}
         self._holdings: dict[str, Holding] = {}  # by pod uid
         self._on_node: dict[str, set[str]] = {}  # node -> pod uids
+        self._claims: dict[str, HeldClaim] = {}  # by claim uid
+        self._claims_on: dict[str, set[str]] = {}  # node -> claim uids
         self._log: list[str] = []
         self._log_base = 0  # sequence number of _log[0]
         self._membership = 0  # grows when a node appears or goes
@@ -199,6 +218,39 @@ class ClusterState:
             for uid in stale:
                 self._forget(uid)
 
+    # -- claims ----------------------------------------------------------------------------------------------
+
+    def observe_claim(self, claim: HeldClaim) -> None:
+        """A watched VNpuClaim appeared or changed."""
+        with self._lock:
+            old = self._claims.get(claim.uid)
+            if old == claim:
+                return
+            self._drop_claim(claim.uid)
+            self._claims[claim.uid] = claim
+            self._claims_on.setdefault(claim.node, set()).add(claim.uid)
+            self._rebuild(claim.node)
+
+    def forget_claim(self, uid: str) -> None:
+        """The claim is gone (its registration with it)."""
+        with self._lock:
+            self._drop_claim(uid)
+
+    def replace_claims(self, claims: Iterable[HeldClaim]) -> None:
+        """After a re-list: exactly these claims exist."""
+        seen = set()
+        for claim in claims:
+            seen.add(claim.uid)
+            self.observe_claim(claim)
+        with self._lock:
+            for uid in [uid for uid in self._claims if uid not in seen]:
+                self._drop_claim(uid)
+
+    def unheld_claims_on(self, node: str) -> list[HeldClaim]:
+        """The node's claims that count on their own: their pod holds nothing here."""
+        with self._lock:
+            return self._unheld_claims(node)
+
     # -- binds -----------------------------------------------------------------------------------------------
 
     def reserve(
@@ -309,6 +361,21 @@ class ClusterState:
             self._on_node.get(old.node, set()).discard(uid)
             self._rebuild(old.node)
 
+    def _drop_claim(self, uid: str) -> None:
+        old = self._claims.pop(uid, None)
+        if old is not None:
+            self._claims_on.get(old.node, set()).discard(uid)
+            self._rebuild(old.node)
+
+    def _unheld_claims(self, node: str) -> list[HeldClaim]:
+        out = []
+        for uid in self._claims_on.get(node, ()):
+            claim = self._claims[uid]
+            holding = self._holdings.get(claim.pod_uid) if claim.pod_uid else None
+            if holding is None or holding.node != node:
+                out.append(claim)
+        return out
+
     def _drop_node(self, name: str) -> None:
         self._records.pop(name, None)
         if self._nodes.pop(name, None) is not None:
@@ -321,6 +388,12 @@ class ClusterState:
             return
         holdings = [self._holdings[uid] for uid in self._on_node.get(name, ())]
         assignments = [a for h in holdings for a in h.assignments]
+        by_index = {card.index: card.uuid for card in record.inventory.cards}
+        assignments += [
+            CardAssignment(by_index[c.npu], c.npu, c.units, c.memory_mib)
+            for c in self._unheld_claims(name)
+            if c.npu in by_index
+        ]
         if name not in self._nodes:
             self._membership += 1
         self._nodes[name] = node_state(

@@ -20,6 +20,7 @@ from flexnpu.names import (
     ANNOTATION_BIND_PHASE,
     ANNOTATION_BIND_REASON,
     ANNOTATION_BIND_TIME,
+    CLAIM_FINALIZER,
     CRD_GROUP,
     CRD_KIND,
     CRD_VERSION,
@@ -89,7 +90,9 @@ def claim_name(key: PodKey, assignment: CardAssignment, cards: int) -> str:
 
 
 def claims(key: PodKey, node: str, assignments: Sequence[CardAssignment], priority: Priority) -> list[dict[str, Any]]:
-    """One VNpuClaim per assigned card, owned by the pod (garbage-collected with it)."""
+    """One VNpuClaim per assigned card, owned by the pod (garbage-collected with it), created with the operator's
+    deregister finalizer already on it: the operator then registers it on the first event it sees, instead of
+    adding the finalizer first and registering on the next (a round trip the pod's Allocate would wait for)."""
     return [claim(key, node, a, priority, claim_name(key, a, len(assignments))) for a in assignments]
 
 
@@ -115,6 +118,7 @@ def claim(key: PodKey, node: str, assignment: CardAssignment, priority: Priority
         "name": name,
         "namespace": key.namespace,
         "labels": {LABEL_MANAGED_BY: "flexnpu", LABEL_COMPONENT: "extender", LABEL_CLAIM_POD_UID: key.uid},
+        "finalizers": [CLAIM_FINALIZER],
     }
     if key.uid:
         meta["ownerReferences"] = [owner]

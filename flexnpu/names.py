@@ -15,6 +15,9 @@ RESOURCE_VNPU_MEMORY: Final = "huawei.com/vnpu-memory"
 
 # Node annotation written by the device plugin.
 ANNOTATION_INVENTORY: Final = f"{DOMAIN}/inventory"
+# Written on its node by the device plugin when a VNpuClaim of the node is gone (its units free on flexnpud): a
+# node update, which moves pods kube-scheduler parked as unschedulable back to its queue (it watches no claims).
+ANNOTATION_CLAIMS_RELEASED: Final = f"{DOMAIN}/claims-released"
 
 # Pod annotations: user input.
 ANNOTATION_PRIORITY: Final = f"{DOMAIN}/priority"

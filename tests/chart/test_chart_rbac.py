@@ -19,6 +19,7 @@ EXPECTED: dict[tuple[str, str], set[Grant]] = {
         ("", "events", "create"),
         ("", "events", "patch"),
         ("flexnpu.io", "vnpuclaims", "list"),  # the registration id of the pod's claim, for FLEXNPU_ID
+        ("flexnpu.io", "vnpuclaims", "watch"),  # the same, from a watch of the node's claims
     },
     ("ClusterRole", "extender"): {
         ("", "nodes", "get"),

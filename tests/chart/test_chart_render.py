@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 
+import helm_python as helm
 import kubernetes_validate
 import pytest
-from chart_support import KUBE_VERSIONS, NAMESPACE, Manifest, Render, find, only
+import yaml
+from chart_support import KUBE_VERSIONS, NAMESPACE, NON_DEFAULT_VALUES, Manifest, Render, find, only, render_for_kube
 
 from flexnpu import names
 
@@ -33,7 +35,9 @@ def validate_all(manifests: list[Manifest], version: str) -> set[tuple[str, str]
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-def test_default_render_is_valid(default_manifests: list[Manifest], kube_version: str) -> None:
+def test_default_render_is_valid(chart: helm.Chart, kube_version: str) -> None:
+    """Rendered for that version (``helm template --kube-version``), as an install on such a cluster renders."""
+    default_manifests = render_for_kube(chart, kube_version)
     assert validate_all(default_manifests, kube_version) == set()
     assert {m["kind"] for m in default_manifests} >= {
         "DaemonSet",
@@ -48,16 +52,24 @@ def test_default_render_is_valid(default_manifests: list[Manifest], kube_version
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-def test_non_default_render_is_valid(custom_manifests: list[Manifest], kube_version: str) -> None:
-    assert validate_all(custom_manifests, kube_version) == NOT_IN_KUBERNETES_SCHEMAS
+def test_non_default_render_is_valid(chart: helm.Chart, kube_version: str) -> None:
+    assert validate_all(render_for_kube(chart, kube_version, NON_DEFAULT_VALUES), kube_version) == (
+        NOT_IN_KUBERNETES_SCHEMAS
+    )
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-def test_crd_is_valid_and_names_the_claim(chart_crds: list[Manifest], kube_version: str) -> None:
-    for crd in chart_crds:
+def test_crd_is_valid_and_names_the_claim(chart: helm.Chart, kube_version: str) -> None:
+    from_folder = [doc for crd in chart.crds for doc in yaml.safe_load_all(crd["data"]) if doc]
+    templated = [m for m in render_for_kube(chart, kube_version) if m["kind"] == "CustomResourceDefinition"]
+    for crd in from_folder + templated:
         kubernetes_validate.validate(crd, kube_version, strict=True)
-    crd = next(c for c in chart_crds if c["metadata"]["name"] == names.CRD_NAME)
+    crd = next(c for c in templated if c["metadata"]["name"] == names.CRD_NAME)
     assert crd["spec"]["names"]["kind"] == names.CRD_KIND
+    # The device plugin's watch selects the node's claims by spec.nodeName where the server can (1.31+).
+    [version] = crd["spec"]["versions"]
+    selectable = [f["jsonPath"] for f in version.get("selectableFields", [])]
+    assert selectable == ([] if kube_version.startswith("1.28.") else [".spec.nodeName"]), selectable
     assert names.CRD_SHORT_NAME in crd["spec"]["names"]["shortNames"]
 
 

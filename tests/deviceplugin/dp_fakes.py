@@ -43,7 +43,13 @@ class RunningPlugin:
         self.server.start()
         return self
 
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the handshake's writes (patched off the Allocate path) have landed on the API."""
+        assert self.plugin.writer is not None and self.plugin.writer.flush(timeout), "handshake writes pending"
+
     def stop(self) -> None:
         self.server.stop()
+        if self.plugin.writer is not None:
+            self.plugin.writer.stop()
         if self.plugin.kube is not None:
             self.plugin.kube.close()

@@ -130,9 +130,10 @@ def test_twenty_same_size_pods_created_at_once_each_get_their_own_card_cap_prior
             )
         )
         create_claim(k8s, name, name, card, flexnpu_id=f"id-{name}" if i % 2 else "")
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     admitted = kubelet.admit_pods(pods)
+    running.settle()  # the handshake's writes land off the Allocate path
     for i in range(20):
         name = f"p{i:02d}"
         env = dict(admitted[name]["main"].envs)
@@ -162,7 +163,7 @@ def test_two_containers_of_3_and_2_units_each_get_their_part_of_the_card(
         assigned=[CardAssignment(CARD[6], 6, 5, 20480)],
         priority="high",
     )
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     admitted = kubelet.admit(pod)
     a, b = dict(admitted["a"].envs), dict(admitted["b"].envs)
@@ -175,6 +176,7 @@ def test_two_containers_of_3_and_2_units_each_get_their_part_of_the_card(
     assert {a["FLEXNPU_CARD"], b["FLEXNPU_CARD"]} == {CARD[6]}
     assert a["FLEXNPU_PRIORITY"] == b["FLEXNPU_PRIORITY"] == "high"
     assert a["FLEXNPU_CLAIM"] == b["FLEXNPU_CLAIM"] == "default/two"  # no claims served by this API: the pod
+    running.settle()  # the handshake's writes land off the Allocate path
     notes = k8s.annotations("pod", "two")
     assert (notes[names.ANNOTATION_BIND_PHASE], notes[names.ANNOTATION_ALLOCATED_CONTAINERS]) == ("allocated", "a,b")
     assert {parse_device_id(i)[0] for i in kubelet.allocated} == {CARD[6]} and len(kubelet.allocated) == 5
@@ -233,11 +235,12 @@ def test_a_restarted_plugin_resumes_with_the_next_container_of_a_pod(
         created="2026-12-01T12:00:00Z",
         assigned=[CardAssignment(CARD[7], 7, 2, 500)],
     )
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     _, response = kubelet.allocate_units(2)
     env = dict(response.envs)
     assert (env["FLEXNPU_CARD"], env["FLEXNPU_UNITS"], env["FLEXNPU_MEMORY_MIB"]) == (CARD[1], "2", "4000")
+    running.settle()  # the handshake's writes land off the Allocate path
     notes = k8s.annotations("pod", "half")
     assert (notes[names.ANNOTATION_BIND_PHASE], notes[names.ANNOTATION_ALLOCATED_CONTAINERS]) == ("allocated", "a,b")
     assert k8s.annotations("pod", "older")[names.ANNOTATION_BIND_PHASE] == "allocating"
@@ -247,11 +250,12 @@ def test_an_unplaced_pod_with_two_containers_gets_one_best_fit_card_for_both(
     kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
 ) -> None:
     pod = create_pod(k8s, "free", [container("a", 3), container("b", 2)], created="2026-12-01T12:00:00Z")
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     kubelet.allocated.update(f"{CARD[0]}-{k}" for k in range(6))  # card 0 has room for "a" alone, not the pod
     admitted = kubelet.admit(pod)
     assert card_of(admitted["a"]) == card_of(admitted["b"]) != CARD[0]
+    running.settle()  # the handshake's writes land off the Allocate path
     notes = k8s.annotations("pod", "free")
     [assigned] = decode_assignment(notes[names.ANNOTATION_ASSIGNED])
     assert (assigned.uuid, assigned.units) == (card_of(admitted["a"]), 5)

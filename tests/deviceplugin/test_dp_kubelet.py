@@ -87,7 +87,7 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(
     kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
 ) -> None:
     k8s.create_pod("infer", 3, annotations={**allocating(5, 3, 16384), names.ANNOTATION_PRIORITY: "high"})
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     free = kubelet.free_ids()
     assert cards_of(kubelet.preferred(free, [], 3)) == {CARD[5]}
@@ -121,6 +121,7 @@ def test_preferred_allocation_and_allocate_on_the_assigned_card(
     assert mounts[names.PRELOAD_POD_FILE] == (names.PRELOAD_HOST_FILE, True)
     assert len(mounts) == len(names.ASCEND_DRIVER_MOUNTS) + 4
     assert list(response.cdi_devices) == []
+    running.settle()  # the handshake's writes land off the Allocate path
     annotations = k8s.annotations("pod", "infer")
     assert annotations[names.ANNOTATION_BIND_PHASE] == "allocated"
     assert decode_assignment(annotations[names.ANNOTATION_ASSIGNED]) == (CardAssignment(CARD[5], 5, 3, 16384),)
@@ -136,13 +137,14 @@ def test_allocate_of_the_offered_ids_reuses_the_pod_found_for_them(
 ) -> None:
     k8s.create_pod("serve", 3, annotations=allocating(5, 3, 16384))
     k8s.create_pod("batch", 4, annotations=allocating(6, 4, 8192, "2026-01-01T00:00:02.000000Z"))
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     before = pod_lists(k8s)
     offered = kubelet.preferred(kubelet.free_ids(), [], 3)
     response = kubelet.allocate(offered)
     assert pod_lists(k8s) == before + 1  # the Allocate of the offered IDs found its pod without a second list
     assert dict(response.envs)["FLEXNPU_CLAIM"] == "default/serve"
+    running.settle()  # the handshake's writes land off the Allocate path
     assert k8s.annotations("pod", "serve")[names.ANNOTATION_BIND_PHASE] == "allocated"
 
     kubelet.preferred(kubelet.free_ids(), [], 4)
@@ -184,7 +186,7 @@ def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: Ku
             names.ANNOTATION_ASSIGNED: encode_assignment(assigned),
         },
     )
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     ids, response = kubelet.allocate_units(20)
     assert cards_of(ids) == {CARD[4], CARD[6]}
@@ -192,13 +194,14 @@ def test_allocate_two_whole_cards(kubelet: StubKubelet, run_plugin: Any, k8s: Ku
     assert (envs["ASCEND_VISIBLE_DEVICES"], envs["ASCEND_RT_VISIBLE_DEVICES"]) == ("4,6", "0,1")
     assert (envs["FLEXNPU_CARD_INDEX"], envs["FLEXNPU_UNITS"], envs["FLEXNPU_SHARE"]) == ("4,6", "20", "1")
     assert [d.container_path for d in response.devices][:2] == ["/dev/davinci4", "/dev/davinci6"]
+    running.settle()  # the handshake's writes land off the Allocate path
     assert k8s.annotations("pod", "train")[names.ANNOTATION_BIND_PHASE] == "allocated"
 
 
 def test_pod_without_assignment_gets_a_best_fit_card_recorded_on_it(
     kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
 ) -> None:
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     # Card 2 is already 6/10 used: a 4-unit pod fits exactly there (best fit), not on an empty card.
     kubelet.allocated.update(f"{CARD[2]}-{k}" for k in range(6))
@@ -206,6 +209,7 @@ def test_pod_without_assignment_gets_a_best_fit_card_recorded_on_it(
     ids, response = kubelet.allocate_units(4)
     assert cards_of(ids) == {CARD[2]}
     assert dict(response.envs)["ASCEND_VISIBLE_DEVICES"] == "2"
+    running.settle()  # the handshake's writes land off the Allocate path
     annotations = k8s.annotations("pod", "unplaced")
     assert annotations[names.ANNOTATION_BIND_PHASE] == "allocated"
     assert decode_assignment(annotations[names.ANNOTATION_ASSIGNED]) == (CardAssignment(CARD[2], 2, 4, 8192),)
@@ -216,7 +220,7 @@ def test_two_pods_back_to_back_each_get_their_own_card(
 ) -> None:
     k8s.create_pod("second", 5, annotations=allocating(7, 5, 1000, "2026-01-01T00:00:02.000000Z"))
     k8s.create_pod("first", 5, annotations=allocating(1, 5, 2000, "2026-01-01T00:00:01.000000Z"))
-    run_plugin(kube=kube_api)
+    running = run_plugin(kube=kube_api)
     kubelet.wait_for_registration()
     first_ids, first = kubelet.allocate_units(5)
     second_ids, second = kubelet.allocate_units(5)
@@ -225,6 +229,7 @@ def test_two_pods_back_to_back_each_get_their_own_card(
         "default/first",
         "default/second",
     )
+    running.settle()  # the handshake's writes land off the Allocate path
     assert {k8s.annotations("pod", p)[names.ANNOTATION_BIND_PHASE] for p in ("first", "second")} == {"allocated"}
 
 
@@ -232,7 +237,7 @@ def test_assignment_on_an_unhealthy_card_fails_the_pod(
     kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
 ) -> None:
     k8s.create_pod("unlucky", 2, annotations=allocating(3, 2, 1024))
-    run_plugin(eight_cards({3: "Unhealthy"}), kube=kube_api)
+    running = run_plugin(eight_cards({3: "Unhealthy"}), kube=kube_api)
     kubelet.wait_for_registration()
     try:
         kubelet.allocate_units(2)
@@ -240,6 +245,7 @@ def test_assignment_on_an_unhealthy_card_fails_the_pod(
         assert "Unhealthy" in str(exc)
     else:
         raise AssertionError("Allocate on an unhealthy assigned card succeeded")
+    running.settle()  # the handshake's writes land off the Allocate path
     annotations = k8s.annotations("pod", "unlucky")
     assert annotations[names.ANNOTATION_BIND_PHASE] == "failed"
     assert "Unhealthy" in annotations[names.ANNOTATION_BIND_REASON]

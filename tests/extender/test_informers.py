@@ -77,3 +77,45 @@ async def test_an_assigned_pod_not_yet_bound_holds_nothing_without_a_bind(api: K
     await api.create(PODS, pod("stale", 5, annotations=assigned(5)))
     await api.create(PODS, pod("marker", 1, node_name="n1", annotations=assigned(1), phase="Running"))
     await eventually(lambda: used(watched, "n1") == 1)  # the marker arrived after the stale one
+
+
+CLAIMS = "/apis/flexnpu.io/v1alpha1/namespaces/default/vnpuclaims"
+
+
+def claim(name: str, units: int, card: int = 0, pod_uid: str = "", node_name: str = "n1") -> dict[str, object]:
+    labels = {"flexnpu.io/pod-uid": pod_uid} if pod_uid else {}
+    return {
+        "apiVersion": "flexnpu.io/v1alpha1",
+        "kind": "VNpuClaim",
+        "metadata": {"name": name, "namespace": "default", "uid": f"claim-{name}", "labels": labels},
+        "spec": {"nodeName": node_name, "npu": card, "aicoreAlloc": units, "memoryMiB": 1000, "priority": "normal"},
+    }
+
+
+async def test_a_claim_outlives_its_pod_on_the_card_until_it_is_gone(api: KubeApi, watched: ClusterState) -> None:
+    """flexnpud holds a claim's units until the operator deregisters it, which comes after the pod is gone: a pod
+    placed on those units in between would be refused by the daemon."""
+    await api.create("/api/v1/nodes", node("n1", inventory(2)))
+    running = pod("a", 3, node_name="n1", annotations=assigned(3), phase="Running")
+    await api.create(PODS, running)
+    await api.create(CLAIMS, claim("a-claim", 3, pod_uid=running["metadata"]["uid"]))
+    await api.create(CLAIMS, claim("by-hand", 2, card=1))  # no pod: made by hand, registered all the same
+    await eventually(lambda: used(watched, "n1") == 5)  # the pod's claim is not counted twice
+
+    await api.delete(f"{PODS}/a")
+    await eventually(lambda: watched.holding(running["metadata"]["uid"]) is None)
+    assert used(watched, "n1") == 5  # the pod left, its claim still holds the units
+
+    await api.delete(f"{CLAIMS}/a-claim")
+    await eventually(lambda: used(watched, "n1") == 2)
+    assert [c.units for c in watched.unheld_claims_on("n1")] == [2]
+
+
+async def test_a_claim_that_names_no_readable_size_counts_nothing(api: KubeApi, watched: ClusterState) -> None:
+    await api.create("/api/v1/nodes", node("n1", inventory(1)))
+    bad = claim("bad", 3)
+    bad["spec"] = {"nodeName": "n1", "npu": 0, "aicoreAlloc": -4, "memoryMiB": 1000}
+    await api.create(CLAIMS, bad)
+    await api.create(CLAIMS, claim("off-card", 3, card=7))  # a card the node does not have
+    await api.create(CLAIMS, claim("good", 1))
+    await eventually(lambda: used(watched, "n1") == 1)

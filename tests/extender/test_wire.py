@@ -10,7 +10,7 @@ import pytest
 from extender_kit import Extender, inventory, pod
 
 from flexnpu.annotations import decode_assignment
-from flexnpu.names import ANNOTATION_ASSIGNED, ANNOTATION_BIND_PHASE
+from flexnpu.names import ANNOTATION_ASSIGNED, ANNOTATION_BIND_PHASE, CLAIM_FINALIZER
 
 FILTER_KEYS = {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
 
@@ -134,6 +134,7 @@ async def test_bind_writes_annotations_binding_and_claim(extender: Extender, kub
         "podRef": {"name": "vllm-2", "uid": body["metadata"]["uid"]},
     }
     assert claim["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    assert claim["metadata"]["finalizers"] == [CLAIM_FINALIZER]  # the operator registers on its first event
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ import helm_python as helm
 import yaml
 from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
+from prometheus_client.parser import text_string_to_metric_families
 from realk8s_cluster import ControlPlane, KubeletNode, write_kubeconfig
 from realk8s_procs import Proc, http_ok, wait_for
 from realk8s_tenants import build_native
@@ -180,6 +181,7 @@ class Flexnpu:
         )
 
     def start_device_plugin(self, inventory: Sequence[Mapping[str, Any]]) -> Proc:
+        self.device_plugin_metrics_port = free_port()
         path = self.work / "inventory.yaml"
         path.write_text(yaml.safe_dump({"cards": [dict(c) for c in inventory]}), encoding="utf-8")
         args = replace_flags(
@@ -189,8 +191,9 @@ class Flexnpu:
                 "--node-name": self.node.name,
                 "--npu-smi": None,
                 "--inventory": str(path),
-                "--metrics-port": str(free_port()),
+                "--metrics-port": str(self.device_plugin_metrics_port),
                 "--kubeconfig": str(self.kubeconfig_for("node")),
+                "--journal": str(self.work / "deviceplugin" / "handshake.jsonl"),
             },
         )
         # The chart points the interposer, the ld.so.preload file and the shim directory at host paths; here they
@@ -202,6 +205,16 @@ class Flexnpu:
             "FLEXNPU_DEVICEPLUGIN_SHIM_SOCKET_DIR": str(self.socket_dir),
         }
         return self.cluster.spawn("device-plugin", [self.flexnpu, *args], env=env)
+
+    def device_plugin_metric(self, name: str, labels: Mapping[str, str]) -> float:
+        """One sample of the device plugin's /metrics (0 when it has none)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.device_plugin_metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
 
     def start_extender(self, port: int | None = None) -> Proc:
         """The extender on ``port`` (default: a free one; the scheduler's config names it, so a restart keeps it)."""

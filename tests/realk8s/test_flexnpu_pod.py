@@ -53,9 +53,18 @@ def test_readme_pod_gets_its_assignment(
 ) -> None:
     manifest = readme_pod()
     name, namespace = manifest["metadata"]["name"], "default"
+
+    def claim_reads(source: str) -> float:
+        return flexnpu_stack.device_plugin_metric("flexnpu_deviceplugin_claim_reads_total", {"source": source})
+
+    before = {s: claim_reads(s) for s in ("cache", "api")}
     core.create_namespaced_pod(namespace, manifest)
     try:
         check_readme_pod(flexnpu_stack, cluster, core, api, name, namespace)
+        # Allocate read the pod's claim from the watch of the node's claims (the CRD's selectable field
+        # spec.nodeName), not with a list call of its own.
+        reads = {s: claim_reads(s) - before[s] for s in before}
+        assert reads["cache"] >= 1 and reads["api"] == 0, reads
     finally:
         core.delete_namespaced_pod(name, namespace, grace_period_seconds=1)
 
@@ -68,12 +77,17 @@ def check_readme_pod(
         pod = core.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase == "Running" else None
 
-    pod = wait_for(f"pod {name} Running", running, 180, watch=cluster.procs, interval=0.5)
+    wait_for(f"pod {name} Running", running, 180, watch=cluster.procs, interval=0.5)
+
+    def allocated() -> Any:  # the device plugin patches the handshake just after its Allocate answered
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.metadata.annotations.get(names.ANNOTATION_BIND_PHASE) == "allocated" else None
+
+    pod = wait_for(f"pod {name} allocated", allocated, 30, watch=cluster.procs, interval=0.2)
     assert pod.spec.node_name == cluster.node_name
     [card] = json.loads(pod.metadata.annotations[names.ANNOTATION_ASSIGNED])
     assert card["units"] == 3 and card["memory_mib"] == 16384
     assert card["uuid"] in {c["uuid"] for c in INVENTORY}
-    assert pod.metadata.annotations[names.ANNOTATION_BIND_PHASE] == "allocated"
 
     [record] = records_of(cluster.cri_records, namespace, name)
     pid = wait_for(f"process of pod {name}", lambda: process_pid(cluster.cri_records, record), 30)
