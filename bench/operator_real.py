@@ -18,6 +18,10 @@ through the API from several client threads, all at once (``--rate 0``) or paced
 watch of the claims on the API server: a claim's latency runs from the start of its create call to the watch event
 that first shows ``status.phase: Registered`` (the operator does not feed it). Claims/s is C over the time from the
 first create to the last such event. The daemons are asked at the end how many registrations they hold.
+
+``--made-by extender`` creates each claim as the extender does at bind: with the operator's deregister finalizer
+already on it (the operator registers it on the first event); ``user`` (default) as a person writes one, without
+(kopf adds the finalizer first and registers on the event that follows).
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=10, help="simulated nodes, one flexnpud process each (default 10)")
     p.add_argument("--threads", type=int, default=8, help="client threads creating claims (default 8)")
     p.add_argument("--rate", type=float, default=0.0, help="claims created per second; 0: all at once (default)")
+    p.add_argument(
+        "--made-by",
+        choices=("user", "extender"),
+        default="user",
+        help="claims as a user writes them (no finalizer) or as the extender does (finalizer set); default user",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     p.add_argument("--quick", action="store_true", help="100 claims on 2 nodes")
     p.add_argument("--workdir", type=Path, default=None, help="work directory (kept; default: a temporary one)")
@@ -208,11 +218,14 @@ def claim_path() -> tuple[str, str, str, str]:
     return (names.CRD_GROUP, names.CRD_VERSION, NAMESPACE, names.CRD_PLURAL)
 
 
-def claim_body(name: str, node: str, npu: int) -> dict[str, Any]:
+def claim_body(name: str, node: str, npu: int, made_by: str = "user") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
+    if made_by == "extender":
+        meta["finalizers"] = [names.CLAIM_FINALIZER]
     return {
         "apiVersion": f"{names.CRD_GROUP}/{names.CRD_VERSION}",
         "kind": names.CRD_KIND,
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": meta,
         "spec": {
             "nodeName": node,
             "npu": npu,
@@ -280,7 +293,7 @@ def create_claims(custom: Any, meter: Meter, nodes: list[Node], args: argparse.N
             if delay > 0:
                 time.sleep(delay)
         name = f"claim-{i:05d}"
-        body = claim_body(name, nodes[i % len(nodes)].name, (i // len(nodes)) % CARDS_PER_NODE)
+        body = claim_body(name, nodes[i % len(nodes)].name, (i // len(nodes)) % CARDS_PER_NODE, args.made_by)
         meter.mark_created(name)
         custom.create_namespaced_custom_object(*claim_path(), body)
 
@@ -305,6 +318,7 @@ def figures(args: argparse.Namespace, meter: Meter, first: float, held: int, set
         "oversubscription": OVERSUBSCRIPTION,
         "client_threads": args.threads,
         "rate": args.rate or "burst",
+        "made_by": args.made_by,
         "registered": len(measured),
         "held_by_daemons": held,
         "seconds": round(span, 3),
@@ -328,6 +342,7 @@ def table(result: dict[str, Any]) -> str:
             f"{result['claims']} / {result['nodes']} ({result['daemon_processes']})",
         ],
         ["creation", f"{result['rate']} claims/s" if result["rate"] != "burst" else "burst (all at once)"],
+        ["claims made as", f"{result['made_by']} ({'finalizer set' if result['made_by'] == 'extender' else 'none'})"],
         ["client threads; seconds to create them all", f"{result['client_threads']}; {result['creation_seconds']}"],
         ["registered (held by daemons)", f"{result['registered']} ({result['held_by_daemons']})"],
         ["claims registered per second", result["claims_per_second"]],
