@@ -54,7 +54,7 @@ class CountingWriter:
     async def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
         self.writes += 1
 
-    async def bind_pod(self, key: PodKey, node: str) -> None:
+    async def bind_pod(self, key: PodKey, node: str, annotations: Mapping[str, str] | None = None) -> None:
         self.writes += 1
 
     async def create_claim(self, namespace: str, body: Mapping[str, Any]) -> None:

@@ -160,8 +160,9 @@ class ReplayWriter:
             else:
                 notes[key] = value
 
-    async def bind_pod(self, key: PodKey, node: str) -> None:
+    async def bind_pod(self, key: PodKey, node: str, annotations: Mapping[str, str] | None = None) -> None:
         self.bound[key.name] = node
+        self.annotations.setdefault(key.name, {}).update(annotations or {})
 
     async def create_claim(self, namespace: str, body: Mapping[str, Any]) -> None:
         return None

@@ -328,8 +328,9 @@ class KubeWriter:
             f"/api/v1/namespaces/{namespace}/pods/{name}", {"metadata": {"annotations": dict(annotations)}}
         )
 
-    async def bind_pod(self, key: PodKey, node: str) -> None:
-        await self.api.create(f"/api/v1/namespaces/{key.namespace}/pods/{key.name}/binding", binding(key, node))
+    async def bind_pod(self, key: PodKey, node: str, annotations: Mapping[str, str] | None = None) -> None:
+        path = f"/api/v1/namespaces/{key.namespace}/pods/{key.name}/binding"
+        await self.api.create(path, binding(key, node, annotations))
 
     async def create_claim(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create the claim; one that exists already for the same pod (a retried bind) counts as created."""

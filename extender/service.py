@@ -46,7 +46,7 @@ from flexnpu.extender.pods import (
 )
 from flexnpu.extender.preemption import Occupant, victims_for
 from flexnpu.extender.state import ClusterState, Holding, ReservationConflict
-from flexnpu.names import ANNOTATION_INVENTORY
+from flexnpu.names import ANNOTATION_BIND_REASON, ANNOTATION_INVENTORY
 from flexnpu.units import UnitsConfig
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class ExtenderService:
             assignments = self._reserve(key, node, demand)
         if isinstance(assignments, str):
             return assignments
-        return await self._write(key, node, demand, assignments)
+        return await self._write(key, node, demand, assignments, stale_reason=_has_bind_reason(pod))
 
     def _defer(self, key: PodKey, message: str) -> str:
         self.counters.binds["deferred"] += 1
@@ -328,13 +328,24 @@ class ExtenderService:
                     return self._refuse(key, EVENT_BIND_REFUSED, str(exc))
         raise AssertionError("unreachable")
 
-    async def _write(self, key: PodKey, node: str, demand: PodDemand, assignments: tuple[CardAssignment, ...]) -> str:
-        """Annotations, then the Binding, then the claims; a failure before the Binding gives the cards back."""
+    async def _write(
+        self,
+        key: PodKey,
+        node: str,
+        demand: PodDemand,
+        assignments: tuple[CardAssignment, ...],
+        *,
+        stale_reason: bool = False,
+    ) -> str:
+        """The Binding carrying the assignment annotations (one write: the API server merges a Binding's
+        annotations into the pod with its nodeName), then the claims; a failure before the Binding gives the cards
+        back. A pod still carrying the reason of an earlier failed bind has it removed by a patch first (a
+        Binding's annotations can add keys, not remove them)."""
+        notes = writes.assigned_annotations(assignments, self._clock())
         try:
-            await self.writer.patch_pod_annotations(
-                key.namespace, key.name, writes.assigned_annotations(assignments, self._clock())
-            )
-            await self.writer.bind_pod(key, node)
+            if stale_reason:
+                await self.writer.patch_pod_annotations(key.namespace, key.name, notes)
+            await self.writer.bind_pod(key, node, {k: v for k, v in notes.items() if v is not None})
         except FlexnpuError as exc:
             self.state.release(key.uid)
             reason = f"bind to node {node} failed: {exc}"
@@ -451,3 +462,9 @@ def unschedulable_message(nodes: int, refusals: list[Refusal]) -> str:
     closest = min(refusals, key=lambda r: (r.missing_units, r.missing_memory_mib), default=None)
     tail = f"; closest: {closest.reason}" if closest is not None else ""
     return f"0/{nodes} nodes can take the pod ({parts}){tail}"
+
+
+def _has_bind_reason(pod: Mapping[str, Any]) -> bool:
+    meta = pod.get("metadata")
+    notes = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(notes, Mapping) and ANNOTATION_BIND_REASON in notes

@@ -41,7 +41,9 @@ class ClusterWriter(Protocol):
 
     async def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None: ...
 
-    async def bind_pod(self, key: PodKey, node: str) -> None: ...
+    async def bind_pod(self, key: PodKey, node: str, annotations: Mapping[str, str] | None = None) -> None:
+        """Bind the pod to ``node``; the API server merges ``annotations`` into the pod's with the nodeName."""
+        ...
 
     async def create_claim(self, namespace: str, body: Mapping[str, Any]) -> None: ...
 
@@ -66,10 +68,14 @@ def failed_annotations(reason: str) -> dict[str, str | None]:
     }
 
 
-def binding(key: PodKey, node: str) -> dict[str, Any]:
+def binding(key: PodKey, node: str, annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The pods/binding body. Its annotations are merged into the pod's by the API server in the same write that
+    sets nodeName (kube-apiserver's BindingREST): a bound pod is never seen without its assignment."""
     meta: dict[str, Any] = {"name": key.name, "namespace": key.namespace}
     if key.uid:
         meta["uid"] = key.uid
+    if annotations:
+        meta["annotations"] = dict(annotations)
     return {
         "apiVersion": "v1",
         "kind": "Binding",

@@ -9,7 +9,7 @@ import kmock
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from extender_kit import BINDING_PATH, RESOURCES, Extender
-from kmock import Request
+from kmock import KubernetesError, Request
 
 from flexnpu.extender.kube import KubeApi, KubeConfig, KubeWriter
 from flexnpu.extender.server import make_app
@@ -21,8 +21,8 @@ from flexnpu.extender.state import ClusterState
 async def kube(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kmock.KubernetesEmulator]:
     """The kmock API emulator with every resource the extender uses declared, and pods/binding served.
 
-    kmock stores objects but knows no subresource semantics: the Binding reaction sets the pod's nodeName the
-    way the API server does.
+    kmock stores objects but knows no subresource semantics: the Binding reaction sets the pod's nodeName and
+    merges the Binding's annotations into the pod's, the way the API server does (BindingREST).
     """
     emulator = kmock
     for key, info in RESOURCES.items():
@@ -31,7 +31,12 @@ async def kube(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kmock.Kubernete
     def bind(request: Request) -> dict[str, Any]:  # the fixture parameter `kmock` shadows the module here
         target = request.data["target"]["name"]
         assert request.name is not None  # BINDING_PATH names the pod
-        emulator.objects["v1/pods", request.namespace, request.name].patch({"spec": {"nodeName": target}})
+        notes = (request.data.get("metadata") or {}).get("annotations") or {}
+        try:
+            stored = emulator.objects["v1/pods", request.namespace, request.name]
+        except KeyError:
+            raise KubernetesError(status=404, reason="NotFound", message=f'pods "{request.name}" not found') from None
+        stored.patch({"metadata": {"annotations": notes}, "spec": {"nodeName": target}})
         return {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}
 
     emulator["post", BINDING_PATH] << bind

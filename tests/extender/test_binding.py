@@ -87,9 +87,9 @@ async def test_a_failed_binding_releases_the_reservation(extender: Extender, kub
     assert any(e["reason"] == "FlexnpuBindFailed" for e in events_of(extender, "unlucky"))
 
 
-async def test_a_failed_annotation_patch_releases_too(extender: Extender) -> None:
+async def test_a_binding_refused_for_a_pod_that_is_gone_releases_too(extender: Extender) -> None:
     extender.add_node("n1", inventory(1))
-    ghost = pod("ghost", 4)  # never created in the API server: the patch answers 404
+    ghost = pod("ghost", 4)  # never created in the API server: the Binding answers 404
     await extender.post("filter", {"Pod": ghost, "NodeNames": ["n1"]})
 
     _, result = await extender.post("bind", bind_args(ghost, "n1"))
@@ -136,3 +136,24 @@ async def test_a_plain_pod_is_only_bound(extender: Extender, kube: kmock.Kuberne
     stored = kube.objects["v1/pods", "default", "nginx"]
     assert stored["spec"]["nodeName"] == "cpu-1"
     assert ANNOTATION_ASSIGNED not in stored["metadata"]["annotations"]
+
+
+async def test_the_assignment_rides_on_the_binding_and_a_stale_reason_is_removed_first(
+    extender: Extender, kube: kmock.KubernetesEmulator
+) -> None:
+    """One write binds a fresh pod (the Binding's annotations land with its nodeName); a pod that still carries
+    the reason of an earlier failed bind gets a patch first, since a Binding can add annotations but not remove."""
+    extender.add_node("n1", inventory(2))
+    fresh = extender.create_pod(pod("fresh", 3))
+    retried = extender.create_pod(pod("retried", 4, annotations={"flexnpu.io/bind-reason": "an earlier failure"}))
+    for body in (fresh, retried):
+        await extender.post("filter", {"Pod": body, "NodeNames": ["n1"]})
+        _, result = await extender.post("bind", bind_args(body, "n1"))
+        assert result["Error"] == ""
+    for name in ("fresh", "retried"):
+        stored = kube.objects["v1/pods", "default", name]
+        assert stored["spec"]["nodeName"] == "n1"
+        assert stored["metadata"]["annotations"][ANNOTATION_ASSIGNED]
+    assert "flexnpu.io/bind-reason" not in kube.objects["v1/pods", "default", "retried"]["metadata"]["annotations"]
+    patched = [r.url.path.rsplit("/", 1)[-1] for r in kube._requests if r.method.value == "PATCH"]
+    assert patched == ["retried"]

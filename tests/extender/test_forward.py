@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -39,9 +39,9 @@ class CountingWriter(KubeWriter):
 
     bindings = 0
 
-    async def bind_pod(self, key: PodKey, node: str) -> None:
+    async def bind_pod(self, key: PodKey, node: str, annotations: Mapping[str, str] | None = None) -> None:
         self.bindings += 1
-        await super().bind_pod(key, node)
+        await super().bind_pod(key, node, annotations)
 
 
 @dataclasses.dataclass

@@ -45,13 +45,15 @@ def declare_resources(emulator: Any) -> None:
 
 
 def serve_bindings(emulator: Any) -> None:
-    """POST pods/NAME/binding sets the pod's nodeName, as the API server does (kmock knows no subresources)."""
+    """POST pods/NAME/binding sets the pod's nodeName and merges the Binding's annotations into the pod's, as the
+    API server does (kmock knows no subresources)."""
 
     def bind(request: Any) -> dict[str, Any]:
         target = request.data["target"]["name"]
         version = str(next(emulator._version))  # a real API server bumps it, and watchers compare it
+        notes = (request.data.get("metadata") or {}).get("annotations") or {}
         emulator.objects["v1/pods", request.namespace, request.name].patch(
-            {"metadata": {"resourceVersion": version}, "spec": {"nodeName": target}}
+            {"metadata": {"resourceVersion": version, "annotations": notes}, "spec": {"nodeName": target}}
         )
         return {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}
 
