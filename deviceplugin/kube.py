@@ -98,15 +98,7 @@ class KubeApi:
     def node_claims(self) -> tuple[list[Mapping[str, Any]], str]:
         """Every VNpuClaim of this node (the CRD's selectable field ``spec.nodeName``) and the list's
         resourceVersion, to watch from. HTTP 400 means the API server cannot select claims by node."""
-        body = self._call(
-            "list claims of this node",
-            self._custom.list_cluster_custom_object,
-            names.CRD_GROUP,
-            names.CRD_VERSION,
-            names.CRD_PLURAL,
-            field_selector=self._claim_selector,
-            _preload_content=False,
-        )
+        body = self._node_claims_call("list claims of this node")
         try:
             listed = json.loads(body.data)
             items, version = listed.get("items"), listed.get("metadata", {}).get("resourceVersion")
@@ -119,18 +111,12 @@ class KubeApi:
     def watch_node_claims(self, version: str, timeout_s: int) -> Iterator[tuple[str, Mapping[str, Any]]]:
         """(event type, claim) as the server streams them from ``version`` until it ends the watch (after
         ``timeout_s``); BOOKMARK events carry only the resourceVersion. WatchExpired when ``version`` is too old."""
-        response = self._call(
+        response = self._node_claims_call(
             "watch claims of this node",
-            self._custom.list_cluster_custom_object,
-            names.CRD_GROUP,
-            names.CRD_VERSION,
-            names.CRD_PLURAL,
-            field_selector=self._claim_selector,
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout_s,
             watch=True,
-            _preload_content=False,
             request_timeout=(_TIMEOUT, timeout_s + 30),  # the server ends it after timeout_s
         )
         try:
@@ -156,9 +142,18 @@ class KubeApi:
             response.close()
             response.release_conn()
 
-    @property
-    def _claim_selector(self) -> str:
-        return f"spec.nodeName={self.node_name}"
+    def _node_claims_call(self, what: str, **kwargs: Any) -> Any:
+        """The raw response of a list (or, with ``watch=True``, a watch) of this node's VNpuClaims."""
+        return self._call(
+            what,
+            self._custom.list_cluster_custom_object,
+            names.CRD_GROUP,
+            names.CRD_VERSION,
+            names.CRD_PLURAL,
+            field_selector=f"spec.nodeName={self.node_name}",
+            _preload_content=False,
+            **kwargs,
+        )
 
     def publish_inventory(self, inventory: Inventory) -> None:
         """The node's ``flexnpu.io/inventory`` annotation, read by the extender."""

@@ -341,3 +341,18 @@ def test_releases_during_a_mark_in_flight_get_one_more_mark_after_it() -> None:
         assert len(marks) == 2 and marks[0] < marks[1]  # one more, not one per poke
     finally:
         nudger.stop()
+
+
+def test_a_write_with_text_json_cannot_encode_as_utf8_survives_the_journal(tmp_path: Path) -> None:
+    journal = tmp_path / "handshake.jsonl"
+    api = Annotator()
+    api.fail[A.uid] = [503] * 1000
+    first = started(api, journal)
+    first.submit(A, {"reason": "pod said \ud800 and NaN"})
+    first.stop(timeout=0)
+    api.fail.clear()
+    second = HandshakeWriter(api, journal=journal)
+    assert second.start() == 1
+    assert second.flush(JOIN_S)
+    second.stop()
+    assert api.of(A) == [{"reason": "pod said \ud800 and NaN"}]

@@ -10,7 +10,7 @@ import pytest
 from extender_kit import inventory, node, pod
 
 from flexnpu.annotations import CardAssignment, encode_assignment
-from flexnpu.extender.informers import Informers
+from flexnpu.extender.informers import Informers, held_claim
 from flexnpu.extender.kube import KubeApi
 from flexnpu.extender.state import ClusterState
 from flexnpu.names import ANNOTATION_ASSIGNED
@@ -119,3 +119,21 @@ async def test_a_claim_that_names_no_readable_size_counts_nothing(api: KubeApi, 
     await api.create(CLAIMS, claim("off-card", 3, card=7))  # a card the node does not have
     await api.create(CLAIMS, claim("good", 1))
     await eventually(lambda: used(watched, "n1") == 1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1, float("inf"), 1e400, "\ud800", True, None, 1 << 41])
+@pytest.mark.parametrize("field", ["npu", "aicoreAlloc", "memoryMiB"])
+def test_a_claim_with_a_hostile_size_holds_nothing(field: str, bad: object) -> None:
+    raw = claim("hostile", 3)
+    raw["spec"][field] = bad  # type: ignore[index]
+    if field == "memoryMiB" and bad is None:
+        assert held_claim(raw) is not None  # memory unset: the claim holds its units only
+    else:
+        assert held_claim(raw) is None
+
+
+def test_a_claim_named_with_odd_text_is_read_as_text() -> None:
+    raw = claim("odd", 2, pod_uid="\ud800")
+    raw["metadata"]["uid"] = "\ud800-uid"  # type: ignore[index]
+    held = held_claim(raw)
+    assert held is not None and (held.uid, held.pod_uid, held.units) == ("\ud800-uid", "\ud800", 2)
