@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import ssl
 import sys
 import threading
@@ -49,6 +50,29 @@ def harness(bench: str) -> Harness:
     if not binary.is_file():
         raise SystemExit(f"flexnpu bench {bench}: {binary} missing: run tests/realk8s/build.sh")
     return found
+
+
+def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process group, its reaped children included, and by
+    this client (``client``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    by_group = {pgid: 0.0 for pgid in groups.values()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended while the table was read
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        pgid = int(fields[2])
+        if pgid in by_group:
+            # utime, stime, and cutime, cstime: the children it has reaped (a component's short-lived helpers)
+            by_group[pgid] += sum(int(f) for f in fields[11:15]) / tick
+    used = {name: by_group[pgid] for name, pgid in groups.items()}
+    me = os.times()
+    used["client"] = me.user + me.system
+    return used
 
 
 def admin_client(plane: Any, pool: int = 16) -> Any:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from flexnpu import names
-from flexnpu.bench._realk8s import Harness, Watcher, admin_client, harness, make_namespace, percentile
+from flexnpu.bench._realk8s import Harness, Watcher, admin_client, cpu_seconds, harness, make_namespace, percentile
 from flexnpu.bench.common import add_common_args, emit, format_table
 from flexnpu.waiting import free_port
 
@@ -137,12 +137,25 @@ def run(h: Harness, plane: Any, args: argparse.Namespace) -> dict[str, Any]:
             warm_up(h, plane, custom, meter, nodes)
             setup_s = time.monotonic() - started
             print(f"control plane, {args.nodes} daemons and the operator in {setup_s:.0f} s", file=sys.stderr)
+            groups = {proc.name: proc.pgid for proc in plane.procs}
+            cpu_before = cpu_seconds(groups)
             first = time.monotonic()
             create_claims(custom, meter, nodes, args)
             created_s = time.monotonic() - first
             meter.wait(args.claims, args.timeout)
+            cpu_after = cpu_seconds(groups)
         held = sum(len(daemon_registrations(stack, node)) for node in nodes)
-    return {**figures(args, meter, first, held, setup_s), "creation_seconds": round(created_s, 3)}
+    # CPU milliseconds per claim, by process (the flexnpud processes summed), from the first create to the last
+    # Registered
+    cpu: dict[str, float] = {}
+    for name in cpu_after:
+        key = "flexnpud (all)" if name.startswith("flexnpud") else name
+        cpu[key] = cpu.get(key, 0.0) + (cpu_after[name] - cpu_before[name]) * 1000 / args.claims
+    return {
+        **figures(args, meter, first, held, setup_s),
+        "creation_seconds": round(created_s, 3),
+        "cpu_ms_per_claim": {k: round(v, 2) for k, v in sorted(cpu.items())},
+    }
 
 
 RUNNING_STATUS = {
@@ -350,6 +363,7 @@ def table(result: dict[str, Any]) -> str:
         [f"create-to-Registered p99 (s) [target <= {TARGET_P99_S:g}]", result["latency_p99_s"]],
         ["create-to-Registered max (s)", result["latency_max_s"]],
     ]
+    rows += [[f"CPU ms per claim: {name}", ms] for name, ms in result.get("cpu_ms_per_claim", {}).items()]
     text = format_table(["operator on the real API server", "value"], rows)
     text += "\n(upstream kube-apiserver v1.37.2; metered by the bench's watch, not by the operator)"
     if "logs" in result:

@@ -29,16 +29,19 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from urllib3.exceptions import ProtocolError
 
 from flexnpu import names
 from flexnpu.annotations import Inventory, encode_inventory
+from flexnpu.bench._realk8s import cpu_seconds
 from flexnpu.bench.common import add_common_args, emit, format_table
 from flexnpu.cards import Card
 
@@ -116,8 +119,11 @@ def in_parallel(calls: list[Callable[[], object]], threads: int) -> None:
             future.result()
 
 
-def run_mode(core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int, threads: int) -> dict[str, Any]:
+def run_mode(
+    core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int, threads: int, groups: dict[str, int]
+) -> dict[str, Any]:
     """Create ``pods`` pods for ``scheduler`` and time each one's bind, as the API server reports it."""
+    cpu_before = cpu_seconds(groups)
     created: dict[str, float] = {}
     bound: dict[str, float] = {}
     lock = threading.Lock()
@@ -176,6 +182,7 @@ def run_mode(core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int
     allocator.shutdown(wait=True)
     if not finished:
         raise SystemExit(f"flexnpu bench scheduler: {scheduler} bound {len(bound)} of {pods} pods in time")
+    cpu_after = cpu_seconds(groups)
     last = max(bound.values())
     latencies = [max(0.0, bound[n] - created[n]) * 1000 for n in created]
     return {
@@ -184,7 +191,34 @@ def run_mode(core: Any, watch_mod: Any, scheduler: str, resource: str, pods: int
         "p50_ms": statistics.median(latencies),
         "p99_ms": percentile(latencies, 0.99),
         "seconds": last - first,
+        # CPU milliseconds per pod, by process, over the whole phase (every process runs in both phases)
+        "cpu_ms_per_pod": {k: round((cpu_after[k] - cpu_before[k]) * 1000 / pods, 2) for k in cpu_after},
     }
+
+
+def extender_calls(port: int) -> dict[str, float]:
+    """The extender's own counts (its /metrics): requests by verb, binds by outcome, Events sent."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    calls: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "flexnpu_extender_requests_total":
+                key = f"{sample.labels['verb']} {sample.labels['status']}"
+            elif sample.name == "flexnpu_extender_binds_total":
+                key = f"bind {sample.labels['outcome']}"
+            elif sample.name == "flexnpu_extender_events_total":
+                key = "events"
+            elif sample.name in ("flexnpu_extender_request_seconds_sum", "flexnpu_extender_request_seconds_count"):
+                key = f"{sample.labels['verb']} {sample.name.rsplit('_', 1)[1]}"
+            else:
+                continue
+            calls[key] = calls.get(key, 0.0) + sample.value
+    for verb in ("filter", "prioritize", "bind"):  # mean time inside the extender, without the network
+        total, count = calls.pop(f"{verb} sum", 0.0), calls.pop(f"{verb} count", 0.0)
+        if count:
+            calls[f"{verb} mean ms"] = round(total * 1000 / count, 2)
+    return calls
 
 
 def main(argv: list[str]) -> int:
@@ -246,12 +280,14 @@ def main(argv: list[str]) -> int:
             plain["profiles"] = [{"schedulerName": "plain-scheduler"}]
             plain["leaderElection"] = {"leaderElect": False}
             plane.start_scheduler("plain-scheduler", plain, connection_only=True)
+            groups = {proc.name: proc.pgid for proc in plane.procs}
             results = {
-                "plain": run_mode(core, watch_mod, "plain-scheduler", PLAIN_RESOURCE, args.pods, args.threads),
+                "plain": run_mode(core, watch_mod, "plain-scheduler", PLAIN_RESOURCE, args.pods, args.threads, groups),
                 "extender": run_mode(
-                    core, watch_mod, "flexnpu-scheduler", names.RESOURCE_VNPU, args.pods, args.threads
+                    core, watch_mod, "flexnpu-scheduler", names.RESOURCE_VNPU, args.pods, args.threads, groups
                 ),
             }
+            calls = extender_calls(stack.extender_port)
     finally:
         plane.stop()
         if not args.keep:
@@ -259,13 +295,17 @@ def main(argv: list[str]) -> int:
     ratio = results["extender"]["pods_per_s"] / results["plain"]["pods_per_s"]
     rows = [[mode, r["pods"], r["pods_per_s"], r["p50_ms"], r["p99_ms"], r["seconds"]] for mode, r in results.items()]
     table = format_table(["scheduler", "pods", "pods/s", "p50 ms", "p99 ms", "seconds"], rows)
+    cpu_names = sorted(results["extender"]["cpu_ms_per_pod"])
+    cpu_rows = [[n] + [results[m]["cpu_ms_per_pod"][n] for m in results] for n in cpu_names]
+    table += "\nCPU ms per pod, by process:\n" + format_table(["process", *results], cpu_rows)
+    table += "\nextender: " + ", ".join(f"{k}: {v:g}" for k, v in sorted(calls.items()))
     table += f"\nwith the extender / without: {ratio:.2f} of the throughput (goal >= 0.80)"
     table += f"\n({args.nodes} nodes x {args.cards} cards, upstream apiserver + scheduler v1.37.2, real processes)"
     if args.keep:
         table += f"\ncomponent logs: {work / 'logs'}"
     emit(
         "scheduler",
-        {"nodes": args.nodes, "cards": args.cards, "setup_s": setup_s, "ratio": ratio, **results},
+        {"nodes": args.nodes, "cards": args.cards, "setup_s": setup_s, "ratio": ratio, **results, "calls": calls},
         table,
         args,
     )

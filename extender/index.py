@@ -221,6 +221,25 @@ class PlacementIndex:
             (unresolvable if refusal.kind in UNRESOLVABLE else failed)[name] = refusal.reason
         return FilterVerdict(fits, failed, unresolvable, refused)
 
+    def best_of(self, demand: PodDemand, fits: list[str]) -> list[str]:
+        """The nodes of ``fits`` (the fitting nodes :meth:`filter` just answered) whose placement is cheapest,
+        the ones :meth:`score_groups` gives ``MAX_SCORE``: all of ``fits`` when they tie, else sorted by name."""
+        if not fits:
+            return fits
+        verdicts = self._current(demand)
+        last = self._last_fits
+        if last is not None and last[0] is verdicts and last[2] is fits and last[3]:
+            group = verdicts.by_cost[min(verdicts.by_cost)]  # fits are every fitting node: no per-node work
+        else:
+            costs = verdicts.costs
+            best = min(costs[n] for n in fits)
+            group = {n for n in fits if costs[n] == best}
+        if len(group) == len(fits):
+            return fits
+        best_nodes = sorted(group)
+        self._last_fits = (verdicts, verdicts.seen, best_nodes, False)
+        return best_nodes
+
     def _names_every_node(self, names: list[str]) -> bool:
         """Whether ``names`` are exactly the cluster's nodes. kube-scheduler sends the same list pod after pod:
         it is checked against the state once, then recognised by list equality (one C-level pass, no hashing)."""

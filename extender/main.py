@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="kubeconfig context (default: its current-context)")
     p.add_argument("--api-server", help="API server URL without authentication (tests)")
     p.add_argument("--node-cache-capable", default=None, help="true|false, as in KubeSchedulerConfiguration")
+    p.add_argument(
+        "--best-nodes-only", default=None, help="true|false: filter passes only the cheapest nodes (default true)"
+    )
     p.add_argument("--lease-name", help="the Lease the replicas elect a leader with")
     p.add_argument("--namespace", help="namespace of the Lease")
     p.add_argument("--identity", help="this replica's name in the Lease (default: hostname-pid)")
@@ -158,11 +161,15 @@ async def serve(
             synced=informers.synced.is_set,
             bind_wait=settings.bind_wait,
             allocation_timeout=settings.allocation_timeout,
+            best_nodes_only=settings.best_nodes_only,
         )
         forwarder = (
             BindForwarder(elector, identity=me, timeout_s=settings.forward_timeout) if elector is not None else None
         )
-        runner = web.AppRunner(make_app(service, max_body_bytes=settings.max_body_bytes, forwarder=forwarder))
+        # No access log: kube-scheduler calls filter, prioritize and bind per pod (a log line each, on the path that
+        # decides scheduling throughput); /metrics counts requests by verb and status instead.
+        app = make_app(service, max_body_bytes=settings.max_body_bytes, forwarder=forwarder)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_listen(settings.listen)
         await web.TCPSite(runner, host, port).start()

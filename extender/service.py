@@ -56,7 +56,6 @@ EVENT_INVALID: Final = "FlexnpuInvalidRequest"
 EVENT_BIND_REFUSED: Final = "FlexnpuBindRefused"
 EVENT_BIND_FAILED: Final = "FlexnpuBindFailed"
 EVENT_CLAIM_FAILED: Final = "FlexnpuClaimFailed"
-EVENT_ASSIGNED: Final = "FlexnpuAssigned"
 EVENT_BIND_DEFERRED: Final = "FlexnpuBindDeferred"
 BIND_POLL_S: Final = 0.02  # how often a bind waiting for an earlier pod's Allocate looks at the state again
 _PENDING_PODS: Final = 10_000  # pods seen by filter, kept for their bind
@@ -103,6 +102,7 @@ class ExtenderService:
         synced: Callable[[], bool] | None = None,
         bind_wait: float = 3.0,
         allocation_timeout: float = 30.0,
+        best_nodes_only: bool = True,
     ) -> None:
         self.state = state
         self.writer = writer
@@ -119,6 +119,7 @@ class ExtenderService:
         self._events_sent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.bind_wait = bind_wait
+        self.best_nodes_only = best_nodes_only
         self.allocation_timeout = timedelta(seconds=allocation_timeout)
         self._turns: dict[tuple[str, int], tuple[asyncio.Lock, int]] = {}  # (node, first size) -> (lock, binds)
 
@@ -154,7 +155,11 @@ class ExtenderService:
         verdict = self.index.filter(demand, names)
         if not verdict.fits and names:
             self._event(key, EVENT_UNSCHEDULABLE, unschedulable_message(len(names), verdict.refusals))
-        return wire.filter_result(args, verdict.fits, verdict.failed, verdict.unresolvable)
+        # Only the cheapest nodes pass (best_nodes_only): kube-scheduler then scores a handful of nodes instead of
+        # every fitting one, and its plugins break ties among the policy's best; the others are left out of the
+        # answer (neither passed nor failed), which kube-scheduler treats as not feasible for this attempt.
+        fits = self.index.best_of(demand, verdict.fits) if self.best_nodes_only else verdict.fits
+        return wire.filter_result(args, fits, verdict.failed, verdict.unresolvable)
 
     def prioritize(self, args: wire.ExtenderArgs) -> list[tuple[int, list[str]]]:
         """The nodes scored above 0, grouped by score: ``[(score, node names), ...]`` (see ``wire``'s encoder)."""
@@ -357,8 +362,8 @@ class ExtenderService:
         except FlexnpuError as exc:
             # The pod is bound and its cards are its own; only the node daemon registration is missing.
             self._event(key, EVENT_CLAIM_FAILED, f"pod bound to {node}, but its VNpuClaim failed: {exc}")
-        cards = ", ".join(f"card {a.index} ({a.uuid}): {a.units} units, {a.memory_mib} MiB" for a in assignments)
-        self._event(key, EVENT_ASSIGNED, f"node {node}, {cards}", warning=False)
+        # No Event of its own for a bind that went through: kube-scheduler posts "Scheduled" with the node and the
+        # pod's annotations carry the cards (an Event per bind was a fourth API write on the scheduling path).
         return ""
 
     async def _undo(self, key: PodKey, reason: str) -> None:

@@ -40,6 +40,11 @@ class ExtenderSettings:
         "kube-scheduler's nodeCacheCapable: true sends node names only; "
         "false sends full nodes, whose inventories then refresh the cache",
     )
+    best_nodes_only: bool = setting(
+        True,
+        "filter passes only the fitting nodes whose placement is cheapest (those prioritize scores 10); "
+        "kube-scheduler's own scores break ties among them; false: every fitting node passes",
+    )
     lease_name: str = setting("flexnpu-extender", "name of the coordination.k8s.io/v1 Lease the replicas share")
     namespace: str = setting("", "namespace of the Lease; empty: the kubeconfig's or service account's")
     identity: str = setting("", "this replica's name in the Lease; empty: hostname and process id")

@@ -8,7 +8,9 @@ The extender's HTTP handlers translate kube-scheduler's requests and call, per p
    placement is cheapest get 10, every other one at most ``RUNNER_UP_MAX`` (7), so kube-scheduler's choice is
    always one of the policy's best: it adds the extender's score times its weight times 10 (MaxNodeScore /
    MaxExtenderPriority) to its default plugins' scores, which together span 200 (NodeResourcesFit and
-   BalancedAllocation, 0..100 each, weight 1); a gap of 3 points at the chart's weight 10 is 300;
+   BalancedAllocation, 0..100 each, weight 1); a gap of 3 points at the chart's weight 10 is 300. By default
+   (``best_nodes_only``) the service's filter already passes only the nodes scored 10, so the choice is one of
+   the policy's best whatever other plugins add, and kube-scheduler scores a few nodes rather than thousands;
 3. :func:`choose` (``bind``): which card(s) of the chosen node: a fraction of one card, or k whole cards on one
    node, on one HCCS ring when a ring has room; memory per card by ``flexnpu.units.default_memory_mib``.
 

@@ -65,6 +65,7 @@ def test_operator_real_counts_every_claim(work: Path) -> None:
     assert figures["daemon_processes"] == figures["nodes"] == 2
     assert 0 < figures["latency_p50_s"] <= figures["latency_p99_s"] <= figures["latency_max_s"]
     assert figures["claims_per_second"] > 0
+    assert figures["cpu_ms_per_claim"]["operator"] > 0 and figures["cpu_ms_per_claim"]["kube-apiserver"] > 0
 
 
 def test_deviceplugin_real_counts_every_allocate(work: Path) -> None:

@@ -86,6 +86,15 @@ def test_custom_bind_wait_and_allocation_timeout_render(render: Render) -> None:
     assert "--bind-wait=1.5" in args and "--allocation-timeout=120" in args
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, True), (False, False), (True, True)])
+def test_best_nodes_only_reaches_the_extender_settings(render: Render, value: bool | None, expected: bool) -> None:
+    values = {} if value is None else {"extender": {"bestNodesOnly": value}}
+    args = extender_container(render(values))["args"][1:]
+    flags = vars(extender_main.parser().parse_args(args))
+    flags = {k: v for k, v in flags.items() if k not in ("config", "log_level")}
+    assert load_settings(ExtenderSettings, flags=flags, env={}, env_prefix=ENV_PREFIX).best_nodes_only is expected
+
+
 @pytest.mark.parametrize(("wait", "forward"), [(5, 4.5), (4.5, 4.5)])
 def test_a_bind_wait_at_or_above_the_forward_timeout_fails_the_render(
     render: Render, wait: float, forward: float

@@ -65,6 +65,38 @@ async def test_prioritize_scores_every_candidate_in_0_to_10(extender: Extender) 
     assert "cpu-only" not in scores
 
 
+async def test_filter_passes_only_the_nodes_the_policy_ranks_cheapest(extender: Extender) -> None:
+    for name in ("npu-a", "npu-b", "npu-c"):
+        extender.add_node(name, inventory(2, prefix=name))
+    await bind_one(extender, "npu-c", units=5)
+    await bind_one(extender, "npu-a", units=5)
+    args = {"Pod": pod("vllm-1", 3), "NodeNames": ["npu-c", "npu-b", "npu-a"]}
+
+    _, filtered = await extender.post("filter", args)
+    _, scores = await extender.post("prioritize", {**args, "NodeNames": filtered["NodeNames"]})
+
+    # npu-a and npu-c have a half-used card (the default policy fills it first); npu-b is left out of the
+    # answer without a failure: it fits, it is not among the best.
+    assert filtered["NodeNames"] == ["npu-a", "npu-c"]
+    assert filtered["FailedNodes"] == {} and filtered["FailedAndUnresolvableNodes"] == {}
+    assert sorted((h["Host"], h["Score"]) for h in scores) == [("npu-a", 10), ("npu-c", 10)]
+
+
+async def test_filter_passes_every_fitting_node_when_they_tie_and_every_one_when_told_to(
+    extender: Extender,
+) -> None:
+    for name in ("npu-a", "npu-b", "npu-c"):
+        extender.add_node(name, inventory(2, prefix=name))
+    tied = {"Pod": pod("vllm-1", 3), "NodeNames": ["npu-c", "npu-b", "npu-a"]}
+    _, all_tied = await extender.post("filter", tied)
+    await bind_one(extender, "npu-b", units=5)
+    extender.service.best_nodes_only = False
+    _, every = await extender.post("filter", {**tied, "Pod": pod("vllm-2", 3)})
+
+    assert sorted(all_tied["NodeNames"]) == ["npu-a", "npu-b", "npu-c"]
+    assert sorted(every["NodeNames"]) == ["npu-a", "npu-b", "npu-c"]  # npu-b is cheapest, the others pass too
+
+
 async def test_pods_without_vnpu_pass_through_untouched(extender: Extender) -> None:
     extender.add_node("npu-a", inventory(1))
     plain = pod("nginx", None)

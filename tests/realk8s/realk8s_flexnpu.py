@@ -87,6 +87,17 @@ def container_args(workload: Manifest, container: str) -> list[str]:
     return list(args)
 
 
+def metric(url: str, name: str, labels: Mapping[str, str]) -> float:
+    """One sample of a Prometheus text endpoint (0 when it has none)."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 def replace_flags(args: Sequence[str], replacements: Mapping[str, str | None]) -> list[str]:
     """``--flag=value`` args with each named flag set to its replacement (None drops it); new flags appended."""
     out, seen = [], set()
@@ -208,23 +219,23 @@ class Flexnpu:
 
     def device_plugin_metric(self, name: str, labels: Mapping[str, str]) -> float:
         """One sample of the device plugin's /metrics (0 when it has none)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.device_plugin_metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        return metric(f"http://127.0.0.1:{self.device_plugin_metrics_port}/metrics", name, labels)
 
-    def start_extender(self, port: int | None = None) -> Proc:
-        """The extender on ``port`` (default: a free one; the scheduler's config names it, so a restart keeps it)."""
-        self.extender_port = port or free_port()
+    def start_extender(self, port: int | None = None, identity: str = "extender-0") -> Proc:
+        """An extender replica on ``port`` (default: a free one), with the chart's args and this replica's address
+        (127.0.0.1, the chart's pod IP) to publish in the Lease while it leads. ``extender-0`` is the replica the
+        scheduler's config names (``extender_port``: a restart on it keeps it); another identity is one more
+        replica, a process of that name."""
+        port = port or free_port()
+        if identity == "extender-0":
+            self.extender_port = port
         args = replace_flags(
             container_args(only(self.manifests, "Deployment", "extender"), "extender"),
             {
-                "--listen": f"127.0.0.1:{self.extender_port}",
+                "--listen": f"127.0.0.1:{port}",
                 "--namespace": self.namespace,
-                "--identity": "extender-0",
+                "--identity": identity,
+                "--advertise-host": "127.0.0.1",
                 "--kubeconfig": str(self.kubeconfig_for("extender")),
                 # The suite's extender serves no webhook (test_webhook.py starts one with its own certificate).
                 "--webhook-listen": None,
@@ -232,12 +243,10 @@ class Flexnpu:
                 "--webhook-key-file": None,
             },
         )
-        proc = self.cluster.spawn("extender", [self.flexnpu, *args])
-        wait_for("extender /readyz (the chart's readiness probe)", self._extender_ready, 120, watch=[proc])
+        proc = self.cluster.spawn("extender" if identity == "extender-0" else identity, [self.flexnpu, *args])
+        ready = f"http://127.0.0.1:{port}/readyz"
+        wait_for(f"{identity} /readyz (the chart's readiness probe)", lambda: http_ok(ready), 120, watch=[proc])
         return proc
-
-    def _extender_ready(self) -> bool | None:
-        return http_ok(f"http://127.0.0.1:{self.extender_port}/readyz")
 
     def install_daemon_token(self) -> Path:
         """The chart's daemon-token Secret created; its token (read back from the API) in a file, as mounted."""
@@ -359,18 +368,19 @@ class Flexnpu:
         wait_for("operator /healthz (the chart's probes)", lambda: http_ok(url), 120, watch=[proc])
         return proc
 
-    def scheduler_config(self) -> dict[str, Any]:
-        """The chart's KubeSchedulerConfiguration with the extender's URL pointed at the extender process."""
+    def scheduler_config(self, extender_port: int | None = None) -> dict[str, Any]:
+        """The chart's KubeSchedulerConfiguration with the extender's URL pointed at an extender process
+        (default: ``extender_port``, the first replica)."""
         text = only(self.manifests, "ConfigMap", "scheduler")["data"][SCHEDULER_CONFIG_KEY]
         config: dict[str, Any] = yaml.safe_load(text)
         for extender in config.get("extenders", []):
-            extender["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
+            extender["urlPrefix"] = f"http://127.0.0.1:{extender_port or self.extender_port}"
         return config
 
-    def start_scheduler(self) -> Proc:
+    def start_scheduler(self, extender_port: int | None = None) -> Proc:
         return self.cluster.start_scheduler(
             "flexnpu-scheduler",
-            self.scheduler_config(),
+            self.scheduler_config(extender_port),
             kubeconfig=self.kubeconfig_for("scheduler"),
             connection_only=True,
         )
