@@ -90,9 +90,52 @@ def test_without_host_driver_nothing_of_it_is_mounted(custom_manifests: list[Man
         assert "LD_LIBRARY_PATH" not in {e["name"] for e in container.get("env", [])}
 
 
+def selects(spec: Manifest, labels: dict[str, str]) -> bool:
+    """Whether kube-scheduler's node affinity rules let the pod spec onto a node with ``labels`` (nodeSelector ANDed
+    with the required node terms, terms ORed, a term's In expressions ANDed)."""
+    if any(labels.get(k) != v for k, v in spec.get("nodeSelector", {}).items()):
+        return False
+    required = spec.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    if required is None:
+        return True
+    return any(
+        all(e["operator"] == "In" and labels.get(e["key"]) in e["values"] for e in term["matchExpressions"])
+        for term in required["nodeSelectorTerms"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "selected"),
+    [
+        ({"accelerator": "huawei-Ascend910"}, True),  # the hand-applied label of the Ascend ecosystem
+        ({"feature.node.kubernetes.io/pci-1200_19e5.present": "true"}, True),  # Node Feature Discovery's, no hand
+        ({"feature.node.kubernetes.io/pci-0300_10de.present": "true"}, False),  # a GPU node
+        ({}, False),
+    ],
+)
+def test_the_node_daemonset_runs_on_nodes_with_either_the_ascend_or_the_nfd_label(
+    daemonset: Manifest, labels: dict[str, str], selected: bool
+) -> None:
+    spec = daemonset["spec"]["template"]["spec"]
+    assert selects(spec, {"kubernetes.io/os": "linux", **labels}) is selected
+
+
+def test_no_label_sets_select_on_the_node_selector_alone_and_a_required_node_affinity_replaces_them(
+    render: Render,
+) -> None:
+    alone = only(render({"ascend": {"nodeLabelsAnyOf": [], "nodeSelector": {"pool": "npu"}}}), "DaemonSet", "node")
+    required = {"nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a"]}]}]}
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    replaced = only(render({"node": {"affinity": own}}), "DaemonSet", "node")
+    alone_spec, replaced_spec = alone["spec"]["template"]["spec"], replaced["spec"]["template"]["spec"]
+    assert "affinity" not in alone_spec and selects(alone_spec, {"kubernetes.io/os": "linux", "pool": "npu"})
+    assert replaced_spec["affinity"] == own
+    assert not selects(replaced_spec, {"kubernetes.io/os": "linux", "accelerator": "huawei-Ascend910"})
+
+
 def test_ascend_node_selector_and_tolerations(daemonset: Manifest, custom_manifests: list[Manifest]) -> None:
     spec = daemonset["spec"]["template"]["spec"]
-    assert spec["nodeSelector"]["accelerator"] == "huawei-Ascend910"
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert {t["key"] for t in spec["tolerations"]} >= {names.RESOURCE_VNPU}
     custom = only(custom_manifests, "DaemonSet", "node")["spec"]["template"]["spec"]
     assert custom["nodeSelector"] == {"kubernetes.io/os": "linux", "node.example.com/npu": "910b"}
