@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 from realk8s_cluster import ControlPlane
 from realk8s_flexnpu import Flexnpu, metric, wait_registered
 from realk8s_procs import http_ok, wait_for
-from test_restarts import card_units, pod_body, stop_proc
+from test_restarts import card_units, pod_body, running, stop_proc
 
 from flexnpu.waiting import free_port
 
@@ -32,14 +32,6 @@ def create_pod(core: Any, name: str, units: int) -> None:
     body = pod_body(name, units)
     body["metadata"]["namespace"] = NAMESPACE
     core.create_namespaced_pod(NAMESPACE, body)
-
-
-def running(cluster: ControlPlane, core: Any, name: str) -> Any:
-    def phase() -> Any:
-        pod = core.read_namespaced_pod(name, NAMESPACE)
-        return pod if pod.status.phase == "Running" else None
-
-    return wait_for(f"pod {name} Running", phase, 180, watch=cluster.procs, interval=0.5)
 
 
 def binds(port: int, outcome: str) -> float:
@@ -89,7 +81,7 @@ def test_both_replicas_are_ready_and_the_standby_forwards_binds_until_it_leads(
     stack.start_scheduler(extender_port=port)  # as if the Service had picked the standby for every call
 
     create_pod(core, "via-standby", 3)
-    first = running(cluster, core, "via-standby")
+    first = running(cluster, core, "via-standby", NAMESPACE)
     wait_registered(stack, NAMESPACE, first.metadata.uid)
     assert binds(port, "forwarded") == 1 and binds(port, "bound") == 0
     assert binds(stack.extender_port, "bound") >= 1
@@ -97,7 +89,7 @@ def test_both_replicas_are_ready_and_the_standby_forwards_binds_until_it_leads(
     stop_proc(cluster, "extender")  # the leader leaves and gives the Lease back
     wait_for("extender-1 leads", lambda: leads(port), 60, watch=cluster.procs, interval=0.5)
     create_pod(core, "after-failover", 3)
-    second = running(cluster, core, "after-failover")
+    second = running(cluster, core, "after-failover", NAMESPACE)
     wait_registered(stack, NAMESPACE, second.metadata.uid)
 
     assert binds(port, "bound") == 1

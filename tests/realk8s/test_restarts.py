@@ -54,9 +54,9 @@ def pod_body(name: str, units: int) -> dict[str, Any]:
     }
 
 
-def running(cluster: ControlPlane, core: Any, name: str) -> Any:
+def running(cluster: ControlPlane, core: Any, name: str, namespace: str = NAMESPACE) -> Any:
     def phase() -> Any:
-        pod = core.read_namespaced_pod(name, NAMESPACE)
+        pod = core.read_namespaced_pod(name, namespace)
         return pod if pod.status.phase == "Running" else None
 
     return wait_for(f"pod {name} Running", phase, 180, watch=cluster.procs, interval=0.5)
