@@ -50,7 +50,7 @@ class ClaimCache:
             if not self._synced:
                 return None
             items = [self._claims[uid] for uid in self._by_pod.get(pod.uid, ())]
-        return read_pod_claims(items, pod)
+        return read_pod_claims(items, pod, self._kube.node_name)
 
     def wait(self, timeout: float) -> None:
         """Return when a claim changed, or after ``timeout``."""

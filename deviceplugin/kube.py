@@ -93,7 +93,7 @@ class KubeApi:
             items = json.loads(body.data).get("items")
         except (ValueError, AttributeError) as exc:
             raise KubeError(f"list claims of pod {pod}: not a JSON list ({exc})") from exc
-        return read_pod_claims(items if isinstance(items, list) else [], pod)
+        return read_pod_claims(items if isinstance(items, list) else [], pod, self.node_name)
 
     def node_claims(self) -> tuple[list[Mapping[str, Any]], str]:
         """Every VNpuClaim of this node (the CRD's selectable field ``spec.nodeName``) and the list's

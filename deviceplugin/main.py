@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from flexnpu import names
+from flexnpu.daemonclient import DaemonClient
 from flexnpu.deviceplugin.adapters.nodelabels import NodeLabeller
 from flexnpu.deviceplugin.claimcache import ClaimCache
 from flexnpu.deviceplugin.core.nodelabels import node_labels
@@ -35,6 +37,7 @@ from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.deviceplugin")
 JOURNAL_FLUSH_S = 10.0
+DAEMON_TIMEOUT_S = 2.0  # one register with flexnpud on this node, inside an Allocate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
         help="no API server: no pod handshake, no node annotation (cards from device IDs only)",
     )
     p.add_argument("--cdi", action="store_const", const=True, help="answer Allocate with CDI device names")
+    p.add_argument(
+        "--daemon-url",
+        help="flexnpud's registration API, where Allocate registers claims it has no slot for "
+        f"(default http://127.0.0.1:{names.DAEMON_PORT}; empty: off)",
+    )
+    p.add_argument("--daemon-token-file", type=Path, help="file holding flexnpud's bearer token")
     p.add_argument("--scan-interval", type=float, metavar="S", help="seconds between discovery scans")
     p.add_argument("--journal", type=Path, metavar="FILE", help="journal of the handshake's pod writes (default: none)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (0: off; default 9401)")
@@ -105,6 +114,9 @@ def build(settings: DevicePluginSettings) -> tuple[VnpuPlugin, PluginServer]:
         claim_wait=settings.claim_wait,
         writer=writer,
         claims=claims,
+        daemon=DaemonClient(settings.daemon_url, token=settings.token, timeout=DAEMON_TIMEOUT_S)
+        if settings.daemon_url and settings.inject_shim
+        else None,
     )
     return plugin, PluginServer(plugin, settings.kubelet_dir, settings.socket_name)
 

@@ -51,6 +51,14 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.slots = Counter(
+            "flexnpu_deviceplugin_slots",
+            "a registration's slot as an Allocate found it: ready (flexnpud had it), registered (this plugin "
+            "registered the claim with flexnpud), awaited (made meanwhile, by the operator), refused (flexnpud "
+            "refused the claim), missing (not there in time: the container runs ungated)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.handshake_pending = Gauge(
             "flexnpu_deviceplugin_handshake_pending",
             "pods with handshake writes not yet on the API",

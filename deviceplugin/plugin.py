@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from flexnpu import names
 from flexnpu.annotations import CardAssignment, Inventory
 from flexnpu.cards import Card
+from flexnpu.daemonclient import DaemonError, DaemonRefused
 from flexnpu.deviceplugin.claimcache import ClaimCache
 from flexnpu.deviceplugin.core.allocation import (
     AllocationError,
@@ -32,7 +34,7 @@ from flexnpu.deviceplugin.core.allocation import (
     placement_from_ids,
     preferred_ids,
 )
-from flexnpu.deviceplugin.core.containers import PodClaim, container_cards, registration_ids
+from flexnpu.deviceplugin.core.containers import PodClaim, claims_for_cards, container_cards
 from flexnpu.deviceplugin.core.devices import UnitDevice, unit_devices
 from flexnpu.deviceplugin.core.handshake import allocation_annotations, failure_annotations
 from flexnpu.deviceplugin.core.pods import NodePod, pending_pods, units_in_use
@@ -41,8 +43,9 @@ from flexnpu.deviceplugin.handshake import HandshakeWriter
 from flexnpu.deviceplugin.kube import KubeApi, KubeError
 from flexnpu.deviceplugin.metrics import Metrics
 from flexnpu.discovery import DiscoveryError, Scanner
-from flexnpu.errors import ValidationError
+from flexnpu.errors import ConfigError, ValidationError
 from flexnpu.priority import DEFAULT_PRIORITY
+from flexnpu.registration import Registration
 from flexnpu.units import UnitsConfig, parse_vnpu_request
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,13 @@ PREFERRED_TTL_S = 5.0
 CLAIM_POLL_S = 0.05  # between lists of a pod's claims when the claim cache cannot answer
 SLOT_POLL_S = 0.002  # between looks for flexnpud's slot file (a stat)
 CLAIMS_RETRY_S = 30.0  # after the API said it serves no claims to us (404, 403), ask again this much later
+
+
+class Registrar(Protocol):
+    """This node's flexnpud (flexnpu.daemonclient.DaemonClient): registering an id it holds with the same body
+    changes nothing, so the operator's own register of the claim afterwards finds it done."""
+
+    def register(self, registration: Registration) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,12 @@ class VnpuPlugin:
         sleep: Callable[[float], None] = time.sleep,
         writer: HandshakeWriter | None = None,
         claims: ClaimCache | None = None,
+        daemon: Registrar | None = None,
     ) -> None:
         """``writer`` patches the handshake onto pods off the Allocate path (default: one without a journal,
-        started here); ``claims`` answers a pod's claims from a watch (default: none, each Allocate lists them)."""
+        started here); ``claims`` answers a pod's claims from a watch (default: none, each Allocate lists them);
+        ``daemon`` registers a claim whose slot flexnpud has not made yet (default: none, the operator's register
+        is awaited)."""
         self.scanner = scanner
         self.units = units
         self.layout = layout
@@ -103,6 +116,7 @@ class VnpuPlugin:
         self._clock = clock
         self._stopped = False
         self.claims = claims
+        self.daemon = daemon
         self.writer = writer
         if writer is None and kube is not None:
             self.writer = HandshakeWriter(kube, on_change=self.metrics.handshake_pending.set, clock=clock)
@@ -254,30 +268,72 @@ class VnpuPlugin:
                 response=container_allocation(chosen, Workload(DEFAULT_PRIORITY, ""), self.layout),
             )
         chosen = self._container_cards(pod, pod_cards)
-        workload = Workload(priority=pod.priority, claim=str(pod.ref), flexnpu_ids=self._registration_ids(pod, chosen))
+        claims = self._container_claims(pod, chosen)
+        ids = tuple(c.flexnpu_id for c in claims)
+        workload = Workload(priority=pod.priority, claim=str(pod.ref), flexnpu_ids=ids)
         return Allocation(
             pod=pod,
             container=container.name,
             pod_cards=tuple(pod_cards),
             cards=chosen,
             placement=placement,
-            response=container_allocation(chosen, workload, self._layout_for(pod, workload.flexnpu_ids)),
+            response=container_allocation(chosen, workload, self._layout_for(pod, claims)),
         )
 
-    def _layout_for(self, pod: PendingPod, ids: Sequence[str]) -> NodeLayout:
-        """The layout with the registration's slot mounted when flexnpud has made it (awaited up to
-        ``claim_wait``): a container runtime refuses a missing mount source, and libflexnpu cannot use a slot it
-        can only read. Without it the container gets the read-only shim directory alone (and runs ungated)."""
-        if not (self.layout.slot_mount and ids):
+    def _layout_for(self, pod: PendingPod, claims: Sequence[PodClaim]) -> NodeLayout:
+        """The layout with the registration's slot mounted when flexnpud has made it: a container runtime refuses a
+        missing mount source, and libflexnpu cannot use a slot it can only read. A slot not there yet is made by
+        registering the claim with flexnpud (``daemon``), else awaited up to ``claim_wait`` (the operator registers
+        every claim too). Without it the container gets the read-only shim directory alone (and runs ungated)."""
+        if not (self.layout.slot_mount and claims):
             return replace(self.layout, slot_mount=False)
-        slot = Path(self.layout.shim_socket_dir) / names.slot_file(ids[0])
+        slot = self._slot(claims[0])
+        if slot.is_file():
+            self.metrics.slots.labels(outcome="ready").inc()
+            return self.layout
+        if self.daemon is not None and not self._register(pod, claims):
+            self.metrics.slots.labels(outcome="refused").inc()
+            return replace(self.layout, slot_mount=False)
+        if slot.is_file():
+            self.metrics.slots.labels(outcome="registered").inc()
+            return self.layout
         deadline = self._clock() + self.claim_wait
         while not slot.is_file():
             if self._clock() >= deadline:
+                self.metrics.slots.labels(outcome="missing").inc()
                 log.warning("pod %s: flexnpud has no slot %s yet: the container runs ungated", pod.ref, slot)
                 return replace(self.layout, slot_mount=False)
             self._sleep(SLOT_POLL_S)
+        self.metrics.slots.labels(outcome="awaited").inc()
         return self.layout
+
+    def _slot(self, claim: PodClaim) -> Path:
+        return Path(self.layout.shim_socket_dir) / names.slot_file(claim.flexnpu_id)
+
+    def _register(self, pod: PendingPod, claims: Sequence[PodClaim]) -> bool:
+        """Register each claim with flexnpud as the operator would; False when flexnpud refused one for its content
+        (quota, memory, a bad field: the operator reports that on the claim, so there is nothing to wait for). A
+        daemon that cannot be reached, or does not take our token, leaves the operator's register to await."""
+        assert self.daemon is not None
+        for claim in claims:
+            if claim.registration is None or self._slot(claim).is_file():
+                continue  # a spec that does not parse or is for another node (the operator says why), or held
+            try:
+                self.daemon.register(claim.registration)
+            except DaemonRefused as exc:
+                if exc.status in (400, 409):
+                    log.warning(
+                        "pod %s: flexnpud refused claim %s: %s; the container runs ungated", pod.ref, claim.name, exc
+                    )
+                    return False
+                log.warning(
+                    "pod %s: registering claim %s with flexnpud: %s; awaiting the operator", pod.ref, claim.name, exc
+                )
+            except (DaemonError, ConfigError) as exc:
+                log.warning(
+                    "pod %s: registering claim %s with flexnpud: %s; awaiting the operator", pod.ref, claim.name, exc
+                )
+        return True
 
     @staticmethod
     def _container_cards(pod: PendingPod, pod_cards: Sequence[CardAssignment]) -> tuple[CardAssignment, ...]:
@@ -286,9 +342,10 @@ class VnpuPlugin:
             return tuple(pod_cards)
         return container_cards(pod_cards, pod.containers, container)
 
-    def _registration_ids(self, pod: PendingPod, cards: Sequence[CardAssignment]) -> tuple[str, ...]:
-        """The ids the operator registers the pod's claims under; for a pod the extender placed (it creates the
-        claims right after the Binding) the claims are awaited up to ``claim_wait`` seconds."""
+    def _container_claims(self, pod: PendingPod, cards: Sequence[CardAssignment]) -> tuple[PodClaim, ...]:
+        """The claim of each of the container's cards (the ids the operator registers them under); for a pod the
+        extender placed (it creates the claims right after the Binding) the claims are awaited up to ``claim_wait``
+        seconds."""
         if self.kube is None or not self.layout.inject_shim or self._clock() < self._claims_unserved_until:
             return ()
         deadline = self._clock() + (self.claim_wait if pod.bind_time is not None else 0.0)
@@ -296,17 +353,17 @@ class VnpuPlugin:
             cached = None if self.claims is None else self.claims.claims_of(pod.ref)
             self.metrics.claim_reads.labels(source="api" if cached is None else "cache").inc()
             try:
-                ids = registration_ids(cached if cached is not None else self._listed_claims(pod), cards)
+                found = claims_for_cards(cached if cached is not None else self._listed_claims(pod), cards)
             except KubeError as exc:
                 if exc.status in (403, 404):  # no CRD, or no RBAC rule: not worth a call per container
                     self._claims_unserved_until = self._clock() + CLAIMS_RETRY_S
                 log.warning("claims of pod %s not readable, FLEXNPU_ID not set: %s", pod.ref, exc)
                 return ()
             left = deadline - self._clock()
-            if ids or left <= 0:
-                if not ids:
+            if found or left <= 0:
+                if not found:
                     log.warning("pod %s: no claim for its card(s) yet, FLEXNPU_ID not set", pod.ref)
-                return ids
+                return found
             if cached is not None and self.claims is not None:
                 self.claims.wait(min(left, CLAIM_POLL_S))  # woken as soon as the watch brings a claim
             else:

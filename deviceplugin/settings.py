@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 
 from flexnpu import names
 from flexnpu.cards import card_model
+from flexnpu.daemonclient import read_token
 from flexnpu.errors import ConfigError, ValidationError
 from flexnpu.settings import setting
 from flexnpu.units import DEFAULT_OVERSUBSCRIPTION, DEFAULT_UNITS_PER_CARD, UnitsConfig
@@ -50,6 +51,13 @@ class DevicePluginSettings:
         "host file holding interposer_pod_path, mounted onto /etc/ld.so.preload (written at start)",
     )
     claim_wait: float = setting(1.0, "seconds an Allocate waits for the pod's VNpuClaim (its FLEXNPU_ID), 0..30")
+    daemon_url: str = setting(
+        f"http://127.0.0.1:{names.DAEMON_PORT}",
+        "flexnpud's registration API on this node: an Allocate registers the pod's claims there when flexnpud has "
+        "no slot for them yet, instead of awaiting the operator (empty: off)",
+    )
+    daemon_token: str = setting("", "bearer token for flexnpud (prefer daemon_token_file)", secret=True)
+    daemon_token_file: Path | None = setting(None, "file holding flexnpud's bearer token (a mounted Secret)")
     slot_mount: bool = setting(
         True,
         "mount the registration's slot file read-write over the read-only shim_socket_dir (libflexnpu maps it "
@@ -90,10 +98,15 @@ class DevicePluginSettings:
             _absolute_path(key, getattr(self, key))
         if self.interposer_pod_path == names.PRELOAD_POD_FILE or self.interposer_pod_path.endswith("/"):
             raise ConfigError("interposer_pod_path", self.interposer_pod_path, "must name the library file")
+        if self.daemon_url and not self.daemon_url.startswith(("http://", "https://")):
+            raise ConfigError("daemon_url", self.daemon_url, "must be an http(s) URL, or empty for none")
         if not 0 <= self.claim_wait <= 30:
             raise ConfigError("claim_wait", self.claim_wait, "must be in 0..30 seconds")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level", self.log_level, "must be debug, info, warning or error")
+
+    def token(self) -> str:
+        return read_token(self.daemon_token, self.daemon_token_file)
 
     @property
     def units(self) -> UnitsConfig:

@@ -20,10 +20,10 @@ from types import FrameType
 from flexnpu import names
 from flexnpu.cards import Card
 from flexnpu.containeredits import NodeLayout
+from flexnpu.daemonclient import DaemonClient
 from flexnpu.discovery import DiscoveryError, Scanner, scanner_for
 from flexnpu.dra.cdi import CdiDir
 from flexnpu.dra.checkpoint import Checkpoint
-from flexnpu.dra.daemon_client import DaemonClient
 from flexnpu.dra.kube import ClaimApi
 from flexnpu.dra.plugin import DraPlugin
 from flexnpu.dra.server import Servers

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 from flexnpu.cards import Card
 from flexnpu.containeredits import NodeLayout
+from flexnpu.daemonclient import DaemonError, DaemonRefused
 from flexnpu.dra.cdi import CdiDir
 from flexnpu.dra.checkpoint import Checkpoint, ClaimRecord, PreparedDeviceRecord
 from flexnpu.dra.core.cdi import cdi_device_id, cdi_spec
 from flexnpu.dra.core.claims import Node, PreparedClaim, prepare_claim
-from flexnpu.dra.daemon_client import DaemonError, DaemonRefused
 from flexnpu.errors import FlexnpuError, ValidationError
 from flexnpu.registration import Registration
 

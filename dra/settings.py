@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from flexnpu import names
+from flexnpu.daemonclient import read_token
 from flexnpu.errors import ConfigError
 from flexnpu.settings import setting
 from flexnpu.units import DEFAULT_UNITS_PER_CARD, validate_units_per_card
@@ -59,9 +60,4 @@ class DraSettings:
             raise ConfigError("log_level", self.log_level, "must be debug, info, warning or error")
 
     def token(self) -> str:
-        if self.daemon_token_file is None:
-            return self.daemon_token
-        try:
-            return self.daemon_token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError("daemon_token_file", str(self.daemon_token_file), exc.strerror or "unreadable") from exc
+        return read_token(self.daemon_token, self.daemon_token_file)

@@ -11,7 +11,7 @@ from typing import Any, NotRequired, TypedDict
 from flexnpu._decode import as_mapping, get_int, get_str
 from flexnpu.errors import ValidationError
 from flexnpu.priority import Priority, parse_priority
-from flexnpu.registration import MAX_AICORE_ALLOC, MAX_MEMORY_MIB
+from flexnpu.registration import MAX_AICORE_ALLOC, MAX_MEMORY_MIB, Registration
 
 REGISTRATION_ID_PREFIX = "vnc."
 """Every registration the operator makes for a claim starts with this (its orphans are told apart by it)."""
@@ -108,6 +108,21 @@ def parse_claim_spec(raw: object) -> ClaimSpec:
         priority=parse_priority(spec.get("priority"), "spec.priority"),
         entity=get_str(spec, "entity", "spec.", default="", allow_empty=True),
         pod_ref=pod_ref,
+    )
+
+
+def claim_registration(spec: ClaimSpec, flexnpu_id: str) -> Registration:
+    """The node daemon's body for a claim (the operator registers it; the device plugin too, when an Allocate
+    comes before the operator did); the entity defaults to the claim's id so that flexnpu-info names it."""
+    return Registration(
+        flexnpu_id=flexnpu_id,
+        entity=spec.entity or flexnpu_id,
+        npu=spec.npu,
+        chip=spec.chip,
+        aicore_alloc=spec.aicore_alloc,
+        memory_alloc=spec.memory_mib,
+        priority=spec.priority,
+        pod_uid=spec.pod_ref.uid if spec.pod_ref is not None else "",
     )
 
 

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flexnpu.claims import ClaimPhase, ClaimSpec, parse_claim_spec
+from flexnpu.claims import ClaimPhase, ClaimSpec, claim_registration, parse_claim_spec
 from flexnpu.errors import ValidationError
-from flexnpu.operator.core.claims import ID_PREFIX, ClaimRef, claim_flexnpu_id, desired_registration
+from flexnpu.operator.core.claims import ID_PREFIX, ClaimRef, claim_flexnpu_id
 from flexnpu.operator.core.daemons import DaemonEndpoint
 from flexnpu.operator.core.reconcile import Action, Outcome, Reason, orphans, plan, refusal_reason
 from flexnpu.operator.daemon_client import DaemonClient, DaemonRefused, DaemonUnreachable, with_retries
@@ -58,7 +58,7 @@ class Reconciler:
         endpoint = locate(spec.node_name)
         if endpoint is None:
             return Result(self._no_daemon(spec.node_name, flexnpu_id), retry=True)
-        desired = desired_registration(spec, flexnpu_id)
+        desired = claim_registration(spec, flexnpu_id)
         try:
             held = await self._retrying(lambda: self._client.registrations(endpoint.url))
             await self._converge(endpoint, desired, held.get(flexnpu_id))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from flexnpu.annotations import CardAssignment
 from flexnpu.deviceplugin.core.allocation import AllocationError, ContainerRequest
+from flexnpu.registration import Registration
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,23 @@ def _declared_share(container: ContainerRequest, units: int, pieces: Sequence[_P
 
 @dataclass(frozen=True)
 class PodClaim:
-    """A VNpuClaim of the pod, as the adapter read it: the card it is for and the registration id it has."""
+    """A VNpuClaim of the pod, as the adapter read it: the card it is for, the registration id it has, and the body
+    flexnpud registers it with (None when its spec does not parse or names another node: the operator reports it)."""
 
     name: str
     npu: int
     flexnpu_id: str
+    registration: Registration | None = None
+
+
+def claims_for_cards(claims: Sequence[PodClaim], cards: Sequence[CardAssignment]) -> tuple[PodClaim, ...]:
+    """The claim of each of ``cards`` (in their order), or () while a card has no claim yet."""
+    by_npu = {c.npu: c for c in claims if c.flexnpu_id}
+    if not cards or any(c.index not in by_npu for c in cards):
+        return ()
+    return tuple(by_npu[c.index] for c in cards)
 
 
 def registration_ids(claims: Sequence[PodClaim], cards: Sequence[CardAssignment]) -> tuple[str, ...]:
     """The registration id of each of ``cards`` (in their order), or () while a card has no claim yet."""
-    by_npu = {c.npu: c.flexnpu_id for c in claims if c.flexnpu_id}
-    if not cards or any(c.index not in by_npu for c in cards):
-        return ()
-    return tuple(by_npu[c.index] for c in cards)
+    return tuple(c.flexnpu_id for c in claims_for_cards(claims, cards))

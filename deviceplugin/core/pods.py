@@ -20,12 +20,13 @@ from flexnpu.annotations import (
     parse_bind_phase,
     parse_bind_time,
 )
-from flexnpu.claims import registration_id
+from flexnpu.claims import claim_registration, parse_claim_spec, registration_id
 from flexnpu.deviceplugin.core.allocation import ContainerRequest, PendingPod, PodRef
 from flexnpu.deviceplugin.core.containers import PodClaim
 from flexnpu.errors import ValidationError
 from flexnpu.priority import DEFAULT_PRIORITY, parse_priority
 from flexnpu.quantity import whole_quantity
+from flexnpu.registration import Registration
 
 _FINISHED = frozenset({"Succeeded", "Failed"})
 
@@ -182,10 +183,11 @@ def _created(value: object) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def read_pod_claims(items: list[Any], pod: PodRef) -> list[PodClaim]:
+def read_pod_claims(items: list[Any], pod: PodRef, node_name: str) -> list[PodClaim]:
     """The claims of ``pod`` among ``items`` (VNpuClaim JSON, labelled with the pod's uid by the extender): the card
     each is for and its registration id, the one in its status or, before the operator wrote it, the one the
-    operator derives (flexnpu.claims.registration_id). Entries that are not readable claims are skipped."""
+    operator derives (flexnpu.claims.registration_id), with the registration the operator would make of it when
+    its spec is valid and names ``node_name``. Entries that are not readable claims are skipped."""
     out = []
     for raw in items:
         if not isinstance(raw, Mapping):
@@ -201,8 +203,18 @@ def read_pod_claims(items: list[Any], pod: PodRef) -> list[PodClaim]:
             continue
         recorded = status.get("flexnpuId")
         flexnpu_id = recorded if isinstance(recorded, str) and recorded else registration_id(pod.namespace, name, uid)
-        out.append(PodClaim(name=name, npu=npu, flexnpu_id=flexnpu_id))
+        out.append(
+            PodClaim(name=name, npu=npu, flexnpu_id=flexnpu_id, registration=_registration(spec, flexnpu_id, node_name))
+        )
     return out
+
+
+def _registration(spec: Mapping[str, Any], flexnpu_id: str, node_name: str) -> Registration | None:
+    try:
+        parsed = parse_claim_spec(spec)
+    except ValidationError:
+        return None
+    return claim_registration(parsed, flexnpu_id) if node_name and parsed.node_name == node_name else None
 
 
 def _object(value: object) -> Mapping[str, Any]:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flexnpu.claims import MAX_REGISTRATION_ID, REGISTRATION_ID_PREFIX, ClaimSpec, registration_id
-from flexnpu.registration import Registration
+from flexnpu.claims import MAX_REGISTRATION_ID, REGISTRATION_ID_PREFIX, registration_id
 
 ID_PREFIX = REGISTRATION_ID_PREFIX
 """Every registration the operator makes starts with this, so that it can tell its own orphans from
@@ -39,17 +38,3 @@ def derive_flexnpu_id(ref: ClaimRef) -> str:
 def claim_flexnpu_id(ref: ClaimRef, recorded: str) -> str:
     """The id a claim registers under: the one already in its status, else a derived one."""
     return recorded or derive_flexnpu_id(ref)
-
-
-def desired_registration(spec: ClaimSpec, flexnpu_id: str) -> Registration:
-    """The daemon body for a claim; the entity defaults to the claim's id so that flexnpu-info names it."""
-    return Registration(
-        flexnpu_id=flexnpu_id,
-        entity=spec.entity or flexnpu_id,
-        npu=spec.npu,
-        chip=spec.chip,
-        aicore_alloc=spec.aicore_alloc,
-        memory_alloc=spec.memory_mib,
-        priority=spec.priority,
-        pod_uid=spec.pod_ref.uid if spec.pod_ref is not None else "",
-    )

@@ -22,6 +22,7 @@ which aiohttp would send as plain text: serve the application with ``app_runner`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -52,6 +53,7 @@ def build_app(service: DaemonService, token: str = "") -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
     app[TOKEN_KEY] = token
+    app[COMMIT_KEY] = GroupCommit(service)
     registry = metrics_registry(service)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -169,13 +171,54 @@ async def _json_body(request: web.Request) -> Any:
         raise ValidationError("body", raw[:40].decode("utf-8", "replace"), "is nested too deeply") from exc
 
 
+class GroupCommit:
+    """Answers a change once it is written: one write at a time, in a worker thread (the event loop keeps serving),
+    each holding every change decided before it began; a failed write fails every request still waiting."""
+
+    def __init__(self, service: DaemonService) -> None:
+        self._service = service
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def written(self, generation: int) -> None:
+        """Return once the decided set numbered ``generation`` is written; StoreError when its write failed."""
+        if generation <= self._service.durable:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((generation, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await future
+
+    async def _write(self) -> None:
+        while self._waiting:
+            try:
+                durable = await asyncio.to_thread(self._service.commit)
+            except StoreError as exc:
+                failed, self._waiting = self._waiting, []
+                for _, future in failed:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            done = [f for g, f in self._waiting if g <= durable]
+            self._waiting = [(g, f) for g, f in self._waiting if g > durable]
+            for future in done:
+                if not future.done():
+                    future.set_result(None)
+
+
+COMMIT_KEY: Final = web.AppKey("commit", GroupCommit)
+
+
 async def register(request: web.Request) -> web.Response:
-    outcome, registration = request.app[SERVICE_KEY].register(await _json_body(request))
-    return web.json_response({"result": outcome.value, "registration": registration.to_body()})
+    change = request.app[SERVICE_KEY].register(await _json_body(request))
+    await request.app[COMMIT_KEY].written(change.generation)
+    return web.json_response({"result": change.outcome.value, "registration": change.registration.to_body()})
 
 
 async def unregister(request: web.Request) -> web.Response:
-    removed = request.app[SERVICE_KEY].unregister(await _json_body(request))
+    removed, generation = request.app[SERVICE_KEY].unregister(await _json_body(request))
+    await request.app[COMMIT_KEY].written(generation)
     return web.json_response({"result": "removed", "registration": removed.to_body()})
 
 

@@ -1,14 +1,19 @@
 """The daemon's state and operations, free of HTTP: register, unregister, restore, and the views the API shows.
 
-Each change is decided by ``flexnpu.shim.core.admission``, then applied in one place (``_apply``): the new set
-is persisted first, and only when that succeeded does it become the daemon's state and go to the grant server,
-so a failed write never leaves memory, disk and the grant server disagreeing.
+Each change is decided by ``flexnpu.shim.core.admission`` against the decided set (every admitted change, written
+or not) and numbered; ``commit`` then persists the decided set in one write, and only when that succeeded does it
+become the daemon's state (the views, the metrics) and go to the grant server, so a failed write never leaves
+memory, disk and the grant server disagreeing. Changes decided while a write is under way go in the next one: a
+burst of registrations costs a few writes (each an fsync), not one each (the HTTP API answers a change once the
+commit holding its number is done: ``DaemonService.durable``). A failed write drops every change not yet written.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from flexnpu.annotations import CardPayload, card_payload
 from flexnpu.cards import Card
@@ -17,7 +22,7 @@ from flexnpu.registration import Registration, RegistrationBody, parse_registrat
 from flexnpu.shim.core.admission import Capacity, Decision, Outcome, admit, card_usage, restore_order
 from flexnpu.shim.core.memory import MIB, Verdict
 from flexnpu.shim.daemon.grant import GrantHost
-from flexnpu.shim.daemon.store import RegistrationStore
+from flexnpu.shim.daemon.store import RegistrationStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,16 @@ class UnknownRegistrationError(FlexnpuError):
     def __init__(self, flexnpu_id: str) -> None:
         self.flexnpu_id = flexnpu_id
         super().__init__(f"flexnpu_id={flexnpu_id!r}: no such registration")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A decided change: what admission said, the registration concerned, and the number of the decided set that
+    holds it (written once ``DaemonService.durable`` reaches it)."""
+
+    outcome: Outcome
+    registration: Registration
+    generation: int
 
 
 class RegistrationView(RegistrationBody):
@@ -69,7 +84,12 @@ class DaemonService:
         self.capacity = capacity
         self._store = store
         self._grant = grant
-        self._registrations: dict[str, Registration] = {}
+        self._registrations: dict[str, Registration] = {}  # written, held by the grant server, shown
+        self._decided: dict[str, Registration] = {}  # every admitted change, written or not
+        self._decided_generation = 0
+        self._durable_generation = 0
+        self._lock = threading.Lock()  # the sets and numbers: commit runs in a worker thread
+        self._commit_lock = threading.Lock()  # one write at a time, so the grant server sees the sets in order
         self._memory: Callable[[], Mapping[str, Verdict]] = dict
 
     def watch_memory(self, figures: Callable[[], Mapping[str, Verdict]]) -> None:
@@ -90,36 +110,70 @@ class DaemonService:
             problems.append(f"registrations file {self._store.path}: original kept as {kept}")
         for line in problems:
             log.error("%s", line)
-        self._registrations = accepted
+        with self._lock:
+            self._registrations = self._decided = accepted
         self._grant.set_registrations(list(accepted.values()))
         log.info("restored %d registration(s) from %s", len(accepted), self._store.path)
         return problems
 
-    def register(self, raw: object) -> tuple[Outcome, Registration]:
-        """Admit a register body; ValidationError (bad field), RefusedError, or StoreError when it is not applied."""
+    def register(self, raw: object) -> Change:
+        """Admit a register body (ValidationError: bad field; RefusedError); written by the next ``commit``. An
+        unchanged registration still waits for the write of what was decided before it (it may be that one)."""
         candidate = parse_registration(raw)
-        decision = admit(candidate, self._registrations, self.cards, self.capacity)
-        if not decision.outcome.accepted:
-            raise RefusedError(decision)
-        if decision.outcome is not Outcome.UNCHANGED:
-            self._apply({**self._registrations, candidate.flexnpu_id: candidate})
-            log.info("registration %s %s: %s", candidate.flexnpu_id, decision.outcome, candidate.to_body())
-        return decision.outcome, candidate
+        with self._lock:
+            decision = admit(candidate, self._decided, self.cards, self.capacity)
+            if not decision.outcome.accepted:
+                raise RefusedError(decision)
+            if decision.outcome is not Outcome.UNCHANGED:
+                self._decide({**self._decided, candidate.flexnpu_id: candidate})
+                log.info("registration %s %s: %s", candidate.flexnpu_id, decision.outcome, candidate.to_body())
+            return Change(decision.outcome, candidate, self._decided_generation)
 
-    def unregister(self, raw: object) -> Registration:
-        """Remove the registration a ``{"flexnpu_id"}`` body names; UnknownRegistrationError when there is none."""
+    def unregister(self, raw: object) -> tuple[Registration, int]:
+        """Remove the registration a ``{"flexnpu_id"}`` body names (UnknownRegistrationError when there is none);
+        the removed one and the number of the set without it, written by the next ``commit``."""
         flexnpu_id = _flexnpu_id(raw)
-        removed = self._registrations.get(flexnpu_id)
-        if removed is None:
-            raise UnknownRegistrationError(flexnpu_id)
-        self._apply({k: v for k, v in self._registrations.items() if k != flexnpu_id})
-        log.info("registration %s removed", flexnpu_id)
-        return removed
+        with self._lock:
+            removed = self._decided.get(flexnpu_id)
+            if removed is None:
+                raise UnknownRegistrationError(flexnpu_id)
+            self._decide({k: v for k, v in self._decided.items() if k != flexnpu_id})
+            log.info("registration %s removed", flexnpu_id)
+            return removed, self._decided_generation
 
-    def _apply(self, registrations: dict[str, Registration]) -> None:
-        self._store.save(registrations.values())
-        self._registrations = registrations
-        self._grant.set_registrations(list(registrations.values()))
+    def _decide(self, registrations: dict[str, Registration]) -> None:
+        self._decided = registrations
+        self._decided_generation += 1
+
+    @property
+    def decided(self) -> int:
+        """The number of the last decided set (each admitted change that changed something adds one)."""
+        return self._decided_generation
+
+    @property
+    def durable(self) -> int:
+        """The number of the last decided set written (every change numbered up to it is applied)."""
+        return self._durable_generation
+
+    def commit(self) -> int:
+        """Write the decided set (one write for every change since the last), then make it the daemon's state and
+        hand it to the grant server; returns its number. On StoreError every change not written is dropped: the
+        decided set goes back to the written one (their requests are answered with the error)."""
+        with self._commit_lock:
+            with self._lock:
+                wanted, generation = self._decided, self._decided_generation
+            if generation == self._durable_generation:
+                return generation
+            try:
+                self._store.save(wanted.values())
+            except StoreError:
+                with self._lock:
+                    self._decided, self._durable_generation = self._registrations, self._decided_generation
+                raise
+            with self._lock:
+                self._registrations, self._durable_generation = wanted, generation
+            self._grant.set_registrations(list(wanted.values()))
+            return generation
 
     @property
     def registrations(self) -> list[Registration]:

@@ -167,9 +167,22 @@ def test_deviceplugin_mode_keeps_the_daemon_reachable_for_the_operator(
 ) -> None:
     conf = tmp_path / "flexnpud.conf"
     conf.write_text(only(default_manifests, "ConfigMap", "node")["data"]["flexnpud.conf"], encoding="utf-8")
-    assert load_config(conf)[0].host == "0.0.0.0"
-    probe = containers(only(default_manifests, "DaemonSet", "node"))["flexnpud"]["livenessProbe"]
-    assert probe["httpGet"] == {"path": "/service/health", "port": "daemon"}
+    settings = load_config(conf)[0]
+    assert settings.host == "0.0.0.0"
+    node = only(default_manifests, "DaemonSet", "node")
+    pod = containers(node)
+    assert pod["flexnpud"]["livenessProbe"]["httpGet"] == {"path": "/service/health", "port": "daemon"}
+    # The device plugin beside it registers a claim whose slot is missing at Allocate: same pod, loopback, the
+    # daemon's port, the daemon's token (read-only from the token Secret, as flexnpud reads it).
+    args = pod["device-plugin"]["args"]
+    assert f"--daemon-url=http://127.0.0.1:{settings.port}" in args
+    [token_file] = [a.split("=", 1)[1] for a in args if a.startswith("--daemon-token-file=")]
+    [mount] = [m for m in pod["device-plugin"]["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in node["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    secret = only(default_manifests, "Secret", "daemon-token")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"] and "items" not in volume["secret"]
+    assert token_file.rsplit("/", 1)[1] in {**secret.get("data", {}), **secret.get("stringData", {})}
 
 
 def test_no_daemon_scrape_in_dra_mode(render: Render) -> None:

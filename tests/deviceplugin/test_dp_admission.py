@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,15 @@ from dp_fakes import NODE, KubeEmulator, eight_cards, write_inventory
 from flexnpu import names
 from flexnpu.annotations import CardAssignment, decode_assignment, encode_assignment
 from flexnpu.claims import registration_id
+from flexnpu.daemonclient import DaemonClient
 from flexnpu.deviceplugin.core.response import NodeLayout
 from flexnpu.deviceplugin.kube import KubeApi, KubeError
 from flexnpu.deviceplugin.plugin import CLAIMS_RETRY_S, VnpuPlugin
 from flexnpu.discovery import InventoryFileScanner
 from flexnpu.units import UnitsConfig, card_uuid_from_bus_id, parse_device_id
 from flexnpu_testsupport.kubeletstub import StubKubelet
+from flexnpu_testsupport.operatorkit import DaemonProcess
+from flexnpu_testsupport.waiting import free_port
 
 CARD = {i: card_uuid_from_bus_id(f"0000:{0xC1 + i:02X}:00.0") for i in range(8)}
 CLAIMS = f"/apis/{names.CRD_GROUP}/{names.CRD_VERSION}/namespaces/default/{names.CRD_PLURAL}"
@@ -88,7 +92,7 @@ def create_pod(
     return result
 
 
-def create_claim(k8s: KubeEmulator, name: str, pod: str, npu: int, flexnpu_id: str = "") -> None:
+def create_claim(k8s: KubeEmulator, name: str, pod: str, npu: int, flexnpu_id: str = "", **spec: Any) -> None:
     body: dict[str, Any] = {
         "apiVersion": f"{names.CRD_GROUP}/{names.CRD_VERSION}",
         "kind": names.CRD_KIND,
@@ -98,7 +102,7 @@ def create_claim(k8s: KubeEmulator, name: str, pod: str, npu: int, flexnpu_id: s
             "uid": f"claim-uid-{name}",
             "labels": {names.LABEL_CLAIM_POD_UID: f"uid-{pod}"},
         },
-        "spec": {"nodeName": NODE, "npu": npu},
+        "spec": {"nodeName": NODE, "npu": npu, **spec},
     }
     if flexnpu_id:
         body["status"] = {"flexnpuId": flexnpu_id}
@@ -446,3 +450,66 @@ def test_the_registrations_slot_is_mounted_read_write_once_flexnpud_has_made_it(
         assert own is not None and own.host_path == str(slot) and not own.read_only
         assert mounts[names.SHIM_SOCKET_DIR].read_only
         assert len(naps) == appears_after_naps
+
+
+@pytest.mark.parametrize("case", ["registered", "refused", "unreachable"])
+def test_an_allocate_registers_the_pods_claim_with_flexnpud_instead_of_awaiting_the_operator(
+    k8s: KubeEmulator, with_claims: KubeEmulator, kube_api: KubeApi, tmp_path: Path, case: str
+) -> None:
+    """The extender creates a pod's claims right after its Binding, and kubelet may call Allocate before the
+    operator registered them: the plugin registers them itself with this node's (real) flexnpud, whose slot then
+    exists and is mounted, without a wait. A claim flexnpud refuses (memory past the card's HBM) runs ungated at
+    once; a daemon that cannot be reached leaves the operator's register awaited, as before."""
+    daemon = DaemonProcess(NODE, tmp_path)
+    asyncio.run(daemon.start())
+    try:
+        memory = 16384 if case != "refused" else 10 * 65536
+        create_pod(
+            k8s,
+            "early",
+            [container("main", 3)],
+            created="2026-12-01T12:00:00Z",
+            assigned=[CardAssignment(CARD[2], 2, 3, 100)],
+        )
+        create_claim(k8s, "early-npu2", "early", 2, aicoreAlloc=3, memoryMiB=memory, priority="high")
+        flexnpu_id = registration_id("default", "early-npu2", "claim-uid-early-npu2")
+        shim = tmp_path / f"{NODE}-sock"
+        naps: list[float] = []
+        now = [0.0]
+
+        def sleep(seconds: float) -> None:
+            naps.append(seconds)
+            now[0] += seconds
+
+        url = daemon.url if case != "unreachable" else f"http://127.0.0.1:{free_port()}"
+        plugin = VnpuPlugin(
+            InventoryFileScanner(write_inventory(tmp_path / "inv.yaml", eight_cards())),
+            UnitsConfig(),
+            NodeLayout(10, shim_socket_dir=str(shim), slot_mount=True),
+            kube=kube_api,
+            clock=lambda: now[0],
+            claim_wait=0.5,
+            sleep=sleep,
+            daemon=DaemonClient(url, token=lambda: "", timeout=5),
+        )
+        plugin.rescan()
+        allocation = plugin.allocate([f"{CARD[2]}-{k}" for k in range(3)])
+        held = json.loads(urllib.request.urlopen(f"{daemon.url}/device/flexnpu-info", timeout=5).read())
+    finally:
+        asyncio.run(daemon.stop())
+    assert allocation.response.env()[names.ENV_ID] == flexnpu_id
+    mounted = f"{names.SHIM_SOCKET_DIR}/{names.slot_file(flexnpu_id)}" in {
+        m.container_path for m in allocation.response.mounts
+    }
+    counted = {
+        s.labels["outcome"]: s.value for s in plugin.metrics.slots.collect()[0].samples if s.name.endswith("_total")
+    }
+    held_ids = {r["flexnpu_id"]: r for r in held["registrations"]}
+    if case == "registered":
+        assert mounted and naps == [] and counted == {"registered": 1.0}
+        assert (held_ids[flexnpu_id]["npu"], held_ids[flexnpu_id]["aicore_alloc"]) == (2, 3)
+        assert held_ids[flexnpu_id]["priority"] == "high"
+    elif case == "refused":
+        assert not mounted and naps == [] and counted == {"refused": 1.0} and flexnpu_id not in held_ids
+    else:
+        assert not mounted and sum(naps) >= 0.5 and counted == {"missing": 1.0} and flexnpu_id not in held_ids

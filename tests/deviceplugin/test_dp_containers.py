@@ -15,9 +15,9 @@ from flexnpu.annotations import (
     decode_allocated_containers,
     encode_allocated_containers,
 )
-from flexnpu.claims import registration_id
+from flexnpu.claims import claim_registration, parse_claim_spec, registration_id
 from flexnpu.deviceplugin.core.allocation import AllocationError, ContainerRequest, PendingPod, PodRef, match_pod
-from flexnpu.deviceplugin.core.containers import PodClaim, container_cards, registration_ids
+from flexnpu.deviceplugin.core.containers import PodClaim, claims_for_cards, container_cards, registration_ids
 from flexnpu.deviceplugin.core.pods import pending_pods, pod_memory, read_node_pods, read_pod_claims
 from flexnpu.deviceplugin.core.response import NodeLayout, Workload, container_allocation, preload_text
 from flexnpu.deviceplugin.settings import DevicePluginSettings
@@ -262,11 +262,25 @@ def test_reading_the_claims_of_a_pod() -> None:
         "junk",
         {"metadata": 1},
     ]
-    assert read_pod_claims(items, pod) == [
+    assert read_pod_claims(items, pod, "node-a") == [
         PodClaim("p-npu1", 1, registration_id("ns", "p-npu1", "0123abcd-ef")),
         PodClaim("p-npu2", 2, "kept-id"),
     ]
     assert registration_id("ns", "p-npu1", "0123abcd-ef") == "vnc.ns.p-npu1.0123abcd"
+
+
+def test_a_claim_carries_the_registration_the_operator_would_make_only_when_its_spec_is_valid_for_this_node() -> None:
+    pod = PodRef("ns", "p", "uid-p")
+    spec = {"nodeName": "node-a", "npu": 1, "aicoreAlloc": 3, "memoryMiB": 16384, "priority": "high"}
+    good = {**claim("p-npu1", 1, recorded="kept-id"), "spec": spec}
+    (read,) = read_pod_claims([good], pod, "node-a")
+    assert read.registration == claim_registration(parse_claim_spec(spec), "kept-id")
+    assert read.registration is not None and read.registration.to_body()["aicore_alloc"] == 3
+    other_node = {**good, "spec": {**spec, "nodeName": "node-b"}}
+    hostile = [{**good, "spec": {**spec, "aicoreAlloc": bad}} for bad in (0, -1, 1e400, float("nan"), "3", True, None)]
+    for item in [other_node, *hostile]:
+        (read,) = read_pod_claims([item], pod, "node-a")
+        assert (read.flexnpu_id, read.registration) == ("kept-id", None)
 
 
 def test_registration_ids_follow_the_containers_cards_or_are_empty_until_every_card_has_one() -> None:
@@ -275,6 +289,7 @@ def test_registration_ids_follow_the_containers_cards_or_are_empty_until_every_c
     assert registration_ids(claims, cards) == ("id0", "id1")
     assert registration_ids(claims[:1], cards) == ()
     assert registration_ids(claims, ()) == ()
+    assert claims_for_cards(claims, cards) == (claims[1], claims[0])
 
 
 def test_the_response_carries_the_interposer_and_the_registration_id() -> None:

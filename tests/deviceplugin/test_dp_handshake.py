@@ -221,6 +221,7 @@ class ClaimApi:
     def __init__(self, items: list[dict[str, Any]], version: str = "10") -> None:
         self.lists: list[str] = []
         self.items, self.version = items, version
+        self.node_name = "node-a"
         self.list_error: KubeError | None = None
         self.events: list[tuple[str, Mapping[str, Any]] | KubeError | None] = []  # None ends a watch
         self.more = threading.Condition()

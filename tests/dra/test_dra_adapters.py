@@ -11,7 +11,7 @@ import kmock
 import pytest
 from dra_fakes import claim, result
 
-from flexnpu.dra.daemon_client import DaemonClient, DaemonRefused, DaemonUnreachable
+from flexnpu.daemonclient import DaemonClient, DaemonRefused, DaemonUnreachable
 from flexnpu.dra.kube import ClaimApi, KubeError
 from flexnpu.registration import Registration
 from flexnpu_testsupport.kubeemulator import KubeEmulator

@@ -17,9 +17,9 @@ from dra_fakes import CARDS, FakeClaims, FakeDaemon, claim, result, vnpu_config
 
 from flexnpu import names
 from flexnpu.containeredits import NodeLayout
+from flexnpu.daemonclient import DaemonRefused, DaemonUnreachable
 from flexnpu.dra.cdi import CdiDir
 from flexnpu.dra.checkpoint import Checkpoint, CheckpointError
-from flexnpu.dra.daemon_client import DaemonRefused, DaemonUnreachable
 from flexnpu.dra.plugin import DraPlugin
 from flexnpu.dra.server import Servers
 from flexnpu.priority import Priority

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from flexnpu.claims import ClaimPhase, parse_claim_spec
+from flexnpu.claims import ClaimPhase, claim_registration, parse_claim_spec
 from flexnpu.errors import ValidationError
 from flexnpu.operator.core.claims import (
     ID_PREFIX,
@@ -14,7 +14,6 @@ from flexnpu.operator.core.claims import (
     ClaimRef,
     claim_flexnpu_id,
     derive_flexnpu_id,
-    desired_registration,
 )
 from flexnpu.operator.core.daemons import (
     AddressKind,
@@ -157,7 +156,7 @@ SPEC: dict[str, Any] = {
     ],
 )
 def test_desired_registration(change: dict[str, Any], expected: dict[str, Any]) -> None:
-    registration = desired_registration(parse_claim_spec({**SPEC, **change}), "vnc.x")
+    registration = claim_registration(parse_claim_spec({**SPEC, **change}), "vnc.x")
     assert {k: getattr(registration, k) for k in expected} == expected
 
 

@@ -205,6 +205,8 @@ class Flexnpu:
                 "--metrics-port": str(self.device_plugin_metrics_port),
                 "--kubeconfig": str(self.kubeconfig_for("node")),
                 "--journal": str(self.work / "deviceplugin" / "handshake.jsonl"),
+                "--daemon-url": f"http://127.0.0.1:{self.daemon_port}",
+                "--daemon-token-file": str(self.token_file),
             },
         )
         # The chart points the interposer, the ld.so.preload file and the shim directory at host paths; here they

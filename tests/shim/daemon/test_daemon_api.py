@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from daemon_helpers import FakeGrant
 
-from flexnpu.registration import parse_registration
+from flexnpu.registration import Registration, parse_registration
 from flexnpu.shim.core.admission import Capacity
 from flexnpu.shim.daemon.api import build_app
 from flexnpu.shim.daemon.devices import sim_cards
 from flexnpu.shim.daemon.service import DaemonService
-from flexnpu.shim.daemon.store import RegistrationStore
+from flexnpu.shim.daemon.store import RegistrationStore, StoreError
 
 BODY = {"flexnpu_id": "0", "entity": "train", "npu": 0, "chip": 0, "aicore_alloc": 2, "memory_alloc": 16384}
 TOKEN = "t0ken-for-tests"
@@ -259,3 +261,91 @@ def test_restore_reports_what_no_longer_fits_and_keeps_the_file(tmp_path: Path, 
     assert any("'gone'" in p and "npu=7" in p for p in problems)
     kept = [p for p in tmp_path.iterdir() if ".refused-" in p.name]
     assert len(kept) == 1 and RegistrationStore(kept[0]).load().registrations == saved
+
+
+SMALL = {**BODY, "aicore_alloc": 1, "memory_alloc": 1024}  # ten of these fill a card's units, not its HBM
+
+
+class GatedStore(RegistrationStore):
+    """A store whose writes wait for the test's word (``release``), each counted; ``fail`` makes the next fail."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes: list[list[str]] = []
+        self.gate = threading.Semaphore(0)
+        self.entered = threading.Semaphore(0)
+        self.fail = False
+
+    def save(self, registrations: Iterable[Registration]) -> None:
+        ids = [r.flexnpu_id for r in registrations]
+        self.entered.release()
+        self.gate.acquire()
+        if self.fail:
+            self.fail = False
+            raise StoreError(f"registrations file {self.path} cannot be written (test)")
+        self.writes.append(ids)
+        super().save(registrations)
+
+
+async def entered(store: GatedStore) -> None:
+    """Until a write has begun (it then waits at the gate)."""
+    while not store.entered.acquire(blocking=False):
+        await asyncio.sleep(0.001)
+
+
+async def test_a_burst_of_changes_shares_writes_and_each_is_answered_only_once_written(
+    tmp_path: Path, grant: FakeGrant
+) -> None:
+    store = GatedStore(tmp_path / "registrations.json")
+    service = make_service(store, grant)
+    async with TestClient(TestServer(build_app(service))) as c:
+        first = asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": "r0"}))
+        await entered(store)  # r0's write has begun: the nine that follow are decided while it runs
+        rest = [
+            asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": f"r{i}"})) for i in range(1, 10)
+        ]
+        status, info = await get(c, "/device/flexnpu-info")  # the loop keeps serving while a write runs
+        assert status == 200 and info["registrations"] == [] and not first.done()
+        # Admission already counts the nine (and r0): the card's 10 units are taken, an eleventh does not fit.
+        while service.decided < 10:  # r0 and the nine decided, one write begun, none of the nine written
+            await asyncio.sleep(0.001)
+        status, reply = await post(c, "/device/register", {**SMALL, "flexnpu_id": "r10"})
+        assert status == 409 and "r10" not in json.dumps(info) and reply["error"]
+        store.gate.release()
+        assert (await first)[0] == 200
+        await entered(store)
+        assert not any(t.done() for t in rest) and grant.pushed[-1] and len(grant.pushed[-1]) == 1
+        store.gate.release()
+        assert [(await t)[0] for t in rest] == [200] * 9
+    assert store.writes == [["r0"], [f"r{i}" for i in range(10)]]
+    assert [r.flexnpu_id for r in store.load().registrations] == [f"r{i}" for i in range(10)]
+    assert [len(p) for p in grant.pushed] == [0, 1, 10]
+
+
+async def test_a_failed_write_fails_every_change_it_held_and_the_next_one_starts_from_what_was_written(
+    tmp_path: Path, grant: FakeGrant
+) -> None:
+    store = GatedStore(tmp_path / "registrations.json")
+    service = make_service(store, grant)
+    async with TestClient(TestServer(build_app(service))) as c:
+        ok = asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": "kept"}))
+        await entered(store)
+        store.gate.release()
+        assert (await ok)[0] == 200
+        store.fail = True
+        doomed = [asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": f"d{i}"})) for i in range(3)]
+        gone = asyncio.create_task(post(c, "/device/unregister", {"flexnpu_id": "kept"}))
+        await entered(store)
+        while service.decided < 5:  # "kept" was 1; the three registers and the unregister decided before it fails
+            await asyncio.sleep(0.001)
+        store.gate.release()
+        answers = [await t for t in (*doomed, gone)]
+        assert [a[0] for a in answers] == [503] * 4 and all("cannot be written" in a[1]["error"] for a in answers)
+        status, info = await get(c, "/device/flexnpu-info")
+        assert status == 200 and [r["flexnpu_id"] for r in info["registrations"]] == ["kept"]
+        again = asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": "d0"}))
+        await entered(store)
+        store.gate.release()
+        assert (await again)[0] == 200
+    assert [r.flexnpu_id for r in store.load().registrations] == ["kept", "d0"]
+    assert [[r.flexnpu_id for r in p] for p in grant.pushed] == [[], ["kept"], ["kept", "d0"]]

@@ -1,4 +1,9 @@
-"""The DRA plugin's adapter for the node daemon flexnpud: the operator's HTTP API and bearer token.
+"""The node-side adapter for this node's daemon flexnpud (DESIGN.md section 6): its HTTP API and bearer token.
+
+Used by the two kubelet plugins on the node, both beside flexnpud in the node pod: the DRA plugin registers a
+claim in NodePrepareResources, the device plugin registers a pod's VNpuClaims in Allocate when flexnpud does not
+hold them yet (the operator, which registers every claim too, then finds them registered). The operator keeps its
+own asynchronous client (aiohttp, one session for every node).
 
 ``POST /device/register`` with a ``Registration`` body, ``POST /device/unregister`` with ``{"flexnpu_id"}``.
 A transport failure or a 5xx raises DaemonUnreachable, a 4xx DaemonRefused with the daemon's reason; unregistering
@@ -11,9 +16,10 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flexnpu.errors import FlexnpuError
+from flexnpu.errors import ConfigError, FlexnpuError
 from flexnpu.registration import Registration
 
 
@@ -69,6 +75,17 @@ class DaemonClient:
             raise DaemonRefused(exc.code, reason) from exc
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise DaemonUnreachable(f"POST {self.base_url}{path} failed: {exc}") from exc
+
+
+def read_token(inline: str, path: Path | None, field: str = "daemon_token_file") -> str:
+    """The bearer token: the file's content (a mounted Secret, read at each call so that a rotation is seen), else
+    ``inline``. ConfigError names ``field`` when the file cannot be read."""
+    if path is None:
+        return inline
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(field, str(path), exc.strerror or "unreadable") from exc
 
 
 def _reason(text: str) -> str:
