@@ -13,8 +13,9 @@ unmetered batch (``--warmup``: first connections, the operator's first claims). 
 - ``direct``: ``spec.nodeName`` set by the bench, no scheduler and no extender: the device plugin places the pod
   by its own best fit and answers at once (no claim is waited for);
 - ``extender``: ``schedulerName: flexnpu-scheduler``: the extender assigns the card and creates the pod's VNpuClaim
-  at bind, and Allocate waits (up to the device plugin's claim_wait) for the operator to register that claim on
-  flexnpud and for flexnpud's slot file, so its latency holds the operator's work as well.
+  at bind; Allocate waits (up to the device plugin's claim_wait) for the claim, and when flexnpud has no slot for
+  it yet (the operator has not registered it) registers it with flexnpud itself, so its latency holds flexnpud's
+  write of the registration (or the operator's, when that came first).
 The meter is kubelet's own: the histogram ``kubelet_device_plugin_alloc_duration_seconds{resource_name=
 "huawei.com/vnpu"}`` of its /metrics (the time kubelet's device manager spends in the Allocate RPC), read before
 and after each mode. Its buckets are kubelet's (Prometheus' default: 5, 10, 25, 50, 100, 250 ms, ...), so p50 and

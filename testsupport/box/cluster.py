@@ -200,6 +200,8 @@ class Box:
                     "1",
                     "--metrics-port",
                     "0",
+                    "--daemon-url",
+                    self.daemon_url,
                     "--log-level",
                     "warning",
                 ],
