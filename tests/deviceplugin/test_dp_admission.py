@@ -502,7 +502,9 @@ def test_an_allocate_registers_the_pods_claim_with_flexnpud_instead_of_awaiting_
         m.container_path for m in allocation.response.mounts
     }
     counted = {
-        s.labels["outcome"]: s.value for s in plugin.metrics.slots.collect()[0].samples if s.name.endswith("_total")
+        s.labels["outcome"]: s.value
+        for s in next(iter(plugin.metrics.slots.collect())).samples
+        if s.name.endswith("_total")
     }
     held_ids = {r["flexnpu_id"]: r for r in held["registrations"]}
     if case == "registered":
