@@ -320,16 +320,12 @@ class VnpuPlugin:
                 continue  # a spec that does not parse or is for another node (the operator says why), or held
             try:
                 self.daemon.register(claim.registration)
-            except DaemonRefused as exc:
-                if exc.status in (400, 409):
+            except (DaemonError, ConfigError) as exc:
+                if isinstance(exc, DaemonRefused) and exc.status in (400, 409):
                     log.warning(
                         "pod %s: flexnpud refused claim %s: %s; the container runs ungated", pod.ref, claim.name, exc
                     )
                     return False
-                log.warning(
-                    "pod %s: registering claim %s with flexnpud: %s; awaiting the operator", pod.ref, claim.name, exc
-                )
-            except (DaemonError, ConfigError) as exc:
                 log.warning(
                     "pod %s: registering claim %s with flexnpud: %s; awaiting the operator", pod.ref, claim.name, exc
                 )
