@@ -173,7 +173,9 @@ async def _json_body(request: web.Request) -> Any:
 
 class GroupCommit:
     """Answers a change once it is written: one write at a time, in a worker thread (the event loop keeps serving),
-    each holding every change decided before it began; a failed write fails every request still waiting."""
+    each holding every change decided before it began; a failed write fails every request still waiting and drops
+    their changes (in the loop's thread, where changes are decided: none is decided between the failure and the
+    drop)."""
 
     def __init__(self, service: DaemonService) -> None:
         self._service = service
@@ -192,19 +194,31 @@ class GroupCommit:
 
     async def _write(self) -> None:
         while self._waiting:
-            try:
-                durable = await asyncio.to_thread(self._service.commit)
-            except StoreError as exc:
-                failed, self._waiting = self._waiting, []
-                for _, future in failed:
-                    if not future.done():
-                        future.set_exception(exc)
+            unwritten = self._service.unwritten()
+            if unwritten is None:  # written already (an unchanged registration waited for nothing)
+                self._answer(None, None)
                 return
-            done = [f for g, f in self._waiting if g <= durable]
-            self._waiting = [(g, f) for g, f in self._waiting if g > durable]
-            for future in done:
-                if not future.done():
-                    future.set_result(None)
+            registrations, generation = unwritten
+            try:
+                await asyncio.to_thread(self._service.write, registrations)
+            except StoreError as exc:
+                self._service.drop_unwritten()
+                self._answer(None, exc)
+                return
+            self._service.written(registrations, generation)
+            self._answer(generation, None)
+
+    def _answer(self, up_to: int | None, error: StoreError | None) -> None:
+        """Resolve the waiting requests numbered up to ``up_to`` (None: all), with ``error`` if any; keep the rest."""
+        done = [f for g, f in self._waiting if up_to is None or g <= up_to]
+        self._waiting = [(g, f) for g, f in self._waiting if up_to is not None and g > up_to]
+        for future in done:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 COMMIT_KEY: Final = web.AppKey("commit", GroupCommit)

@@ -1,17 +1,16 @@
 """The daemon's state and operations, free of HTTP: register, unregister, restore, and the views the API shows.
 
 Each change is decided by ``flexnpu.shim.core.admission`` against the decided set (every admitted change, written
-or not) and numbered; ``commit`` then persists the decided set in one write, and only when that succeeded does it
-become the daemon's state (the views, the metrics) and go to the grant server, so a failed write never leaves
-memory, disk and the grant server disagreeing. Changes decided while a write is under way go in the next one: a
-burst of registrations costs a few writes (each an fsync), not one each (the HTTP API answers a change once the
-commit holding its number is done: ``DaemonService.durable``). A failed write drops every change not yet written.
+or not) and numbered; a commit then persists the decided set in one write, and only when that succeeded does it go
+to the grant server and become the daemon's state (the views, the metrics), so a failed write never leaves memory,
+disk and the grant server disagreeing. Changes decided while a write is under way go in the next one: a burst of
+registrations costs a few writes (each an fsync), not one each (the HTTP API answers a change once the write of
+its number is done, ``flexnpu.shim.daemon.api.GroupCommit``). A failed write drops every change not yet written.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from flexnpu.registration import Registration, RegistrationBody, parse_registrat
 from flexnpu.shim.core.admission import Capacity, Decision, Outcome, admit, card_usage, restore_order
 from flexnpu.shim.core.memory import MIB, Verdict
 from flexnpu.shim.daemon.grant import GrantHost
-from flexnpu.shim.daemon.store import RegistrationStore, StoreError
+from flexnpu.shim.daemon.store import RegistrationStore
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,6 @@ class DaemonService:
         self._decided: dict[str, Registration] = {}  # every admitted change, written or not
         self._decided_generation = 0
         self._durable_generation = 0
-        self._lock = threading.Lock()  # the sets and numbers: commit runs in a worker thread
-        self._commit_lock = threading.Lock()  # one write at a time, so the grant server sees the sets in order
         self._memory: Callable[[], Mapping[str, Verdict]] = dict
 
     def watch_memory(self, figures: Callable[[], Mapping[str, Verdict]]) -> None:
@@ -110,36 +107,33 @@ class DaemonService:
             problems.append(f"registrations file {self._store.path}: original kept as {kept}")
         for line in problems:
             log.error("%s", line)
-        with self._lock:
-            self._registrations = self._decided = accepted
+        self._registrations = self._decided = accepted
         self._grant.set_registrations(list(accepted.values()))
         log.info("restored %d registration(s) from %s", len(accepted), self._store.path)
         return problems
 
     def register(self, raw: object) -> Change:
-        """Admit a register body (ValidationError: bad field; RefusedError); written by the next ``commit``. An
+        """Admit a register body (ValidationError: bad field; RefusedError); written by the next commit. An
         unchanged registration still waits for the write of what was decided before it (it may be that one)."""
         candidate = parse_registration(raw)
-        with self._lock:
-            decision = admit(candidate, self._decided, self.cards, self.capacity)
-            if not decision.outcome.accepted:
-                raise RefusedError(decision)
-            if decision.outcome is not Outcome.UNCHANGED:
-                self._decide({**self._decided, candidate.flexnpu_id: candidate})
-                log.info("registration %s %s: %s", candidate.flexnpu_id, decision.outcome, candidate.to_body())
-            return Change(decision.outcome, candidate, self._decided_generation)
+        decision = admit(candidate, self._decided, self.cards, self.capacity)
+        if not decision.outcome.accepted:
+            raise RefusedError(decision)
+        if decision.outcome is not Outcome.UNCHANGED:
+            self._decide({**self._decided, candidate.flexnpu_id: candidate})
+            log.info("registration %s %s: %s", candidate.flexnpu_id, decision.outcome, candidate.to_body())
+        return Change(decision.outcome, candidate, self._decided_generation)
 
     def unregister(self, raw: object) -> tuple[Registration, int]:
         """Remove the registration a ``{"flexnpu_id"}`` body names (UnknownRegistrationError when there is none);
-        the removed one and the number of the set without it, written by the next ``commit``."""
+        the removed one and the number of the set without it, written by the next commit."""
         flexnpu_id = _flexnpu_id(raw)
-        with self._lock:
-            removed = self._decided.get(flexnpu_id)
-            if removed is None:
-                raise UnknownRegistrationError(flexnpu_id)
-            self._decide({k: v for k, v in self._decided.items() if k != flexnpu_id})
-            log.info("registration %s removed", flexnpu_id)
-            return removed, self._decided_generation
+        removed = self._decided.get(flexnpu_id)
+        if removed is None:
+            raise UnknownRegistrationError(flexnpu_id)
+        self._decide({k: v for k, v in self._decided.items() if k != flexnpu_id})
+        log.info("registration %s removed", flexnpu_id)
+        return removed, self._decided_generation
 
     def _decide(self, registrations: dict[str, Registration]) -> None:
         self._decided = registrations
@@ -155,25 +149,28 @@ class DaemonService:
         """The number of the last decided set written (every change numbered up to it is applied)."""
         return self._durable_generation
 
-    def commit(self) -> int:
-        """Write the decided set (one write for every change since the last), then make it the daemon's state and
-        hand it to the grant server; returns its number. On StoreError every change not written is dropped: the
-        decided set goes back to the written one (their requests are answered with the error)."""
-        with self._commit_lock:
-            with self._lock:
-                wanted, generation = self._decided, self._decided_generation
-            if generation == self._durable_generation:
-                return generation
-            try:
-                self._store.save(wanted.values())
-            except StoreError:
-                with self._lock:
-                    self._decided, self._durable_generation = self._registrations, self._decided_generation
-                raise
-            with self._lock:
-                self._registrations, self._durable_generation = wanted, generation
-            self._grant.set_registrations(list(wanted.values()))
-            return generation
+    # A commit is three steps: ``unwritten`` and then ``written`` or ``drop_unwritten`` in the caller's thread (the
+    # one that decides, so no decision falls between a failed write and the drop), ``write`` in any other.
+
+    def unwritten(self) -> tuple[dict[str, Registration], int] | None:
+        """The decided set and its number when it is not written yet (one write for every change since the last)."""
+        if self._decided_generation == self._durable_generation:
+            return None
+        return self._decided, self._decided_generation
+
+    def write(self, registrations: Mapping[str, Registration]) -> None:
+        """Persist ``registrations`` (StoreError when that is impossible), then hand them to the grant server."""
+        self._store.save(registrations.values())
+        self._grant.set_registrations(list(registrations.values()))
+
+    def written(self, registrations: dict[str, Registration], generation: int) -> None:
+        """``registrations`` (numbered ``generation``) is on disk: the daemon's state, the views and metrics."""
+        self._registrations, self._durable_generation = registrations, generation
+
+    def drop_unwritten(self) -> None:
+        """A write failed: every change not written is dropped (their requests are answered with the error); the
+        decided set is the written one again."""
+        self._decided, self._durable_generation = self._registrations, self._decided_generation
 
     @property
     def registrations(self) -> list[Registration]:
