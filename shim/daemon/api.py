@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -34,7 +35,7 @@ from aiohttp import web
 
 from flexnpu.errors import ValidationError
 from flexnpu.shim.core.admission import Outcome
-from flexnpu.shim.daemon.metrics import CONTENT_TYPE, metrics_registry, render
+from flexnpu.shim.daemon.metrics import CONTENT_TYPE, WriteMetrics, metrics_registry, render
 from flexnpu.shim.daemon.service import DaemonService, RefusedError, UnknownRegistrationError
 from flexnpu.shim.daemon.store import StoreError
 
@@ -53,8 +54,8 @@ def build_app(service: DaemonService, token: str = "") -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_BODY_BYTES)
     app[SERVICE_KEY] = service
     app[TOKEN_KEY] = token
-    app[COMMIT_KEY] = GroupCommit(service)
     registry = metrics_registry(service)
+    app[COMMIT_KEY] = GroupCommit(service, WriteMetrics(registry))
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=render(registry), headers={"Content-Type": CONTENT_TYPE})
@@ -177,8 +178,9 @@ class GroupCommit:
     their changes (in the loop's thread, where changes are decided: none is decided between the failure and the
     drop)."""
 
-    def __init__(self, service: DaemonService) -> None:
+    def __init__(self, service: DaemonService, metrics: WriteMetrics) -> None:
         self._service = service
+        self._metrics = metrics
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -199,12 +201,16 @@ class GroupCommit:
                 self._answer(None, None)
                 return
             registrations, generation = unwritten
+            self._metrics.changes.observe(generation - self._service.durable)
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(self._service.write, registrations)
             except StoreError as exc:
+                self._metrics.failures.inc()
                 self._service.drop_unwritten()
                 self._answer(None, exc)
                 return
+            self._metrics.seconds.observe(time.perf_counter() - started)
             self._service.written(registrations, generation)
             self._answer(generation, None)
 

@@ -3,14 +3,15 @@
 Per card: units (aicore) and memory registered and their capacity, tenant count. Per registration: target and
 achieved share, device time, grants and grant-wait p99 from the grant server; device memory used (the memory
 watch), its cap, and whether it is past the cap. A private CollectorRegistry per
-daemon, so that tests and several daemons in one process never share globals.
+daemon, so that tests and several daemons in one process never share globals. The writes of the registrations
+file are the one thing counted as they happen (``WriteMetrics``: the HTTP API's group commit observes them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -97,6 +98,27 @@ def metrics_registry(service: DaemonService) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(service))
     return registry
+
+
+class WriteMetrics:
+    """Each write of the registrations file (with the grant server's update after it) and the changes it held."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "flexnpu_daemon_write_seconds",
+            "one write of the registrations file (fsync of the file and of its directory) and the grant update",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.changes = Histogram(
+            "flexnpu_daemon_write_changes",
+            "changes (registers, unregisters) one write held: more than one when they came during a write",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
+        self.failures = Counter(
+            "flexnpu_daemon_write_failures", "writes that failed (their changes were refused)", registry=registry
+        )
 
 
 def render(registry: CollectorRegistry) -> bytes:

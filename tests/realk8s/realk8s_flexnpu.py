@@ -338,13 +338,18 @@ class Flexnpu:
         return wait_for("flexnpud pod Ready", ready, 120, watch=self.cluster.procs, interval=0.5)
 
     def daemon_get(self, path: str) -> Any:
-        """GET ``path`` of flexnpud with the daemon token."""
+        """GET ``path`` of flexnpud with the daemon token, its JSON decoded."""
+        return json.loads(self.daemon_text(path))
+
+    def daemon_text(self, path: str) -> str:
+        """GET ``path`` of flexnpud with the daemon token (its /metrics, say)."""
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.daemon_port}{path}",
             headers={"Authorization": f"Bearer {self.token_file.read_text(encoding='utf-8').strip()}"},
         )
         with urllib.request.urlopen(request, timeout=5) as resp:
-            return json.load(resp)
+            body: bytes = resp.read()
+        return body.decode("utf-8")
 
     def registrations(self) -> dict[str, dict[str, Any]]:
         """flexnpud's registrations by id (GET /device/flexnpu-info)."""

@@ -287,6 +287,14 @@ class GatedStore(RegistrationStore):
         super().save(registrations)
 
 
+async def samples(client: TestClient[Any, Any]) -> dict[str, float]:
+    """The daemon's /metrics as sample line -> value."""
+    async with client.get("/metrics") as response:
+        text = await response.text()
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in pairs}
+
+
 async def entered(store: GatedStore) -> None:
     """Until a write has begun (it then waits at the gate)."""
     while not store.entered.acquire(blocking=False):
@@ -317,7 +325,11 @@ async def test_a_burst_of_changes_shares_writes_and_each_is_answered_only_once_w
         assert not any(t.done() for t in rest) and grant.pushed[-1] and len(grant.pushed[-1]) == 1
         store.gate.release()
         assert [(await t)[0] for t in rest] == [200] * 9
+        counted = await samples(c)
     assert store.writes == [["r0"], [f"r{i}" for i in range(10)]]
+    assert (counted["flexnpu_daemon_write_seconds_count"], counted["flexnpu_daemon_write_changes_sum"]) == (2, 10)
+    assert counted['flexnpu_daemon_write_changes_bucket{le="1.0"}'] == 1  # r0's write; the nine's in le=16
+    assert counted["flexnpu_daemon_write_failures_total"] == 0
     assert [r.flexnpu_id for r in store.load().registrations] == [f"r{i}" for i in range(10)]
     assert [len(p) for p in grant.pushed] == [0, 1, 10]
 
@@ -347,5 +359,7 @@ async def test_a_failed_write_fails_every_change_it_held_and_the_next_one_starts
         await entered(store)
         store.gate.release()
         assert (await again)[0] == 200
+        counted = await samples(c)
     assert [r.flexnpu_id for r in store.load().registrations] == ["kept", "d0"]
+    assert (counted["flexnpu_daemon_write_failures_total"], counted["flexnpu_daemon_write_seconds_count"]) == (1, 2)
     assert [[r.flexnpu_id for r in p] for p in grant.pushed] == [[], ["kept"], ["kept", "d0"]]
