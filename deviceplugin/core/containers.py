@@ -115,8 +115,3 @@ def claims_for_cards(claims: Sequence[PodClaim], cards: Sequence[CardAssignment]
     if not cards or any(c.index not in by_npu for c in cards):
         return ()
     return tuple(by_npu[c.index] for c in cards)
-
-
-def registration_ids(claims: Sequence[PodClaim], cards: Sequence[CardAssignment]) -> tuple[str, ...]:
-    """The registration id of each of ``cards`` (in their order), or () while a card has no claim yet."""
-    return tuple(c.flexnpu_id for c in claims_for_cards(claims, cards))

@@ -17,7 +17,7 @@ from flexnpu.annotations import (
 )
 from flexnpu.claims import claim_registration, parse_claim_spec, registration_id
 from flexnpu.deviceplugin.core.allocation import AllocationError, ContainerRequest, PendingPod, PodRef, match_pod
-from flexnpu.deviceplugin.core.containers import PodClaim, claims_for_cards, container_cards, registration_ids
+from flexnpu.deviceplugin.core.containers import PodClaim, claims_for_cards, container_cards
 from flexnpu.deviceplugin.core.pods import pending_pods, pod_memory, read_node_pods, read_pod_claims
 from flexnpu.deviceplugin.core.response import NodeLayout, Workload, container_allocation, preload_text
 from flexnpu.deviceplugin.settings import DevicePluginSettings
@@ -286,9 +286,9 @@ def test_a_claim_carries_the_registration_the_operator_would_make_only_when_its_
 def test_registration_ids_follow_the_containers_cards_or_are_empty_until_every_card_has_one() -> None:
     claims = [PodClaim("p-npu1", 1, "id1"), PodClaim("p-npu0", 0, "id0")]
     cards = (CardAssignment("c0", 0, 10, 1), CardAssignment("c1", 1, 10, 1))
-    assert registration_ids(claims, cards) == ("id0", "id1")
-    assert registration_ids(claims[:1], cards) == ()
-    assert registration_ids(claims, ()) == ()
+    assert tuple(c.flexnpu_id for c in claims_for_cards(claims, cards)) == ("id0", "id1")
+    assert claims_for_cards(claims[:1], cards) == ()
+    assert claims_for_cards(claims, ()) == ()
     assert claims_for_cards(claims, cards) == (claims[1], claims[0])
 
 

@@ -63,6 +63,15 @@ async def get(client: TestClient[Any, Any], path: str) -> tuple[int, Any]:
         return response.status, await response.json()
 
 
+async def samples(client: TestClient[Any, Any]) -> dict[str, float]:
+    """The daemon's /metrics as sample line -> value."""
+    async with client.get("/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in pairs}
+
+
 async def test_register_then_info_then_unregister(
     client: TestClient[Any, Any], grant: FakeGrant, store: RegistrationStore
 ) -> None:
@@ -193,14 +202,7 @@ async def test_health_and_metrics(client: TestClient[Any, Any], grant: FakeGrant
     assert await get(client, "/service/health") == (200, {"status": "ok"})
     await post(client, "/device/register", BODY)
     grant.figures["0"] = {"device_time_us": 2_000_000.0, "grants": 7.0, "wait_p99_us": 250.0, "achieved_share": 0.2}
-    async with client.get("/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    lines = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    lines = await samples(client)
     card0 = 'card="sim-910b4-0",chip="0",model="910B4",npu="0"'
     tenant = 'chip="0",entity="train",flexnpu_id="0",npu="0",priority="normal"'
     assert lines["flexnpu_registrations"] == 1
@@ -287,25 +289,22 @@ class GatedStore(RegistrationStore):
         super().save(registrations)
 
 
-async def samples(client: TestClient[Any, Any]) -> dict[str, float]:
-    """The daemon's /metrics as sample line -> value."""
-    async with client.get("/metrics") as response:
-        text = await response.text()
-    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return {name: float(value) for name, value in pairs}
-
-
 async def entered(store: GatedStore) -> None:
     """Until a write has begun (it then waits at the gate)."""
     while not store.entered.acquire(blocking=False):
         await asyncio.sleep(0.001)
 
 
-async def test_a_burst_of_changes_shares_writes_and_each_is_answered_only_once_written(
-    tmp_path: Path, grant: FakeGrant
-) -> None:
+@pytest.fixture
+def gated(tmp_path: Path, grant: FakeGrant) -> tuple[GatedStore, DaemonService]:
     store = GatedStore(tmp_path / "registrations.json")
-    service = make_service(store, grant)
+    return store, make_service(store, grant)
+
+
+async def test_a_burst_of_changes_shares_writes_and_each_is_answered_only_once_written(
+    gated: tuple[GatedStore, DaemonService], grant: FakeGrant
+) -> None:
+    store, service = gated
     async with TestClient(TestServer(build_app(service))) as c:
         first = asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": "r0"}))
         await entered(store)  # r0's write has begun: the nine that follow are decided while it runs
@@ -335,10 +334,9 @@ async def test_a_burst_of_changes_shares_writes_and_each_is_answered_only_once_w
 
 
 async def test_a_failed_write_fails_every_change_it_held_and_the_next_one_starts_from_what_was_written(
-    tmp_path: Path, grant: FakeGrant
+    gated: tuple[GatedStore, DaemonService], grant: FakeGrant
 ) -> None:
-    store = GatedStore(tmp_path / "registrations.json")
-    service = make_service(store, grant)
+    store, service = gated
     async with TestClient(TestServer(build_app(service))) as c:
         ok = asyncio.create_task(post(c, "/device/register", {**SMALL, "flexnpu_id": "kept"}))
         await entered(store)
