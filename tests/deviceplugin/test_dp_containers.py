@@ -278,6 +278,7 @@ def test_a_claim_carries_the_registration_the_operator_would_make_only_when_its_
     assert read.registration is not None and read.registration.to_body()["aicore_alloc"] == 3
     other_node = {**good, "spec": {**spec, "nodeName": "node-b"}}
     hostile = [{**good, "spec": {**spec, "aicoreAlloc": bad}} for bad in (0, -1, 1e400, float("nan"), "3", True, None)]
+    hostile += [{**good, "spec": {**spec, key: "\ud800"}} for key in ("aicoreAlloc", "nodeName", "priority", "entity")]
     for item in [other_node, *hostile]:
         (read,) = read_pod_claims([item], pod, "node-a")
         assert (read.flexnpu_id, read.registration) == ("kept-id", None)
