@@ -113,6 +113,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def accepted(response: Any, what: str) -> None:
+    """A raw answer (the client builds no models of it: the meter's CPU is on the machine it measures): read,
+    its connection given back, and a SystemExit unless the API server accepted the call."""
+    body = response.data
+    response.release_conn()
+    if not 200 <= response.status < 300:
+        raise SystemExit(f"flexnpu bench scheduler: {what}: HTTP {response.status}: {body[:300]!r}")
+
+
 def in_parallel(calls: list[Callable[[], object]], threads: int) -> None:
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(call) for call in calls]:
@@ -137,11 +146,14 @@ def run_mode(
         while not done.is_set():  # a watch the server ends is resumed from the last version seen
             w = watch_mod.Watch()
             try:
-                for event in w.stream(core.list_namespaced_pod, NAMESPACE, resource_version=version):
+                # Plain dicts, not the client's models (see accepted)
+                stream = w.stream(core.list_namespaced_pod, NAMESPACE, resource_version=version, deserialize=False)
+                for event in stream:
                     pod = event["object"]
-                    version = pod.metadata.resource_version
-                    name = pod.metadata.name
-                    if name.startswith(prefix) and pod.spec.node_name:
+                    meta = pod.get("metadata") or {}
+                    version = meta.get("resourceVersion") or version
+                    name = str(meta.get("name") or "")
+                    if name.startswith(prefix) and (pod.get("spec") or {}).get("nodeName"):
                         on_bound(pod)
                         with lock:
                             bound.setdefault(name, time.monotonic())
@@ -156,15 +168,15 @@ def run_mode(
 
     def allocate(name: str) -> None:
         """The device plugin's write after kubelet's Allocate (no kubelet here): the handshake ends."""
-        core.patch_namespaced_pod(
-            name, NAMESPACE, {"metadata": {"annotations": {names.ANNOTATION_BIND_PHASE: "allocated"}}}
-        )
+        patch = {"metadata": {"annotations": {names.ANNOTATION_BIND_PHASE: "allocated"}}}
+        accepted(core.patch_namespaced_pod(name, NAMESPACE, patch, _preload_content=False), f"patch pod {name}")
 
-    def on_bound(pod: Any) -> None:
-        notes = pod.metadata.annotations or {}
-        if notes.get(names.ANNOTATION_BIND_PHASE) == "allocating" and pod.metadata.name not in allocated:
-            allocated.add(pod.metadata.name)
-            allocator.submit(allocate, pod.metadata.name)
+    def on_bound(pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        notes = meta.get("annotations") or {}
+        if notes.get(names.ANNOTATION_BIND_PHASE) == "allocating" and meta["name"] not in allocated:
+            allocated.add(meta["name"])
+            allocator.submit(allocate, meta["name"])
 
     thread = threading.Thread(target=watcher, daemon=True)
     thread.start()
@@ -172,7 +184,7 @@ def run_mode(
 
     def create(index: int) -> None:
         body = pod_body(index, scheduler, resource)
-        core.create_namespaced_pod(NAMESPACE, body)
+        accepted(core.create_namespaced_pod(NAMESPACE, body, _preload_content=False), "create pod")
         with lock:
             created[body["metadata"]["name"]] = time.monotonic()
 

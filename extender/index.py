@@ -172,8 +172,9 @@ class PlacementIndex:
         # The last filter's answer: kube-scheduler's prioritize usually names exactly those nodes.
         # (verdicts, their sequence then, the nodes answered, whether those were every fitting node then)
         self._last_fits: tuple[_Verdicts, int, list[str], bool] | None = None
-        # A request naming every node (the usual case) as a list seen before, and the membership it was checked at.
-        self._every_node: tuple[list[str], int] | None = None
+        # Every node's name and the membership they were read at: a request naming every node (the usual case) is
+        # recognised against them.
+        self._every_node: tuple[frozenset[str], int] | None = None
         # Costs shared between nodes in the same state, for the current view: (shape, signature id) -> cost, or
         # _REFUSED. Signature ids intern placement_signature(node) per node object (hashing it each time is slow).
         self._shared_costs: dict[tuple[PodDemand, int], float | None] = {}
@@ -241,16 +242,15 @@ class PlacementIndex:
         return best_nodes
 
     def _names_every_node(self, names: list[str]) -> bool:
-        """Whether ``names`` are exactly the cluster's nodes. kube-scheduler sends the same list pod after pod:
-        it is checked against the state once, then recognised by list equality (one C-level pass, no hashing)."""
+        """Whether ``names`` are exactly the cluster's nodes: one set of them (hashed in C) against the state's,
+        kept until a node appears or goes. kube-scheduler's order differs pod to pod (its filters run in parallel,
+        from where the last search ended), so no list comparison recognises it; and it must be exact, since
+        kube-scheduler fails the whole filter when an answer names a node it did not send."""
         membership = self.state.membership
-        cached = self._every_node
-        if cached is not None and cached[1] == membership and len(names) == len(cached[0]) and names == cached[0]:
-            return True
-        if len(names) != len(self.state.node_names()) or set(names) != set(self.state.node_names()):
-            return False
-        self._every_node = (names, membership)
-        return True
+        every = self._every_node
+        if every is None or every[1] != membership:
+            every = self._every_node = (frozenset(self.state.node_names()), membership)
+        return len(names) == len(every[0]) and every[0] == set(names)
 
     def scores(self, demand: PodDemand, names: list[str]) -> dict[str, int]:
         """0..10 per fitting node among ``names`` (the cheapest get 10), as :func:`score_nodes` scales them."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flexnpu.bench import deviceplugin_real, operator_real
+from flexnpu.bench import deviceplugin_real, operator_real, scheduler
 from flexnpu.bench._realk8s import harness
 
 pytestmark = [pytest.mark.realk8s, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -80,3 +80,18 @@ def test_deviceplugin_real_counts_every_allocate(work: Path) -> None:
             finite = [math.inf if b is None else b for b in bounds]
             assert meter["p99_ms"] <= finite[1] and finite[0] <= finite[1]
             assert meter["buckets_ms"][-1][1] + meter["over_largest_bucket"] == 4
+
+
+def test_scheduler_binds_every_pod_with_and_without_the_extender(work: Path) -> None:
+    out = work / "figures.json"
+    code = scheduler.main(["--nodes", "12", "--pods", "16", "--threads", "2", "--out", str(out)])
+    assert not leftover_processes("bench-scheduler-"), "the benchmark left processes running"
+    figures: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    assert code == 0, figures
+    for mode in ("plain", "extender"):
+        assert figures[mode]["pods"] == 16
+        assert 0 <= figures[mode]["p50_ms"] <= figures[mode]["p99_ms"]
+        assert figures[mode]["cpu_ms_per_pod"]["kube-apiserver"] > 0
+    # every extender pod went through the extender's filter and was bound by it (a retried pod is filtered again)
+    assert figures["calls"]["bind bound"] == 16 <= figures["calls"]["filter 200"]
+    assert figures["ratio"] == figures["extender"]["pods_per_s"] / figures["plain"]["pods_per_s"]

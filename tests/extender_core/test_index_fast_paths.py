@@ -58,6 +58,24 @@ def test_naming_every_node_answers_like_naming_them_one_by_one() -> None:
     assert "n00" not in index.filter(demand(3), list(every)).fits
 
 
+def test_every_node_in_a_rotated_or_shuffled_order_is_every_node_but_a_duplicate_is_not() -> None:
+    """kube-scheduler's list of every node is in another order each pod; an answer must name only nodes sent."""
+    state = cluster(6)
+    take(state, "n02", 0, 10, "a")
+    take(state, "n02", 1, 10, "b")  # n02 fits no whole card
+    index = PlacementIndex(state, "default")
+    every = state.node_names()
+    fits, reasons = plain_filter(index, 10, every)
+    for names in (every[2:] + every[:2], every[5:] + every[:5], every[::-1]):
+        verdict = index.filter(demand(10), list(names))
+        assert set(verdict.fits) == fits
+        assert {**verdict.failed, **verdict.unresolvable} == reasons
+    # as many names as nodes, one node named twice and another left out, rotated or not
+    for twice in ([*every[:-1], every[0]], [*every[3:], every[0], every[0], every[2]]):
+        verdict = index.filter(demand(10), twice)
+        assert set(verdict.fits) == fits & set(twice)
+
+
 def test_a_new_node_is_not_missed_by_the_every_node_shortcut() -> None:
     state = cluster(4)
     index = PlacementIndex(state, "default")
