@@ -3,11 +3,12 @@
 The extender runs in a child process with its real HTTP adapter, service, placement index and state; the state is
 seeded directly (no watch) with N nodes of 910B3 cards, and the bind's API writes go to an in-memory stand-in that
 only counts them (no API server in the loop, so the figures are the extender's own cost). The parent process plays
-kube-scheduler: per pod it POSTs filter with every node name (nodeCacheCapable: true), in another order each pod
-as kube-scheduler's parallel filters leave them (one of 8 shuffles), prioritize with the nodes that passed, and bind to the best-scored node, and measures each pod's three round trips. Two phases: sequential
-(latency per pod) and with several pods in flight (sustained pods/s). Before measuring, one pod per shape warms the
-placement index (its first evaluation of every node; reported as ``cold_filter_ms``). Peak memory is the child's
-maximum resident set size.
+kube-scheduler: per pod it POSTs filter with every node name (nodeCacheCapable: true), in another order each pod as
+kube-scheduler's parallel filters leave them (one of 8 shuffles), prioritize with the nodes that passed, and bind
+to the best-scored node, and measures each pod's three round trips. Two phases: sequential (latency per pod) and
+with several pods in flight (sustained pods/s). Before measuring, one pod per shape warms the placement index (its
+first evaluation of every node; reported as ``cold_filter_ms``). Peak memory is the child's maximum resident set
+size.
 """
 
 from __future__ import annotations
