@@ -53,7 +53,16 @@ def held_claim(claim: Mapping[str, Any]) -> HeldClaim | None:
         )
         return None
     assert isinstance(npu, int) and isinstance(units, int)
-    return HeldClaim(uid, pod_uid if isinstance(pod_uid, str) else "", node, npu, units, int(memory or 0))
+    namespace = meta.get("namespace")
+    return HeldClaim(
+        uid,
+        pod_uid if isinstance(pod_uid, str) else "",
+        node,
+        npu,
+        units,
+        int(memory or 0),
+        namespace=namespace if isinstance(namespace, str) else "",
+    )
 
 
 def node_inventory(node: Mapping[str, Any]) -> Inventory | None:

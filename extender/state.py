@@ -72,6 +72,7 @@ class HeldClaim:
     npu: int
     units: int
     memory_mib: int
+    namespace: str = ""  # a claim is its pod's only in the pod's namespace (anyone may label one with any uid)
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,7 @@ class ClusterState:
         for uid in self._claims_on.get(node, ()):
             claim = self._claims[uid]
             holding = self._holdings.get(claim.pod_uid) if claim.pod_uid else None
-            if holding is None or holding.node != node:
+            if holding is None or holding.node != node or holding.key.namespace != claim.namespace:
                 out.append(claim)
         return out
 

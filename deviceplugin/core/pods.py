@@ -187,14 +187,16 @@ def read_pod_claims(items: list[Any], pod: PodRef, node_name: str) -> list[PodCl
     """The claims of ``pod`` among ``items`` (VNpuClaim JSON, labelled with the pod's uid by the extender): the card
     each is for and its registration id, the one in its status or, before the operator wrote it, the one the
     operator derives (flexnpu.claims.registration_id), with the registration the operator would make of it when
-    its spec is valid and names ``node_name``. Entries that are not readable claims are skipped."""
+    its spec is valid and names ``node_name``. Entries that are not readable claims are skipped, and so is a claim
+    in another namespace than the pod's: anyone who may write claims in their own namespace can label one with any
+    pod's uid, and must not hand that pod their card, cap or priority."""
     out = []
     for raw in items:
         if not isinstance(raw, Mapping):
             continue
         meta, spec, status = (_object(raw.get(k)) for k in ("metadata", "spec", "status"))
         labels = _object(meta.get("labels"))
-        if not pod.uid or labels.get(names.LABEL_CLAIM_POD_UID) != pod.uid:
+        if not pod.uid or labels.get(names.LABEL_CLAIM_POD_UID) != pod.uid or meta.get("namespace") != pod.namespace:
             continue
         name, uid, npu = meta.get("name"), meta.get("uid"), spec.get("npu")
         if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:

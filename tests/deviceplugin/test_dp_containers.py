@@ -243,8 +243,10 @@ def claim(
     uid: str = "0123abcd-ef",
     recorded: str = "",
     deleting: bool = False,
+    namespace: str = "ns",
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "uid": uid, "labels": {names.LABEL_CLAIM_POD_UID: pod_uid}}
+    labels = {names.LABEL_CLAIM_POD_UID: pod_uid}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid, "labels": labels}
     if deleting:
         meta["deletionTimestamp"] = "2026-12-01T12:00:00Z"
     return {"metadata": meta, "spec": {"npu": npu}, "status": {"flexnpuId": recorded} if recorded else {}}
@@ -256,6 +258,7 @@ def test_reading_the_claims_of_a_pod() -> None:
         claim("p-npu1", 1),
         claim("p-npu2", 2, recorded="kept-id"),
         claim("other", 3, pod_uid="uid-q"),
+        claim("p-npu5", 5, namespace="tenant-b"),  # the pod's uid, written on a claim in another namespace
         claim("gone", 4, deleting=True),
         claim("bad", "4"),
         claim("bool", True),

@@ -82,12 +82,14 @@ async def test_an_assigned_pod_not_yet_bound_holds_nothing_without_a_bind(api: K
 CLAIMS = "/apis/flexnpu.io/v1alpha1/namespaces/default/vnpuclaims"
 
 
-def claim(name: str, units: int, card: int = 0, pod_uid: str = "", node_name: str = "n1") -> dict[str, object]:
+def claim(
+    name: str, units: int, card: int = 0, pod_uid: str = "", node_name: str = "n1", namespace: str = "default"
+) -> dict[str, object]:
     labels = {"flexnpu.io/pod-uid": pod_uid} if pod_uid else {}
     return {
         "apiVersion": "flexnpu.io/v1alpha1",
         "kind": "VNpuClaim",
-        "metadata": {"name": name, "namespace": "default", "uid": f"claim-{name}", "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "uid": f"claim-{name}", "labels": labels},
         "spec": {"nodeName": node_name, "npu": card, "aicoreAlloc": units, "memoryMiB": 1000, "priority": "normal"},
     }
 
@@ -109,6 +111,23 @@ async def test_a_claim_outlives_its_pod_on_the_card_until_it_is_gone(api: KubeAp
     await api.delete(f"{CLAIMS}/a-claim")
     await eventually(lambda: used(watched, "n1") == 2)
     assert [c.units for c in watched.unheld_claims_on("n1")] == [2]
+
+
+async def test_a_claim_in_another_namespace_is_not_the_pods_own_though_labelled_with_its_uid(
+    api: KubeApi, watched: ClusterState
+) -> None:
+    """A tenant may write claims in its own namespace with any pod uid in the label: flexnpud holds that claim's
+    units apart from the pod's, so the extender counts both (counting one would place pods flexnpud refuses)."""
+    await api.create("/api/v1/nodes", node("n1", inventory(2)))
+    running = pod("a", 3, node_name="n1", annotations=assigned(3), phase="Running")
+    await api.create(PODS, running)
+    uid = running["metadata"]["uid"]
+    await api.create(CLAIMS, claim("a-claim", 3, pod_uid=uid))
+    await api.create(
+        CLAIMS.replace("/default/", "/tenant-b/"), claim("posing", 4, card=1, pod_uid=uid, namespace="tenant-b")
+    )
+    await eventually(lambda: used(watched, "n1") == 7)
+    assert [c.units for c in watched.unheld_claims_on("n1")] == [4]
 
 
 async def test_a_claim_that_names_no_readable_size_counts_nothing(api: KubeApi, watched: ClusterState) -> None:
