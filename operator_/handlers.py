@@ -185,7 +185,8 @@ def _register_indexes(runtime: Runtime, registry: kopf.OperatorRegistry) -> None
 
     @kopf.index("v1", "pods", id="pod_uids", registry=registry)
     def pod_uids(meta: kopf.Meta, **_: Any) -> dict[str, bool] | None:
-        return {str(meta["uid"]): True} if meta.get("uid") else None
+        """Each pod as ``namespace/uid``: a claim's podRef names a pod of the claim's own namespace."""
+        return {f"{meta.get('namespace')}/{meta['uid']}": True} if meta.get("uid") else None
 
     @kopf.index(*CLAIMS, id="claim_ids", registry=registry)
     def claim_ids(meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, str]:
@@ -243,7 +244,7 @@ def _register_claim_handlers(runtime: Runtime, registry: kopf.OperatorRegistry) 
         claim_ids: Mapping[str, Iterable[str]] = kwargs["claim_ids"]
         recorded = str(status.get("flexnpuId") or "")
         pod_uid = (spec.get("podRef") or {}).get("uid")
-        if settings.release_gone_pods and pod_uid and pod_uid not in pod_uids:
+        if settings.release_gone_pods and pod_uid and f"{meta.get('namespace')}/{pod_uid}" not in pod_uids:
             result = await _timed(
                 runtime, ref, "release", lambda: _release_gone_pod(runtime, ref, spec, recorded, locate)
             )

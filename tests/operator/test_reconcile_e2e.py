@@ -150,3 +150,22 @@ async def test_claim_of_a_gone_pod_is_released(kube: Any, node: DaemonProcess, s
         await eventually(lambda: status_of(kube, "infer").get("phase") == "Releasing", "released")
         assert reason_of(kube, "infer") == "PodGone"
         assert flexnpu_id not in await node.registrations()
+
+
+async def test_a_claim_naming_a_pod_of_another_namespace_is_released_as_its_pod_is_not_there(
+    kube: Any, node: DaemonProcess, settings: OperatorSettings
+) -> None:
+    """A podRef names a pod of the claim's namespace: a tenant's claim with another namespace's pod uid must not
+    stay registered for that pod (flexnpud would let that pod's processes, not the tenant's, use it)."""
+    pod = workload_pod("infer-0", "node-a")
+    await create(kube, pod)
+    async with running_operator(settings, str(kube.url)):
+        await create(kube, claim("own", "node-a", aicore=2, pod=pod))
+        await create(kube, claim("posing", "node-a", npu=1, aicore=2, pod=pod, namespace="tenant-b"))
+
+        def phase(namespace: str, name: str) -> str:
+            return str(((read_claim(kube, namespace, name) or {}).get("status") or {}).get("phase") or "")
+
+        await eventually(lambda: phase("tenant-b", "posing") == "Releasing", "the posing claim released")
+        assert phase("default", "own") == "Registered"
+        assert [r["pod_uid"] for r in (await node.registrations()).values()] == [pod["metadata"]["uid"]]
