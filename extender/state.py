@@ -72,7 +72,7 @@ class HeldClaim:
     npu: int
     units: int
     memory_mib: int
-    namespace: str = ""  # a claim is its pod's only in the pod's namespace (anyone may label one with any uid)
+    namespace: str  # a claim is its pod's only in the pod's namespace (anyone may label one with any uid)
 
 
 @dataclass(frozen=True)
