@@ -63,9 +63,13 @@ class KubeApi:
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
-    def node_pods(self) -> list[NodePod]:
-        """The unfinished pods bound to this node that ask for units."""
+    def node_pods(self, pending_only: bool = False) -> list[NodePod]:
+        """The unfinished pods bound to this node that ask for units; with ``pending_only`` those in phase
+        Pending alone (the API server selects them: kubelet admits, and calls Allocate for, pods in that phase
+        only, and a node's running pods are most of the list and of the JSON to decode)."""
         selector = f"spec.nodeName={self.node_name}"
+        if pending_only:
+            selector += ",status.phase=Pending"
         body = self._call(
             "list pods", self._core.list_pod_for_all_namespaces, field_selector=selector, _preload_content=False
         )

@@ -191,7 +191,7 @@ class VnpuPlugin:
         """
         check_preferred_request(available, must_include, size)
         cards = self._cards
-        pod = match_pod(self._pending(self._node_pods()), size)
+        pod = match_pod(self._pending(self._node_pods(pending_only=True)), size)
         try:
             if pod is not None and pod.placed_by_extender:
                 placement = self._container_cards(pod, pod.assignment)
@@ -215,7 +215,7 @@ class VnpuPlugin:
         with self._allocate_lock:
             pod = self._offered_pod(ids)
             if pod is None:
-                pod = match_pod(self._pending(self._node_pods()), len(ids))
+                pod = match_pod(self._pending(self._node_pods(pending_only=True)), len(ids))
             container = None if pod is None else pod.next_container
             what = "no pod" if pod is None or container is None else f"pod {pod.ref} container {container.name}"
             try:
@@ -369,11 +369,11 @@ class VnpuPlugin:
         assert self.kube is not None
         return self.kube.pod_claims(pod.ref)
 
-    def _node_pods(self) -> list[NodePod]:
+    def _node_pods(self, pending_only: bool = False) -> list[NodePod]:
         if self.kube is None:
             return []
         try:
-            return self.kube.node_pods()
+            return self.kube.node_pods(pending_only)
         except KubeError as exc:
             log.warning("pods of this node not readable, placing from device IDs: %s", exc)
             return []

@@ -154,6 +154,32 @@ def test_allocate_of_the_offered_ids_reuses_the_pod_found_for_them(
     assert dict(response.envs)["FLEXNPU_CLAIM"] == "default/batch"
 
 
+def pod_list_selectors(k8s: KubeEmulator) -> list[str]:
+    """The field selector of every pod list the API emulator was asked for, in order."""
+    return [
+        r.url.query.get("fieldSelector", "")
+        for r in k8s.emulator._requests
+        if r.method.value == "GET" and r.url.path == "/api/v1/pods"
+    ]
+
+
+def test_kubelet_calls_list_only_the_nodes_pending_pods_and_the_usage_figures_every_pod(
+    kubelet: StubKubelet, run_plugin: Any, k8s: KubeEmulator, kube_api: KubeApi
+) -> None:
+    k8s.create_pod("serve", 3, annotations=allocating(5, 3, 16384))
+    running = run_plugin(kube=kube_api)
+    kubelet.wait_for_registration()
+    before = len(pod_list_selectors(k8s))
+    kubelet.allocate(kubelet.preferred(kubelet.free_ids(), [], 3))
+    running.plugin.refresh_usage()
+    # GetPreferredAllocation's list (the Allocate of its IDs reuses its pod), then the usage figures' list: a
+    # node's running pods are not read on kubelet's path, as kubelet admits pending pods only
+    assert pod_list_selectors(k8s)[before:] == [
+        f"spec.nodeName={NODE},status.phase=Pending",
+        f"spec.nodeName={NODE}",
+    ]
+
+
 def test_an_offer_older_than_its_time_to_live_is_not_reused(
     k8s: KubeEmulator, kube_api: KubeApi, tmp_path: Path
 ) -> None:
