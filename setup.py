@@ -14,9 +14,10 @@ package (``flexnpu/shim/native/libflexnpu.so``) for a wheel or ``pip install .``
 warns and the Python parts install anyway (``flexnpu.shim.native.library_path()`` then says what to run).
 
 It builds the simulated node's device libraries the same way (``shim/simnpu/native/Makefile``: the fake
-``libascendcl.so``, ``libruntime.so`` and ``libcuda.so.1`` over one simulated card, which ``flexnpu demo`` runs
-its tenants on): into ``flexnpu/shim/simnpu/native/lib/`` for a wheel, into ``shim/simnpu/native/build/`` for an
-editable install. Without them ``flexnpu demo`` falls back to the Python runtime and says so.
+``libascendcl.so``, ``libruntime.so``, ``libcuda.so.1`` and ``libnvidia-ml.so.1`` over one simulated card, which
+``flexnpu demo`` runs its tenants on): into ``flexnpu/shim/simnpu/native/lib/`` for a wheel, into
+``shim/simnpu/native/build/`` for an editable install. Without them ``flexnpu demo`` falls back to the Python
+runtime and says so.
 """
 
 import os
@@ -50,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 NATIVE = HERE / "shim" / "native"
 LIBRARY = "libflexnpu.so"
 FAKES = HERE / "shim" / "simnpu" / "native"
-FAKE_LIBRARIES = ("libruntime.so", "libascendcl.so", "libcuda.so.1")
+FAKE_LIBRARIES = ("libruntime.so", "libascendcl.so", "libcuda.so.1", "libnvidia-ml.so.1")
 
 
 def _warn(message: str) -> None:

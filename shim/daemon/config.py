@@ -30,6 +30,7 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 AUTH_MODES: Final = ("auto", "token")
 POLICIES: Final = ("share", "ops")
 ENFORCE_MEMORY: Final = ("report", "kill")
+MEMORY_SOURCES: Final = ("auto", "npu-smi", "nvml", "slots")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class DaemonSettings:
     )
     memory_watch_interval: float = setting(
         5.0, "[flexnpu] memory_watch_interval: seconds between reads of device memory per process"
+    )
+    memory_source: str = setting(
+        "auto",
+        "[flexnpu] memory_source: where per-process device memory is read: npu-smi, nvml (CUDA nodes), "
+        "slots (the pods' own accounts), or auto (npu-smi with devices=auto, else slots)",
+    )
+    nvml_library: str = setting(
+        "libnvidia-ml.so.1", "[flexnpu] nvml_library: the NVML library memory_source=nvml loads"
     )
     ticker_interval: int = setting(10000, "[ticker] ticker_interval: round length of the ops policy, microseconds")
     quota: int = setting(10, "[ticker] quota: aicore units of one card (0 < quota <= 16)")
@@ -156,6 +165,8 @@ _KEYS: Final[dict[str, _Key]] = {
     "socket_dir": _Key("flexnpu", "socket_dir", _text(allow_empty=False)),
     "enforce_memory": _Key("flexnpu", "enforce_memory", _choice(*ENFORCE_MEMORY)),
     "memory_watch_interval": _Key("flexnpu", "memory_watch_interval", _float(0.1, 3600.0)),
+    "memory_source": _Key("flexnpu", "memory_source", _choice(*MEMORY_SOURCES)),
+    "nvml_library": _Key("flexnpu", "nvml_library", _text(allow_empty=False)),
     "ticker_interval": _Key("ticker", "ticker_interval", _int(100, 10_000_000)),
     "quota": _Key("ticker", "quota", _int(1, 16)),
 }

@@ -136,6 +136,8 @@ async def serve(startup: Startup) -> int:
                 lambda: service.registrations,
                 settings.enforce_memory,
                 settings.memory_watch_interval,
+                settings.memory_source,
+                settings.nvml_library,
             )
             service.watch_memory(watch.figures)
             watch.start()

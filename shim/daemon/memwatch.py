@@ -1,15 +1,20 @@
 """flexnpud's device-memory watch: reads who uses how much device memory, reports pods past their cap, and kills.
 
-Every ``[flexnpu] memory_watch_interval`` seconds a background thread reads one source:
+Every ``[flexnpu] memory_watch_interval`` seconds a background thread reads one source, ``[flexnpu]
+memory_source``:
 
-- ``devices = auto``: ``<npu_smi> info`` and its process table (flexnpu.npusmi), each pid's pod UID from
-  ``/proc/<pid>/cgroup`` (flexnpu.shim.grant.identity, the grant server's reading of cgroups);
-- ``devices = sim:...`` (no npu-smi): each registration's pod-wide ``mem_used_bytes`` from its shared-memory slot
-  in the socket directory (flexnpu.shim.grant.shm; the pod writes it, so it is clamped).
+- ``npu-smi`` (what ``auto`` means with ``devices = auto``): ``<npu_smi> info`` and its process table
+  (flexnpu.npusmi), each pid's pod UID from ``/proc/<pid>/cgroup`` (flexnpu.shim.grant.identity, the grant
+  server's reading of cgroups);
+- ``nvml`` (CUDA nodes): every GPU's compute processes and their memory from ``[flexnpu] nvml_library``
+  (flexnpu.shim.daemon.nvml), pod UIDs as for npu-smi;
+- ``slots`` (what ``auto`` means on simulated cards): each registration's pod-wide ``mem_used_bytes`` from its
+  shared-memory slot in the socket directory (flexnpu.shim.grant.shm; the pod writes it, so it is clamped).
 
 The decision is ``flexnpu.shim.core.memory``. Each transition is logged once, as a line an Event exporter can
 turn into a Kubernetes Event (``event=MemoryOverCap ...`` / ``event=MemoryUnderCap ...``); a source that fails
-(npu-smi missing, exiting non-zero, printing something the parser does not know) is logged once when it starts
+(npu-smi missing, exiting non-zero, printing something the parser does not know; NVML not loadable or
+answering an error) is logged once when it starts
 failing and once when it recovers, and never stops the daemon. With ``enforce_memory = kill`` the processes the
 verdict names get SIGKILL, each only after its cgroup is read again and still names the over-cap pod (a pid
 reused in between is left alone), and never the daemon itself.
@@ -39,6 +44,7 @@ from flexnpu.shim.core.memory import (
     judge_processes,
     transitions,
 )
+from flexnpu.shim.daemon.nvml import DEFAULT_LIBRARY, Nvml, NvmlError
 from flexnpu.shim.grant import shm
 from flexnpu.shim.grant.identity import pod_uid_of
 from flexnpu.shim.grant.shmgrants import read_report
@@ -48,6 +54,7 @@ log = logging.getLogger(__name__)
 NPU_SMI_TIMEOUT_S: Final = 20.0
 MAX_OUTPUT_CHARS: Final = 4 << 20
 ENFORCE_MODES: Final = ("report", "kill")
+MEMORY_SOURCES: Final = ("auto", "npu-smi", "nvml", "slots")
 
 
 class SourceError(Exception):
@@ -91,6 +98,22 @@ def parse_processes(text: str) -> list[NpuProcess]:
         return list(parse_npu_smi_processes(text))
     except ValidationError as exc:
         raise SourceError(f"cannot parse npu-smi output ({exc})") from exc
+
+
+class NvmlSource:
+    """Per-process usage of every GPU from NVML (``nvml.Nvml``) and pod UIDs from ``<proc_root>/<pid>/cgroup``."""
+
+    def __init__(self, nvml: Nvml, proc_root: Path = Path("/proc")) -> None:
+        self.nvml = nvml
+        self.proc_root = proc_root
+
+    def read(self, registrations: Sequence[Registration]) -> list[Verdict]:
+        try:
+            processes = self.nvml.processes()
+        except NvmlError as exc:
+            raise SourceError(str(exc)) from exc
+        pod_of = {p.pid: pod_uid_of(p.pid, self.proc_root) for p in processes}
+        return judge_processes(registrations, processes, pod_of, protected=(os.getpid(),))
 
 
 class ShmSource:
@@ -260,7 +283,19 @@ def build_memory_watch(
     registrations: Callable[[], Sequence[Registration]],
     enforce: str,
     interval_s: float,
+    memory_source: str = "auto",
+    nvml_library: str = DEFAULT_LIBRARY,
 ) -> MemoryWatch:
-    """The watch the config describes: npu-smi for ``devices = auto``, the slots for simulated cards."""
-    source: MemorySource = NpuSmiSource(npu_smi) if devices == "auto" else ShmSource(socket_dir)
+    """The watch the config describes (``auto``: npu-smi for ``devices = auto``, the slots for simulated cards)."""
+    if memory_source not in MEMORY_SOURCES:
+        raise ValueError(f"memory_source must be one of {MEMORY_SOURCES}")
+    if memory_source == "auto":
+        memory_source = "npu-smi" if devices == "auto" else "slots"
+    source: MemorySource
+    if memory_source == "npu-smi":
+        source = NpuSmiSource(npu_smi)
+    elif memory_source == "nvml":
+        source = NvmlSource(Nvml(nvml_library))
+    else:
+        source = ShmSource(socket_dir)
     return MemoryWatch(source, registrations, enforce=enforce, interval_s=interval_s)

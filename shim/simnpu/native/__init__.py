@@ -1,5 +1,6 @@
 """The simulated node's device libraries: a fake ``libascendcl.so`` (over a fake ``libruntime.so``, as CANN is
-layered) and a fake ``libcuda.so.1``, in C beside this file, over one simulated card in shared memory
+layered), a fake ``libcuda.so.1`` and a fake ``libnvidia-ml.so.1`` (the process table flexnpud's memory watch
+reads on CUDA nodes), in C beside this file, over one simulated card in shared memory
 (``fakedev.h``: one non-preemptive engine shared by every process, a memory capacity it enforces itself, and a
 log of every kernel's device start and end with the launching process).
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ASCENDCL = "libascendcl.so"
-LIBRARIES = ("libruntime.so", ASCENDCL, "libcuda.so.1")
+NVML = "libnvidia-ml.so.1"
+LIBRARIES = ("libruntime.so", ASCENDCL, "libcuda.so.1", NVML)
 CANDIDATE_DIRS = (HERE / "lib", HERE / "build")
 # The fake device's configuration (fakedev.c reads them when a process first uses the device).
 ENV_DEVICE = "FLEXNPU_FAKEDEV"  # the shared file of the simulated card

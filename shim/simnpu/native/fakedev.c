@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,3 +273,23 @@ void fd_event_wait(const struct fd_event *e)
 }
 void fd_stream_wait(struct fd_stream *s) { sleep_until(__atomic_load_n(&s->last_ns, __ATOMIC_RELAXED)); }
 void fd_device_wait(void) { sleep_until(atomic_load(&g_process_last)); }
+
+unsigned fd_memory_users(unsigned max, int32_t *pids, uint64_t *bytes)
+{
+    unsigned n = 0;
+    lock();
+    const struct fd_client *c = clients();
+    for (int i = 0; i < FD_CLIENTS; i++) {
+        if (c[i].pid <= 0 || c[i].mem_bytes == 0)
+            continue;
+        if (kill(c[i].pid, 0) != 0 && errno != EPERM)
+            continue; /* exited: a driver lists only live processes (their memory went back with the context) */
+        if (n < max) {
+            pids[n] = c[i].pid;
+            bytes[n] = c[i].mem_bytes;
+        }
+        n++;
+    }
+    unlock();
+    return n;
+}

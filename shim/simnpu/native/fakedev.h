@@ -42,5 +42,8 @@ void fd_event_wait(const struct fd_event *e);
 void fd_stream_wait(struct fd_stream *s);
 void fd_device_wait(void);
 uint64_t fd_now_ns(void);
+/* The live processes holding device memory, as a driver's process table shows them (the fake NVML): the first
+ * max of them into pids/bytes; returns how many there are. */
+unsigned fd_memory_users(unsigned max, int32_t *pids, uint64_t *bytes);
 
 #endif

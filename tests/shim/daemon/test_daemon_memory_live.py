@@ -24,6 +24,11 @@ def test_memory_keys_default_and_bounds(tmp_path: Path) -> None:
         write_config(tmp_path, {"flexnpu": {"enforce_memory": "KILL", "memory_watch_interval": 0.5}})
     )
     assert (settings.enforce_memory, settings.memory_watch_interval, warnings) == ("kill", 0.5, [])
+    assert (DaemonSettings().memory_source, DaemonSettings().nvml_library) == ("auto", "libnvidia-ml.so.1")
+    settings, _ = load_config(
+        write_config(tmp_path, {"flexnpu": {"memory_source": "NVML", "nvml_library": "/opt/nvidia/libnvidia-ml.so.1"}})
+    )
+    assert (settings.memory_source, settings.nvml_library) == ("nvml", "/opt/nvidia/libnvidia-ml.so.1")
 
 
 @pytest.mark.parametrize(
@@ -35,6 +40,9 @@ def test_memory_keys_default_and_bounds(tmp_path: Path) -> None:
         ("memory_watch_interval", "nan"),
         ("memory_watch_interval", "inf"),
         ("memory_watch_interval", "5s"),
+        ("memory_source", "dcgm"),
+        ("memory_source", ""),
+        ("nvml_library", ""),
     ],
 )
 def test_bad_memory_keys_name_the_key(tmp_path: Path, key: str, value: str) -> None:
@@ -100,6 +108,26 @@ def test_a_pod_past_its_cap_shows_in_log_metrics_and_status(
     text = log.read_text(encoding="utf-8")
     assert text.count("event=MemoryOverCap ") == 1 and text.count("event=MemoryUnderCap ") == 1
     assert "flexnpu_id=job-1 pod_uid=- npu=0 chip=0 used_mib=40.0 cap_mib=16.0 over_mib=24.0 action=kill" in text
+
+
+def test_nvml_that_cannot_be_loaded_is_logged_once_and_the_daemon_serves(
+    tmp_path: Path, short_dir: Path, daemons: list[Daemon]
+) -> None:
+    port, log = free_port(), tmp_path / "daemon.log"
+    missing = tmp_path / "libnvidia-ml.so.1"
+    sections = daemon_sections(
+        tmp_path / "state", short_dir, port, memory_source="nvml", nvml_library=missing, memory_watch_interval=0.1
+    )
+    daemon = Daemon(write_config(tmp_path, sections), port, log)
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.request("POST", "/device/register", BODY).body["result"] == "created"
+    wait_for("the failure logged", lambda: "memory caps are not watched" in log.read_text(encoding="utf-8"))
+    assert daemon.request("GET", "/service/health").status == 200
+    assert daemon.request("GET", "/device/flexnpu-info").body["registrations"][0].get("memory_used_bytes") is None
+    assert daemon.stop() == 0
+    text = log.read_text(encoding="utf-8")
+    assert text.count("memory caps are not watched") == 1 and f"cannot load {missing}" in text
 
 
 def test_npu_smi_failing_after_start_never_stops_the_daemon(
