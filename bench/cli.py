@@ -11,6 +11,8 @@ BENCHMARKS = {
     "share": "achieved vs target device-time share (virtual and real time), flexnpu vs ungated vs seed ops",
     "native_share": "share error (1 s, 100 ms) and critical p99 vs solo through libflexnpu + flexnpud, real time, "
     "metered by the fake device's kernel log",
+    "gpu": "on a CUDA GPU with torch: 2:8 share, critical p99 vs solo, pod-wide memory cap, overhead through "
+    "libflexnpu + flexnpud",
     "native_fastpath": "libflexnpu's per-launch cost on the fake AscendCL: ns (wall) and instructions (callgrind)",
     "priority": "latency-critical p99 beside a saturating batch tenant, over its solo p99",
     "overhead": "one tenant gated vs ungated throughput",

@@ -104,7 +104,7 @@ def busy_per_window(
     return busy
 
 
-def share_errors_pp(busy: Mapping[str, Sequence[int]], targets: Mapping[str, float]) -> list[float]:
+def share_errors_pp(busy: Mapping[str, Sequence[float]], targets: Mapping[str, float]) -> list[float]:
     """|achieved - target| in percentage points per tenant and window; a window with no device time is skipped."""
     windows = len(next(iter(busy.values()), []))
     errors = []
