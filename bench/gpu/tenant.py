@@ -42,7 +42,11 @@ def main(argv: list[str]) -> int:
         print("error=torch.cuda.is_available() is False", flush=True)
         return 3
     device = torch.device("cpu" if cpu else "cuda")
-    sync = (lambda: None) if cpu else torch.cuda.synchronize
+
+    def sync() -> None:
+        if not cpu:
+            torch.cuda.synchronize()
+
     if mode == "memory":
         return memory(torch, device, Path(rest[0]), cpu)
     dtype = torch.float32 if cpu else torch.float16
