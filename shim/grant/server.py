@@ -247,7 +247,8 @@ class GrantServer:
 
     def stats(self) -> Mapping[str, Mapping[str, float]]:
         """Live figures by flexnpu_id: device_time_us (as charged), grants, wait_p99_us, achieved_share; with a
-        shared-memory slot also memory_used_mib, memory_peak_mib and denied_allocs as the pod reports them."""
+        shared-memory slot also memory_used_mib, memory_peak_mib, denied_allocs and memory_reclaimed_mib (what ended
+        processes left and the pod's later processes gave back) as the pod reports them."""
         with self._lock:
             now = self._clock()
             return {fid: {**s.figures(now), **self._slot_figures(fid)} for fid, s in self._stats.items()}
@@ -260,6 +261,7 @@ class GrantServer:
             "memory_used_mib": report.mem_used_bytes / MIB,
             "memory_peak_mib": report.mem_peak_bytes / MIB,
             "denied_allocs": float(report.denied_allocs),
+            "memory_reclaimed_mib": report.reclaimed_bytes / MIB,
         }
 
     def holders(self) -> Mapping[CardKey, frozenset[str]]:

@@ -80,9 +80,18 @@ SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "denied_allocs": (72, 8),
     "yield_epoch": (80, 4),
     "yield_ns": (88, 8),
+    "reclaimed_bytes": (96, 8),
 }
 # Arrays of u32 (offset, count): the tenant-measured latency histograms.
 SLOT_ARRAYS: dict[str, tuple[int, int]] = {"handoff_hist": (128, HIST_BUCKETS), "acquire_hist": (640, HIST_BUCKETS)}
+# The memory ledger (tenant-written, libflexnpu's account.c): LEDGER_ENTRIES entries of LEDGER_ENTRY_SIZE bytes from
+# LEDGER_OFFSET, one per process of the pod that holds device memory, each {u64 bytes; u32 pid; u32 pad}. A process
+# owns entry i while it holds an open-file-description lock on byte LEDGER_LOCK_BASE + i of the slot file.
+LEDGER_OFFSET = 1152
+LEDGER_ENTRIES = 128
+LEDGER_ENTRY_SIZE = 16
+LEDGER_ENTRY_FIELDS: dict[str, tuple[int, int]] = {"bytes": (0, 8), "pid": (8, 4)}
+LEDGER_LOCK_BASE = SHM_SIZE
 
 
 def hist_bucket(us: int) -> int:
@@ -327,6 +336,7 @@ class SlotSnapshot:
     denied_allocs: int
     yield_epoch: int = 0
     yield_ns: int = 0
+    reclaimed_bytes: int = 0
 
 
 class Slot(_Mapped):
@@ -388,6 +398,17 @@ class Slot(_Mapped):
 
     def snapshot(self) -> SlotSnapshot:
         return SlotSnapshot(**{name: self.get(name) for name in SLOT_FIELDS if name not in ("magic", "version")})
+
+    def ledger(self) -> list[tuple[int, int]]:
+        """The ledger's entries that hold memory, as (pid in the pod's namespace, bytes): the pod's own figures,
+        unvalidated."""
+        entries = []
+        for i in range(LEDGER_ENTRIES):
+            base = LEDGER_OFFSET + i * LEDGER_ENTRY_SIZE
+            held = int.from_bytes(self._mm[base : base + 8], "little")
+            if held:
+                entries.append((int.from_bytes(self._mm[base + 8 : base + 12], "little"), held))
+        return entries
 
     def histogram(self, name: str) -> list[int]:
         """One of ``SLOT_ARRAYS`` (the pod's own figures: unvalidated counts)."""

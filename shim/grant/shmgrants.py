@@ -71,6 +71,7 @@ class SlotReport:
     denied_allocs: int
     yield_epoch: int = 0
     yield_ns: int = 0
+    reclaimed_bytes: int = 0
 
 
 class Watcher(Protocol):
@@ -91,6 +92,7 @@ def read_report(snapshot: shm.SlotSnapshot) -> SlotReport:
         denied_allocs=min(snapshot.denied_allocs, MAX_COUNT),
         yield_epoch=snapshot.yield_epoch,
         yield_ns=min(snapshot.yield_ns, MAX_COUNT),
+        reclaimed_bytes=min(snapshot.reclaimed_bytes, MAX_COUNT),
     )
 
 

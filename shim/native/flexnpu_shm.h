@@ -11,6 +11,13 @@
  * another tenant waits: card.contended, slot.yield_epoch / yield_ns, then a ring of the slot's doorbell, on which
  * flexnpud sleeps with futex_waitv) and the tenant-measured hand-off figures (card.ended_ns, slot.handoff_hist
  * and slot.acquire_hist, bucketed by fx_hist_bucket).
+ *
+ * The ledger (in version 2's tail, which an older libflexnpu leaves zero): one entry per process of the pod that
+ * has allocated device memory, holding the bytes that process has reserved and not given back. A process owns
+ * entry i while it holds an open-file-description lock (F_OFD_SETLK) on byte FX_LEDGER_LOCK_BASE + i of the slot
+ * file; the kernel drops the lock when the process is gone, however it ended, whatever pid namespace it ran in.
+ * An entry with bytes but no lock is a dead process's: the process that takes it, or one whose allocation would
+ * pass the cap, moves those bytes out of mem_used_bytes (into reclaimed_bytes), as the driver freed them.
  */
 #ifndef FLEXNPU_SHM_H
 #define FLEXNPU_SHM_H
@@ -26,6 +33,8 @@
 #define FX_NO_HOLDER 0xFFFFFFFFu
 #define FX_ID_MAX 128u /* a longer or unsafe flexnpu_id is hashed (see fx_slot_name) */
 #define FX_HIST_BUCKETS 128u
+#define FX_LEDGER_ENTRIES 128u
+#define FX_LEDGER_LOCK_BASE FX_SHM_SIZE /* byte FX_LEDGER_LOCK_BASE + i of a slot file: entry i's lock */
 
 /* Card grant region: flexnpud writes deadline_ns, then grant, then bumps seq and FUTEX_WAKEs all. */
 struct fx_card_region {
@@ -39,6 +48,13 @@ struct fx_card_region {
     _Atomic uint64_t ended_ns;         /* when the grant the current one directly follows ended: its deadline,
                                           or its holder's yield (yield_ns clamped into the holding); 0 when
                                           the card was free before it (or it renews the same holder) */
+};
+
+/* One process's device memory in the pod's account (tenant-written; see the ledger above). */
+struct fx_ledger_entry {
+    _Atomic uint64_t bytes; /* reserved by the owning process and not given back */
+    _Atomic uint32_t pid;   /* the owner's pid in its own pid namespace: a figure, never a key */
+    uint32_t pad;
 };
 
 /* Registration slot: "daemon" fields are written by flexnpud only; "tenant" fields by the pod's processes. */
@@ -60,12 +76,14 @@ struct fx_slot {
     _Atomic uint32_t yield_epoch;     /* tenant: the epoch whose grant the pod gave back (then rings doorbell) */
     uint32_t pad;
     _Atomic uint64_t yield_ns;        /* tenant: when it gave it back (CLOCK_MONOTONIC; a figure, not a charge) */
-    uint64_t reserved[4];
+    _Atomic uint64_t reclaimed_bytes; /* tenant: bytes of dead processes moved out of mem_used_bytes (ledger) */
+    uint64_t reserved[3];
     /* tenant, figures only: grants this pod waited for, by fx_hist_bucket of the microseconds from the end of the
      * previous holder's grant (card.ended_ns) to the gate letting a launch through (hand-off), and, when nobody
      * held the card, from the want to that moment (acquire) */
     _Atomic uint32_t handoff_hist[FX_HIST_BUCKETS];
     _Atomic uint32_t acquire_hist[FX_HIST_BUCKETS];
+    struct fx_ledger_entry ledger[FX_LEDGER_ENTRIES]; /* tenant: per-process device memory (the ledger above) */
 };
 
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "8-byte atomics");
@@ -90,6 +108,8 @@ _Static_assert(offsetof(struct fx_slot, yield_epoch) == 80, "slot.yield_epoch");
 _Static_assert(offsetof(struct fx_slot, yield_ns) == 88, "slot.yield_ns");
 _Static_assert(offsetof(struct fx_slot, handoff_hist) == 128, "slot.handoff_hist");
 _Static_assert(offsetof(struct fx_slot, acquire_hist) == 640, "slot.acquire_hist");
+_Static_assert(offsetof(struct fx_slot, reclaimed_bytes) == 96, "slot.reclaimed_bytes");
+_Static_assert(offsetof(struct fx_slot, ledger) == 1152 && sizeof(struct fx_ledger_entry) == 16, "slot.ledger");
 _Static_assert(sizeof(struct fx_slot) <= FX_SHM_SIZE && sizeof(struct fx_card_region) <= FX_SHM_SIZE, "4 KiB");
 
 static inline uint32_t fx_grant_holder(uint64_t grant) { return (uint32_t)(grant & 0xFFFFFFFFu); }

@@ -53,6 +53,11 @@ static _Atomic int g_mode = FX_UNGATED;
 static struct fx_slot *g_slot;
 static struct fx_card_region *_Atomic g_card;
 static char g_dir[512];
+/* the mapped slot's file, kept open (close-on-exec), and its identity: account.c's ledger reopens it to lock its
+ * entry, and checks that what it locks is the file mapped */
+static int g_slot_fd = -1;
+static dev_t g_slot_dev;
+static ino_t g_slot_ino;
 static uint64_t g_inflight_cap_ns = 2000000;
 static uint32_t g_event_every = 8;
 static uint64_t g_burst_ns = 10000000;
@@ -166,7 +171,8 @@ static void slot_name(const char *id, char *out, size_t size)
     snprintf(out, size, "slot-h%016llx.shm", (unsigned long long)h);
 }
 
-static void *map_file(const char *path, int writable)
+/* keep_fd: where to leave the open descriptor of a mapped file (else it is closed) */
+static void *map_file(const char *path, int writable, int *keep_fd)
 {
     int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
@@ -175,7 +181,10 @@ static void *map_file(const char *path, int writable)
     void *p = MAP_FAILED;
     if (fstat(fd, &st) == 0 && st.st_size >= (off_t)FX_SHM_SIZE)
         p = mmap(NULL, FX_SHM_SIZE, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
-    close(fd);
+    if (keep_fd && p != MAP_FAILED)
+        *keep_fd = fd;
+    else
+        close(fd);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -206,10 +215,20 @@ static struct fx_slot *map_slot(void)
     else if (find_only_slot(name, sizeof name) != 0)
         return NULL;
     snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    struct fx_slot *s = map_file(path, 1);
+    int fd = -1;
+    struct fx_slot *s = map_file(path, 1, &fd);
     if (s && (atomic_load(&s->magic) != FX_SLOT_MAGIC || atomic_load(&s->version) != FX_SHM_VERSION)) {
         munmap(s, FX_SHM_SIZE);
+        close(fd);
         return NULL;
+    }
+    struct stat st;
+    if (s && fstat(fd, &st) == 0) {
+        g_slot_fd = fd;
+        g_slot_dev = st.st_dev;
+        g_slot_ino = st.st_ino;
+    } else if (s) {
+        close(fd); /* mapped all the same; the ledger then stays off in this process */
     }
     return s;
 }
@@ -218,7 +237,7 @@ static struct fx_card_region *map_card(void)
 {
     char path[800];
     snprintf(path, sizeof path, "%s/card-%u.grant", g_dir, (unsigned)atomic_load(&g_slot->card_index));
-    struct fx_card_region *c = map_file(path, 0);
+    struct fx_card_region *c = map_file(path, 0, NULL);
     if (c && (atomic_load(&c->magic) != FX_CARD_MAGIC || atomic_load(&c->version) != FX_SHM_VERSION)) {
         munmap(c, FX_SHM_SIZE);
         return NULL;
@@ -737,4 +756,14 @@ struct fx_slot *fx_slot_for_account(void)
 {
     fx_init();
     return g_slot;
+}
+
+int fx_slot_file_for_account(dev_t *dev, ino_t *ino)
+{
+    fx_init();
+    if (!g_slot || g_slot_fd < 0)
+        return -1;
+    *dev = g_slot_dev;
+    *ino = g_slot_ino;
+    return g_slot_fd;
 }

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define FX_EXPORT __attribute__((visibility("default")))
 
@@ -64,6 +65,8 @@ void fx_mem_view(size_t *free_bytes, size_t *total_bytes);
 /* Internal to the core: account.c's fork handlers and its view of the mapped slot. */
 struct fx_slot;
 struct fx_slot *fx_slot_for_account(void);
+/* The mapped slot's file descriptor (close-on-exec; -1 without a slot) and the identity of the file mapped. */
+int fx_slot_file_for_account(dev_t *dev, ino_t *ino);
 void fx_mem_atfork_prepare(void);
 void fx_mem_atfork_parent(void);
 void fx_mem_atfork_child(void);

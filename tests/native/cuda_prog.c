@@ -4,6 +4,9 @@
  *
  *   cuda_prog alloc BYTES COUNT THREADS   as acl_prog alloc (cuMemAlloc)
  *   cuda_prog meminfo                     cuMemGetInfo
+ *   cuda_prog exitalloc BYTES COUNT       COUNT cuMemAlloc of BYTES, then exit without freeing (as frameworks do)
+ *   cuda_prog forkalloc BYTES             cuMemAlloc of BYTES, fork; the child allocates BYTES and exits without
+ *                                         freeing; the parent waits for it, prints ready=1, frees on a stdin line
  *   cuda_prog oom BYTES                   cuMemAlloc, cuMemAllocAsync, cuMemAllocPitch of BYTES
  *   cuda_prog launch N US                 N of each: cuLaunchKernel, the _ptsz variant, cuLaunchKernelEx,
  *                                         cuGraphLaunch; then cuCtxSynchronize
@@ -19,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -113,6 +118,40 @@ static int run_alloc(size_t bytes, long count, int threads)
         for (long k = 0; k < jobs[i].count; k++)
             if (jobs[i].blocks[k])
                 release(jobs[i].blocks[k]);
+    printf("freed=1\n");
+    return 0;
+}
+
+static int run_exitalloc(size_t bytes, long count)
+{
+    alloc_fn *alloc = (alloc_fn *)get("cuMemAlloc", 0);
+    long ok = 0;
+    for (long i = 0; i < count; i++) {
+        CUdeviceptr p = 0;
+        ok += alloc(&p, bytes) == 0;
+    }
+    printf("ok=%ld\n", ok);
+    return 0; /* nothing freed: the driver frees a process's memory when it ends */
+}
+
+static int run_forkalloc(size_t bytes)
+{
+    alloc_fn *alloc = (alloc_fn *)get("cuMemAlloc", 0);
+    CUdeviceptr mine = 0, theirs = 0;
+    printf("parent_rc=%d\n", alloc(&mine, bytes));
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0)
+        _exit(alloc(&theirs, bytes) == 0 ? 0 : 1);
+    int status = 0;
+    waitpid(child, &status, 0);
+    printf("child_ok=%d\nready=1\n", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) {
+        /* parent gone: free anyway */
+    }
+    ((free_fn *)get("cuMemFree", 0))(mine);
     printf("freed=1\n");
     return 0;
 }
@@ -219,6 +258,10 @@ int main(int argc, char **argv)
         return run_alloc(strtoull(argv[2], NULL, 10), atol(argv[3]), atoi(argv[4]));
     if (!strcmp(mode, "meminfo"))
         return run_meminfo();
+    if (!strcmp(mode, "exitalloc") && argc == 4)
+        return run_exitalloc(strtoull(argv[2], NULL, 10), atol(argv[3]));
+    if (!strcmp(mode, "forkalloc") && argc == 3)
+        return run_forkalloc(strtoull(argv[2], NULL, 10));
     if (!strcmp(mode, "oom") && argc == 3)
         return run_oom(strtoull(argv[2], NULL, 10));
     if (!strcmp(mode, "launch") && argc == 4)

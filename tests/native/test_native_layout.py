@@ -21,7 +21,10 @@ int main(void) {
     F(fx_slot, magic) F(fx_slot, version) F(fx_slot, slot_index) F(fx_slot, card_index) F(fx_slot, mem_cap_bytes)
     F(fx_slot, mem_used_bytes) F(fx_slot, used_ns) F(fx_slot, inflight_est_ns) F(fx_slot, want) F(fx_slot, doorbell)
     F(fx_slot, share_permille) F(fx_slot, priority) F(fx_slot, mem_peak_bytes) F(fx_slot, denied_allocs)
-    F(fx_slot, yield_epoch) F(fx_slot, yield_ns) F(fx_slot, handoff_hist) F(fx_slot, acquire_hist)
+    F(fx_slot, yield_epoch) F(fx_slot, yield_ns) F(fx_slot, reclaimed_bytes) F(fx_slot, handoff_hist)
+    F(fx_slot, acquire_hist) F(fx_ledger_entry, bytes) F(fx_ledger_entry, pid)
+    printf("ledger=%zu,%zu,%u,%u\\n", offsetof(struct fx_slot, ledger), sizeof(struct fx_ledger_entry),
+           FX_LEDGER_ENTRIES, FX_LEDGER_LOCK_BASE);
     for (unsigned long long us = 0; us < 300000; us = us < 100 ? us + 1 : us + us / 97 + 1)
         printf("bucket.%llu=%u\\n", us, fx_hist_bucket(us));
     printf("bucket.%llu=%u\\n", ~0ull, fx_hist_bucket(~0ull));
@@ -47,6 +50,8 @@ def test_the_c_header_and_shm_py_agree(tmp_path: Path) -> None:
     python_fields = {f"fx_card_region.{k}": v for k, v in shm.CARD_FIELDS.items()}
     python_fields |= {f"fx_slot.{k}": v for k, v in shm.SLOT_FIELDS.items()}
     python_fields |= {f"fx_slot.{k}": (offset, 4 * count) for k, (offset, count) in shm.SLOT_ARRAYS.items()}
+    python_fields |= {f"fx_ledger_entry.{k}": v for k, v in shm.LEDGER_ENTRY_FIELDS.items()}
+    python_fields["ledger"] = (shm.LEDGER_OFFSET, shm.LEDGER_ENTRY_SIZE, shm.LEDGER_ENTRIES, shm.LEDGER_LOCK_BASE)
     assert c_fields == python_fields
     buckets = {int(k.split(".", 1)[1]): int(v) for k, v in out.items() if k.startswith("bucket.")}
     assert len(buckets) > 400

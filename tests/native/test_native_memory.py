@@ -6,6 +6,7 @@ the interposer's, and the fake's ground truth shows what really got allocated.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -32,6 +33,22 @@ def hold(pod: Pod, program: str, flexnpu_id: str, *args: str) -> tuple[subproces
         if line.startswith("ready="):
             break
     return proc, parse("".join(lines))
+
+
+def live_device_bytes(pod: Pod) -> int:
+    """What the fake device holds for processes that are still alive (a driver frees a process's memory when it
+    ends; the fake's own counter keeps a dead client's until it is reused)."""
+    return sum(c.mem_bytes for pid, c in fake_device(pod.device)[2].items() if _alive(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def release(proc: subprocess.Popen[str]) -> None:
@@ -124,3 +141,78 @@ def test_the_only_slot_is_found_without_flexnpu_id(pod: Pod) -> None:
     pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=16 * MIB)
     info = run([pod.program("acl_prog"), "meminfo"], pod.env(None))
     assert int(info["total"]) == 16 * MIB
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_a_killed_processs_memory_goes_back_to_the_pod(pod: Pod, program: str) -> None:
+    cap = 64 * MIB
+    slot = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=cap)
+    victim, report = hold(pod, program, "pod-a", "alloc", str(MIB), "40", "1")
+    assert report["ok"] == "40"
+    assert slot.ledger() == [(victim.pid, 40 * MIB)]  # its own entry holds what it holds
+    victim.kill()
+    victim.communicate(timeout=30)
+    assert slot.get("mem_used_bytes") == 40 * MIB  # nobody has looked since it died
+    # The next process of the pod gives the dead one's bytes back before it allocates: all 64 fit.
+    survivor, report = hold(pod, program, "pod-a", "alloc", str(MIB), "64", "1")
+    try:
+        assert (report["ok"], report["denied"]) == ("64", "0")
+        assert slot.get("reclaimed_bytes") == 40 * MIB
+        assert slot.get("mem_used_bytes") == cap
+        assert slot.ledger() == [(survivor.pid, cap)]
+        assert live_device_bytes(pod) == cap  # what the device holds agrees: the dead process's is gone
+    finally:
+        release(survivor)
+    assert slot.get("mem_used_bytes") == 0 and slot.ledger() == []
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_a_live_processs_memory_is_never_given_back(pod: Pod, program: str) -> None:
+    cap = 64 * MIB
+    slot = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=cap)
+    first, _ = hold(pod, program, "pod-a", "alloc", str(MIB), "40", "1")
+    try:
+        second, report = hold(pod, program, "pod-a", "alloc", str(MIB), "40", "1")
+        try:
+            assert (report["ok"], report["denied"]) == ("24", "16")  # refused at the cap, after a sweep found none
+            assert slot.get("reclaimed_bytes") == 0
+            assert sorted(slot.ledger()) == sorted([(first.pid, 40 * MIB), (second.pid, 24 * MIB)])
+            assert live_device_bytes(pod) == cap
+        finally:
+            release(second)
+    finally:
+        release(first)
+
+
+def test_memory_a_process_left_at_exit_is_given_back_to_the_next_look(pod: Pod) -> None:
+    cap = 64 * MIB
+    slot = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=cap)
+    assert run([pod.program("cuda_prog"), "exitalloc", str(MIB), "48"], pod.env("pod-a"))["ok"] == "48"
+    # A framework's process exits with its pool allocated; the next process's first look at memory (as vLLM
+    # sizes its cache from cuMemGetInfo before it allocates anything) sees the whole slice.
+    info = run([pod.program("cuda_prog"), "meminfo"], pod.env("pod-a"))
+    assert (int(info["total"]), int(info["free"])) == (cap, cap)
+    assert slot.get("reclaimed_bytes") == 48 * MIB and slot.get("mem_used_bytes") == 0
+
+
+def test_a_forked_child_keeps_its_own_entry_and_never_the_parents(pod: Pod) -> None:
+    cap = 64 * MIB
+    slot = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=cap)
+    parent, report = hold(pod, "cuda_prog", "pod-a", "forkalloc", str(24 * MIB))
+    try:
+        assert (report["parent_rc"], report["child_ok"]) == ("0", "1")
+        assert slot.get("mem_used_bytes") == 48 * MIB  # the child exited holding its 24 MiB in the account
+        # Another process gives back the dead child's 24 MiB, and only those: the parent, alive, keeps its
+        # entry (the child had the parent's file description of the slot; locking through it would have
+        # taken the parent's entry as its own).
+        other, report = hold(pod, "cuda_prog", "pod-a", "alloc", str(MIB), "64", "1")
+        try:
+            assert (report["ok"], report["denied"]) == ("40", "24")
+            assert slot.get("reclaimed_bytes") == 24 * MIB
+            assert slot.get("mem_used_bytes") == cap
+            assert live_device_bytes(pod) == cap
+        finally:
+            release(other)
+    finally:
+        release(parent)
+    assert slot.get("mem_used_bytes") == 0

@@ -410,9 +410,15 @@ def test_read_report_clamps_every_tenant_field() -> None:
         priority=0,
         mem_peak_bytes=huge,
         denied_allocs=huge,
+        reclaimed_bytes=huge,
     )
     assert read_report(raw) == SlotReport(
-        want=False, used_ns=1 << 62, mem_used_bytes=1 << 50, mem_peak_bytes=1 << 50, denied_allocs=1 << 62
+        want=False,
+        used_ns=1 << 62,
+        mem_used_bytes=1 << 50,
+        mem_peak_bytes=1 << 50,
+        denied_allocs=1 << 62,
+        reclaimed_bytes=1 << 62,
     )
 
 
@@ -426,6 +432,7 @@ TENANT_FIELDS = (
     "denied_allocs",
     "yield_epoch",
     "yield_ns",
+    "reclaimed_bytes",
 )
 U64 = st.one_of(st.sampled_from([0, 1, 2, (1 << 32) - 1, (1 << 63) - 1, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1))
 

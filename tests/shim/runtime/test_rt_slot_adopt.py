@@ -146,6 +146,7 @@ def test_a_graceful_restart_keeps_each_slot_file_its_index_and_the_pods_figures(
     a = mapped["a"]
     a.set("mem_used_bytes", 3 << 20)
     a.set("denied_allocs", 2)
+    a.set("reclaimed_bytes", 5 << 20)
     a.set("yield_epoch", 99)
 
     first.stop()
@@ -157,6 +158,7 @@ def test_a_graceful_restart_keeps_each_slot_file_its_index_and_the_pods_figures(
     assert (a.get("share_permille"), a.get("yield_epoch")) == (200, 0)  # no epoch of the new daemon given back
     assert second.stats()["a"]["memory_used_mib"] == 3.0  # the pod's account survives with its memory
     assert second.stats()["a"]["denied_allocs"] == 2.0
+    assert second.stats()["a"]["memory_reclaimed_mib"] == 5.0
 
 
 def test_a_restarted_daemon_grants_a_want_written_before_it_started_and_charges_only_new_usage(
