@@ -253,6 +253,43 @@ def test_idle_time_is_shared_by_weight_among_equals() -> None:
     assert driven.share("a", 2 * WINDOW, driven.end_us) == pytest.approx(0.25, abs=0.02)
 
 
+def test_a_yield_serves_another_only_when_the_scheduler_would_pick_it_over_the_holder() -> None:
+    sched = card(policy(), ("a", 8, NORMAL), ("b", 2, NORMAL), wanting=("a",))
+    assert sched.decide(0).grant == Grant("a", 2000)
+    assert not sched.yield_serves_other(1000)  # nobody else waits
+    sched.want("b", 1000)
+    assert sched.yield_serves_other(1000)  # b is owed its 20% and has used none of it
+    # b spends its share (hard cap): then a's idle moments are worth nothing to b, and a keeps its grant
+    sched.release("a", 1000, 1000, still_wants=False)
+    now = 1000
+    while (grant := sched.decide(now).grant) is not None and grant.tenant_id == "b":
+        now += grant.budget_us
+        sched.release("b", grant.budget_us, now, still_wants=True)
+    sched.want("a", now)
+    assert sched.decide(now).grant is not None and sched.holders == {"a"}
+    assert sched.owed_us("b") <= 0
+    assert not sched.yield_serves_other(now + 500)
+
+
+def test_a_yield_serves_a_higher_priority_waiter_and_not_a_bonus_one() -> None:
+    sched = card(policy(share_in_idle=True), ("a", 5, NORMAL), ("hi", 2, HIGH), ("lo", 2, LOW), wanting=("a",))
+    assert sched.decide(0).grant == Grant("a", 2000)
+    sched.want("lo", 10)
+    assert not sched.yield_serves_other(20)  # lo is of a lower priority: a, still owed time, comes first
+    sched.want("hi", 30)
+    assert sched.yield_serves_other(40)
+
+
+def test_a_holder_counts_the_time_it_has_held_against_an_equal_waiter() -> None:
+    # "z" wins a tie (the last key of the pick is the id): it is the held time that turns the pick to "a"
+    sched = card(policy(), ("a", 5, NORMAL), ("z", 5, NORMAL), wanting=("z",))
+    assert sched.decide(0).grant == Grant("z", 2000)
+    sched.want("a", 0)
+    assert not sched.yield_serves_other(0)  # at the grant's start both are owed the same
+    # z has held the card 300 us, not yet charged: a is owed more now
+    assert sched.yield_serves_other(300)
+
+
 @pytest.mark.parametrize(("others_wait", "extended"), [(False, True), (True, False)])
 def test_extend_renews_only_when_nobody_else_is_owed(others_wait: bool, extended: bool) -> None:
     sched = card(policy(), ("a", 5, NORMAL), ("b", 5, NORMAL), wanting=("a",))

@@ -32,6 +32,7 @@ from flexnpu.shim.grant.server import (
     RINGS_PER_SLICE,
     SLOT_CHARGE_GRACE_US,
     GrantServer,
+    renew_ahead_us,
 )
 from flexnpu.shim.grant.shmgrants import SlotReport, read_report, usage_delta_us
 from flexnpu.shim.runtime import wire
@@ -189,6 +190,69 @@ def test_a_slot_that_wants_is_granted_in_the_region_and_charged_at_the_deadline(
     assert a.region.state().holder == shm.NO_HOLDER
     assert server.stats()["a"]["device_time_us"] == 2 * SLICE_US
     assert server.holders()[KEY] == frozenset()
+
+
+def test_a_holder_that_still_wants_is_renewed_before_its_deadline(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    a.want()
+    server.run_timers()
+    granted = a.region.state()
+    a.want(0)  # libflexnpu clears its want when it sees the grant
+    a.use(1000)
+    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100  # inside the renewal's lead, before the deadline
+    a.want()  # a launch in the grant's last moments: it will want the card after it
+    server.run_timers()
+    renewed = a.region.state()
+    assert a.holds() and renewed.epoch > granted.epoch
+    assert granted.deadline_ns > clock.now_us * 1000  # the old grant had not ended: the gate never saw it lapse
+    assert renewed.deadline_ns == (clock.now_us + SLICE_US) * 1000
+    assert a.region.get("ended_ns") == 0  # a renewal, not a hand-off
+    assert server.stats()["a"]["device_time_us"] == SLICE_US - renew_ahead_us(SLICE_US) + 100  # the time held
+
+
+def test_a_holder_that_does_not_want_is_not_renewed_ahead_and_keeps_its_deadline(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("a", units=5)])
+    a = tenants("a")
+    a.want()
+    server.run_timers()
+    granted = a.region.state()
+    a.want(0)
+    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100
+    server.run_timers()
+    assert a.region.state() == granted  # nothing written: it may still launch until its deadline
+    clock.now_us = granted.deadline_ns // 1000
+    server.run_timers()
+    assert a.region.state().holder == shm.NO_HOLDER  # idle at its deadline: let go
+
+
+def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    server.run_timers()
+    granted = a.region.state()
+    a.want(0)
+    clock.now_us += 100
+    b.want()
+    b.ring()
+    # b is owed as much as a was at its grant, and a has held the card since
+    wait_for(lambda: a.region.get("contended") == 1, "the daemon to tell the holder that b waits")
+    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US)
+    a.want()
+    a.use(SLICE_US - renew_ahead_us(SLICE_US) + 100)
+    server.run_timers()
+    state = a.region.state()
+    assert a.holds() and (state.epoch, state.deadline_ns) == (granted.epoch, granted.deadline_ns)  # not cut short
+    clock.now_us = granted.deadline_ns // 1000
+    server.run_timers()
+    assert b.holds()
 
 
 def test_two_slots_take_turns_slice_by_slice(
