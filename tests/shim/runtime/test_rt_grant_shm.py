@@ -192,17 +192,26 @@ def test_a_slot_that_wants_is_granted_in_the_region_and_charged_at_the_deadline(
     assert server.holders()[KEY] == frozenset()
 
 
-def test_a_holder_that_still_wants_is_renewed_before_its_deadline(
+def _alone_into_the_renewal_lead(
     make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
-) -> None:
+) -> tuple[GrantServer, Tenant, shm.GrantState]:
+    """A lone slot granted the card, its want cleared (libflexnpu does when it sees the grant), then the clock moved
+    100 µs into the renewal's lead, before the deadline."""
     server = make_server([registration("a", units=5)])
     a = tenants("a")
     a.want()
     server.run_timers()
     granted = a.region.state()
-    a.want(0)  # libflexnpu clears its want when it sees the grant
+    a.want(0)
+    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100
+    return server, a, granted
+
+
+def test_a_holder_that_still_wants_is_renewed_before_its_deadline(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server, a, granted = _alone_into_the_renewal_lead(make_server, clock, tenants)
     a.use(1000)
-    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100  # inside the renewal's lead, before the deadline
     a.want()  # a launch in the grant's last moments: it will want the card after it
     server.run_timers()
     renewed = a.region.state()
@@ -216,13 +225,7 @@ def test_a_holder_that_still_wants_is_renewed_before_its_deadline(
 def test_a_holder_that_does_not_want_is_not_renewed_ahead_and_keeps_its_deadline(
     make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
 ) -> None:
-    server = make_server([registration("a", units=5)])
-    a = tenants("a")
-    a.want()
-    server.run_timers()
-    granted = a.region.state()
-    a.want(0)
-    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100
+    server, a, granted = _alone_into_the_renewal_lead(make_server, clock, tenants)
     server.run_timers()
     assert a.region.state() == granted  # nothing written: it may still launch until its deadline
     clock.now_us = granted.deadline_ns // 1000
