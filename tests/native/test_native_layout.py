@@ -47,7 +47,7 @@ def test_the_c_header_and_shm_py_agree(tmp_path: Path) -> None:
     )
     out = parse(subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout)
     c_fields = {key: tuple(int(n) for n in value.split(",")) for key, value in out.items() if "," in value}
-    python_fields = {f"fx_card_region.{k}": v for k, v in shm.CARD_FIELDS.items()}
+    python_fields: dict[str, tuple[int, ...]] = {f"fx_card_region.{k}": v for k, v in shm.CARD_FIELDS.items()}
     python_fields |= {f"fx_slot.{k}": v for k, v in shm.SLOT_FIELDS.items()}
     python_fields |= {f"fx_slot.{k}": (offset, 4 * count) for k, (offset, count) in shm.SLOT_ARRAYS.items()}
     python_fields |= {f"fx_ledger_entry.{k}": v for k, v in shm.LEDGER_ENTRY_FIELDS.items()}
