@@ -318,18 +318,16 @@ class CardScheduler:
         return self._hand_out(state)
 
     def yield_serves_other(self, now_us: int) -> bool:
-        """Whether a holder that gave its grant back now, and asked again, would see another tenant served first:
-        what makes its yield at an idle moment worth the hand-off. False while nobody holds the card, and when the
-        only waiters are tenants the scheduler would not serve before the holder (a capped tenant, or in
-        ``share_in_idle`` one that would run on a bonus grant while the holder is still owed time): the holder then
-        keeps its grant through its host gaps instead of handing the card over and back."""
+        """Whether a holder that gave its grant back now, at an idle moment, would see another tenant served: what
+        makes its yield worth the hand-off. False while nobody holds the card, and when no waiter could be served
+        (a capped tenant under a hard cap): the holder then keeps its grant through its host gaps instead of handing
+        the card over and getting it back."""
         self._advance(now_us)
         if not self._holders:
             return False
         if self.policy.mode != "share":
             return any(s.wants and s.tenant.tenant_id not in self._holders for s in self._states.values())
-        pick = self._pick_share(exclude_holder=False, holders_want=True)
-        return pick is not None and pick[0].tenant.tenant_id not in self._holders
+        return self._pick_share(exclude_holder=True) is not None
 
     def decide(self, now_us: int) -> Decision:
         """Whom to grant now if the card is free, whom to revoke, when to call again."""
@@ -385,15 +383,13 @@ class CardScheduler:
         state.budget_given += budget
         return Grant(state.tenant.tenant_id, budget)
 
-    def _pick_share(self, exclude_holder: bool, holders_want: bool = False) -> tuple[_State, bool] | None:
-        """The tenant to serve next and whether it would run on a bonus grant (``holders_want``: count the holders
-        as asking too, owed what they are less the time they have held the card so far, not yet charged)."""
+    def _pick_share(self, exclude_holder: bool) -> tuple[_State, bool] | None:
+        """The tenant to serve next and whether it would run on a bonus grant."""
         busy = self._busy_weight()
         waiting = [
-            (s, self._owed(s, busy) - (self._now - s.held_since if holders_want and held else 0))
+            (s, self._owed(s, busy))
             for s in self._states.values()
-            for held in (s.tenant.tenant_id in self._holders,)
-            if (s.wants or (holders_want and held)) and not (exclude_holder and held)
+            if s.wants and not (exclude_holder and s.tenant.tenant_id in self._holders)
         ]
         entitled = [(s, owed) for s, owed in waiting if owed > 0]
         if not entitled and busy >= self.policy.quota:
