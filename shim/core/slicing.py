@@ -40,9 +40,10 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
   tenant is still owed in the window (but not below a quarter slice) so that a cap is not overshot.
 - ``share_in_idle=false``: nobody else is served, the card idles (hard cap): over any interval of
   ``window_us`` a tenant uses at most ``rate * window_us`` plus one slice and the in-flight work it drains.
-  ``wake_at_us`` says when the first waiting tenant becomes entitled again. Within a window a tenant may burst:
-  one that was idle may run at the full card until it reaches its share (what a bursty latency-critical tenant
-  needs); a shorter ``window_us`` paces it more finely.
+  ``wake_at_us`` says when the first waiting tenant becomes entitled again. A tenant whose rate is the whole card
+  (alone in the busy set, its ``aicore_alloc`` filling the quota) is never capped: there is nothing to cap.
+  Within a window a tenant may burst: one that was idle may run at the full card until it reaches its share (what
+  a bursty latency-critical tenant needs); a shorter ``window_us`` paces it more finely.
 - ``share_in_idle=true``: when no waiting tenant is entitled, the card goes to the backlogged anyway (a *bonus*
   grant, not charged to the window, so it never costs a later guarantee): higher priority first, then by
   weighted fair queueing over ``aicore_alloc`` among equals, so idle time is shared by weight inside the highest
@@ -507,7 +508,14 @@ class CardScheduler:
     def _owed(self, state: _State, busy: int | None = None) -> float:
         # Less the tenant's typical overrun: a holding ends after its budget by the work in flight, so a tenant
         # let in with less owed than that would pass its share on every visit to the card.
-        return self._rate(state, busy) * self.policy.window_us - state.window_used - state.overrun_us
+        rate = self._rate(state, busy)
+        if rate >= 1:
+            # The whole card (alone in the busy set with a weight that fills the quota): a cap at the whole card
+            # caps nothing. Charged max(reported, held) per holding, a busy tenant's charges add up to more than
+            # the time that passed (a holding's tail reported in the next one, whose time held is charged too), so
+            # its window would read full and idle the card that nobody else wants.
+            return float(self.policy.window_us)
+        return rate * self.policy.window_us - state.window_used - state.overrun_us
 
     def _min_vtime(self, exclude: str | None = None) -> float:
         active = [

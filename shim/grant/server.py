@@ -770,15 +770,22 @@ class GrantServer:
         card.tail_of, card.tail_credited_us = (session.flexnpu_id, used_ns), 0  # its last work may still run
 
     def _renew_ahead(self, session: Session, now: int) -> None:
-        """Shortly before a slot grant's deadline: renewed now when its pod still wants the card (a launch in the
-        grant's last moments set its want) and the scheduler picks it again (charged what it used until now). When
-        the scheduler would not, the holding goes on to its deadline as granted (its use so far is charged, and the
-        deadline charges the rest); a holder that does not want, or was asked to stop, is left alone."""
+        """Shortly before a slot grant's deadline: renewed now when its pod is using the card (a launch in the
+        grant's last moments set its want, or it reported device time in this grant) and the scheduler picks it
+        again (charged what it used until now). When the scheduler would not, the holding goes on to its deadline as
+        granted (its use so far is charged, and the deadline charges the rest); a holder that neither wants nor used
+        the card in this grant (it went idle), or was asked to stop, is left alone.
+
+        A busy holder is usually between a synchronise and its next launch at that moment (a bursty program's host
+        gap), its want withdrawn at the sync: renewed only on its want, it lost the card at the deadline and waited
+        for the daemon's reaction at its next launch, gap after gap."""
         assert self._shm is not None
         report = self._shm.usage(session.flexnpu_id)
-        if report is None or not report[1] or session.revoked_seq == session.seq:
+        if report is None or session.revoked_seq == session.seq:
             return
-        used_ns = report[0]
+        used_ns, wants = report[0], report[1]
+        if not wants and used_ns <= session.used_ns_seen:
+            return
         used_us = self._rebase_usage(session, used_ns)
         card = self._cards[session.card]
         grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)

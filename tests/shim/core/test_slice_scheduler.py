@@ -206,6 +206,19 @@ def test_a_lone_tenant_is_capped_or_gets_the_whole_card(share_in_idle: bool, exp
     assert driven.share("a", 5 * WINDOW, 10 * WINDOW) == pytest.approx(expected_share, abs=0.03)
 
 
+def test_a_tenant_whose_share_is_the_whole_card_is_never_capped() -> None:
+    # Each holding is charged the time held, and its tail (reported past the deadline, up to a grace more) again
+    # in the next: the charges of a tenant that keeps the card add up to more than the time that passed.
+    sched = card(policy(charge_grace_us=5000), ("a", 10, NORMAL), wanting=("a",))
+    driven = drive(sched, 3 * WINDOW, report=lambda t, used: used + 1000)
+    assert driven.share("a", WINDOW, 3 * WINDOW) == 1.0  # never idled by a cap at the whole card
+    assert sched.owed_us("a") > 0
+    # with 9 of the 10 units the same holdings are capped (its window fills): the cap holds below the whole card
+    sched = card(policy(charge_grace_us=5000), ("a", 9, NORMAL), wanting=("a",))
+    driven = drive(sched, 3 * WINDOW, report=lambda t, used: used + 1000)
+    assert driven.share("a", WINDOW, 3 * WINDOW) < 0.9
+
+
 def test_hard_cap_idles_the_card_and_says_when_to_call_again() -> None:
     sched = card(policy(), ("a", 2, NORMAL), wanting=("a",))
     now = 0

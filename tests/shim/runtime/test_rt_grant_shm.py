@@ -233,6 +233,26 @@ def test_a_holder_that_does_not_want_is_not_renewed_ahead_and_keeps_its_deadline
     assert a.region.state().holder == shm.NO_HOLDER  # idle at its deadline: let go
 
 
+def test_a_holder_that_used_the_card_in_its_grant_is_renewed_ahead_without_its_want(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    # a bursty program between a synchronise (which withdrew its want) and its next launch at the renewal's moment
+    server, a, granted = _alone_into_the_renewal_lead(make_server, clock, tenants)
+    a.use(800)
+    server.run_timers()
+    renewed = a.region.state()
+    assert a.holds() and renewed.epoch > granted.epoch
+    assert renewed.deadline_ns == (clock.now_us + SLICE_US) * 1000
+    # the next grant it does not use: let go at its deadline, charged the time it held both
+    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100
+    server.run_timers()
+    assert a.region.state() == renewed
+    clock.now_us = renewed.deadline_ns // 1000
+    server.run_timers()
+    assert a.region.state().holder == shm.NO_HOLDER
+    assert server.stats()["a"]["device_time_us"] == SLICE_US - renew_ahead_us(SLICE_US) + 100 + SLICE_US
+
+
 def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
     make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
 ) -> None:
