@@ -128,6 +128,18 @@ class Session:
             return False
 
 
+@dataclass(eq=False)
+class _Ahead:
+    """A slot holder's hand-over decided before its deadline (``GrantServer._hand_over_ahead``): it was charged
+    until ``at_us`` and left the scheduler then; ``successor`` (None: nobody) holds the card from ``at_us``, published
+    as the card region's next grant until the timer promotes it."""
+
+    former: Session
+    successor: Session | None
+    at_us: int
+    charged_us: int
+
+
 @dataclass
 class _Card:
     scheduler: CardScheduler
@@ -143,6 +155,7 @@ class _Card:
     # as the card's ended_ns (a direct hand-over); 0 once the card went free or was handed over (a grant on a free
     # card then says 0: the tenant times it as an acquire, not a hand-off).
     ended_ns: int = 0
+    ahead: _Ahead | None = None  # a hand-over at the holder's deadline, decided and published before it
 
 
 def _now_us() -> int:
@@ -525,26 +538,31 @@ class GrantServer:
             self._shm.set_contended(key, waiter and card.scheduler.yield_serves_other(now))
         self._poke_timer(card.wake_at_us)
 
-    def _grant(self, card: _Card, grant: Grant, now: int) -> None:
+    def _grant(self, card: _Card, grant: Grant, now: int, at_us: int | None = None) -> Session | None:
+        """Hand ``grant`` to its tenant's first queued session (from ``at_us``, published as the successor, when
+        given); the session, or None when none queues (the scheduler is told)."""
         queue = card.waiting.get(grant.tenant_id)
         session = queue.popleft() if queue else None
         if session is None:
-            card.scheduler.release(grant.tenant_id, 0, now, still_wants=False)
-            return
+            card.scheduler.release(grant.tenant_id, 0, now if at_us is None else at_us, still_wants=False)
+            return None
         session.wants = False
         stats = self._stats.get(grant.tenant_id)
         if stats is not None:
-            stats.waited(now - session.want_since_us)
+            stats.waited((now if at_us is None else at_us) - session.want_since_us)
         card.holders[grant.tenant_id] = session
-        self._hand_out(session, grant, now)
+        self._hand_out(session, grant, now, at_us)
+        return session
 
-    def _hand_out(self, session: Session, grant: Grant, now: int) -> None:
+    def _hand_out(self, session: Session, grant: Grant, now: int, at_us: int | None = None) -> None:
+        """The grant, from now or (a slot's successor) from ``at_us``, when the current holding ends."""
+        start = now if at_us is None else at_us
         self._grant_seq += 1
         session.seq = self._grant_seq
         session.holding = True
-        session.granted_at_us = now
+        session.granted_at_us = start
         session.budget_us = grant.budget_us
-        end = now + grant.budget_us
+        end = start + grant.budget_us
         session.deadline_us = end + self._expiry_grace_us
         self._poke_timer(session.deadline_us)
         stats = self._stats.get(grant.tenant_id)
@@ -556,9 +574,12 @@ class GrantServer:
             session.renew_at_us = end - ahead if grant.budget_us > ahead else None
             self._poke_timer(session.renew_at_us)
         card = self._cards[session.card]
-        card.published = session.flexnpu_id
-        self._publish(session.card, session.flexnpu_id, session.seq, end, card.ended_ns)
-        card.ended_ns = 0
+        if at_us is not None and self._shm is not None:
+            self._shm.publish_next(session.card, session.flexnpu_id, session.seq, end * 1000)
+        else:
+            card.published = session.flexnpu_id
+            self._publish(session.card, session.flexnpu_id, session.seq, end, card.ended_ns)
+            card.ended_ns = 0
         if not session.send(
             {
                 "op": wire.OP_GRANT,
@@ -573,7 +594,11 @@ class GrantServer:
     def _publish(
         self, key: CardKey, flexnpu_id: str | None, epoch: int, deadline_us: int, ended_ns: int | None = None
     ) -> None:
-        """Mirror the card's grant into its shared-memory region (monotonic µs -> ns)."""
+        """Mirror the card's grant into its shared-memory region (monotonic µs -> ns). It replaces a successor
+        published ahead: that hand-over is settled now (a revoke, a removal, the card given to someone else)."""
+        card = self._cards[key]
+        if card.ahead is not None:
+            self._settle_ahead(card)
         if self._shm is not None:
             self._shm.publish(key, flexnpu_id, epoch, deadline_us * 1000, ended_ns)
 
@@ -624,6 +649,7 @@ class GrantServer:
 
     def _run_due(self, now: int) -> None:
         self._poll_slots(now)
+        self._promote_due(now)
         self._expire(now)
         for key, card in self._cards.items():
             if card.wake_at_us is not None and card.wake_at_us <= now:
@@ -646,8 +672,25 @@ class GrantServer:
                     self._end_grant(session, 0, now)  # charged the time it held the card
                     self._decide(key, now)
 
+    def _promote_due(self, now: int) -> None:
+        """Hand-overs decided ahead whose time came: the successor (running since the deadline, by itself) becomes
+        the card region's grant; with no successor the card goes to whom the scheduler picks now, if anyone."""
+        for key, card in self._cards.items():
+            ahead = card.ahead
+            if ahead is None or ahead.at_us > now:
+                continue
+            self._settle_ahead(card)
+            successor = ahead.successor
+            if successor is not None and successor.holding and card.holders.get(successor.flexnpu_id) is successor:
+                card.published = successor.flexnpu_id
+                card.ended_ns = 0
+                if self._shm is not None:
+                    self._shm.promote(key)
+            self._decide(key, now)
+
     def _next_timer_us(self) -> int | None:
         times = [c.wake_at_us for c in self._cards.values() if c.wake_at_us is not None]
+        times += [c.ahead.at_us for c in self._cards.values() if c.ahead is not None]
         times += [s.deadline_us for c in self._cards.values() for s in c.holders.values()]
         times += [s.renew_at_us for c in self._cards.values() for s in c.holders.values() if s.renew_at_us is not None]
         if self._next_poll_us is not None:
@@ -784,12 +827,53 @@ class GrantServer:
         if report is None or session.revoked_seq == session.seq:
             return
         used_ns, wants = report[0], report[1]
-        if not wants and used_ns <= session.used_ns_seen:
-            return
-        used_us = self._rebase_usage(session, used_ns)
         card = self._cards[session.card]
         grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)
-        self._extend_slot(session, card, used_ns, used_us, now, grace, self._tail_credit(card, session))
+        if wants or used_ns > session.used_ns_seen:
+            used_us = self._rebase_usage(session, used_ns)
+            if self._extend_slot(session, card, used_ns, used_us, now, grace, self._tail_credit(card, session)):
+                return
+        if self.policy.mode == "share" and card.ahead is None and card.scheduler.yield_serves_other(now):
+            self._hand_over_ahead(session, card, now, grace)
+
+    def _hand_over_ahead(self, session: Session, card: _Card, now: int, grace: int) -> None:
+        """The holder is not renewed and another tenant would be served after it: decide now what its deadline
+        brings, and publish it as the card region's next grant. Charged as at its deadline (max(reported, held until
+        then)), it leaves the scheduler; the successor's grant begins at that deadline, and its tenant, waiting on the
+        region until then, launches from there by itself: the hand-off no longer waits for this daemon to wake up,
+        decide and write at the deadline (promoting the successor later, off the tenant's path, is the timer's)."""
+        assert self._shm is not None
+        at = session.deadline_us
+        report = self._shm.usage(session.flexnpu_id)
+        used_ns, wants = (report[0], report[1]) if report else (session.used_ns_seen, False)
+        used_us = self._rebase_usage(session, used_ns)
+        credit = self._tail_credit(card, session)
+        session.renew_at_us = None
+        session.holding = False
+        if wants:
+            self._enqueue(session, now)
+        charged = self._end_grant(session, used_us, at, grace_us=grace, credit_us=credit, ended_us=at)
+        card.ahead = _Ahead(session, None, at, charged)
+        decision = card.scheduler.decide(at)
+        if decision.grant is not None:
+            card.ahead.successor = self._grant(card, decision.grant, now, at_us=at)
+        card.wake_at_us = decision.wake_at_us
+        self._shm.set_contended(session.card, False)  # a yield before the deadline would only idle the card
+        self._poke_timer(at)
+
+    def _settle_ahead(self, card: _Card) -> None:
+        """The former holder's side of a hand-over decided ahead, once it is over (or replaced): its usage until now
+        is what its charge covered (the carry starts from here), and its work after that is the card's tail,
+        credited to the next holder. The hand-over is forgotten."""
+        ahead, card.ahead = card.ahead, None
+        if ahead is None or self._shm is None:
+            return
+        former = ahead.former
+        report = self._shm.usage(former.flexnpu_id)
+        if report is None or self._slot_sessions.get(former.flexnpu_id) is not former:
+            return
+        former.used_ns_seen = _consumed(former.used_ns_seen, report[0], ahead.charged_us)
+        card.tail_of, card.tail_credited_us = (former.flexnpu_id, report[0]), 0
 
     def _rebase_usage(self, session: Session, used_ns: int) -> int:
         """The device time a slot reports since its last charge (µs). A counter that went backwards is re-based

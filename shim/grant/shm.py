@@ -25,6 +25,14 @@ libflexnpu measures the hand-off from it to the moment its gate lets a launch th
 when nobody held the card, from its want to that moment (``acquire_hist``): figures, bucketed by
 ``hist_bucket``.
 
+The successor: a grant that follows the current one at its deadline may be published ahead (``next_grant`` and
+``next_deadline_ns``): the slot it names holds the card from ``deadline_ns`` to ``next_deadline_ns`` by itself (its
+gate's timed wait ends at the deadline, without the daemon), and flexnpud promotes it to the grant word later, the
+same epoch. Every write of the region follows the orders in flexnpu_shm.h (``CardRegion.publish``,
+``publish_next``, ``promote``), with the holder ``PUBLISHING`` while a grant is written, so that a reader that reads
+the grant word before and after the rest, and retries while they differ, never pairs one grant with another's
+deadline.
+
 Stores and loads of a field are single naturally aligned 4- or 8-byte accesses through ctypes (atomic on x86-64
 and aarch64); the daemon is the only writer of the card region and of the slot's daemon fields, so it needs no
 read-modify-write. Everything read from a slot was written by a pod: callers clamp it (``Slot.snapshot`` only
@@ -42,6 +50,7 @@ import os
 import platform
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SHM_SIZE = 4096
@@ -49,6 +58,7 @@ VERSION = 2
 CARD_MAGIC = 0x46584E50  # "PNXF" little-endian: bytes 'P','N','X','F'
 SLOT_MAGIC = 0x534E5846  # "FXNS"
 NO_HOLDER = 0xFFFFFFFF
+PUBLISHING = 0xFFFFFFFE  # the holder while flexnpud writes a grant (readers retry): flexnpu_shm.h's write orders
 ID_MAX = 128
 HIST_BUCKETS = 128
 
@@ -62,6 +72,8 @@ CARD_FIELDS: dict[str, tuple[int, int]] = {
     "deadline_ns": (24, 8),
     "daemon_pid_start": (32, 8),
     "ended_ns": (40, 8),
+    "next_grant": (48, 8),
+    "next_deadline_ns": (56, 8),
 }
 SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "magic": (0, 4),
@@ -262,6 +274,49 @@ def _create_file(path: str) -> None:
 
 
 @dataclass(frozen=True)
+class CardView:
+    """One consistent reading of a card region's grant and successor (``read_view``)."""
+
+    grant: int
+    deadline_ns: int
+    next_grant: int
+    next_deadline_ns: int
+
+
+def read_view(get: Callable[[str], int], attempts: int = 1000) -> CardView | None:
+    """The grant and the successor as one consistent reading (the fields through ``get``), or None while flexnpud
+    writes a grant for longer than ``attempts`` tries: gate.c's ``read_card``, in the same order."""
+    for _ in range(attempts):
+        grant = get("grant")
+        if unpack_grant(grant)[1] == PUBLISHING:
+            continue
+        deadline, next_deadline = get("deadline_ns"), get("next_deadline_ns")
+        following = get("next_grant")
+        if get("next_deadline_ns") == next_deadline and get("grant") == grant:
+            return CardView(grant, deadline, following, next_deadline)
+    return None
+
+
+def holding(view: CardView, slot_index: int, yield_epoch: int, now_ns: int) -> tuple[int, int, int] | None:
+    """(epoch, deadline_ns, began_ns) of the grant the slot ``slot_index`` holds at ``now_ns``, else None (pure):
+    the current grant until its deadline, or the successor published ahead from that deadline to its own
+    (``began_ns`` then that deadline, else 0); never an epoch the pod gave back (``yield_epoch``). gate.c's
+    ``granted_at``."""
+    epoch, holder = unpack_grant(view.grant)
+    if holder == slot_index and now_ns < view.deadline_ns and epoch != yield_epoch:
+        return epoch, view.deadline_ns, 0
+    epoch, holder = unpack_grant(view.next_grant)
+    if (
+        view.next_deadline_ns
+        and holder == slot_index
+        and view.deadline_ns <= now_ns < view.next_deadline_ns
+        and epoch != yield_epoch
+    ):
+        return epoch, view.next_deadline_ns, view.deadline_ns
+    return None
+
+
+@dataclass(frozen=True)
 class GrantState:
     """What the card region says: who holds the card, until when."""
 
@@ -302,20 +357,57 @@ class CardRegion(_Mapped):
     def open(cls, path: str) -> CardRegion:
         return cls(path, writable=False)
 
+    def view(self) -> CardView | None:
+        return read_view(self.get)
+
     def state(self) -> GrantState:
         epoch, holder = unpack_grant(self.get("grant"))
         return GrantState(self.get("seq"), epoch, holder, self.get("deadline_ns"), self.get("daemon_pid_start"))
 
-    def publish(self, holder: int, epoch: int, deadline_ns: int) -> None:
-        """Deadline first, then the grant word, then seq + 1 and wake every waiter (the order tenants rely on)."""
-        self.set("deadline_ns", deadline_ns)
+    def publish(
+        self, holder: int, epoch: int, deadline_ns: int, ended_ns: int | None = None, *, wake: bool = True
+    ) -> None:
+        """``holder`` holds the card until ``deadline_ns`` (NO_HOLDER: nobody); a published successor is withdrawn
+        first. ``ended_ns`` (None leaves it): when the grant before it ended. Then seq + 1 and, with ``wake``, a
+        wake of every waiter (a tenant sets want before it sleeps on seq, so one without want sleeps on nothing)."""
+        self.set("next_deadline_ns", 0)
+        self.set("grant", pack_grant(epoch, PUBLISHING))
+        if ended_ns is not None:
+            self.set("ended_ns", max(0, ended_ns))
+        self.set("deadline_ns", max(0, deadline_ns))
         self.set("grant", pack_grant(epoch, holder))
-        self.set("seq", self.get("seq") + 1)
-        self.futex_wake("seq")
+        self._bump(wake)
+
+    def publish_next(self, holder: int, epoch: int, deadline_ns: int, *, wake: bool = True) -> None:
+        """``holder`` holds the card from the current grant's deadline until ``deadline_ns``, by itself."""
+        self.set("next_deadline_ns", 0)
+        self.set("next_grant", pack_grant(epoch, holder))
+        self.set("next_deadline_ns", max(0, deadline_ns))
+        self._bump(wake)
+
+    def promote(self, *, wake: bool = True) -> bool:
+        """The published successor becomes the grant (the same epoch and deadline; ``ended_ns`` the deadline it
+        followed): its holder, running since that deadline, never sees the card as not its own. False when none."""
+        deadline = self.get("next_deadline_ns")
+        if not deadline:
+            return False
+        following = self.get("next_grant")
+        self.set("grant", pack_grant(unpack_grant(following)[0], PUBLISHING))
+        self.set("ended_ns", self.get("deadline_ns"))
+        self.set("deadline_ns", deadline)
+        self.set("grant", following)
+        self.set("next_deadline_ns", 0)
+        self._bump(wake)
+        return True
 
     def revoke(self, epoch: int) -> None:
         """Nobody holds the card (deadline 0)."""
         self.publish(NO_HOLDER, epoch, 0)
+
+    def _bump(self, wake: bool) -> None:
+        self.set("seq", self.get("seq") + 1)
+        if wake:
+            self.futex_wake("seq")
 
 
 @dataclass(frozen=True)

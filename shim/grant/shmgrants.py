@@ -225,17 +225,34 @@ class ShmGrants:
         region = self._regions.get(key)
         if region is None:
             return
-        if ended_ns is not None:
-            region.set("ended_ns", max(0, ended_ns))
         holder = shm.NO_HOLDER if flexnpu_id is None else self._indexes.get(flexnpu_id, shm.NO_HOLDER)
-        # CardRegion.publish's order (deadline, grant word, seq + 1, wake), with the wake (a syscall, the most
-        # of its cost from Python) only when a slot of this card waits: a tenant sets want=1 before it sleeps on
-        # seq, and one that has not slept yet finds seq moved and does not sleep.
-        region.set("deadline_ns", max(0, deadline_ns) if holder != shm.NO_HOLDER else 0)
-        region.set("grant", shm.pack_grant(epoch & 0xFFFFFFFF, holder))
-        region.set("seq", region.get("seq") + 1)
-        if any(self._cards_of[f] == key and slot.get("want") for f, slot in self._slots.items()):
-            region.futex_wake("seq")
+        region.publish(
+            holder,
+            epoch & 0xFFFFFFFF,
+            deadline_ns if holder != shm.NO_HOLDER else 0,
+            ended_ns,
+            wake=self._waiting(key),
+        )
+
+    def publish_next(self, key: CardKey, flexnpu_id: str, epoch: int, deadline_ns: int) -> None:
+        """``flexnpu_id``'s slot holds the card from the current grant's deadline until ``deadline_ns``, without
+        waiting for the daemon there (the successor published ahead; ``promote`` later makes it the grant)."""
+        region = self._regions.get(key)
+        holder = self._indexes.get(flexnpu_id)
+        if region is not None and holder is not None:
+            region.publish_next(holder, epoch & 0xFFFFFFFF, deadline_ns, wake=self._waiting(key))
+
+    def promote(self, key: CardKey) -> None:
+        """The successor published ahead becomes the card's grant (its tenant, running since the deadline, goes on)."""
+        region = self._regions.get(key)
+        if region is not None:
+            region.promote(wake=self._waiting(key))
+
+    def _waiting(self, key: CardKey) -> bool:
+        """Whether a slot of this card waits (the futex wake, a syscall and the most of a publish's cost from
+        Python, only then: a tenant sets want=1 before it sleeps on seq, and one that has not slept yet finds seq
+        moved and does not sleep)."""
+        return any(self._cards_of[f] == key and slot.get("want") for f, slot in self._slots.items())
 
     def state(self, key: CardKey) -> shm.GrantState | None:
         region = self._regions.get(key)

@@ -31,12 +31,27 @@
 #define FX_CARD_MAGIC 0x46584E50u /* "PNXF" little-endian: bytes 'P','N','X','F' */
 #define FX_SLOT_MAGIC 0x534E5846u /* "FXNS" */
 #define FX_NO_HOLDER 0xFFFFFFFFu
+#define FX_PUBLISHING 0xFFFFFFFEu /* holder_slot while flexnpud writes a grant: retry the read */
 #define FX_ID_MAX 128u /* a longer or unsafe flexnpu_id is hashed (see fx_slot_name) */
 #define FX_HIST_BUCKETS 128u
 #define FX_LEDGER_ENTRIES 128u
 #define FX_LEDGER_LOCK_BASE FX_SHM_SIZE /* byte FX_LEDGER_LOCK_BASE + i of a slot file: entry i's lock */
 
-/* Card grant region: flexnpud writes deadline_ns, then grant, then bumps seq and FUTEX_WAKEs all. */
+/* Card grant region, written by flexnpud only. A grant is (grant, deadline_ns); a successor may be published ahead
+ * as (next_grant, next_deadline_ns): that slot holds the card from deadline_ns until next_deadline_ns without the
+ * daemon's reaction at the deadline (its gate's own timed wait ends there), and flexnpud then promotes it to
+ * (grant, deadline_ns) with the same epoch.
+ *
+ * Write orders (each ends with seq + 1 and a FUTEX_WAKE of the waiters):
+ *   a grant (or nobody, or a revoke): next_deadline_ns = 0; grant = (epoch, FX_PUBLISHING); ended_ns; deadline_ns;
+ *                                     grant = (epoch, holder)
+ *   a successor:                      next_deadline_ns = 0; next_grant; next_deadline_ns
+ *   its promotion:                    grant = (epoch, FX_PUBLISHING); ended_ns; deadline_ns = next_deadline_ns;
+ *                                     grant = next_grant; next_deadline_ns = 0
+ * A reader takes a consistent view by reading grant, deadline_ns, next_deadline_ns, next_grant, next_deadline_ns and
+ * grant again, and retrying while the two grant words (or the two next_deadline_ns) differ or the holder is
+ * FX_PUBLISHING: a grant word never comes back to a value once left (the epoch grows), so equal words mean that no
+ * write of the grant happened in between. */
 struct fx_card_region {
     _Atomic uint32_t magic;
     _Atomic uint32_t version;
@@ -48,6 +63,8 @@ struct fx_card_region {
     _Atomic uint64_t ended_ns;         /* when the grant the current one directly follows ended: its deadline,
                                           or its holder's yield (yield_ns clamped into the holding); 0 when
                                           the card was free before it (or it renews the same holder) */
+    _Atomic uint64_t next_grant;       /* (epoch << 32) | holder_slot of the grant that follows at deadline_ns */
+    _Atomic uint64_t next_deadline_ns; /* its deadline; 0: no successor published */
 };
 
 /* One process's device memory in the pod's account (tenant-written; see the ledger above). */
@@ -93,6 +110,8 @@ _Static_assert(offsetof(struct fx_card_region, deadline_ns) == 24, "card.deadlin
 _Static_assert(offsetof(struct fx_card_region, contended) == 12, "card.contended");
 _Static_assert(offsetof(struct fx_card_region, daemon_pid_start) == 32, "card.daemon_pid_start");
 _Static_assert(offsetof(struct fx_card_region, ended_ns) == 40, "card.ended_ns");
+_Static_assert(offsetof(struct fx_card_region, next_grant) == 48, "card.next_grant");
+_Static_assert(offsetof(struct fx_card_region, next_deadline_ns) == 56, "card.next_deadline_ns");
 _Static_assert(offsetof(struct fx_slot, slot_index) == 8, "slot.slot_index");
 _Static_assert(offsetof(struct fx_slot, mem_cap_bytes) == 16, "slot.mem_cap_bytes");
 _Static_assert(offsetof(struct fx_slot, mem_used_bytes) == 24, "slot.mem_used_bytes");

@@ -15,9 +15,12 @@
  *                        holder is then usually in the middle of its work, not yet asking
  * Yield: at an application sync (fx_harvest) a holder process with nothing in flight that launched in the current
  * grant gives it back while the card region says another tenant waits (contended): yield_ns, yield_epoch, then a
- * ring of the slot's doorbell; no process of the pod launches on that epoch again (granted() reads yield_epoch).
+ * ring of the slot's doorbell; no process of the pod launches on that epoch again (granted_at() reads yield_epoch).
  * Figures: each wait that ends in a grant adds its hand-off (card.ended_ns -> gate open) or, on a free card, its
  * acquire time (want -> gate open) to the slot's histograms.
+ * Successor: flexnpud may publish the grant that follows the current one ahead of its deadline (card.next_grant);
+ * the slot it names waits on seq until that deadline only (FUTEX_WAIT_BITSET, absolute time, 1 ns of timer slack)
+ * and launches from there, the daemon's reaction out of the hand-off.
  * Modes: a slot and a card region -> GRANTED; a slot only (no daemon) -> LOCAL pacing at share_permille;
  * no slot -> UNGATED (this is a process outside any registration), logged once to stderr.
  */
@@ -34,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -139,6 +143,20 @@ static void futex_wait(_Atomic uint32_t *word, uint32_t expected, long long time
 {
     struct timespec ts = {timeout_ns / 1000000000ll, timeout_ns % 1000000000ll};
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+/* Wait on a futex word until the CLOCK_MONOTONIC time at_ns (or a change of the word), with this thread's timer
+ * slack at 1 ns meanwhile: the default 50 us of slack would be the hand-off's delay. */
+static void wait_until(_Atomic uint32_t *word, uint32_t expected, uint64_t at_ns)
+{
+    int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    if (slack > 1)
+        prctl(PR_SET_TIMERSLACK, 1ul, 0, 0, 0);
+    struct timespec ts = {(time_t)(at_ns / 1000000000ull), (long)(at_ns % 1000000000ull)};
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time */
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, &ts, NULL, FUTEX_BITSET_MATCH_ANY);
+    if (slack > 1)
+        prctl(PR_SET_TIMERSLACK, (unsigned long)slack, 0, 0, 0);
 }
 
 static void sleep_ns(uint64_t ns)
@@ -484,15 +502,71 @@ static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t 
 
 /* ---- the grant ------------------------------------------------------------------------------------------ */
 
-/* The grant word when this registration holds the card now (and the pod has not given that epoch back), else 0. */
-static inline uint64_t granted(const struct fx_card_region *card, uint64_t now)
+/* A consistent view of the card region (flexnpu_shm.h's write orders). */
+struct fx_view {
+    uint64_t grant, deadline, next, next_deadline;
+};
+
+#define FX_PUBLISH_SPIN_NS 20000ull /* a write of the region in progress for longer: the daemon was preempted */
+
+/* 0 with a consistent view; -1 when flexnpud has been writing a grant for longer than FX_PUBLISH_SPIN_NS. */
+static inline int read_card(const struct fx_card_region *card, struct fx_view *v)
 {
-    uint64_t g = atomic_load_explicit(&card->grant, memory_order_acquire);
-    if (fx_grant_holder(g) != atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) ||
-        now >= atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) ||
-        fx_grant_epoch(g) == atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed))
+    uint64_t since = 0;
+    for (;;) {
+        uint64_t g = atomic_load_explicit(&card->grant, memory_order_acquire);
+        if (fx_grant_holder(g) != FX_PUBLISHING) {
+            v->deadline = atomic_load_explicit(&card->deadline_ns, memory_order_acquire);
+            v->next_deadline = atomic_load_explicit(&card->next_deadline_ns, memory_order_acquire);
+            v->next = atomic_load_explicit(&card->next_grant, memory_order_acquire);
+            uint64_t nd = atomic_load_explicit(&card->next_deadline_ns, memory_order_acquire);
+            if (atomic_load_explicit(&card->grant, memory_order_acquire) == g && nd == v->next_deadline) {
+                v->grant = g;
+                return 0;
+            }
+        }
+        uint64_t now = fx_now_ns();
+        if (!since)
+            since = now;
+        else if (now - since > FX_PUBLISH_SPIN_NS)
+            return -1;
+    }
+}
+
+/* The grant word when this registration holds the card now (and the pod has not given that epoch back), else 0:
+ * the current grant, or the successor published ahead once the current grant's deadline has passed. *deadline: the
+ * end of that holding; *began: when a successor's holding began (the deadline it follows), else 0. */
+static inline uint64_t granted_at(const struct fx_card_region *card, uint64_t now, uint64_t *deadline,
+                                  uint64_t *began)
+{
+    struct fx_view v;
+    if (read_card(card, &v) != 0)
         return 0;
-    return g | 1u << 31 | 1u; /* never 0, even for epoch 0 holder 0 (holder bits are not read by callers) */
+    uint32_t me = atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed);
+    uint32_t given_back = atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed);
+    if (fx_grant_holder(v.grant) == me && now < v.deadline && fx_grant_epoch(v.grant) != given_back) {
+        *deadline = v.deadline;
+        *began = 0;
+        return v.grant | 1u << 31 | 1u; /* never 0, even for epoch 0 holder 0 (callers read the epoch only) */
+    }
+    if (v.next_deadline && fx_grant_holder(v.next) == me && now >= v.deadline && now < v.next_deadline &&
+        fx_grant_epoch(v.next) != given_back) {
+        *deadline = v.next_deadline;
+        *began = v.deadline;
+        return v.next | 1u << 31 | 1u;
+    }
+    return 0;
+}
+
+/* When this registration's published successor grant begins, if one is published and has not begun; else 0. */
+static uint64_t successor_starts(const struct fx_card_region *card, uint64_t now)
+{
+    struct fx_view v;
+    if (read_card(card, &v) != 0 || !v.next_deadline ||
+        fx_grant_holder(v.next) != atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) ||
+        v.deadline <= now)
+        return 0;
+    return v.deadline;
 }
 
 static void drain_and_report(const struct fx_ops *ops, struct fx_timing *t)
@@ -541,9 +615,8 @@ static void maybe_yield(void)
     if (!atomic_load_explicit(&card->contended, memory_order_relaxed) ||
         atomic_load_explicit(&g_inflight_launches, memory_order_relaxed))
         return;
-    uint64_t now = fx_now_ns(), g = granted(card, now);
-    if (!g || t_epoch != fx_grant_epoch(g) + 1u ||
-        atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_yield_min_ns)
+    uint64_t now = fx_now_ns(), deadline, began, g = granted_at(card, now, &deadline, &began);
+    if (!g || t_epoch != fx_grant_epoch(g) + 1u || deadline - now < g_yield_min_ns)
         return;
     atomic_store_explicit(&g_slot->yield_ns, now, memory_order_relaxed);
     atomic_store_explicit(&g_slot->yield_epoch, fx_grant_epoch(g), memory_order_release);
@@ -570,11 +643,11 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
     uint32_t seq = atomic_load_explicit(&card->seq, memory_order_acquire);
     uint64_t since = asked;
     for (;;) {
-        uint64_t now = fx_now_ns();
-        if (granted(card, now)) {
+        uint64_t now = fx_now_ns(), deadline, began;
+        if (granted_at(card, now, &deadline, &began)) {
             atomic_store(&g_slot->want, 0);
             atomic_store(&g_dead, 0);
-            uint64_t ended = atomic_load_explicit(&card->ended_ns, memory_order_relaxed);
+            uint64_t ended = began ? began : atomic_load_explicit(&card->ended_ns, memory_order_relaxed);
             if (ended >= asked)
                 record_latency(g_slot->handoff_hist, ended, now);
             else if (was_free)
@@ -598,7 +671,11 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
             atomic_store(&g_dead, 1);
             continue;
         }
-        futex_wait(&card->seq, seq, FX_FUTEX_WAIT_NS);
+        uint64_t starts = successor_starts(card, now);
+        if (starts)
+            wait_until(&card->seq, seq, starts); /* this slot is next: its holding begins there, by itself */
+        else
+            futex_wait(&card->seq, seq, FX_FUTEX_WAIT_NS);
     }
 }
 
@@ -686,13 +763,13 @@ static struct fx_timing *gate(const struct fx_ops *ops)
     for (;;) {
         uint64_t now = fx_now_ns();
         struct fx_card_region *card = atomic_load_explicit(&g_card, memory_order_relaxed);
-        uint64_t g = mode == FX_LOCAL ? 0 : granted(card, now);
+        uint64_t deadline = 0, began;
+        uint64_t g = mode == FX_LOCAL ? 0 : granted_at(card, now, &deadline, &began);
         if (!g)
             slow_path(ops, t, now);
         else {
             t_epoch = fx_grant_epoch(g) + 1u;
-            if (atomic_load_explicit(&card->deadline_ns, memory_order_relaxed) - now < g_renew_ns &&
-                atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0) {
+            if (deadline - now < g_renew_ns && atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0) {
                 /* launching in the grant's last moments: it will want the card after it too. No ring: the daemon
                  * reads the flag at the deadline, and a wake-up of it now would find nothing to do. */
                 atomic_store(&g_early_want, 1);
@@ -708,7 +785,10 @@ static struct fx_timing *gate(const struct fx_ops *ops)
         mode = atomic_load_explicit(&g_mode, memory_order_relaxed);
         card = atomic_load_explicit(&g_card, memory_order_relaxed);
         if (mode == FX_GRANTED && !atomic_load_explicit(&g_dead, memory_order_relaxed)) {
-            uint64_t deadline = atomic_load_explicit(&card->deadline_ns, memory_order_relaxed);
+            if (!g) { /* it waited: the grant it got, from now */
+                now = fx_now_ns();
+                (void)granted_at(card, now, &deadline, &began);
+            }
             uint64_t left = deadline > now ? deadline - now : 0;
             if (left < budget)
                 budget = left;

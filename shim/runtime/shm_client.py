@@ -168,9 +168,10 @@ class ShmGrantClient:
         if lease is None or lease.local or card is None:
             return False
         now = self._clock_ns()
-        if self._granted(card, now) is None:
+        grant = self._granted(card, now)
+        if grant is None:
             return True  # (a renewal under a new epoch is still ours: no drain; the next extend takes it)
-        if not self._early_want and card.get("deadline_ns") - now < RENEW_US * 1000 and self.slot.get("want") == 0:
+        if not self._early_want and grant[1] - now < RENEW_US * 1000 and self.slot.get("want") == 0:
             self._early_want = True
             self._want()  # launching in the grant's last moments: it will want the card after it too
         return False
@@ -238,12 +239,22 @@ class ShmGrantClient:
         return self._card
 
     def _granted(self, card: _CardView, now_ns: int) -> Optional[tuple[int, int]]:
-        """(epoch, deadline_ns) when this registration holds the card now, else None."""
-        epoch, holder = shm.unpack_grant(card.get("grant"))
-        deadline = card.get("deadline_ns")
-        if holder != self.slot.get("slot_index") or now_ns >= deadline or epoch == self.slot.get("yield_epoch"):
-            return None
-        return epoch, deadline
+        """(epoch, deadline_ns) when this registration holds the card now (its grant, or the successor published
+        ahead once the grant before it ended), else None."""
+        view = shm.read_view(card.get)
+        held = (
+            None
+            if view is None
+            else shm.holding(view, self.slot.get("slot_index"), self.slot.get("yield_epoch"), now_ns)
+        )
+        return None if held is None else (held[0], held[1])
+
+    def _successor_starts(self, card: _CardView, now_ns: int) -> int:
+        """When this registration's published successor grant begins, if it has not yet; else 0."""
+        view = shm.read_view(card.get)
+        if view is None or not view.next_deadline_ns or view.deadline_ns <= now_ns:
+            return 0
+        return view.deadline_ns if shm.unpack_grant(view.next_grant)[1] == self.slot.get("slot_index") else 0
 
     def _wait_for_grant(self, card: _CardView) -> bool:
         """Want the card and sleep on ``seq`` until it is ours (True) or flexnpud went quiet (False)."""
@@ -261,7 +272,8 @@ class ShmGrantClient:
                 log.warning("flexnpu: flexnpud does not answer (no grant change for 2 s): pacing locally")
                 self._dead_seq = seq
                 return False
-            card.wait("seq", seq, FUTEX_WAIT_S)
+            starts = self._successor_starts(card, self._clock_ns())
+            card.wait("seq", seq, FUTEX_WAIT_S if not starts else max(0.0, (starts - self._clock_ns()) / 1e9))
         return True
 
     def _take(self, card: _CardView) -> Lease:

@@ -113,6 +113,38 @@ def test_a_holder_whose_slice_ended_drains_and_asks_again(pod: Pod) -> None:
     assert parse(out)["launched"] == "400", err
 
 
+def test_a_successor_published_ahead_launches_from_the_deadline_with_nothing_else_written(pod: Pod) -> None:
+    pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    b = pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
+    assert pod.card is not None
+    pod.grant(1, epoch=1)  # pod-a holds the card, with no end
+    proc = subprocess.Popen(
+        [pod.program("acl_prog"), "launch", "20", "100"],
+        env=pod.env("pod-b"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: b.get("want") == 1 or proc.poll() is not None, "pod-b to ask for the card")
+        deadline = time.monotonic_ns() + 100_000_000
+        pod.grant(1, epoch=2, deadline_ns=deadline)  # pod-a's grant ends in 100 ms
+        pod.card.publish_next(2, 3, FOREVER_NS)  # pod-b's follows it: the last write of this test
+        written = (pod.card.get("seq"), pod.card.get("grant"))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert parse(out)["launched"] == "20"
+    kernels = [k for k in read_kernels(pod.device) if k.pid == proc.pid]
+    assert len(kernels) == 20 and min(k.start_ns for k in kernels) >= deadline  # from the deadline, not before
+    assert (pod.card.get("seq"), pod.card.get("grant")) == written  # no daemon wrote anything meanwhile
+    assert sum(b.histogram("handoff_hist")) == 1  # timed as a hand-off from pod-a's deadline
+    assert b.get("want") == 0
+
+
 def test_in_flight_work_is_capped_in_device_time(pod: Pod) -> None:
     pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1)

@@ -17,7 +17,7 @@ PROGRAM = """
 int main(void) {
     F(fx_card_region, magic) F(fx_card_region, version) F(fx_card_region, seq) F(fx_card_region, contended)
     F(fx_card_region, grant) F(fx_card_region, deadline_ns) F(fx_card_region, daemon_pid_start)
-    F(fx_card_region, ended_ns)
+    F(fx_card_region, ended_ns) F(fx_card_region, next_grant) F(fx_card_region, next_deadline_ns)
     F(fx_slot, magic) F(fx_slot, version) F(fx_slot, slot_index) F(fx_slot, card_index) F(fx_slot, mem_cap_bytes)
     F(fx_slot, mem_used_bytes) F(fx_slot, used_ns) F(fx_slot, inflight_est_ns) F(fx_slot, want) F(fx_slot, doorbell)
     F(fx_slot, share_permille) F(fx_slot, priority) F(fx_slot, mem_peak_bytes) F(fx_slot, denied_allocs)
@@ -28,8 +28,8 @@ int main(void) {
     for (unsigned long long us = 0; us < 300000; us = us < 100 ? us + 1 : us + us / 97 + 1)
         printf("bucket.%llu=%u\\n", us, fx_hist_bucket(us));
     printf("bucket.%llu=%u\\n", ~0ull, fx_hist_bucket(~0ull));
-    printf("magic.card=%u\\nmagic.slot=%u\\nversion=%u\\nsize=%u\\nno_holder=%u\\n", FX_CARD_MAGIC, FX_SLOT_MAGIC,
-           FX_SHM_VERSION, FX_SHM_SIZE, FX_NO_HOLDER);
+    printf("magic.card=%u\\nmagic.slot=%u\\nversion=%u\\nsize=%u\\nno_holder=%u\\npublishing=%u\\n", FX_CARD_MAGIC,
+           FX_SLOT_MAGIC, FX_SHM_VERSION, FX_SHM_SIZE, FX_NO_HOLDER, FX_PUBLISHING);
     return 0;
 }
 """
@@ -58,6 +58,7 @@ def test_the_c_header_and_shm_py_agree(tmp_path: Path) -> None:
     assert {us: shm.hist_bucket(us) for us in buckets} == buckets
     assert (int(out["magic.card"]), int(out["magic.slot"])) == (shm.CARD_MAGIC, shm.SLOT_MAGIC)
     assert (int(out["version"]), int(out["size"]), int(out["no_holder"])) == (shm.VERSION, shm.SHM_SIZE, shm.NO_HOLDER)
+    assert int(out["publishing"]) == shm.PUBLISHING
 
 
 def test_a_histogram_bucket_holds_the_latencies_its_bounds_say() -> None:

@@ -103,6 +103,13 @@ class Tenant:
     def use(self, used_us: int) -> None:
         self.slot.set("used_ns", self.slot.get("used_ns") + used_us * 1000)
 
+    def holds_at(self, now_us: int) -> tuple[int, int, int] | None:
+        """libflexnpu's view at ``now_us``: (epoch, deadline_ns, began_ns) of the grant it holds (its grant, or the
+        successor published ahead once the grant before it ended), else None."""
+        view = self.region.view()
+        assert view is not None
+        return shm.holding(view, self.index, self.slot.get("yield_epoch"), now_us * 1000)
+
     def ring(self) -> None:
         """What libflexnpu does after a want 0 -> 1 or a yield: bump the doorbell, wake whoever sleeps on it."""
         self.slot.set("doorbell", self.slot.get("doorbell") + 1)
@@ -276,6 +283,74 @@ def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
     clock.now_us = granted.deadline_ns // 1000
     server.run_timers()
     assert b.holds()
+
+
+def _successor_published_ahead(
+    make_server: Callable[[list[Registration]], GrantServer],
+    clock: ManualClock,
+    tenants: Callable[[str], Tenant],
+    extra: tuple[Registration, ...] = (),
+) -> tuple[GrantServer, Tenant, Tenant, shm.GrantState]:
+    """a holds the card, b waits for it; in a's renewal lead a is not renewed (b is owed more): the hand-over at a's
+    deadline is decided and published as the card region's next grant."""
+    server = make_server([registration("a", units=5), registration("b", units=5), *extra])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    server.run_timers()
+    granted = a.region.state()
+    a.want(0)
+    clock.now_us += 100
+    b.want()
+    b.ring()
+    wait_for(lambda: a.region.get("contended") == 1, "the daemon to tell the holder that b waits")
+    clock.now_us = granted.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 50
+    a.use(SLICE_US - renew_ahead_us(SLICE_US))
+    server.run_timers()
+    return server, a, b, granted
+
+
+def test_the_hand_over_at_a_deadline_is_published_ahead_and_the_successor_needs_no_daemon_there(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server, a, b, granted = _successor_published_ahead(make_server, clock, tenants)
+    deadline_us = granted.deadline_ns // 1000
+    state = a.region.state()  # the grant word is a's, as granted, until its deadline
+    assert (state.holder, state.epoch, state.deadline_ns) == (granted.holder, granted.epoch, granted.deadline_ns)
+    assert a.holds_at(deadline_us - 1) is not None and b.holds_at(deadline_us - 1) is None
+    held = b.holds_at(deadline_us)
+    assert held is not None and a.holds_at(deadline_us) is None  # from the deadline on, b's, by the region alone
+    epoch, until_ns, began_ns = held
+    assert epoch > granted.epoch and began_ns == granted.deadline_ns and until_ns == (deadline_us + SLICE_US) * 1000
+    assert a.region.get("contended") == 0  # a yield before the deadline would only idle the card now
+    assert server.holders()[KEY] == frozenset({"b"})
+    assert server.stats()["a"]["device_time_us"] == SLICE_US  # a charged as at its deadline: the whole slice
+    # the daemon's timer at the deadline (or later) only promotes what b already holds
+    clock.now_us = deadline_us + 300
+    server.run_timers()
+    state = a.region.state()
+    assert (state.holder, state.epoch, state.deadline_ns) == (b.index, epoch, until_ns)
+    assert a.region.get("ended_ns") == granted.deadline_ns and a.region.get("next_deadline_ns") == 0
+    assert b.holds_at(clock.now_us) == (epoch, until_ns, 0)
+
+
+def test_a_successor_published_ahead_is_withdrawn_for_a_higher_priority_tenant(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server, a, b, granted = _successor_published_ahead(
+        make_server, clock, tenants, (registration("c", units=2, priority=Priority.HIGH),)
+    )
+    deadline_us = granted.deadline_ns // 1000
+    assert b.holds_at(deadline_us) is not None
+    c = tenants("c")
+    c.want()
+    c.ring()
+    wait_for(lambda: a.region.get("next_deadline_ns") == 0, "the daemon to withdraw b's grant for c")
+    assert b.holds_at(deadline_us) is None and b.holds_at(clock.now_us) is None
+    server.run_timers()
+    assert c.holds() and c.holds_at(clock.now_us) is not None
+    assert a.holds_at(clock.now_us) is None and b.holds_at(clock.now_us) is None
+    assert server.holders()[KEY] == frozenset({"c"})
+    assert server.stats()["b"]["device_time_us"] == 0  # b never held the card: charged nothing
 
 
 def test_two_slots_take_turns_slice_by_slice(
