@@ -528,8 +528,10 @@ class GrantServer:
             if decision.grant is None:
                 break
             self._grant(card, decision.grant, now)
-        if not card.holders and card.published is not None:
-            card.published = None  # nobody got the card next: one write says so (a hand-over is one write)
+        if not card.holders and card.published is not None and (card.ahead is None or card.ahead.at_us <= now):
+            # nobody got the card next: one write says so (a hand-over is one write). A holder handed over ahead
+            # keeps its grant to its deadline, which ends it by itself.
+            card.published = None
             self._publish(key, None, self._grant_seq, 0)
         if not card.holders:
             card.ended_ns = 0
@@ -674,7 +676,9 @@ class GrantServer:
 
     def _promote_due(self, now: int) -> None:
         """Hand-overs decided ahead whose time came: the successor (running since the deadline, by itself) becomes
-        the card region's grant; with no successor the card goes to whom the scheduler picks now, if anyone."""
+        the card region's grant; with no successor the card goes to whom the scheduler picks now, if anyone. Not a
+        timer of its own: it rides on the next one (the successor's renewal lead at the latest), which saves this
+        daemon a wake-up per hand-over; until then the region's successor fields say who holds the card."""
         for key, card in self._cards.items():
             ahead = card.ahead
             if ahead is None or ahead.at_us > now:
@@ -690,7 +694,6 @@ class GrantServer:
 
     def _next_timer_us(self) -> int | None:
         times = [c.wake_at_us for c in self._cards.values() if c.wake_at_us is not None]
-        times += [c.ahead.at_us for c in self._cards.values() if c.ahead is not None]
         times += [s.deadline_us for c in self._cards.values() for s in c.holders.values()]
         times += [s.renew_at_us for c in self._cards.values() for s in c.holders.values() if s.renew_at_us is not None]
         if self._next_poll_us is not None:
@@ -858,8 +861,7 @@ class GrantServer:
         if decision.grant is not None:
             card.ahead.successor = self._grant(card, decision.grant, now, at_us=at)
         card.wake_at_us = decision.wake_at_us
-        self._shm.set_contended(session.card, False)  # a yield before the deadline would only idle the card
-        self._poke_timer(at)
+        self._decide(session.card, now)  # the successor's revoke, the card's contended word, the next wake-up
 
     def _settle_ahead(self, card: _Card) -> None:
         """The former holder's side of a hand-over decided ahead, once it is over (or replaced): its usage until now

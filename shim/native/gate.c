@@ -618,6 +618,10 @@ static void maybe_yield(void)
     uint64_t now = fx_now_ns(), deadline, began, g = granted_at(card, now, &deadline, &began);
     if (!g || t_epoch != fx_grant_epoch(g) + 1u || deadline - now < g_yield_min_ns)
         return;
+    /* a successor is published already and begins at this grant's deadline: giving the grant back now would only
+     * idle the card until then */
+    if (!began && atomic_load_explicit(&card->next_deadline_ns, memory_order_acquire))
+        return;
     atomic_store_explicit(&g_slot->yield_ns, now, memory_order_relaxed);
     atomic_store_explicit(&g_slot->yield_epoch, fx_grant_epoch(g), memory_order_release);
     ring();

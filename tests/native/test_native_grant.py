@@ -340,15 +340,24 @@ def test_no_early_want_far_from_the_deadline(pod: Pod) -> None:
     assert (a.get("want"), a.get("doorbell")) == (0, 0)
 
 
-@pytest.mark.parametrize("contended", [True, False], ids=["another-waits", "nobody-waits"])
-def test_an_idle_holder_gives_its_grant_back_at_a_sync_while_another_tenant_waits(pod: Pod, contended: bool) -> None:
+@pytest.mark.parametrize(
+    ("contended", "successor"),
+    [(True, False), (False, False), (True, True)],
+    ids=["another-waits", "nobody-waits", "successor-published"],
+)
+def test_an_idle_holder_gives_its_grant_back_at_a_sync_while_another_tenant_waits(
+    pod: Pod, contended: bool, successor: bool
+) -> None:
     """At an application sync with nothing in flight, while the card region says another tenant waits, the holder
     writes yield_epoch (and yield_ns), rings its doorbell, and launches no more on that epoch: its next launch waits
-    for a new grant. With nobody waiting it keeps the grant. (Failed before gate.c yielded: yield_epoch stayed 0 and
-    the launch after the sync ran on the old grant.)"""
+    for a new grant. With nobody waiting it keeps the grant, and so it does when the grant that follows its own is
+    published already (the successor begins at its deadline whatever it does: a yield would only idle the card).
+    (Failed before gate.c yielded: yield_epoch stayed 0 and the launch after the sync ran on the old grant.)"""
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     assert pod.card is not None
     pod.grant(1, epoch=7, deadline_ns=time.monotonic_ns() + 50_000_000_000)
+    if successor:
+        pod.card.publish_next(2, 8, FOREVER_NS)
     pod.card.set("contended", int(contended))
     proc = subprocess.Popen(
         [sys.executable, "-c", YIELD_PROGRAM],
@@ -362,7 +371,7 @@ def test_an_idle_holder_gives_its_grant_back_at_a_sync_while_another_tenant_wait
     try:
         before = time.monotonic_ns()
         assert proc.stdout.readline().strip() == "synced=1"
-        if not contended:
+        if not contended or successor:
             assert (a.get("yield_epoch"), a.get("doorbell")) == (0, 0)
             proc.stdin.write("\n")
             proc.stdin.flush()

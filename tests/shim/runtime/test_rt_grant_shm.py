@@ -321,7 +321,7 @@ def test_the_hand_over_at_a_deadline_is_published_ahead_and_the_successor_needs_
     assert held is not None and a.holds_at(deadline_us) is None  # from the deadline on, b's, by the region alone
     epoch, until_ns, began_ns = held
     assert epoch > granted.epoch and began_ns == granted.deadline_ns and until_ns == (deadline_us + SLICE_US) * 1000
-    assert a.region.get("contended") == 0  # a yield before the deadline would only idle the card now
+    assert a.region.get("contended") == 0  # for b now, and nobody waits behind it
     assert server.holders()[KEY] == frozenset({"b"})
     assert server.stats()["a"]["device_time_us"] == SLICE_US  # a charged as at its deadline: the whole slice
     # the daemon's timer at the deadline (or later) only promotes what b already holds
