@@ -198,6 +198,13 @@ class _Mapped:
         finally:
             os.close(fd)
         self._address = self._base_address()
+        # One ctypes view per field of a writable map, made once: a field access is then one attribute load (the
+        # daemon reads and writes a few dozen fields per decision). Dropped at close, before the unmap.
+        self._cells: dict[str, ctypes.c_uint32 | ctypes.c_uint64] = {}
+        if self._address:
+            for name, (offset, size) in fields.items():
+                ctype = ctypes.c_uint32 if size == 4 else ctypes.c_uint64
+                self._cells[name] = ctype.from_address(self._address + offset)
 
     def _base_address(self) -> int:
         """The mapping's address for ctypes and futexes; 0 for a read-only map (ctypes needs a writable buffer)."""
@@ -210,18 +217,19 @@ class _Mapped:
         return address
 
     def get(self, name: str) -> int:
+        cell = self._cells.get(name)
+        if cell is not None:
+            return cell.value
         offset, size = self._fields[name]
-        if not self._address:
-            return int.from_bytes(self._mm[offset : offset + size], "little")
-        ctype = ctypes.c_uint32 if size == 4 else ctypes.c_uint64
-        return int(ctype.from_address(self._address + offset).value)
+        return int.from_bytes(self._mm[offset : offset + size], "little")
 
     def set(self, name: str, value: int) -> None:
-        offset, size = self._fields[name]
-        ctype = ctypes.c_uint32 if size == 4 else ctypes.c_uint64
-        if not self._address:
+        cell = self._cells.get(name)
+        if cell is None:
+            if name not in self._fields:
+                raise KeyError(name)
             raise ShmError(f"{self.path}: mapped read-only")
-        ctype.from_address(self._address + offset).value = value & ((1 << (8 * size)) - 1)
+        cell.value = value & (0xFFFFFFFF if isinstance(cell, ctypes.c_uint32) else 0xFFFFFFFFFFFFFFFF)
 
     def address(self, name: str) -> int:
         """The field's address in this process (0 for a read-only map): what a futex waits on."""
@@ -243,6 +251,7 @@ class _Mapped:
         _libc().syscall(_sys_futex(), ctypes.c_void_p(self._address + offset), _FUTEX_WAIT, expected, ts, None, 0)
 
     def close(self) -> None:
+        self._cells = {}
         self._address = 0
         self._mm.close()
 
