@@ -533,17 +533,39 @@ static inline int read_card(const struct fx_card_region *card, struct fx_view *v
     }
 }
 
+static uint64_t granted_view(const struct fx_card_region *card, uint64_t now, uint64_t *deadline, uint64_t *began);
+
 /* The grant word when this registration holds the card now (and the pod has not given that epoch back), else 0:
  * the current grant, or the successor published ahead once the current grant's deadline has passed. *deadline: the
  * end of that holding; *began: when a successor's holding began (the deadline it follows), else 0. */
-static inline uint64_t granted_at(const struct fx_card_region *card, uint64_t now, uint64_t *deadline,
-                                  uint64_t *began)
+static inline __attribute__((always_inline)) uint64_t granted_at(const struct fx_card_region *card, uint64_t now,
+                                                                uint64_t *deadline, uint64_t *began)
 {
+    uint32_t me = atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed);
+    uint32_t given_back = atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed);
+    /* the fast path: this slot's own grant, read as the grant word, its deadline, and the same word again */
+    uint64_t g = atomic_load_explicit(&card->grant, memory_order_acquire);
+    if (fx_grant_holder(g) == me) {
+        uint64_t d = atomic_load_explicit(&card->deadline_ns, memory_order_acquire);
+        if (atomic_load_explicit(&card->grant, memory_order_acquire) == g && now < d &&
+            fx_grant_epoch(g) != given_back) {
+            *deadline = d;
+            *began = 0;
+            return g | 1u << 31 | 1u; /* never 0, even for epoch 0 holder 0 (callers read the epoch only) */
+        }
+    }
+    return granted_view(card, now, deadline, began);
+}
+
+/* granted_at's other cases, from one consistent view (out of line: the fast path stays small). */
+static __attribute__((noinline)) uint64_t granted_view(const struct fx_card_region *card, uint64_t now,
+                                                       uint64_t *deadline, uint64_t *began)
+{
+    uint32_t me = atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed);
+    uint32_t given_back = atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed);
     struct fx_view v;
     if (read_card(card, &v) != 0)
         return 0;
-    uint32_t me = atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed);
-    uint32_t given_back = atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed);
     if (fx_grant_holder(v.grant) == me && now < v.deadline && fx_grant_epoch(v.grant) != given_back) {
         *deadline = v.deadline;
         *began = 0;
