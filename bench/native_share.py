@@ -27,7 +27,9 @@ holder's grant (its deadline, or the moment its holder gave it back at an idle s
 a launch through, and, on a card nobody held, from its want to that moment (acquire); it counts them in its slot's
 histograms (``flexnpu.shim.grant.shm``: 1 µs buckets below 32 µs, 12.5% above), which the bench reads before
 flexnpud stops: p50/p99 over all tenants of a run, as the bucket's upper bound. Measured by the tenants, not by the
-daemon's bookkeeping.
+daemon's bookkeeping. "To a successor" is the part of the hand-offs that went to a tenant flexnpud had published as
+the next holder ahead of the deadline (its own timed wait ends there, no daemon in the path); the rest are yields
+and revokes, which the daemon hands on.
 
 This is wall-clock time on whatever machine runs it (the output says how many CPUs it has and its load): the
 tenants, the daemon and the fake device's host side share those CPUs. Needs ``cc`` and ``make`` and the
@@ -217,8 +219,9 @@ class Daemon:
             time.sleep(0.01)
 
     def latencies(self, names: Sequence[str]) -> dict[str, Any]:
-        """The tenants' hand-off and acquire histograms (their slots), summed, as p50/p99 µs and counts."""
-        sums = {name: [0] * shm.HIST_BUCKETS for name in ("handoff_hist", "acquire_hist")}
+        """The tenants' hand-off, successor and acquire histograms (their slots), summed, as p50/p99 µs and
+        counts."""
+        sums = {name: [0] * shm.HIST_BUCKETS for name in ("handoff_hist", "successor_hist", "acquire_hist")}
         for flexnpu_id in names:
             try:
                 slot = shm.Slot.open(str(self.shim_dir / shm.slot_name(flexnpu_id)))
@@ -236,7 +239,11 @@ class Daemon:
                 "p50_us": shm.hist_percentile(counts, 50),
                 "p99_us": shm.hist_percentile(counts, 99),
             }
-            for kind, counts in (("handoff", sums["handoff_hist"]), ("acquire", sums["acquire_hist"]))
+            for kind, counts in (
+                ("handoff", sums["handoff_hist"]),
+                ("successor", sums["successor_hist"]),
+                ("acquire", sums["acquire_hist"]),
+            )
         }
 
     def cpu_s(self) -> float:
@@ -472,6 +479,7 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                     "card busy % (of ungated)",
                     "daemon CPU %",
                     "hand-off p50/p99 us (n)",
+                    "to a successor p50/p99 us (n)",
                     "achieved (target) [charged]",
                 ],
                 [
@@ -483,6 +491,7 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                         f"{r['card_busy_pct']:.1f} ({r['busy_pct_of_ungated']:.1f})",
                         "-" if r["daemon_cpu_pct"] is None else f"{r['daemon_cpu_pct']:.1f}",
                         _latency_cell(r["latency"], "handoff"),
+                        _latency_cell(r["latency"], "successor"),
                         " ".join(
                             f"{t['achieved_share'] * 100:.1f}({t['target_share'] * 100:.0f})"
                             + ("" if t["daemon_charged_share"] is None else f"[{t['daemon_charged_share'] * 100:.0f}]")
@@ -505,6 +514,7 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                     "p99 / solo",
                     "batch share %",
                     "hand-off p50/p99 us (n)",
+                    "to a successor p50/p99 us (n)",
                     "acquire p50/p99 us (n)",
                 ],
                 [
@@ -517,6 +527,7 @@ def tables(share: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
                         r["p99_over_solo"],
                         r["batch_share_pct"],
                         _latency_cell(r["latency"], "handoff"),
+                        _latency_cell(r["latency"], "successor"),
                         _latency_cell(r["latency"], "acquire"),
                     ]
                     for r in steps

@@ -95,7 +95,12 @@ SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "reclaimed_bytes": (96, 8),
 }
 # Arrays of u32 (offset, count): the tenant-measured latency histograms.
-SLOT_ARRAYS: dict[str, tuple[int, int]] = {"handoff_hist": (128, HIST_BUCKETS), "acquire_hist": (640, HIST_BUCKETS)}
+SLOT_ARRAYS: dict[str, tuple[int, int]] = {
+    "handoff_hist": (128, HIST_BUCKETS),
+    "acquire_hist": (640, HIST_BUCKETS),
+    # of the hand-offs, those to the slot as the successor published ahead (the daemon out of the path)
+    "successor_hist": (3200, HIST_BUCKETS),
+}
 # The memory ledger (tenant-written, libflexnpu's account.c): LEDGER_ENTRIES entries of LEDGER_ENTRY_SIZE bytes from
 # LEDGER_OFFSET, one per process of the pod that holds device memory, each {u64 bytes; u32 pid; u32 pad}. A process
 # owns entry i while it holds an open-file-description lock on byte LEDGER_LOCK_BASE + i of the slot file.

@@ -101,6 +101,9 @@ struct fx_slot {
     _Atomic uint32_t handoff_hist[FX_HIST_BUCKETS];
     _Atomic uint32_t acquire_hist[FX_HIST_BUCKETS];
     struct fx_ledger_entry ledger[FX_LEDGER_ENTRIES]; /* tenant: per-process device memory (the ledger above) */
+    /* tenant, a figure: of the hand-offs in handoff_hist, those to this slot as the successor published ahead
+     * (from the deadline to the gate letting a launch through, the daemon out of the path) */
+    _Atomic uint32_t successor_hist[FX_HIST_BUCKETS];
 };
 
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "8-byte atomics");
@@ -129,6 +132,7 @@ _Static_assert(offsetof(struct fx_slot, handoff_hist) == 128, "slot.handoff_hist
 _Static_assert(offsetof(struct fx_slot, acquire_hist) == 640, "slot.acquire_hist");
 _Static_assert(offsetof(struct fx_slot, reclaimed_bytes) == 96, "slot.reclaimed_bytes");
 _Static_assert(offsetof(struct fx_slot, ledger) == 1152 && sizeof(struct fx_ledger_entry) == 16, "slot.ledger");
+_Static_assert(offsetof(struct fx_slot, successor_hist) == 3200, "slot.successor_hist");
 _Static_assert(sizeof(struct fx_slot) <= FX_SHM_SIZE && sizeof(struct fx_card_region) <= FX_SHM_SIZE, "4 KiB");
 
 static inline uint32_t fx_grant_holder(uint64_t grant) { return (uint32_t)(grant & 0xFFFFFFFFu); }

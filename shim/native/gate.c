@@ -674,8 +674,11 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
             atomic_store(&g_slot->want, 0);
             atomic_store(&g_dead, 0);
             uint64_t ended = began ? began : atomic_load_explicit(&card->ended_ns, memory_order_relaxed);
-            if (ended >= asked)
+            if (ended >= asked) {
                 record_latency(g_slot->handoff_hist, ended, now);
+                if (began)
+                    record_latency(g_slot->successor_hist, began, now);
+            }
             else if (was_free)
                 record_latency(g_slot->acquire_hist, asked, now);
             return;

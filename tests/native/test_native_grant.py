@@ -142,6 +142,7 @@ def test_a_successor_published_ahead_launches_from_the_deadline_with_nothing_els
     assert len(kernels) == 20 and min(k.start_ns for k in kernels) >= deadline  # from the deadline, not before
     assert (pod.card.get("seq"), pod.card.get("grant")) == written  # no daemon wrote anything meanwhile
     assert sum(b.histogram("handoff_hist")) == 1  # timed as a hand-off from pod-a's deadline
+    assert sum(b.histogram("successor_hist")) == 1  # and as one to the successor published ahead
     assert b.get("want") == 0
 
 
@@ -387,7 +388,7 @@ def test_an_idle_holder_gives_its_grant_back_at_a_sync_while_another_tenant_wait
         pod.grant(1, epoch=8, deadline_ns=time.monotonic_ns() + 50_000_000_000)
         assert proc.stdout.readline().strip() == "launched=1"
         assert sum(a.histogram("handoff_hist")) == 1  # the tenant timed the hand-off it waited for
-        assert sum(a.histogram("acquire_hist")) == 0
+        assert sum(a.histogram("acquire_hist")) == sum(a.histogram("successor_hist")) == 0
     finally:
         if proc.poll() is None:
             proc.stdin.write("\n")
