@@ -11,6 +11,8 @@ saw it). Connections are served by ``flexnpu.shim.grant.unixserver`` (one reader
 total and per pod); a timer thread calls ``decide`` at the scheduler's ``wake_at`` and reclaims grants whose
 holder went silent (a process that stopped launching while holding the card, or ignored a revoke). A holder
 whose connection closes (it exited or was killed) gives the card back at once, charged the time it held it.
+A slot holder is renewed, or its hand-over decided, a quarter slice before its deadline (``_renew_ahead``): the
+successor is then published in the card region ahead of the deadline and takes the card there by itself.
 
 Messages (client -> server): ``hello {id}``, ``want``, ``release {seq, used_us, want, ops_used}``,
 ``extend {seq, used_us}``, ``ping``. Server -> client: ``welcome {share, priority, slice_us, memory_mib}``,

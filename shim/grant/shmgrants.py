@@ -1,10 +1,11 @@
-"""flexnpud's side of the shared-memory grant path (``flexnpu.shim.grant.shm``, the contract in shm.md).
+"""flexnpud's side of the shared-memory grant path (``flexnpu.shim.grant.shm``; the contract is flexnpu_shm.h).
 
 The grant server stays the one place that decides; this adapter only mirrors its decisions into the files the
 tenants' libflexnpu maps, and reads back what the tenants write:
 
 - one card region ``card-<index>.grant`` per card, written here only: holder slot, epoch and deadline once per
-  grant (deadline first, then the grant word, then ``seq`` + 1 and a futex wake of every waiter);
+  grant, and the successor published ahead of a deadline (``publish_next``, then ``promote``), each in the write
+  order of ``shm.CardRegion`` (then ``seq`` + 1 and a futex wake of the waiters);
 - one slot ``slot-<id>.shm`` per registration, created at registration with the daemon's fields (slot index,
   card, memory cap, share, priority) and removed when the registration goes.
 
