@@ -298,12 +298,21 @@ class CardScheduler:
         return state.last_charge
 
     def extend(
-        self, tenant_id: str, used_us: int, now_us: int, *, grace_us: int | None = None, credit_us: int = 0
+        self,
+        tenant_id: str,
+        used_us: int,
+        now_us: int,
+        *,
+        grace_us: int | None = None,
+        credit_us: int = 0,
+        slices: int = 1,
     ) -> Grant | None:
         """The holder's budget ran out with ``used_us`` consumed so far: a new grant if it would be picked anyway.
 
         On None the tenant keeps the card until it drains and calls ``release`` with the rest of its usage.
-        ``grace_us`` and ``credit_us`` as in ``release``.
+        ``grace_us`` and ``credit_us`` as in ``release``. ``slices``: the new grant may last that many slices (still
+        no more than the tenant is owed, nor a window): for a holder nobody waits behind, whose caller cuts the
+        grant back when someone comes.
         """
         self._advance(now_us)
         state = self._state(tenant_id)
@@ -316,7 +325,7 @@ class CardScheduler:
         if pick is None or pick[0] is not state:
             return None
         state.bonus = pick[1]
-        return self._hand_out(state)
+        return self._hand_out(state, max(1, slices))
 
     def yield_serves_other(self, now_us: int) -> bool:
         """Whether a holder that gave its grant back now, at an idle moment, would see another tenant served: what
@@ -379,8 +388,8 @@ class CardScheduler:
         self._holders.add(state.tenant.tenant_id)
         return Decision(grant=self._hand_out(state))
 
-    def _hand_out(self, state: _State) -> Grant:
-        budget = self._budget(state)
+    def _hand_out(self, state: _State, slices: int = 1) -> Grant:
+        budget = self._budget(state, slices)
         state.budget_given += budget
         return Grant(state.tenant.tenant_id, budget)
 
@@ -405,12 +414,14 @@ class CardScheduler:
             return min((s for s, _ in waiting), key=lambda s: (-s.rank, s.vtime, s.tenant.tenant_id)), True
         return None
 
-    def _budget(self, state: _State) -> int:
-        """A slice, shortened to what the tenant is still owed so that a hard cap is not overshot."""
+    def _budget(self, state: _State, slices: int = 1) -> int:
+        """A slice (or ``slices``, at most a window), shortened to what the tenant is still owed so that a hard cap
+        is not overshot."""
+        longest = min(self.policy.slice_us * slices, max(self.policy.slice_us, self.policy.window_us))
         if state.bonus:
-            return self.policy.slice_us
+            return longest
         shortest = max(50, self.policy.slice_us // 4)
-        return max(shortest, min(self.policy.slice_us, math.ceil(self._owed(state))))
+        return max(shortest, min(longest, math.ceil(self._owed(state))))
 
     def _should_revoke(self, holder: _State) -> bool:
         busy = self._busy_weight()

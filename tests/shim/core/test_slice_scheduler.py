@@ -316,6 +316,17 @@ def test_extend_renews_only_when_nobody_else_is_owed(others_wait: bool, extended
     assert sched.holders == {"a"}
 
 
+def test_extend_may_give_several_slices_but_no_more_than_is_owed_or_a_window() -> None:
+    sched = card(policy(), ("a", 10, NORMAL), wanting=("a",))
+    assert sched.decide(0).grant == Grant("a", 2000)
+    assert sched.extend("a", 2000, 2000, slices=8) == Grant("a", 16_000)
+    assert sched.extend("a", 16_000, 18_000, slices=1000) == Grant("a", WINDOW)  # at most a window
+    capped = card(policy(), ("a", 2, NORMAL), wanting=("a",))  # 20% of the 100 ms window: 20 ms
+    assert capped.decide(0).grant == Grant("a", 2000)
+    grant = capped.extend("a", 2000, 2000, slices=50)
+    assert grant is not None and grant.budget_us == pytest.approx(20_000 - 2000, abs=1)  # what it is still owed
+
+
 def test_extend_is_refused_to_a_non_holder() -> None:
     sched = card(policy(), ("a", 5, NORMAL))
     assert sched.extend("a", 0, 0) is None

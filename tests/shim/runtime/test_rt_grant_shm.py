@@ -27,6 +27,7 @@ from flexnpu.shim.core.slicing import SlicePolicy
 from flexnpu.shim.grant import shm
 from flexnpu.shim.grant.bells import RingBudget
 from flexnpu.shim.grant.server import (
+    LONE_SLICES,
     REVOKE_GRACE_US,
     RING_BURST,
     RINGS_PER_SLICE,
@@ -188,14 +189,15 @@ def test_a_slot_that_wants_is_granted_in_the_region_and_charged_at_the_deadline(
     clock.now_us += SLICE_US
     server.run_timers()
     renewed = a.region.state()
-    assert a.holds() and renewed.epoch > state.epoch  # nobody else wants: a new slice without a gap
+    assert a.holds() and renewed.epoch > state.epoch  # nobody else wants: a new grant without a gap
+    assert renewed.deadline_ns == (clock.now_us + LONE_SLICES * SLICE_US) * 1000  # several slices: it is alone
     assert server.stats()["a"]["device_time_us"] == SLICE_US
     a.want(0)
     a.use(500)
-    clock.now_us += SLICE_US
+    clock.now_us = renewed.deadline_ns // 1000
     server.run_timers()
     assert a.region.state().holder == shm.NO_HOLDER
-    assert server.stats()["a"]["device_time_us"] == 2 * SLICE_US
+    assert server.stats()["a"]["device_time_us"] == (1 + LONE_SLICES) * SLICE_US
     assert server.holders()[KEY] == frozenset()
 
 
@@ -224,7 +226,7 @@ def test_a_holder_that_still_wants_is_renewed_before_its_deadline(
     renewed = a.region.state()
     assert a.holds() and renewed.epoch > granted.epoch
     assert granted.deadline_ns > clock.now_us * 1000  # the old grant had not ended: the gate never saw it lapse
-    assert renewed.deadline_ns == (clock.now_us + SLICE_US) * 1000
+    assert renewed.deadline_ns == (clock.now_us + LONE_SLICES * SLICE_US) * 1000
     assert a.region.get("ended_ns") == 0  # a renewal, not a hand-off
     assert server.stats()["a"]["device_time_us"] == SLICE_US - renew_ahead_us(SLICE_US) + 100  # the time held
 
@@ -249,15 +251,16 @@ def test_a_holder_that_used_the_card_in_its_grant_is_renewed_ahead_without_its_w
     server.run_timers()
     renewed = a.region.state()
     assert a.holds() and renewed.epoch > granted.epoch
-    assert renewed.deadline_ns == (clock.now_us + SLICE_US) * 1000
+    assert renewed.deadline_ns == (clock.now_us + LONE_SLICES * SLICE_US) * 1000
     # the next grant it does not use: let go at its deadline, charged the time it held both
-    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US) + 100
+    clock.now_us = renewed.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
     server.run_timers()
     assert a.region.state() == renewed
     clock.now_us = renewed.deadline_ns // 1000
     server.run_timers()
     assert a.region.state().holder == shm.NO_HOLDER
-    assert server.stats()["a"]["device_time_us"] == SLICE_US - renew_ahead_us(SLICE_US) + 100 + SLICE_US
+    held = SLICE_US - renew_ahead_us(SLICE_US) + 100 + LONE_SLICES * SLICE_US
+    assert server.stats()["a"]["device_time_us"] == held
 
 
 def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
@@ -283,6 +286,35 @@ def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
     clock.now_us = granted.deadline_ns // 1000
     server.run_timers()
     assert b.holds()
+
+
+def test_a_lone_holder_renewed_for_several_slices_is_cut_back_to_its_slice_when_another_wants(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    server.run_timers()
+    first = a.region.state()
+    clock.now_us = first.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
+    a.use(1000)
+    server.run_timers()
+    long = a.region.state()
+    renewed_at = clock.now_us
+    assert long.holder == a.index and long.deadline_ns == (renewed_at + LONE_SLICES * SLICE_US) * 1000  # alone
+    # b comes in the renewal's third slice: a's grant now ends with that slice, a new epoch for the same holder
+    clock.now_us = renewed_at + 2 * SLICE_US + 700
+    b.want()
+    b.ring()
+    wait_for(lambda: a.region.state().epoch > long.epoch, "the daemon to cut a's grant back for b")
+    cut = a.region.state()
+    assert cut.holder == a.index and cut.deadline_ns == (renewed_at + 3 * SLICE_US) * 1000
+    assert a.holds_at(clock.now_us) is not None and b.holds_at(clock.now_us) is None
+    # at that slice's end the card goes to b (a's charge: the time it held, not the slices it was promised)
+    clock.now_us = cut.deadline_ns // 1000
+    server.run_timers()
+    assert b.holds_at(clock.now_us) is not None and a.holds_at(clock.now_us) is None
+    assert server.stats()["a"]["device_time_us"] == cut.deadline_ns // 1000 - first.deadline_ns // 1000 + SLICE_US
 
 
 def _successor_published_ahead(
@@ -428,16 +460,17 @@ def test_usage_past_one_charge_is_carried_to_the_next_one(
     a = tenants("a")
     a.want()
     server.run_timers()
-    a.use(SLICE_US + SLOT_CHARGE_GRACE_US + 3000)
+    carried = LONE_SLICES * SLICE_US + 4000  # more than the next holding lasts (renewed alone: several slices)
+    a.use(SLICE_US + SLOT_CHARGE_GRACE_US + carried)
     clock.now_us += SLICE_US
     server.run_timers()
     assert a.holds()
     assert server.stats()["a"]["device_time_us"] == SLICE_US + SLOT_CHARGE_GRACE_US
     a.want(0)
-    clock.now_us += SLICE_US
+    clock.now_us = a.region.state().deadline_ns // 1000
     server.run_timers()
     assert a.region.state().holder == shm.NO_HOLDER
-    assert server.stats()["a"]["device_time_us"] == 2 * SLICE_US + SLOT_CHARGE_GRACE_US + 1000  # 3000 carried
+    assert server.stats()["a"]["device_time_us"] == SLICE_US + SLOT_CHARGE_GRACE_US + carried  # charged, not dropped
 
 
 @pytest.mark.parametrize(
