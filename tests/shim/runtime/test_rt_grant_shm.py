@@ -266,21 +266,8 @@ def test_a_holder_that_used_the_card_in_its_grant_is_renewed_ahead_without_its_w
 def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
     make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
 ) -> None:
-    server = make_server([registration("a", units=5), registration("b", units=5)])
-    a, b = tenants("a"), tenants("b")
-    a.want()
-    server.run_timers()
-    granted = a.region.state()
-    a.want(0)
-    clock.now_us += 100
-    b.want()
-    b.ring()
     # b is owed as much as a was at its grant, and a has held the card since
-    wait_for(lambda: a.region.get("contended") == 1, "the daemon to tell the holder that b waits")
-    clock.now_us += SLICE_US - renew_ahead_us(SLICE_US)
-    a.want()
-    a.use(SLICE_US - renew_ahead_us(SLICE_US) + 100)
-    server.run_timers()
+    server, a, b, granted = _successor_published_ahead(make_server, clock, tenants, a_wants=True)
     state = a.region.state()
     assert a.holds() and (state.epoch, state.deadline_ns) == (granted.epoch, granted.deadline_ns)  # not cut short
     clock.now_us = granted.deadline_ns // 1000
@@ -322,9 +309,11 @@ def _successor_published_ahead(
     clock: ManualClock,
     tenants: Callable[[str], Tenant],
     extra: tuple[Registration, ...] = (),
+    a_wants: bool = False,
 ) -> tuple[GrantServer, Tenant, Tenant, shm.GrantState]:
     """a holds the card, b waits for it; in a's renewal lead a is not renewed (b is owed more): the hand-over at a's
-    deadline is decided and published as the card region's next grant."""
+    deadline is decided and published as the card region's next grant. ``a_wants``: a still asks for the card then
+    (a launch in its grant's last moments)."""
     server = make_server([registration("a", units=5), registration("b", units=5), *extra])
     a, b = tenants("a"), tenants("b")
     a.want()
@@ -336,6 +325,7 @@ def _successor_published_ahead(
     b.ring()
     wait_for(lambda: a.region.get("contended") == 1, "the daemon to tell the holder that b waits")
     clock.now_us = granted.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 50
+    a.want(int(a_wants))
     a.use(SLICE_US - renew_ahead_us(SLICE_US))
     server.run_timers()
     return server, a, b, granted
