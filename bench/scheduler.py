@@ -233,6 +233,21 @@ def extender_calls(port: int) -> dict[str, float]:
     return calls
 
 
+def settled_extender_calls(port: int, pods: int, timeout_s: float = 30.0) -> dict[str, float]:
+    """The extender's counts once every pod's bind has answered.
+
+    The watch sees a pod bound as soon as the extender's Binding write lands, while the extender may still be
+    finishing that bind (its counters move when the answer goes back): read again until the binds answered reach
+    the pods bound, or the timeout passes (then the counts are what they are, and the caller sees the gap)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        calls = extender_calls(port)
+        answered = sum(v for k, v in calls.items() if k.startswith("bind ") and not k.endswith(" ms"))
+        if answered >= 2 * pods or time.monotonic() > deadline:  # "bind 200" and "bind <outcome>" for each pod
+            return calls
+        time.sleep(0.05)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="flexnpu bench scheduler", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=5000, help="Node objects (default 5000)")
@@ -299,7 +314,7 @@ def main(argv: list[str]) -> int:
                     core, watch_mod, "flexnpu-scheduler", names.RESOURCE_VNPU, args.pods, args.threads, groups
                 ),
             }
-            calls = extender_calls(stack.extender_port)
+            calls = settled_extender_calls(stack.extender_port, args.pods)
     finally:
         plane.stop()
         if not args.keep:

@@ -10,6 +10,8 @@
  *   FLEXNPU_SLICE_US     local pacing burst when no daemon is there (default 10000)
  *   FLEXNPU_YIELD_MIN_US an idle holder gives its grant back only when at least this much of it is left (default
  *                        300: less is gone before flexnpud could hand the card on; 10000000 never yields)
+ *   FLEXNPU_HANDOFF_SPIN_US the successor published ahead wakes this long before its grant begins and spins to
+ *                        it (default 50; 0: sleeps to the moment itself)
  *   FLEXNPU_RENEW_US     a launch this close to the grant's deadline sets want=1 already (default 1000; 0 off):
  *                        flexnpud decides at the deadline whether the holder still wants the card, and a busy
  *                        holder is then usually in the middle of its work, not yet asking
@@ -67,6 +69,7 @@ static uint32_t g_event_every = 8;
 static uint64_t g_burst_ns = 10000000;
 static uint64_t g_renew_ns = 1000000;
 static uint64_t g_yield_min_ns = 300000;
+static uint64_t g_spin_ns = 50000;
 static _Atomic uint64_t g_inflight_launches; /* process-wide launches whose completion is not yet observed */
 static _Atomic uint64_t g_est_launch_ns; /* learned device time per launch (EWMA of event timings) */
 static _Atomic uint64_t g_used_ns;           /* this process's measured device time (local pacing) */
@@ -145,18 +148,37 @@ static void futex_wait(_Atomic uint32_t *word, uint32_t expected, long long time
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
 }
 
-/* Wait on a futex word until the CLOCK_MONOTONIC time at_ns (or a change of the word), with this thread's timer
- * slack at 1 ns meanwhile: the default 50 us of slack would be the hand-off's delay. */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Wait on a futex word until the CLOCK_MONOTONIC time at_ns (or a change of the word): asleep until g_spin_ns before
+ * it, with this thread's timer slack at 1 ns meanwhile (the default 50 us of slack would be the hand-off's delay),
+ * then spinning to it, so that a wake-up a little late still launches on time. */
 static void wait_until(_Atomic uint32_t *word, uint32_t expected, uint64_t at_ns)
 {
-    int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
-    if (slack > 1)
-        prctl(PR_SET_TIMERSLACK, 1ul, 0, 0, 0);
-    struct timespec ts = {(time_t)(at_ns / 1000000000ull), (long)(at_ns % 1000000000ull)};
-    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time */
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, &ts, NULL, FUTEX_BITSET_MATCH_ANY);
-    if (slack > 1)
-        prctl(PR_SET_TIMERSLACK, (unsigned long)slack, 0, 0, 0);
+    if (at_ns > fx_now_ns() + g_spin_ns) {
+        int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        if (slack > 1)
+            prctl(PR_SET_TIMERSLACK, 1ul, 0, 0, 0);
+        uint64_t wake = at_ns - g_spin_ns;
+        struct timespec ts = {(time_t)(wake / 1000000000ull), (long)(wake % 1000000000ull)};
+        /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time */
+        syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, &ts, NULL, FUTEX_BITSET_MATCH_ANY);
+        if (slack > 1)
+            prctl(PR_SET_TIMERSLACK, (unsigned long)slack, 0, 0, 0);
+    }
+    uint64_t now = fx_now_ns();
+    while (now < at_ns && now + g_spin_ns >= at_ns &&
+           atomic_load_explicit(word, memory_order_acquire) == expected) {
+        cpu_relax();
+        now = fx_now_ns();
+    }
 }
 
 static void sleep_ns(uint64_t ns)
@@ -334,6 +356,7 @@ static void init_once(void)
     g_burst_ns = env_u64("FLEXNPU_SLICE_US", 10000, 100, 10000000) * 1000ull;
     g_renew_ns = env_u64("FLEXNPU_RENEW_US", 1000, 0, 100000000) * 1000ull;
     g_yield_min_ns = env_u64("FLEXNPU_YIELD_MIN_US", 300, 0, 10000000) * 1000ull;
+    g_spin_ns = env_u64("FLEXNPU_HANDOFF_SPIN_US", 50, 0, 1000) * 1000ull;
     /* Until events have measured something, assume a launch is half the cap: little queues ahead unmeasured. */
     atomic_store(&g_est_launch_ns, g_inflight_cap_ns / 2);
     pthread_key_create(&g_thread_key, thread_exit);

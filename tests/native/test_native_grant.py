@@ -113,14 +113,18 @@ def test_a_holder_whose_slice_ended_drains_and_asks_again(pod: Pod) -> None:
     assert parse(out)["launched"] == "400", err
 
 
-def test_a_successor_published_ahead_launches_from_the_deadline_with_nothing_else_written(pod: Pod) -> None:
+@pytest.mark.parametrize("spin_us", [None, "0", "1000"], ids=["default-spin", "no-spin", "longest-spin"])
+def test_a_successor_published_ahead_launches_from_the_deadline_with_nothing_else_written(
+    pod: Pod, spin_us: str | None
+) -> None:
+    """Asleep until FLEXNPU_HANDOFF_SPIN_US before the deadline, then spinning: never a launch before it."""
     pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     b = pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
     assert pod.card is not None
     pod.grant(1, epoch=1)  # pod-a holds the card, with no end
     proc = subprocess.Popen(
         [pod.program("acl_prog"), "launch", "20", "100"],
-        env=pod.env("pod-b"),
+        env=pod.env("pod-b", {"FLEXNPU_HANDOFF_SPIN_US": spin_us} if spin_us is not None else None),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
