@@ -10,9 +10,10 @@ thread per slot was tried and was worse on a loaded 2-core machine: this is one 
 A doorbell is the pod's to ring, so a flood of rings must not burn the daemon's CPU: every slot has a token bucket
 (``RingBudget``: ``burst`` rings at once, ``rate_per_s`` sustained). A ring that finds the bucket empty is not
 handled, and the slot's doorbell is left out of the wait until the bucket has a token again: the flood then costs
-the daemon nothing at all (nobody sleeps on that word). Its wants are still seen by the grant server's slot poll.
-Slots past the first 127 are left to that poll as well. Without futex_waitv (an older kernel, another
-architecture) the thread does not start and the poll is all there is.
+the daemon nothing at all (nobody sleeps on that word). Its wants are still seen by the grant server's slot poll,
+which asks ``unwatched`` for such slots (and those past the first 127, also left to it) every few slices and reads
+every slot only at a slower sweep. Without futex_waitv (an older kernel, another architecture) the thread does not
+start and the poll reads every slot every few slices.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class Doorbells:
         self._waiters = (_Waiter * FUTEX_WAITV_MAX)()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._skipped: frozenset[str] = frozenset()  # left out of the last wait (out of budget, past the 127)
+        self._dropped: set[str] = set()  # rang past their budget since the last ``unwatched``
         self._machine = platform.machine()
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.syscall.restype = ctypes.c_long
@@ -163,6 +166,19 @@ class Doorbells:
             self._bells.pop(flexnpu_id, None)
         self._ring_control()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread runs (``start`` found futex_waitv): only then does a ring reach ``on_ring``."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def unwatched(self) -> frozenset[str]:
+        """The slots whose rings this thread may have missed: left out of its last wait (out of budget, past the
+        first 127) or rung past their budget since the last call. The caller reads them itself."""
+        with self._lock:
+            missed = self._skipped | self._dropped
+            self._dropped = set()
+            return missed
+
     def counts(self, flexnpu_id: str) -> tuple[int, int]:
         """(rings handled, rings dropped at the budget) for a slot, for tests and metrics."""
         with self._lock:
@@ -188,17 +204,21 @@ class Doorbells:
             waiters[0].val, waiters[0].uaddr = self._control.value, ctypes.addressof(self._control)
             waiters[0].flags = FUTEX2_SIZE_U32 | FUTEX2_PRIVATE
             count, wake_at = 1, None
-            for bell in self._bells.values():
+            skipped = []
+            for flexnpu_id, bell in self._bells.items():
                 if count == FUTEX_WAITV_MAX:
-                    break
+                    skipped.append(flexnpu_id)
+                    continue
                 if bell.budget.tokens < 1.0:
                     ready = bell.budget.refilled(now, self._rate, self._burst).ready_at_ns(self._rate)
                     if ready > now:  # out of budget: not waited on (its flood wakes nobody) until it refills
                         wake_at = ready if wake_at is None else min(wake_at, ready)
+                        skipped.append(flexnpu_id)
                         continue
                 entry = waiters[count]
                 entry.val, entry.uaddr, entry.flags = bell.seen, bell.address, FUTEX2_SIZE_U32
                 count += 1
+            self._skipped = frozenset(skipped)
             return waiters, count, wake_at
 
     def _collect(self) -> list[str]:
@@ -217,6 +237,7 @@ class Doorbells:
                     rung.append(flexnpu_id)
                 else:
                     bell.dropped += 1
+                    self._dropped.add(flexnpu_id)
         return rung
 
     def _run(self) -> None:

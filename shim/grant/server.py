@@ -60,11 +60,16 @@ MAX_LINE = 4096
 # Connections at once: all pods together, and one pod (a pod has a few processes, each with one connection).
 LIMITS = Limits(max_connections=1024, max_per_peer=64)
 
-# How often every slot is read for a new want (or a yield), in slices: the fallback for what the doorbells do not
-# bring at once (a slot past the doorbell thread's 127, one over its ring budget, a kernel without futex_waitv,
-# a tenant that sets its flag without ringing). The doorbell thread (``flexnpu.shim.grant.bells``) sees a ring at
-# once; a thread per slot asleep on its doorbell, tried before, was worse on a loaded 2-core VM.
+# How often slots are read for a new want (or a yield), in slices: the fallback for what the doorbells do not
+# bring at once. Every SLOT_POLL_SLICES, the slots in use lately (holding, waiting, or a grant that ended within
+# the scheduler's window: an early want near a deadline and a withdrawn want ring nothing), those the doorbell
+# thread (``flexnpu.shim.grant.bells``) does not watch (past its 127, over their ring budget) and, on a kernel
+# without futex_waitv, every slot; every slot at the slower sweep (a tenant that sets its flag without ringing).
+# A registered pod that does nothing then costs flexnpud a sweep, not a poll: with 80 idle registrations the poll
+# of every slot every 4 slices was 5.4% of a core. The doorbell thread sees a ring at once; a thread per slot
+# asleep on its doorbell, tried before, was worse on a loaded 2-core VM.
 SLOT_POLL_SLICES = 4
+SLOT_SWEEP_SLICES = 50
 # Rings of one slot's doorbell the daemon handles, per slice on average (an honest tenant rings twice per grant:
 # its want and its yield), and at once.
 RINGS_PER_SLICE = 4
@@ -230,6 +235,7 @@ class GrantServer:
         self._shm = None if shm_dir is None else ShmGrants(shm_dir, cards, daemon_pid_start, watch=self._bells)
         self._slot_sessions: dict[str, Session] = {}
         self._next_poll_us: int | None = None
+        self._next_sweep_us = 0
         self._server: UnixServer[Peer] = UnixServer(
             socket_path,
             self._serve,
@@ -596,6 +602,8 @@ class GrantServer:
         end = start + grant.budget_us
         session.deadline_us = end + self._expiry_grace_us
         self._poke_timer(session.deadline_us)
+        if session.conn is None:
+            self._poll_within(now)  # a slot in use: read every few slices again (``_poll_slots``)
         stats = self._stats.get(grant.tenant_id)
         if stats is not None:
             stats.grants += 1
@@ -756,6 +764,13 @@ class GrantServer:
         self._next_poll_us = now if self._slot_sessions else None
         self._poke_timer(self._next_poll_us)
 
+    def _poll_within(self, now: int) -> None:
+        """The slot poll runs within SLOT_POLL_SLICES of ``now`` (it waited for the sweep while no slot was in use)."""
+        at = now + SLOT_POLL_SLICES * self.policy.slice_us
+        if self._next_poll_us is None or self._next_poll_us > at:
+            self._next_poll_us = at
+            self._poke_timer(at)
+
     def _poll_slots(self, now: int) -> None:
         """Read every idle slot's want flag: a new wish queues the slot, a withdrawn one leaves the queue."""
         if self._shm is None or not self._slot_sessions:
@@ -763,8 +778,24 @@ class GrantServer:
             return
         if self._next_poll_us is not None and now < self._next_poll_us:
             return
-        self._next_poll_us = now + SLOT_POLL_SLICES * self.policy.slice_us
-        touched = {s.card for s in self._slot_sessions.values() if self._slot_changed(s, now)}
+        slice_us = self.policy.slice_us
+        running = self._bells is not None and self._bells.running
+        unwatched = self._bells.unwatched() if self._bells is not None and running else frozenset()
+        # the slots in use lately (an early want or a withdrawal rings nothing) and those beyond the doorbells
+        recent = now - self.policy.window_us
+        active = [
+            s
+            for f, s in self._slot_sessions.items()
+            if s.holding or s.wants or s.deadline_us > recent or f in unwatched
+        ]
+        sessions = active
+        if not running or now >= self._next_sweep_us:
+            self._next_sweep_us = now + SLOT_SWEEP_SLICES * slice_us
+            sessions = list(self._slot_sessions.values())
+        # Polled again in a few slices while any slot is in use or beyond the doorbells, else at the sweep.
+        fast = not running or bool(active)
+        self._next_poll_us = now + SLOT_POLL_SLICES * slice_us if fast else self._next_sweep_us
+        touched = {s.card for s in sessions if self._slot_changed(s, now)}
         for key in touched:
             self._decide(key, now)
 
