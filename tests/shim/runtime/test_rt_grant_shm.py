@@ -61,10 +61,10 @@ def clock() -> ManualClock:
 @pytest.fixture
 def make_server(
     grant_socket: str, shm_dir: Path, clock: ManualClock, tmp_path: Path
-) -> Iterator[Callable[[list[Registration]], GrantServer]]:
+) -> Iterator[Callable[..., GrantServer]]:
     servers: list[GrantServer] = []
 
-    def make(registrations: list[Registration]) -> GrantServer:
+    def make(registrations: list[Registration], doorbells: bool = True) -> GrantServer:
         server = GrantServer(
             grant_socket,
             SlicePolicy(quota=10, slice_us=SLICE_US),
@@ -74,6 +74,7 @@ def make_server(
             timer=False,
             shm_dir=str(shm_dir),
             daemon_pid_start=PID_START,
+            doorbells=doorbells,
         )
         server.start()
         servers.append(server)
@@ -943,31 +944,15 @@ def test_with_the_doorbells_a_want_without_a_ring_waits_for_the_sweep_of_every_s
 
 
 def test_without_the_doorbells_every_slot_is_read_every_few_slices(
-    grant_socket: str, shm_dir: Path, clock: ManualClock, tmp_path: Path
+    make_server: Callable[..., GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
 ) -> None:
-    server = GrantServer(
-        grant_socket,
-        SlicePolicy(quota=10, slice_us=SLICE_US),
-        [CARD],
-        proc_root=tmp_path,
-        clock_us=clock,
-        timer=False,
-        shm_dir=str(shm_dir),
-        daemon_pid_start=PID_START,
-        doorbells=False,
-    )
-    server.start()
-    try:
-        server.set_registrations([registration("a", units=5)])
-        a = Tenant(shm_dir, "a")
-        server.run_timers()
-        a.want()
-        clock.now_us += SLOT_POLL_SLICES * SLICE_US
-        server.run_timers()
-        assert a.holds()
-        a.close()
-    finally:
-        server.stop()
+    server = make_server([registration("a", units=5)], doorbells=False)
+    a = tenants("a")
+    server.run_timers()
+    a.want()  # never rung: nothing would hear it
+    clock.now_us += SLOT_POLL_SLICES * SLICE_US
+    server.run_timers()
+    assert a.holds()
 
 
 @needs_futex_waitv
