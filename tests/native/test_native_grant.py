@@ -113,7 +113,12 @@ def test_a_holder_whose_slice_ended_drains_and_asks_again(pod: Pod) -> None:
     assert parse(out)["launched"] == "400", err
 
 
-@pytest.mark.parametrize("spin_us", [None, "0", "1000"], ids=["default-spin", "no-spin", "longest-spin"])
+@pytest.mark.parametrize(
+    "spin_us",
+    # the pod's own environment: a value out of range or not a number falls back to the default
+    [None, "0", "1000", "1001", "-1", "NaN", "1e400", "\udced\udca0\udc80"],
+    ids=["default-spin", "no-spin", "longest-spin", "past-the-longest", "negative", "nan", "huge", "lone-surrogate"],
+)
 def test_a_successor_published_ahead_launches_from_the_deadline_with_nothing_else_written(
     pod: Pod, spin_us: str | None
 ) -> None:
