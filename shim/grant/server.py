@@ -772,7 +772,8 @@ class GrantServer:
             self._poke_timer(at)
 
     def _poll_slots(self, now: int) -> None:
-        """Read every idle slot's want flag: a new wish queues the slot, a withdrawn one leaves the queue."""
+        """Read the slots' want flags (those in use lately, or every slot at the sweep; see SLOT_POLL_SLICES): a new
+        wish queues the slot, a withdrawn one leaves the queue."""
         if self._shm is None or not self._slot_sessions:
             self._next_poll_us = None
             return
@@ -780,7 +781,7 @@ class GrantServer:
             return
         slice_us = self.policy.slice_us
         running = self._bells is not None and self._bells.running
-        unwatched = self._bells.unwatched() if self._bells is not None and running else frozenset()
+        unwatched = self._bells.unwatched() if running and self._bells is not None else frozenset()
         # the slots in use lately (an early want or a withdrawal rings nothing) and those beyond the doorbells
         recent = now - self.policy.window_us
         active = [
