@@ -138,6 +138,14 @@ def running(stack: DraStack, core: Any, name: str, timeout: float = 180) -> Any:
     return wait_for(f"pod {name} Running", phase, timeout, watch=stack.cluster.procs, interval=0.5)
 
 
+def bound(stack: DraStack, core: Any, name: str, timeout: float = 180) -> Any:
+    def node() -> Any:
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        return pod if pod.spec.node_name else None
+
+    return wait_for(f"pod {name} bound", node, timeout, watch=stack.cluster.procs, interval=0.2)
+
+
 def pod_claim(api: k8s.ApiClient, core: Any, pod_name: str) -> dict[str, Any]:
     """The ResourceClaim the resourceclaim controller made for the pod's ``npu`` claim."""
     pod = core.read_namespaced_pod(pod_name, NAMESPACE)
@@ -425,6 +433,11 @@ def share_run(
         pods[f"{name}-{units}"] = template
         argv = [a.format(seed=101 + i) for a in SATURATING]
         core.create_namespaced_pod(NAMESPACE, workload_pod(stack, f"{name}-{units}", template, device, argv, start))
+        # One pod bound before the next is created: kube-scheduler v1.37.2 can count a shared device's consumed
+        # capacity twice while the claim of the pod before is both in its assume cache and still in flight (its
+        # PreBind assumes the claim, then drops it from the in-flight claims), and the next pod of the same card is
+        # then unschedulable with no event to retry it until its unschedulable-pods flush (5 minutes). README: DRA.
+        bound(stack, core, f"{name}-{units}")
     try:
         for pod in pods:
             running(stack, core, pod)
