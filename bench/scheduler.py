@@ -6,17 +6,17 @@ as the chart runs it (its args, its ServiceAccount token). N Node objects (defau
 without kubelets: each advertises C cards (default 8) x 10 ``huawei.com/vnpu`` units, the device plugin's
 inventory annotation, and the same count of a plain extended resource ``flexnpu.io/bench-plain``.
 
-Two schedulers run from the chart's KubeSchedulerConfiguration: ``flexnpu-scheduler`` with the extender
-(filter, prioritize and bind over HTTP, every node scored: ``percentageOfNodesToScore: 100``), and
+Two schedulers run from the chart's KubeSchedulerConfiguration: ``flexnpu-scheduler`` with the extender (filter and
+bind over HTTP, prioritize too where the chart names it; every node scored: ``percentageOfNodesToScore: 100``), and
 ``plain-scheduler``, the same file with the extender removed. P pods (default 1,000) go to each in turn: the
-extender's pods request vNPU units (1, 2, 3, 5 units or one whole card), the plain ones the same counts of the
-plain resource. The client creates the pods from several threads and watches them; a pod's latency is from the
-end of its create call to the watch event that shows it bound (``spec.nodeName``), the throughput is pods over
-the time from the first create to the last bind. With no kubelets, the client also does the device plugin's one
-write per pod: as soon as the watch shows an extender pod bound it sets its handshake to ``allocated``, as the
-plugin does after kubelet's Allocate (the extender binds a second pod of the same first size to a node only
-after that: kubelet's Allocate names no pod). The figures are the scheduler's and the API server's on this
-machine, with the client in the loop for both modes alike.
+extender's pods request vNPU units (1, 2, 3, 5 units or one whole card), the plain ones the same counts of the plain
+resource. The client creates the pods from several threads and watches them; a pod's latency is from the end of its
+create call to the watch event that shows it bound (``spec.nodeName``), the throughput is pods over the time from
+the first create to the last bind. With no kubelets, the client also does the device plugin's one write per pod: as
+soon as the watch shows an extender pod bound it sets its handshake to ``allocated``, as the plugin does after
+kubelet's Allocate (the extender binds a second pod of the same first size to a node only after that: kubelet's
+Allocate names no pod). The figures are the scheduler's and the API server's on this machine, with the client in the
+loop for both modes alike.
 """
 
 from __future__ import annotations

@@ -30,18 +30,23 @@ def extender_entry(manifests: list[Manifest]) -> dict[str, Any]:
 @pytest.mark.parametrize("manifests_name", ["default_manifests", "custom_manifests"])
 def test_extender_verbs_and_resources(manifests_name: str, request: pytest.FixtureRequest) -> None:
     entry = extender_entry(request.getfixturevalue(manifests_name))
-    verbs = {k: entry[k] for k in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")}
-    assert verbs == {
-        "filterVerb": "filter",
-        "prioritizeVerb": "prioritize",
-        "bindVerb": "bind",
-        "preemptVerb": "preempt",
-    }
+    verbs = {k: entry[k] for k in ("filterVerb", "bindVerb", "preemptVerb")}
+    assert verbs == {"filterVerb": "filter", "bindVerb": "bind", "preemptVerb": "preempt"}
     assert entry["enableHTTPS"] is False
     assert entry["weight"] > 0
     managed = {r["name"]: r["ignoredByScheduler"] for r in entry["managedResources"]}
     # Kubelet counts units; memory is the extender's alone, so the scheduler must not check it against capacity.
     assert managed == {names.RESOURCE_VNPU: False, names.RESOURCE_VNPU_MEMORY: True}
+
+
+@pytest.mark.parametrize(("best_nodes_only", "verb"), [(None, None), (True, None), (False, "prioritize")])
+def test_prioritize_is_called_only_when_the_filter_passes_nodes_the_policy_ranks_apart(
+    render: Render, best_nodes_only: bool | None, verb: str | None
+) -> None:
+    """bestNodesOnly (the default): the filter's answer holds only the nodes the policy scores 10, so a prioritize
+    call could not tell them apart; without it every fitting node passes and prioritize ranks them."""
+    values = {} if best_nodes_only is None else {"extender": {"bestNodesOnly": best_nodes_only}}
+    assert extender_entry(render(values)).get("prioritizeVerb") == verb
 
 
 def test_node_cache_capable_follows_values(default_manifests: list[Manifest], custom_manifests: list[Manifest]) -> None:
