@@ -31,6 +31,7 @@ from flexnpu.extender.service import ExtenderService, Leadership, SoleReplica
 from flexnpu.extender.settings import ENV_PREFIX, ExtenderSettings, parse_listen
 from flexnpu.extender.state import ClusterState
 from flexnpu.extender.webhook import make_webhook_app, server_tls
+from flexnpu.heap import freeze_startup_heap
 from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.extender")
@@ -175,7 +176,7 @@ async def serve(
         await web.TCPSite(runner, host, port).start()
         log.info("serving the extender on %s:%d as %s, reachable at %s", host, port, me, advertise_url(settings) or "-")
         webhook = await _start_webhook(settings, tls)
-        tasks = [asyncio.create_task(informers.run())]
+        tasks = [asyncio.create_task(informers.run()), asyncio.create_task(_freeze_when_synced(informers.synced))]
         if elector is not None:
             tasks.append(asyncio.create_task(elector.run()))
         try:
@@ -192,6 +193,14 @@ async def serve(
                 await forwarder.close()
             if webhook is not None:
                 await webhook.cleanup()
+
+
+async def _freeze_when_synced(synced: asyncio.Event) -> None:
+    """The heap frozen once the first lists are in: the imports and the cluster's nodes, pods and claims as listed
+    stay out of every later full collection (one of them, unfrozen, took 170 ms at 5,000 nodes while kube-scheduler
+    waited on a filter)."""
+    await synced.wait()
+    log.info("caches synced; heap frozen: %d objects out of the full collections", freeze_startup_heap())
 
 
 async def _start_webhook(settings: ExtenderSettings, tls: ssl.SSLContext | None) -> web.AppRunner | None:

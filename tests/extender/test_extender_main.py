@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from flexnpu.extender import main as extender_main
 from flexnpu.extender.main import main
 from flexnpu.extender.settings import ExtenderSettings, parse_listen
 from flexnpu.settings import load_settings
@@ -48,3 +51,15 @@ def test_settings_from_environment_and_file(tmp_path: pytest.TempPathFactory) ->
     )
     assert (settings.policy, settings.lease_name, settings.namespace) == ("binpack", "from-file", "ops")
     assert parse_listen("[::]:9000") == ("::", 9000)
+
+
+async def test_the_heap_is_frozen_only_once_the_caches_synced(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(extender_main, "freeze_startup_heap", lambda: calls.append("freeze") or 1)
+    synced = asyncio.Event()
+    task = asyncio.create_task(extender_main._freeze_when_synced(synced))
+    await asyncio.sleep(0)
+    assert calls == [] and not task.done()
+    synced.set()
+    await asyncio.wait_for(task, 5)
+    assert calls == ["freeze"]
