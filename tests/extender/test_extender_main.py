@@ -55,7 +55,12 @@ def test_settings_from_environment_and_file(tmp_path: pytest.TempPathFactory) ->
 
 async def test_the_heap_is_frozen_only_once_the_caches_synced(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(extender_main, "freeze_startup_heap", lambda: calls.append("freeze") or 1)
+
+    def freeze() -> int:
+        calls.append("freeze")
+        return 1
+
+    monkeypatch.setattr(extender_main, "freeze_startup_heap", freeze)
     synced = asyncio.Event()
     task = asyncio.create_task(extender_main._freeze_when_synced(synced))
     await asyncio.sleep(0)
