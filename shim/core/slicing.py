@@ -327,17 +327,28 @@ class CardScheduler:
         state.bonus = pick[1]
         return self._hand_out(state, max(1, slices))
 
-    def yield_serves_other(self, now_us: int) -> bool:
+    def yield_serves_other(self, now_us: int, holder_wants: bool = False) -> bool:
         """Whether a holder that gave its grant back now, at an idle moment, would see another tenant served: what
         makes its yield worth the hand-off. False while nobody holds the card, and when no waiter could be served
         (a capped tenant under a hard cap): the holder then keeps its grant through its host gaps instead of handing
-        the card over and getting it back."""
+        the card over and getting it back.
+
+        Asked as the scheduler will be asked once the holding ended: with the holder out of the busy set unless
+        ``holder_wants`` (a yield comes at an idle moment, with nothing queued). Counted in it, its weight could
+        make the busy shares fill the card and let in a waiter past its share that, once the holder left, is not
+        served: the yield would then only idle the card until the holder's next launch queues it again.
+        """
         self._advance(now_us)
         if not self._holders:
             return False
         if self.policy.mode != "share":
             return any(s.wants and s.tenant.tenant_id not in self._holders for s in self._states.values())
-        return self._pick_share(exclude_holder=True) is not None
+        busy = sum(
+            s.weight
+            for s in self._states.values()
+            if (holder_wants if s.tenant.tenant_id in self._holders else s.wants)
+        )
+        return self._pick_share(exclude_holder=True, busy=busy) is not None
 
     def decide(self, now_us: int) -> Decision:
         """Whom to grant now if the card is free, whom to revoke, when to call again."""
@@ -393,9 +404,11 @@ class CardScheduler:
         state.budget_given += budget
         return Grant(state.tenant.tenant_id, budget)
 
-    def _pick_share(self, exclude_holder: bool) -> tuple[_State, bool] | None:
-        """The tenant to serve next and whether it would run on a bonus grant."""
-        busy = self._busy_weight()
+    def _pick_share(self, exclude_holder: bool, busy: int | None = None) -> tuple[_State, bool] | None:
+        """The tenant to serve next and whether it would run on a bonus grant; ``busy``: the busy set's weight to
+        assume (default: as it is now)."""
+        if busy is None:
+            busy = self._busy_weight()
         waiting = [
             (s, self._owed(s, busy))
             for s in self._states.values()

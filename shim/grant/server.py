@@ -897,7 +897,7 @@ class GrantServer:
             used_us = self._rebase_usage(session, used_ns)
             if self._extend_slot(session, card, used_ns, used_us, now, grace, self._tail_credit(card, session)):
                 return
-        if self.policy.mode == "share" and card.ahead is None and card.scheduler.yield_serves_other(now):
+        if self.policy.mode == "share" and card.ahead is None and card.scheduler.yield_serves_other(now, wants):
             self._hand_over_ahead(session, card, now, grace)
 
     def _hand_over_ahead(self, session: Session, card: _Card, now: int, grace: int) -> None:

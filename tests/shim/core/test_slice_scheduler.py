@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -407,6 +409,40 @@ def test_a_hard_capped_tenant_never_exceeds_its_share_over_a_window(alloc: int, 
     driven = drive(sched, 5 * WINDOW + start, use=lambda g, i: 100 + (seed * 31 + i * 7) % 4000)
     # A grant may start just under the cap and overrun its budget by the longest drain (4 ms here).
     assert driven.used("a", start, start + WINDOW) <= alloc / 10 * WINDOW + 2000 + 4100
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), share_in_idle=st.booleans())
+def test_a_yield_serves_another_exactly_when_the_holding_once_ended_would_hand_the_card_on(
+    seed: int, share_in_idle: bool
+) -> None:
+    # The contended word (flexnpud) asks yield_serves_other while the yielder still holds the card; the card is then
+    # decided with the holding ended and the yielder, idle at its yield, out of the busy set. Both must agree, or a
+    # holder gives its grant back and the card idles until its own next launch (a past bug: counted in the busy
+    # set, the holder's weight filled the card, which let in a waiter past its share that the decision after the
+    # yield did not serve; with the card oversubscribed it shrank the waiters' rates, and a yield that would have
+    # served one was not made).
+    rng = random.Random(seed)
+    names = [f"t{i}" for i in range(rng.randint(2, 3))]
+    sched = card(policy(share_in_idle=share_in_idle), *[(n, rng.randint(1, 8), NORMAL) for n in names])
+    now = 0
+    for _ in range(60):
+        decision = sched.decide(now)
+        if decision.grant is None:
+            now = max(now + 1, decision.wake_at_us or 0)
+            sched.want(rng.choice(names), now)
+            continue
+        holder = decision.grant.tenant_id
+        for name in names:  # others queue while it holds
+            if name != holder and rng.random() < 0.5:
+                sched.want(name, now)
+        moment = now + rng.randint(0, decision.grant.budget_us)
+        after = copy.deepcopy(sched)
+        after.release(holder, 0, moment, still_wants=False)
+        assert sched.yield_serves_other(moment) is (after.decide(moment).grant is not None)
+        used = decision.grant.budget_us + rng.randint(0, 5000)  # past its budget by its last kernel
+        now += used
+        sched.release(holder, used, now, still_wants=rng.random() < 0.8)
 
 
 @settings(max_examples=40, deadline=None)
