@@ -23,6 +23,12 @@
  * Successor: flexnpud may publish the grant that follows the current one ahead of its deadline (card.next_grant);
  * the slot it names waits on seq until that deadline only (FUTEX_WAIT_BITSET, absolute time, 1 ns of timer slack)
  * and launches from there, the daemon's reaction out of the hand-off.
+ * Timing: device time is the sum of event-timed intervals (a start and an end event per FLEXNPU_EVENT_EVERY launches
+ * of one thread on one stream). An interval ends before each application synchronise (fx_sync_enter: its end event
+ * queued behind its launches, not stamped when the synchronise returns) or when the launches change stream. The
+ * first interval after a wait for the card is split by a mid event after its first launch: its stream was idle,
+ * so its start event is stamped at once while the card may still run the previous holder's last kernels; the
+ * launches after mid are timed exactly and the first counts at most twice the learned per-launch estimate.
  * Modes: a slot and a card region -> GRANTED; a slot only (no daemon) -> LOCAL pacing at share_permille;
  * no slot -> UNGATED (this is a process outside any registration), logged once to stderr.
  */
@@ -71,6 +77,7 @@ static uint64_t g_renew_ns = 1000000;
 static uint64_t g_yield_min_ns = 300000;
 static uint64_t g_spin_ns = 50000;
 static _Atomic uint64_t g_inflight_launches; /* process-wide launches whose completion is not yet observed */
+static _Atomic int g_fresh_grant; /* the process waited for a grant and has not opened a timing interval since */
 static _Atomic uint64_t g_est_launch_ns; /* learned device time per launch (EWMA of event timings) */
 static _Atomic uint64_t g_used_ns;           /* this process's measured device time (local pacing) */
 static _Atomic uint64_t g_pace_t0;
@@ -85,8 +92,10 @@ static int g_log_ungated, g_log_local, g_log_dead;
 
 struct fx_interval {
     void *start, *end, *stream;
+    void *mid;      /* split intervals: recorded after the first launch */
     uint32_t launches;
     int state; /* 0 free, 1 open (start recorded), 2 closed (end recorded) */
+    int split; /* 0 no; 1 the first launch after a hand-off comes next: mid goes after it; 2 mid recorded */
 };
 
 struct fx_timing {
@@ -303,11 +312,15 @@ static void thread_exit(void *arg)
                 ops->event_destroy(t->ring[i].start);
             if (t->ring[i].end)
                 ops->event_destroy(t->ring[i].end);
+            if (t->ring[i].mid)
+                ops->event_destroy(t->ring[i].mid);
         }
         if (t->open.start)
             ops->event_destroy(t->open.start);
         if (t->open.end)
             ops->event_destroy(t->open.end);
+        if (t->open.mid)
+            ops->event_destroy(t->open.mid);
     }
     t_state = NULL;
     munmap(st, sizeof *st);
@@ -389,12 +402,15 @@ enum fx_mode fx_mode(void)
 
 /* ---- device-time measurement ---------------------------------------------------------------------------- */
 
-static void account_ns(uint64_t ns, uint32_t launches)
+/* ns measured by events over `launches` launches (what the per-launch estimate learns from), plus `extra` ns that
+ * the events bound but do not time exactly (a split interval's first launch). */
+static void account_ns(uint64_t ns, uint32_t launches, uint64_t extra)
 {
     if (launches) {
         uint64_t per = ns / launches, est = atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed);
         atomic_store_explicit(&g_est_launch_ns, est - est / 4 + per / 4 + 1, memory_order_relaxed);
     }
+    ns += extra;
     atomic_fetch_add_explicit(&g_used_ns, ns, memory_order_relaxed);
     if (g_slot)
         atomic_fetch_add_explicit(&g_slot->used_ns, ns, memory_order_relaxed);
@@ -408,13 +424,23 @@ static int collect_oldest(const struct fx_ops *ops, struct fx_timing *t, int blo
         ops->event_sync(iv->end);
     else if (ops->event_done(iv->end) == 0)
         return 0;
-    uint64_t ns = 0;
-    if (ops->elapsed_ns(iv->start, iv->end, &ns) != 0)
-        ns = 0;
-    account_ns(ns, iv->launches);
+    uint64_t ns = 0, head = 0;
+    if (iv->split == 2 && ops->elapsed_ns(iv->start, iv->mid, &head) == 0 &&
+        ops->elapsed_ns(iv->mid, iv->end, &ns) == 0) {
+        /* [start, mid] is the first launch and whatever the card ran before it (another tenant's last kernels):
+         * the first launch counts as much of it as twice the learned per-launch estimate (a mean: capped at it,
+         * the launches longer than the mean would go under-reported), never more than the span */
+        uint64_t cap = 2 * atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed);
+        account_ns(ns, iv->launches - 1, head < cap ? head : cap);
+    } else {
+        if (ops->elapsed_ns(iv->start, iv->end, &ns) != 0)
+            ns = 0;
+        account_ns(ns, iv->launches, 0);
+    }
     atomic_fetch_sub_explicit(&g_inflight_launches, iv->launches, memory_order_relaxed);
     iv->state = 0;
     iv->launches = 0;
+    iv->split = 0;
     t->head = (t->head + 1) % FX_RING;
     t->count--;
     return 1;
@@ -446,6 +472,7 @@ static void close_open(const struct fx_ops *ops, struct fx_timing *t)
         atomic_fetch_sub_explicit(&g_inflight_launches, open->launches, memory_order_relaxed);
         open->state = 0;
         open->launches = 0;
+        open->split = 0;
         return;
     }
     /* swap the event pair into the ring; the ring's old (free) pair becomes the next open pair */
@@ -454,8 +481,10 @@ static void close_open(const struct fx_ops *ops, struct fx_timing *t)
     dst->state = 2;
     open->start = spare.start;
     open->end = spare.end;
+    open->mid = spare.mid;
     open->state = 0;
     open->launches = 0;
+    open->split = 0;
     t->count++;
 }
 
@@ -468,6 +497,13 @@ static void timing_drain(const struct fx_ops *ops, struct fx_timing *t, int bloc
 
 static void withdraw_early_want(void);
 static void maybe_yield(void);
+
+void fx_sync_enter(const struct fx_ops *ops)
+{
+    struct fx_thread *st = t_state;
+    if (st && fx_mode() != FX_UNGATED)
+        close_open(ops, &st->abi[ops->abi]);
+}
 
 void fx_harvest(const struct fx_ops *ops, int device_idle)
 {
@@ -498,7 +534,7 @@ static void report_at_exit(void)
 void fx_account_sync_ns(uint64_t ns)
 {
     if (fx_mode() != FX_UNGATED)
-        account_ns(ns, 0);
+        account_ns(ns, 0, 0);
 }
 
 /* Device time this process has queued and not seen complete, from the learned per-launch estimate. */
@@ -696,6 +732,7 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
         if (granted_at(card, now, &deadline, &began)) {
             atomic_store(&g_slot->want, 0);
             atomic_store(&g_dead, 0);
+            atomic_store_explicit(&g_fresh_grant, 1, memory_order_relaxed);
             uint64_t ended = began ? began : atomic_load_explicit(&card->ended_ns, memory_order_relaxed);
             if (ended >= asked) {
                 record_latency(g_slot->handoff_hist, ended, now);
@@ -864,6 +901,15 @@ void fx_launch_enter(const struct fx_ops *ops, void *stream)
         t->open.state = 1;
         t->open.stream = stream;
         t->open.launches = 0;
+        /* The first interval after a wait for the card, with nothing of this process in flight: the stream is
+         * idle, so its start event is stamped now, while the card may still run the previous holder's last kernels
+         * (a grant ends at its deadline undrained). A mid event after this first launch bounds them out: the
+         * launches after it are timed exactly, the first at most at twice the learned per-launch estimate. */
+        t->open.split = 0;
+        if (atomic_load_explicit(&g_fresh_grant, memory_order_relaxed) &&
+            atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) == 0 &&
+            atomic_exchange(&g_fresh_grant, 0) && (t->open.mid || ops->event_create(&t->open.mid) == 0))
+            t->open.split = 1;
     }
 }
 
@@ -875,6 +921,8 @@ void fx_launch_exit(const struct fx_ops *ops, void *stream, int launched)
     struct fx_timing *t = &st->abi[ops->abi];
     if (!launched || t->open.state != 1 || t->open.stream != stream)
         return;
+    if (t->open.split == 1)
+        t->open.split = t->open.launches == 0 && ops->event_record(t->open.mid, stream) == 0 ? 2 : 0;
     t->open.launches++;
     atomic_fetch_add_explicit(&g_inflight_launches, 1, memory_order_relaxed);
     if (t->open.launches >= g_event_every) {

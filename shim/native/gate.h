@@ -49,6 +49,10 @@ void fx_launch_exit(const struct fx_ops *ops, void *stream, int launched);
 void fx_gate_only(const struct fx_ops *ops);
 /* Time of a synchronous device call measured on the host clock (no stream to put an event on). */
 void fx_account_sync_ns(uint64_t ns);
+/* Before an application synchronise: the thread's open timing interval ends here, its end event queued behind the
+ * launches it times (recorded after the synchronise returned, it would be stamped then: the host's wake-up, and
+ * any kernel of the next holder started meanwhile, would count as this tenant's device time). */
+void fx_sync_enter(const struct fx_ops *ops);
 /* After the application synchronised: collect what completed (non-blocking); device_idle: the whole device
  * (context) was synchronised, so the open interval ends too. */
 void fx_harvest(const struct fx_ops *ops, int device_idle);

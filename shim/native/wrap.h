@@ -78,6 +78,7 @@
 #define SYNCED(name, idle, ...)                                                                                  \
     do {                                                                                                         \
         FX_REAL_OR_PASS(name, __VA_ARGS__);                                                                      \
+        fx_sync_enter(&g_ops);                                                                                   \
         FX_CALL_REAL(__VA_ARGS__);                                                                               \
         fx_harvest(&g_ops, (idle));                                                                              \
         return r_;                                                                                               \
