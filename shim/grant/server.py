@@ -126,6 +126,8 @@ class Session:
     deadline_us: int = 0
     want_since_us: int = 0
     used_ns_seen: int = 0  # a slot's cumulative used_ns at its last charge
+    excluded_ns_seen: int = 0  # its cumulative excluded_ns then
+    tail_allowance_us: int = 0  # other holders' tails credited to its holdings, not yet matched by its excluded_ns
     renew_at_us: int | None = None  # a slot holder's renewal is tried then (before its deadline)
 
     def send(self, message: Message) -> bool:
@@ -760,6 +762,7 @@ class GrantServer:
                 flexnpu_id=fid,
                 card=(registration.npu, registration.chip),
                 used_ns_seen=report.used_ns if report else 0,
+                excluded_ns_seen=report.excluded_ns if report else 0,
             )
         self._next_poll_us = now if self._slot_sessions else None
         self._poke_timer(self._next_poll_us)
@@ -862,6 +865,7 @@ class GrantServer:
         card = self._cards[session.card]
         grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)
         credit = self._tail_credit(card, session)
+        used_us += self._unexcused_us(session, credit)
         # When the holding ended, for the card's ended_ns (a figure): its deadline, or its yield as the pod dates it
         ended_us = max(session.granted_at_us, min(now, yield_ns // 1000)) if yielded else session.deadline_us
         if wants and not yielded and session.revoked_seq != session.seq:  # a revoked holder queues, not renewed
@@ -895,7 +899,9 @@ class GrantServer:
         grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)
         if wants or used_ns > session.used_ns_seen:
             used_us = self._rebase_usage(session, used_ns)
-            if self._extend_slot(session, card, used_ns, used_us, now, grace, self._tail_credit(card, session)):
+            credit = self._tail_credit(card, session)
+            used_us += self._unexcused_us(session, credit)
+            if self._extend_slot(session, card, used_ns, used_us, now, grace, credit):
                 return
         if self.policy.mode == "share" and card.ahead is None and card.scheduler.yield_serves_other(now, wants):
             self._hand_over_ahead(session, card, now, grace)
@@ -912,6 +918,7 @@ class GrantServer:
         used_ns, wants = (report[0], report[1]) if report else (session.used_ns_seen, False)
         used_us = self._rebase_usage(session, used_ns)
         credit = self._tail_credit(card, session)
+        used_us += self._unexcused_us(session, credit)
         session.renew_at_us = None
         session.holding = False
         if wants:
@@ -969,6 +976,20 @@ class GrantServer:
         self._hand_out(session, grant, now)
         return True
 
+    def _unexcused_us(self, session: Session, credit_us: int) -> int:
+        """What the slot's timing left out as another holder's since its last charge (``excluded_ns``) and the
+        tails credited to its holdings (``credit_us`` now, and those before) do not account for: its own device
+        time, charged with its report. A pod whose first launch in a grant is a long kernel of its own leaves it
+        out of used_ns as it would another's tail: this charges it all the same."""
+        assert self._shm is not None
+        excluded_ns = self._shm.excluded(session.flexnpu_id)
+        if excluded_ns < session.excluded_ns_seen:  # the counter went backwards (a pod's write): re-based
+            session.excluded_ns_seen = excluded_ns
+        excluded_us = usage_delta_us(session.excluded_ns_seen, excluded_ns)
+        session.excluded_ns_seen = excluded_ns
+        unexcused, session.tail_allowance_us = unexcused_us(excluded_us, session.tail_allowance_us + credit_us)
+        return unexcused
+
     def _tail_credit(self, card: _Card, session: Session) -> int:
         """What the card ran of the former holder's work since its deadline and is not yet credited (µs)."""
         assert self._shm is not None
@@ -995,6 +1016,16 @@ def _latency_priority() -> None:
     wake up to hand the card on, and every microsecond a runnable one waits for a CPU the card idles."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+
+
+def unexcused_us(excluded_us: int, allowance_us: int) -> tuple[int, int]:
+    """(the part of ``excluded_us`` that the tails in ``allowance_us`` do not excuse, the allowance left) (pure).
+
+    The allowance is what other holders' tails ran in a slot's holdings (their reports after their deadlines);
+    what is left of it is kept up to ``MAX_TAIL_US`` (its report of such a holding may come with a later charge)."""
+    allowance = max(0, allowance_us)
+    excused = min(max(0, excluded_us), allowance)
+    return max(0, excluded_us) - excused, min(allowance - excused, MAX_TAIL_US)
 
 
 def _consumed(seen_ns: int, used_ns: int, charged_us: int) -> int:

@@ -93,6 +93,7 @@ SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "yield_epoch": (80, 4),
     "yield_ns": (88, 8),
     "reclaimed_bytes": (96, 8),
+    "excluded_ns": (104, 8),
 }
 # Arrays of u32 (offset, count): the tenant-measured latency histograms.
 SLOT_ARRAYS: dict[str, tuple[int, int]] = {
@@ -443,6 +444,7 @@ class SlotSnapshot:
     yield_epoch: int = 0
     yield_ns: int = 0
     reclaimed_bytes: int = 0
+    excluded_ns: int = 0
 
 
 class Slot(_Mapped):

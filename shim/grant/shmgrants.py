@@ -73,6 +73,7 @@ class SlotReport:
     yield_epoch: int = 0
     yield_ns: int = 0
     reclaimed_bytes: int = 0
+    excluded_ns: int = 0
 
 
 class Watcher(Protocol):
@@ -94,6 +95,7 @@ def read_report(snapshot: shm.SlotSnapshot) -> SlotReport:
         yield_epoch=snapshot.yield_epoch,
         yield_ns=min(snapshot.yield_ns, MAX_COUNT),
         reclaimed_bytes=min(snapshot.reclaimed_bytes, MAX_COUNT),
+        excluded_ns=min(snapshot.excluded_ns, MAX_COUNT),
     )
 
 
@@ -212,6 +214,12 @@ class ShmGrants:
         if slot is None:
             return None
         return min(slot.get("used_ns"), MAX_COUNT), slot.get("want") == 1, min(slot.get("yield_ns"), MAX_COUNT)
+
+    def excluded(self, flexnpu_id: str) -> int:
+        """The slot's cumulative ``excluded_ns`` (one load, clamped; 0 without a slot): device time its pod's timing
+        left out as another holder's, which flexnpud excuses only as far as it measured such tails."""
+        slot = self._slots.get(flexnpu_id)
+        return 0 if slot is None else min(slot.get("excluded_ns"), MAX_COUNT)
 
     def report(self, flexnpu_id: str) -> SlotReport | None:
         """The slot's clamped report, or None when the registration has no slot."""

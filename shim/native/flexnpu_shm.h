@@ -94,7 +94,11 @@ struct fx_slot {
     uint32_t pad;
     _Atomic uint64_t yield_ns;        /* tenant: when it gave it back (CLOCK_MONOTONIC; a figure, not a charge) */
     _Atomic uint64_t reclaimed_bytes; /* tenant: bytes of dead processes moved out of mem_used_bytes (ledger) */
-    uint64_t reserved[3];
+    _Atomic uint64_t excluded_ns;     /* tenant: device time its timing left out of used_ns as another holder's (the
+                                         span before the first launch of a grant, past what that launch counts
+                                         at: gate.c); flexnpud excuses no more of it than the tails it measured
+                                         of the holders before, and charges the rest */
+    uint64_t reserved[2];
     /* tenant, figures only: grants this pod waited for, by fx_hist_bucket of the microseconds from the end of the
      * previous holder's grant (card.ended_ns) to the gate letting a launch through (hand-off), and, when nobody
      * held the card, from the want to that moment (acquire) */
@@ -131,6 +135,7 @@ _Static_assert(offsetof(struct fx_slot, yield_ns) == 88, "slot.yield_ns");
 _Static_assert(offsetof(struct fx_slot, handoff_hist) == 128, "slot.handoff_hist");
 _Static_assert(offsetof(struct fx_slot, acquire_hist) == 640, "slot.acquire_hist");
 _Static_assert(offsetof(struct fx_slot, reclaimed_bytes) == 96, "slot.reclaimed_bytes");
+_Static_assert(offsetof(struct fx_slot, excluded_ns) == 104, "slot.excluded_ns");
 _Static_assert(offsetof(struct fx_slot, ledger) == 1152 && sizeof(struct fx_ledger_entry) == 16, "slot.ledger");
 _Static_assert(offsetof(struct fx_slot, successor_hist) == 3200, "slot.successor_hist");
 _Static_assert(sizeof(struct fx_slot) <= FX_SHM_SIZE && sizeof(struct fx_card_region) <= FX_SHM_SIZE, "4 KiB");

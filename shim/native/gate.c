@@ -28,7 +28,9 @@
  * queued behind its launches, not stamped when the synchronise returns) or when the launches change stream. The
  * first interval after a wait for the card is split by a mid event after its first launch: its stream was idle,
  * so its start event is stamped at once while the card may still run the previous holder's last kernels; the
- * launches after mid are timed exactly and the first counts at most twice the learned per-launch estimate.
+ * launches after mid are timed exactly and the first counts at most twice the learned per-launch estimate; what
+ * that leaves out goes to the slot's excluded_ns, which flexnpud excuses only as far as it measured the tails of the
+ * holders before (a pod's own long first kernel is charged all the same).
  * Modes: a slot and a card region -> GRANTED; a slot only (no daemon) -> LOCAL pacing at share_permille;
  * no slot -> UNGATED (this is a process outside any registration), logged once to stderr.
  */
@@ -432,6 +434,8 @@ static int collect_oldest(const struct fx_ops *ops, struct fx_timing *t, int blo
          * the launches longer than the mean would go under-reported), never more than the span */
         uint64_t cap = 2 * atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed);
         account_ns(ns, iv->launches - 1, head < cap ? head : cap);
+        if (head > cap && g_slot) /* told apart, so that a pod's own long first launch is charged all the same */
+            atomic_fetch_add_explicit(&g_slot->excluded_ns, head - cap, memory_order_relaxed);
     } else {
         if (ops->elapsed_ns(iv->start, iv->end, &ns) != 0)
             ns = 0;

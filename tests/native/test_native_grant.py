@@ -485,3 +485,30 @@ def test_the_previous_holders_last_kernel_is_not_timed_as_the_next_holders_devic
     # measurement: half the default 2 ms in-flight cap); pod-a's 300 ms are no part of it
     used = b.get("used_ns")
     assert client.busy_ns <= used <= client.busy_ns + 50_000_000, used
+
+
+def test_a_pods_own_long_first_kernel_in_a_grant_is_told_apart_for_the_daemon(pod: Pod) -> None:
+    """The split interval counts a grant's first launch at most at twice the learned estimate, and what it leaves
+    out goes to the slot's excluded_ns: flexnpud excuses it only as far as it measured another holder's tail in
+    that holding, so a pod whose first launch in each grant is a long kernel of its own is charged it all the same
+    (tests/shim/runtime/test_rt_grant_shm.py -k excused)."""
+    pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    b = pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
+    pod.grant(1, epoch=1)  # pod-a holds the card (and runs nothing)
+    proc = subprocess.Popen(
+        [pod.program("acl_prog"), "launch", "1", "100000"], env=pod.env("pod-b"), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: b.get("want") == 1, "pod-b to ask for the card")
+        pod.grant(2, epoch=2)  # the card is idle: pod-b's 100 ms kernel is all its own
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert parse(out)["launched"] == "1"
+    client = fake_device(pod.device)[2][proc.pid]
+    assert client.busy_ns == 100_000_000
+    used, excluded = b.get("used_ns"), b.get("excluded_ns")
+    assert used <= 2_000_000 < 90_000_000 <= excluded  # counted at twice the 1 ms estimate; the rest told apart
+    assert client.busy_ns <= used + excluded <= client.busy_ns + 50_000_000

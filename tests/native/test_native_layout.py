@@ -21,8 +21,9 @@ int main(void) {
     F(fx_slot, magic) F(fx_slot, version) F(fx_slot, slot_index) F(fx_slot, card_index) F(fx_slot, mem_cap_bytes)
     F(fx_slot, mem_used_bytes) F(fx_slot, used_ns) F(fx_slot, inflight_est_ns) F(fx_slot, want) F(fx_slot, doorbell)
     F(fx_slot, share_permille) F(fx_slot, priority) F(fx_slot, mem_peak_bytes) F(fx_slot, denied_allocs)
-    F(fx_slot, yield_epoch) F(fx_slot, yield_ns) F(fx_slot, reclaimed_bytes) F(fx_slot, handoff_hist)
-    F(fx_slot, acquire_hist) F(fx_slot, successor_hist) F(fx_ledger_entry, bytes) F(fx_ledger_entry, pid)
+    F(fx_slot, yield_epoch) F(fx_slot, yield_ns) F(fx_slot, reclaimed_bytes) F(fx_slot, excluded_ns)
+    F(fx_slot, handoff_hist) F(fx_slot, acquire_hist) F(fx_slot, successor_hist)
+    F(fx_ledger_entry, bytes) F(fx_ledger_entry, pid)
     printf("ledger=%zu,%zu,%u,%u\\n", offsetof(struct fx_slot, ledger), sizeof(struct fx_ledger_entry),
            FX_LEDGER_ENTRIES, FX_LEDGER_LOCK_BASE);
     for (unsigned long long us = 0; us < 300000; us = us < 100 ? us + 1 : us + us / 97 + 1)

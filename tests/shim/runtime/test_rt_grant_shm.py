@@ -29,6 +29,7 @@ from flexnpu.shim.grant import shm
 from flexnpu.shim.grant.bells import Doorbells, RingBudget, available
 from flexnpu.shim.grant.server import (
     LONE_SLICES,
+    MAX_TAIL_US,
     REVOKE_GRACE_US,
     RING_BURST,
     RINGS_PER_SLICE,
@@ -37,6 +38,7 @@ from flexnpu.shim.grant.server import (
     SLOT_SWEEP_SLICES,
     GrantServer,
     renew_ahead_us,
+    unexcused_us,
 )
 from flexnpu.shim.grant.shmgrants import SlotReport, read_report, usage_delta_us
 from flexnpu.shim.runtime import wire
@@ -507,6 +509,61 @@ def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_h
     assert server.stats()[first_id]["device_time_us"] == 2 * SLICE_US + min(
         SLOT_CHARGE_GRACE_US, max(0, tail_us - SLICE_US)
     )
+
+
+@pytest.mark.parametrize(
+    ("tail_us", "excluded_us", "charged"),
+    [
+        # its timing left out 1500 µs as the former holder's, and the former reported a 1500 µs tail: excused
+        (1500, 1500, SLICE_US - 1500),
+        # nobody's tail ran in its holding: what it left out was its own long first kernel, charged with its report
+        (0, 6000, 300 + 6000),
+        # a part excused, the rest its own: max(300 + 3000, 2000) less the 1000 credited
+        (1000, 4000, 300 + 3000 - 1000),
+    ],
+)
+def test_device_time_a_pods_timing_left_out_is_excused_only_by_the_tails_before_it(
+    make_server: Callable[[list[Registration]], GrantServer],
+    clock: ManualClock,
+    tenants: Callable[[str], Tenant],
+    tail_us: int,
+    excluded_us: int,
+    charged: int,
+) -> None:
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    b.want()
+    server.run_timers()
+    first, second = (a, b) if a.holds() else (b, a)
+    second_id = "b" if first is a else "a"
+    first.use(SLICE_US)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert second.holds()
+    first.use(tail_us)  # the former holder's work after its deadline
+    second.use(300)
+    second.slot.set("excluded_ns", excluded_us * 1000)  # what libflexnpu left out of the 300 as another's
+    second.want(0)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    # max(300 + what no tail excuses, 2000 held), less the tail credited
+    assert server.stats()[second_id]["device_time_us"] == charged
+
+
+@pytest.mark.parametrize(
+    ("excluded", "allowance", "expected"),
+    [
+        (1500, 1500, (0, 0)),
+        (1500, 4000, (0, 2500)),  # a tail its report leaves out only at a later charge: kept for then
+        (6000, 0, (6000, 0)),
+        (4000, 1000, (3000, 0)),
+        (0, 10**9, (0, MAX_TAIL_US)),  # kept no longer than one tail
+        (-5, -5, (0, 0)),  # nonsense counts for nothing
+    ],
+)
+def test_what_the_tails_do_not_excuse(excluded: int, allowance: int, expected: tuple[int, int]) -> None:
+    assert unexcused_us(excluded, allowance) == expected
 
 
 def test_a_higher_priority_socket_tenant_revokes_a_slot_holder(
