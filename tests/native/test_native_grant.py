@@ -491,7 +491,7 @@ def test_a_pods_own_long_first_kernel_in_a_grant_is_told_apart_for_the_daemon(po
     """The split interval counts a grant's first launch at most at twice the learned estimate, and what it leaves
     out goes to the slot's excluded_ns: flexnpud excuses it only as far as it measured another holder's tail in
     that holding, so a pod whose first launch in each grant is a long kernel of its own is charged it all the same
-    (tests/shim/runtime/test_rt_grant_shm.py -k excused)."""
+    (tests/shim/runtime/test_rt_grant_shm.py -k former_holders)."""
     pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     b = pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1)  # pod-a holds the card (and runs nothing)

@@ -470,11 +470,15 @@ def test_usage_past_one_charge_is_carried_to_the_next_one(
 
 
 @pytest.mark.parametrize(
-    ("tail_us", "charged"),
+    ("tail_us", "excluded_us", "charged"),
     [
-        (1500, SLICE_US - 1500),  # held 2000, 1500 of it ran the former holder's last kernel
-        (0, SLICE_US),
-        ((1 << 40), 0),  # a tail that covers the whole holding: the former holder pays it, this one nothing
+        (1500, 0, SLICE_US - 1500),  # held 2000, 1500 of it ran the former holder's last kernel
+        (0, 0, SLICE_US),
+        ((1 << 40), 0, 0),  # a tail that covers the whole holding: the former holder pays it, this one nothing
+        # What its timing left out as another holder's (excluded_ns) is excused only by the tails credited:
+        (1500, 1500, SLICE_US - 1500),  # the former reported a 1500 µs tail: all excused
+        (0, 6000, 300 + 6000),  # no tail ran in its holding: its own long first kernel, charged with its report
+        (1000, 4000, 300 + 3000 - 1000),  # a part excused, the rest its own: max(300 + 3000, 2000) less 1000
     ],
 )
 def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_holder(
@@ -482,6 +486,7 @@ def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_h
     clock: ManualClock,
     tenants: Callable[[str], Tenant],
     tail_us: int,
+    excluded_us: int,
     charged: int,
 ) -> None:
     server = make_server([registration("a", units=5), registration("b", units=5)])
@@ -497,6 +502,7 @@ def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_h
     assert second.holds()
     first.use(tail_us)  # measured when it drained, after its deadline
     second.use(300)
+    second.slot.set("excluded_ns", excluded_us * 1000)  # what libflexnpu left out of it as another's
     second.want(0)
     clock.now_us += SLICE_US
     server.run_timers()
@@ -509,46 +515,6 @@ def test_the_former_holders_work_after_its_deadline_is_not_charged_to_the_next_h
     assert server.stats()[first_id]["device_time_us"] == 2 * SLICE_US + min(
         SLOT_CHARGE_GRACE_US, max(0, tail_us - SLICE_US)
     )
-
-
-@pytest.mark.parametrize(
-    ("tail_us", "excluded_us", "charged"),
-    [
-        # its timing left out 1500 µs as the former holder's, and the former reported a 1500 µs tail: excused
-        (1500, 1500, SLICE_US - 1500),
-        # nobody's tail ran in its holding: what it left out was its own long first kernel, charged with its report
-        (0, 6000, 300 + 6000),
-        # a part excused, the rest its own: max(300 + 3000, 2000) less the 1000 credited
-        (1000, 4000, 300 + 3000 - 1000),
-    ],
-)
-def test_device_time_a_pods_timing_left_out_is_excused_only_by_the_tails_before_it(
-    make_server: Callable[[list[Registration]], GrantServer],
-    clock: ManualClock,
-    tenants: Callable[[str], Tenant],
-    tail_us: int,
-    excluded_us: int,
-    charged: int,
-) -> None:
-    server = make_server([registration("a", units=5), registration("b", units=5)])
-    a, b = tenants("a"), tenants("b")
-    a.want()
-    b.want()
-    server.run_timers()
-    first, second = (a, b) if a.holds() else (b, a)
-    second_id = "b" if first is a else "a"
-    first.use(SLICE_US)
-    clock.now_us += SLICE_US
-    server.run_timers()
-    assert second.holds()
-    first.use(tail_us)  # the former holder's work after its deadline
-    second.use(300)
-    second.slot.set("excluded_ns", excluded_us * 1000)  # what libflexnpu left out of the 300 as another's
-    second.want(0)
-    clock.now_us += SLICE_US
-    server.run_timers()
-    # max(300 + what no tail excuses, 2000 held), less the tail credited
-    assert server.stats()[second_id]["device_time_us"] == charged
 
 
 @pytest.mark.parametrize(
