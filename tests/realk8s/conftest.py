@@ -7,6 +7,8 @@ unless FLEXNPU_REALK8S=1 is set (CI): then a missing binary is a failure.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,12 +65,21 @@ def realk8s_binary() -> Path:
     return path
 
 
+# A Unix socket's path holds at most 107 bytes (sun_path), and kubelet's plugin sockets lie five directories deep
+# in the work directory: under pytest's basetemp (/tmp/pytest-of-<user>/pytest-<n>/realk8s0) they passed it once n
+# had three digits, and the DRA plugin could not bind its registration socket.
+LONGEST_SOCKET = "nodes/realk8s-dra/kubelet/plugins_registry/npu.flexnpu.io-reg.sock"
+SUN_PATH_MAX = 107
+
+
 @pytest.fixture(scope="session")
-def cluster(
-    realk8s_binary: Path, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
-) -> Iterator[ControlPlane]:
-    plane = ControlPlane(binary=realk8s_binary, work=tmp_path_factory.mktemp("realk8s", numbered=True))
-    pytestconfig.stash[WORK_DIR] = plane.work
+def cluster(realk8s_binary: Path, request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """The control plane in a short work directory of its own (kept, and named in the report, when a test failed)."""
+    work = Path(tempfile.mkdtemp(prefix="rk8s-"))
+    longest = work / LONGEST_SOCKET
+    assert len(str(longest).encode()) <= SUN_PATH_MAX, f"socket path too long for AF_UNIX: {longest}"
+    plane = ControlPlane(binary=realk8s_binary, work=work)
+    request.config.stash[WORK_DIR] = plane.work
     try:
         plane.start()
         yield plane
@@ -76,6 +87,8 @@ def cluster(
         plane.stop()
     left = leftover_processes(plane.work)
     assert not left, "processes left behind by the realk8s control plane:\n" + "\n".join(left)
+    if not request.session.testsfailed:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
