@@ -645,6 +645,7 @@ TENANT_FIELDS = (
     "yield_epoch",
     "yield_ns",
     "reclaimed_bytes",
+    "excluded_ns",
 )
 U64 = st.one_of(st.sampled_from([0, 1, 2, (1 << 32) - 1, (1 << 63) - 1, (1 << 64) - 1]), st.integers(0, (1 << 64) - 1))
 
