@@ -214,8 +214,10 @@ class VnpuPlugin:
         """Allocate for one container; AllocationError (recorded on the pod when it was found) refuses it."""
         with self._allocate_lock:
             pod = self._offered_pod(ids)
+            matched = "the pod GetPreferredAllocation offered"
             if pod is None:
-                pod = match_pod(self._pending(self._node_pods(pending_only=True)), len(ids))
+                pending = self._pending(self._node_pods(pending_only=True))
+                pod, matched = match_pod(pending, len(ids)), f"matched among {len(pending)} pending pod(s)"
             container = None if pod is None else pod.next_container
             what = "no pod" if pod is None or container is None else f"pod {pod.ref} container {container.name}"
             try:
@@ -227,6 +229,17 @@ class VnpuPlugin:
                 raise AllocationError(f"{what}: {exc}") from exc
             if pod is not None:
                 self._record(pod, allocation)
+                env = allocation.response.env()
+                log.info(
+                    "Allocate of %d unit(s): %s (%s), cards %s, FLEXNPU_ID=%s FLEXNPU_PRIORITY=%s FLEXNPU_CLAIM=%s",
+                    len(ids),
+                    what,
+                    matched,
+                    ",".join(f"{c.index}:{c.units}u/{c.memory_mib}MiB" for c in allocation.cards),
+                    env.get(names.ENV_ID, "-"),
+                    env.get(names.ENV_PRIORITY, "-"),
+                    env.get(names.ENV_CLAIM, "-"),
+                )
             self.metrics.allocations.labels(placement=allocation.placement).inc()
             return allocation
 

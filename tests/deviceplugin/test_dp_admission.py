@@ -114,8 +114,13 @@ def card_of(response: Any) -> str:
 
 
 def test_twenty_same_size_pods_created_at_once_each_get_their_own_card_cap_priority_and_claim(
-    kubelet: StubKubelet, run_plugin: Any, with_claims: KubeEmulator, kube_api: KubeApi
+    kubelet: StubKubelet,
+    run_plugin: Any,
+    with_claims: KubeEmulator,
+    kube_api: KubeApi,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO", logger="flexnpu.deviceplugin.plugin")
     k8s = with_claims
     pods = []
     for i in range(20):
@@ -149,6 +154,9 @@ def test_twenty_same_size_pods_created_at_once_each_get_their_own_card_cap_prior
             env["FLEXNPU_ID"],
             env["FLEXNPU_CLAIM"],
         ) == (CARD[i // 3], str(4000 + i), ("high", "normal", "low")[i % 3], expected_id, expected_id), name
+        # The plugin's log says which pod each Allocate was matched to, and what it injected.
+        [line] = [r.getMessage() for r in caplog.records if f"pod default/{name} container main" in r.getMessage()]
+        assert f"{i // 3}:3u/{4000 + i}MiB" in line and f"FLEXNPU_ID={expected_id}" in line, line
         notes = k8s.annotations("pod", name)
         assert (notes[names.ANNOTATION_BIND_PHASE], notes[names.ANNOTATION_ALLOCATED_CONTAINERS]) == (
             "allocated",
