@@ -151,6 +151,7 @@ class _Ahead:
     successor: Session | None
     at_us: int
     charged_us: int
+    unexcused_us: int = 0  # of the charge, what the slot's timing left out and no tail excused
 
 
 @dataclass
@@ -865,11 +866,12 @@ class GrantServer:
         card = self._cards[session.card]
         grace = max(self.policy.charge_grace_us, SLOT_CHARGE_GRACE_US)
         credit = self._tail_credit(card, session)
-        used_us += self._unexcused_us(session, credit)
+        unexcused = self._unexcused_us(session, credit)
+        used_us += unexcused
         # When the holding ended, for the card's ended_ns (a figure): its deadline, or its yield as the pod dates it
         ended_us = max(session.granted_at_us, min(now, yield_ns // 1000)) if yielded else session.deadline_us
         if wants and not yielded and session.revoked_seq != session.seq:  # a revoked holder queues, not renewed
-            if self._extend_slot(session, card, used_ns, used_us, now, grace, credit):
+            if self._extend_slot(session, card, used_ns, used_us, now, grace, credit, unexcused):
                 return
             used_us = 0  # the refused extension charged it already
         session.holding = False
@@ -877,7 +879,7 @@ class GrantServer:
             self._enqueue(session, now)
         charged = self._end_grant(session, used_us, now, grace_us=grace, credit_us=credit, ended_us=ended_us)
         if used_us:
-            session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged)
+            session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged, unexcused)
         card.tail_of, card.tail_credited_us = (session.flexnpu_id, used_ns), 0  # its last work may still run
 
     def _renew_ahead(self, session: Session, now: int) -> None:
@@ -900,8 +902,8 @@ class GrantServer:
         if wants or used_ns > session.used_ns_seen:
             used_us = self._rebase_usage(session, used_ns)
             credit = self._tail_credit(card, session)
-            used_us += self._unexcused_us(session, credit)
-            if self._extend_slot(session, card, used_ns, used_us, now, grace, credit):
+            unexcused = self._unexcused_us(session, credit)
+            if self._extend_slot(session, card, used_ns, used_us + unexcused, now, grace, credit, unexcused):
                 return
         if self.policy.mode == "share" and card.ahead is None and card.scheduler.yield_serves_other(now, wants):
             self._hand_over_ahead(session, card, now, grace)
@@ -918,13 +920,14 @@ class GrantServer:
         used_ns, wants = (report[0], report[1]) if report else (session.used_ns_seen, False)
         used_us = self._rebase_usage(session, used_ns)
         credit = self._tail_credit(card, session)
-        used_us += self._unexcused_us(session, credit)
+        unexcused = self._unexcused_us(session, credit)
+        used_us += unexcused
         session.renew_at_us = None
         session.holding = False
         if wants:
             self._enqueue(session, now)
         charged = self._end_grant(session, used_us, at, grace_us=grace, credit_us=credit, ended_us=at)
-        card.ahead = _Ahead(session, None, at, charged)
+        card.ahead = _Ahead(session, None, at, charged, unexcused)
         decision = card.scheduler.decide(at)
         if decision.grant is not None:
             card.ahead.successor = self._grant(card, decision.grant, now, at_us=at)
@@ -942,7 +945,7 @@ class GrantServer:
         report = self._shm.usage(former.flexnpu_id)
         if report is None or self._slot_sessions.get(former.flexnpu_id) is not former:
             return
-        former.used_ns_seen = _consumed(former.used_ns_seen, report[0], ahead.charged_us)
+        former.used_ns_seen = _consumed(former.used_ns_seen, report[0], ahead.charged_us, ahead.unexcused_us)
         card.tail_of, card.tail_credited_us = (former.flexnpu_id, report[0]), 0
 
     def _rebase_usage(self, session: Session, used_ns: int) -> int:
@@ -952,7 +955,15 @@ class GrantServer:
         return usage_delta_us(session.used_ns_seen, used_ns)
 
     def _extend_slot(
-        self, session: Session, card: _Card, used_ns: int, used_us: int, now: int, grace: int, credit: int
+        self,
+        session: Session,
+        card: _Card,
+        used_ns: int,
+        used_us: int,
+        now: int,
+        grace: int,
+        credit: int,
+        unexcused: int = 0,
     ) -> bool:
         """Charge a slot holder its use so far and renew its grant when the scheduler picks it again (True); for
         ``LONE_SLICES`` when nobody else waits."""
@@ -970,7 +981,7 @@ class GrantServer:
             self._record_usage(session.flexnpu_id, charged, now)
         except UnknownTenantError:
             grant, charged = None, used_us
-        session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged)
+        session.used_ns_seen = _consumed(session.used_ns_seen, used_ns, charged, unexcused)
         if grant is None:
             return False
         self._hand_out(session, grant, now)
@@ -1028,9 +1039,12 @@ def unexcused_us(excluded_us: int, allowance_us: int) -> tuple[int, int]:
     return max(0, excluded_us) - excused, min(allowance - excused, MAX_TAIL_US)
 
 
-def _consumed(seen_ns: int, used_ns: int, charged_us: int) -> int:
-    """A slot's ``used_ns_seen`` after a charge: the reported usage it covered is consumed, the rest is carried."""
-    return min(used_ns, seen_ns + charged_us * 1000)
+def _consumed(seen_ns: int, used_ns: int, charged_us: int, unexcused_us: int = 0) -> int:
+    """A slot's ``used_ns_seen`` after a charge: the reported usage it covered is consumed, the rest is carried.
+
+    The charge covers the unexcused time it added first (``unexcused_us``, which no counter carries to a later
+    charge), then the report: a charge capped below both leaves the report's rest for the next one."""
+    return min(used_ns, seen_ns + max(0, charged_us - max(0, unexcused_us)) * 1000)
 
 
 def _welcome(registration: Registration, policy: SlicePolicy) -> Message:

@@ -469,6 +469,44 @@ def test_usage_past_one_charge_is_carried_to_the_next_one(
     assert server.stats()["a"]["device_time_us"] == SLICE_US + SLOT_CHARGE_GRACE_US + carried  # charged, not dropped
 
 
+def test_an_unexcused_charge_does_not_forgive_usage_carried_from_before(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    # A report past one charge is carried. A later charge, capped, that also holds device time the slot's timing
+    # left out (excluded_ns, no tail to excuse it) covers that time first, as no counter carries it: the rest of
+    # the report is still carried, not forgiven.
+    server = make_server([registration("a", units=10)])
+    a = tenants("a")
+    a.want()
+    server.run_timers()
+    first = SLICE_US + SLOT_CHARGE_GRACE_US  # a charge's cap
+    renewed = LONE_SLICES * SLICE_US  # renewed alone
+    left, excluded = 3000, 1500
+    a.use(first + (renewed + SLOT_CHARGE_GRACE_US) + left)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert server.stats()["a"]["device_time_us"] == first
+    a.slot.set("excluded_ns", excluded * 1000)
+    a.want(0)
+    clock.now_us = a.region.state().deadline_ns // 1000
+    server.run_timers()
+    assert server.stats()["a"]["device_time_us"] == first + renewed + SLOT_CHARGE_GRACE_US  # capped
+    a.want()
+    a.ring()
+    for _ in range(100):  # granted again once its window lets it (it was charged past the time it held)
+        server.run_timers()
+        if a.holds():
+            break
+        clock.now_us += 1000
+    held = a.region.state().deadline_ns // 1000 - clock.now_us
+    assert a.holds() and held < left
+    a.want(0)
+    clock.now_us += held
+    server.run_timers()
+    # The report's rest, and the excluded time the capped charge covered first: both charged.
+    assert server.stats()["a"]["device_time_us"] == first + renewed + SLOT_CHARGE_GRACE_US + left + excluded
+
+
 @pytest.mark.parametrize(
     ("tail_us", "excluded_us", "charged"),
     [
