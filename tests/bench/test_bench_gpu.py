@@ -51,7 +51,7 @@ def test_without_a_cuda_gpu_it_exits_2_and_says_why(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_the_cpu_dry_run_goes_through_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    result = bench("--cpu-dry-run", "--seconds", "1", "--steps", "3", "--out", str(out))
+    result = bench("--cpu-dry-run", "--seconds", "2", "--steps", "3", "--out", str(out))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     figures = json.loads(out.read_text(encoding="utf-8"))
     assert figures["gpu"].startswith("CPU DRY RUN")
