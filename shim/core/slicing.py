@@ -53,7 +53,9 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
 - Refinement: ``extend(tenant, used_us, now)`` renews the holder's grant without a drain when the scheduler would
   pick it again anyway (nobody else entitled or of higher priority waits); the runtime calls it when its budget
   runs out, and drains and releases only when it returns None. This is what keeps one busy tenant at native
-  throughput.
+  throughput. While others want the card, a renewal may last ``quantum_slices`` slices: the holder's weight over
+  the others' together (2:8: the 8 renews for four slices, the 2 for one), still no more than it is owed; a round
+  then gives each busy tenant about its share in one piece, with a fifth of the decisions for the larger one.
 
 Charging: usage is reported by the tenant, so it is hostile. Each ``extend`` and ``release`` of a holder is charged
 ``max(reported, held)`` where ``held`` is the time since the grant (or since the last extension), and at most
@@ -326,6 +328,15 @@ class CardScheduler:
             return None
         state.bonus = pick[1]
         return self._hand_out(state, max(1, slices))
+
+    def quantum_slices(self, tenant_id: str, most: int) -> int:
+        """How many slices a renewal of ``tenant_id`` may last while others want the card: its weight over theirs
+        (rounded down, 1 to ``most``), so that a round gives each busy tenant about its share in one piece."""
+        state = self._states.get(tenant_id)
+        if state is None:
+            return 1
+        others = sum(s.weight for s in self._states.values() if s.wants and s is not state)
+        return max(1, min(most, state.weight // others if others else most))
 
     def yield_serves_other(self, now_us: int, holder_wants: bool = False) -> bool:
         """Whether a holder that gave its grant back now, at an idle moment, would see another tenant served: what

@@ -975,7 +975,7 @@ class GrantServer:
                 now,
                 grace_us=grace,
                 credit_us=credit,
-                slices=LONE_SLICES if alone else 1,
+                slices=LONE_SLICES if alone else card.scheduler.quantum_slices(session.flexnpu_id, LONE_SLICES),
             )
             charged = card.scheduler.last_charge_us(session.flexnpu_id)
             self._record_usage(session.flexnpu_id, charged, now)

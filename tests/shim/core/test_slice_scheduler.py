@@ -329,6 +329,25 @@ def test_extend_may_give_several_slices_but_no_more_than_is_owed_or_a_window() -
     assert grant is not None and grant.budget_us == pytest.approx(20_000 - 2000, abs=1)  # what it is still owed
 
 
+@pytest.mark.parametrize(
+    ("split", "wanting", "expected"),
+    [
+        ((8, 2), ("a", "b"), 4),  # 8 over 2: a round of 4 slices and 1
+        ((2, 8), ("a", "b"), 1),  # the smaller share renews one slice at a time
+        ((7, 3), ("a", "b"), 2),
+        ((7, 1, 2), ("a", "b", "c"), 2),  # over the others' weights together
+        ((9, 1), ("a", "b"), 8),  # at most the caller's bound
+        ((8, 2), ("a",), 8),  # nobody else wants the card: the bound
+    ],
+)
+def test_a_renewal_while_others_wait_lasts_the_holders_weight_over_theirs(
+    split: tuple[int, ...], wanting: tuple[str, ...], expected: int
+) -> None:
+    sched = card(policy(), *((t, w, NORMAL) for t, w in zip("abc", split, strict=False)), wanting=wanting)
+    assert sched.quantum_slices("a", 8) == expected
+    assert sched.quantum_slices("unknown", 8) == 1
+
+
 def test_extend_is_refused_to_a_non_holder() -> None:
     sched = card(policy(), ("a", 5, NORMAL))
     assert sched.extend("a", 0, 0) is None
