@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,17 @@ def process_pid(directory: Path, record: ContainerRecord) -> int | None:
         return None
 
 
-def process_env(pid: int) -> dict[str, str]:
-    """The environment the kernel gave process ``pid`` (/proc/PID/environ)."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
+def process_env(pid: int, timeout: float = 30.0) -> dict[str, str]:
+    """The environment the kernel gave the container's command, process ``pid`` (/proc/PID/environ), once the
+    process runs it: the CRI server starts ``realk8s container-init`` there, which makes the container's mounts and
+    then execs the command, and while the kernel sets up that exec the file reads empty."""
+    deadline = time.monotonic() + timeout
+    while True:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        if (raw and argv[1:2] != [b"container-init"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     pairs = [item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item]
     return {key: value for key, _, value in pairs}
 
