@@ -27,25 +27,32 @@ that tenant's runtime; it stops launching, drains and releases. Call ``decide`` 
 Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
 
 - A tenant's rate is ``aicore_alloc / max(quota, busy sum)`` (busy sum = sum of ``aicore_alloc`` over the
-  tenants that want or hold the card, so with oversubscription the values act as weights). Shares are kept over
-  a sliding window of ``window_us`` (default 1 s): a tenant is *entitled* while the device time charged to it in
-  the last ``window_us`` is below ``rate * window_us``. Each release (and extension) charges the ``used_us`` it
-  reports, stamped at ``now - used_us`` (when that use began).
+  tenants that want or hold the card, so with oversubscription the values act as weights). Shares are kept in a
+  bucket per tenant: it fills at the tenant's rate, to at most its share of a quarter of ``window_us`` (default
+  1 s: 75 ms for 3 units of 10) and at least two slices; each release (and extension) takes the device time it
+  charges out of it, down to a debt of a whole window's share. A tenant is *entitled* while its bucket holds more
+  than its typical overrun (below). The rule before it, a sliding window of charges, gave a capped tenant its time
+  back when its burst left the window, all at once, so the burst came back every window: in flexnpud's 2:8 the
+  2-unit tenant had 75% of the card, then 0%, in stretches of 300 and 700 ms (29 pp of error over 100 ms windows,
+  5 pp with the bucket).
 - A holding ends after its budget by the work still in flight (the last kernel cannot be cut). The scheduler
   learns each tenant's typical overrun (a running mean over its last holdings) and counts it against what the
   tenant is owed, so a tenant at its cap is let in only when the overrun fits; if nobody is owed more than its
   overrun, those still under their share are served anyway rather than idling the card.
-- Entitled tenants are served first: higher priority first, then the one owed most per unit of
-  ``aicore_alloc`` (so equals interleave slice by slice). A grant lasts ``slice_us``, shortened to what the
-  tenant is still owed in the window (but not below a quarter slice) so that a cap is not overshot.
-- ``share_in_idle=false``: nobody else is served, the card idles (hard cap): over any interval of
-  ``window_us`` a tenant uses at most ``rate * window_us`` plus one slice and the in-flight work it drains.
-  ``wake_at_us`` says when the first waiting tenant becomes entitled again. A tenant whose rate is the whole card
-  (alone in the busy set, its ``aicore_alloc`` filling the quota) is never capped: there is nothing to cap.
-  Within a window a tenant may burst: one that was idle may run at the full card until it reaches its share (what
-  a bursty latency-critical tenant needs); a shorter ``window_us`` paces it more finely.
+- Entitled tenants are served first: higher priority first, then by weighted fair queueing, the least device time
+  charged per unit of ``aicore_alloc`` first (a tenant back from idle is brought up to the least of the others),
+  so that tenants interleave by weight, slice by slice. Served by what their buckets held instead, a tenant that
+  could not use its share (host gaps) sat on a full bucket and came first until the other's bucket was full too,
+  which made the bursts again. A grant lasts ``slice_us``, shortened to what the tenant's bucket still holds (but
+  not below a quarter slice) so that a cap is not overshot.
+- ``share_in_idle=false``: nobody else is served, the card idles (hard cap): over any interval of ``T`` a tenant
+  uses at most ``rate * T`` plus its bucket's depth, one slice and the in-flight work it drains. ``wake_at_us``
+  says when the first waiting tenant becomes entitled again. A tenant whose rate is the whole card (alone in the
+  busy set, its ``aicore_alloc`` filling the quota) is never capped: there is nothing to cap. A tenant that was
+  idle may burst at the full card until its bucket is empty (what a bursty latency-critical tenant needs), and is
+  paced at its rate after that.
 - ``share_in_idle=true``: when no waiting tenant is entitled, the card goes to the backlogged anyway (a *bonus*
-  grant, not charged to the window, so it never costs a later guarantee): higher priority first, then by
+  grant, not charged to the bucket, so it never costs a later guarantee): higher priority first, then by
   weighted fair queueing over ``aicore_alloc`` among equals, so idle time is shared by weight inside the highest
   busy priority level.
 - Revoke: the holder is asked to stop at its next launch boundary when a waiting tenant of higher priority is
@@ -88,15 +95,15 @@ A grant's budget runs to the end of the round; ``release(..., ops_used=n)`` repo
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from flexnpu.errors import ConfigError, FlexnpuError
 from flexnpu.priority import Priority
 
 Mode = Literal["share", "ops"]
+BURST_OF_WINDOW = 4  # a bucket holds a tenant's share of window_us / 4 (250 ms at the default 1 s)
 MODES: tuple[Mode, ...] = ("share", "ops")
 
 
@@ -128,7 +135,8 @@ class SlicePolicy:
     oversubscription: float = 1.0
     """Factor f >= 1: shares may sum to f * quota and then act as weights."""
     window_us: int = 1_000_000
-    """The sliding window over which shares are guaranteed (and capped), microseconds."""
+    """The horizon of the shares, microseconds: a tenant's bucket holds its share of a quarter of it (what it may
+    burst at the full card after an idle time), and a debt of at most its share of all of it."""
     charge_grace_us: int = 1000
     """How much more than it held the grant a holder may be charged when it reports more (clock skew between the
     runtime's measurement and the daemon's); a report past it is clamped, microseconds."""
@@ -210,10 +218,9 @@ class Decision:
 @dataclass
 class _State:
     tenant: Tenant
-    charges: deque[tuple[int, int]] = field(default_factory=deque)  # (when, used_us) inside the window
-    window_used: int = 0
+    credit: float = math.inf  # the bucket: device time it may still use (inf until first filled: a full bucket)
     wants: bool = False
-    vtime: float = 0.0  # device time used per unit of aicore_alloc: weighted fair queueing of bonus time
+    vtime: float = 0.0  # device time used per unit of aicore_alloc: the weighted fair queueing of the card
     ops_left: int = 0
     bonus: bool = False  # the current grant was handed out of idle time, not charged to the bucket
     grant_round: int = -1  # ops mode: the round of the current grant, whose ops are reserved at grant time
@@ -376,7 +383,8 @@ class CardScheduler:
         return frozenset(self._holders)
 
     def owed_us(self, tenant_id: str) -> float:
-        """Device time the tenant may still use in the current window (negative when it ran ahead)."""
+        """Device time the tenant may still use: what its bucket holds, less its typical overrun (negative when it
+        ran ahead)."""
         return self._owed(self._state(tenant_id))
 
     tokens_us = owed_us
@@ -432,7 +440,7 @@ class CardScheduler:
             # the shares do not fill, idling is what the cap asks for, and this would pass it on every visit.
             entitled = [(s, owed) for s, owed in waiting if owed + s.overrun_us > 0]
         if entitled:
-            best = max(entitled, key=lambda pair: (pair[0].rank, pair[1] / pair[0].weight, pair[0].tenant.tenant_id))
+            best = max(entitled, key=lambda pair: (pair[0].rank, -pair[0].vtime, pair[0].tenant.tenant_id))
             return best[0], False
         if self.policy.share_in_idle and waiting:
             return min((s for s, _ in waiting), key=lambda s: (-s.rank, s.vtime, s.tenant.tenant_id)), True
@@ -467,13 +475,8 @@ class CardScheduler:
         return min(times) if times else None
 
     def _entitled_again_us(self, state: _State, busy: int) -> int:
-        """When enough of the tenant's charges leave the window for it to be owed time again."""
-        excess = -self._owed(state, busy)
-        for when, used in state.charges:
-            excess -= used
-            if excess < 0:
-                return when + self.policy.window_us
-        return self._now + self.policy.window_us
+        """When the tenant's bucket will have filled past what it owes (it fills at its rate)."""
+        return self._now + math.floor(-self._owed(state, busy) / self._rate(state, busy)) + 1
 
     # ----- ops mode -----------------------------------------------------------------------------------------
 
@@ -496,10 +499,14 @@ class CardScheduler:
 
     def _advance(self, now_us: int) -> None:
         now = max(now_us, self._now)
-        horizon = now - self.policy.window_us
-        for state in self._states.values():
-            while state.charges and state.charges[0][0] <= horizon:
-                state.window_used -= state.charges.popleft()[1]
+        elapsed = now - self._now
+        if elapsed:
+            # Each bucket fills at its tenant's rate under the busy set of the interval (which changes only at the
+            # events, after this), to at most its depth; a debt is kept down to one depth too.
+            busy = self._busy_weight()
+            for state in self._states.values():
+                rate = self._rate(state, busy)
+                state.credit = max(-rate * self.policy.window_us, min(self._depth(rate), state.credit + rate * elapsed))
         self._now = now
         current_round = now // self.policy.ticker_interval_us
         if current_round != self._round:
@@ -534,10 +541,8 @@ class CardScheduler:
         used = max(0, used_us)
         state.budget_used += used
         if not state.bonus and used:
-            # Stamped when the use began: a window then never holds more than its own length of charges, so
-            # tenants whose shares fill the card are never all over their caps at once (no idle at 100%).
-            state.charges.append((self._now - used, used))
-            state.window_used += used
+            rate = self._rate(state)
+            state.credit = max(-rate * self.policy.window_us, min(self._depth(rate), state.credit) - used)
         state.vtime += used / state.weight
 
     def _owed(self, state: _State, busy: int | None = None) -> float:
@@ -548,9 +553,13 @@ class CardScheduler:
             # The whole card (alone in the busy set with a weight that fills the quota): a cap at the whole card
             # caps nothing. Charged max(reported, held) per holding, a busy tenant's charges add up to more than
             # the time that passed (a holding's tail reported in the next one, whose time held is charged too), so
-            # its window would read full and idle the card that nobody else wants.
+            # its bucket would run dry and idle the card that nobody else wants.
             return float(self.policy.window_us)
-        return rate * self.policy.window_us - state.window_used - state.overrun_us
+        return min(state.credit, self._depth(rate)) - state.overrun_us
+
+    def _depth(self, rate: float) -> float:
+        """A bucket's depth: the tenant's share of a quarter window (see Shares in the module docstring)."""
+        return max(rate * self.policy.window_us / BURST_OF_WINDOW, 2.0 * self.policy.slice_us)
 
     def _min_vtime(self, exclude: str | None = None) -> float:
         active = [

@@ -49,7 +49,9 @@ def test_the_high_priority_tenant_keeps_its_latency_beside_a_batch_tenant() -> N
         result = run(Scenario(workloads, gating, duration_us=1_500_000))  # type: ignore[arg-type]
         p99[label] = result.tenants["critical"].latency_percentile_us(99)
     assert p99["share"] < p99["ungated"]
-    assert p99["share"] <= p99["solo"] + 5000 + 500  # the batch kernel in flight plus the in-flight cap
+    # At most the batch kernel running when a step arrives and the one queued behind it: the runtime model queues a
+    # kernel of any length while none is queued, and past that no more than its in-flight cap (500 µs).
+    assert p99["share"] <= p99["solo"] + 2 * 5000
 
 
 def test_work_conservation_gives_the_idle_time_to_the_backlogged() -> None:
