@@ -249,6 +249,43 @@ def test_hard_cap_idles_the_card_and_says_when_to_call_again() -> None:
     assert sched.decide(decision.wake_at_us).grant is not None
 
 
+def test_a_tenant_back_from_a_host_gap_keeps_up_to_a_slice_of_what_it_was_behind() -> None:
+    # "a" and "b" alternate; "a" withdraws its want for a moment (a synchronise) while "b" takes a grant. Brought all
+    # the way up to "b" on its return, "a" would tie and lose (to the larger id); it keeps its lag and goes first.
+    sched = card(policy(), ("a", 5, NORMAL), ("b", 5, NORMAL))
+    now = 0
+    for _ in range(4):
+        grant = sched.decide(now).grant
+        assert grant is not None
+        now += grant.budget_us
+        sched.release(grant.tenant_id, grant.budget_us, now, still_wants=grant.tenant_id == "b")
+        if grant.tenant_id == "a":
+            break
+    grant = sched.decide(now).grant
+    assert grant is not None and grant.tenant_id == "b"
+    now += grant.budget_us
+    sched.release("b", grant.budget_us, now, still_wants=True)
+    sched.want("a", now)  # back from its synchronise
+    assert sched.decide(now).grant == Grant("a", 2000)
+    # ... but no more than a slice of it: back after a long idle, it takes one grant and then they alternate
+    sched.release("a", 2000, now + 2000, still_wants=False)
+    now += 2000
+    for _ in range(10):
+        grant = sched.decide(now).grant
+        assert grant is not None and grant.tenant_id == "b"
+        now += grant.budget_us
+        sched.release("b", grant.budget_us, now, still_wants=True)
+    sched.want("a", now)
+    order = []
+    for _ in range(4):
+        grant = sched.decide(now).grant
+        assert grant is not None
+        order.append(grant.tenant_id)
+        now += grant.budget_us
+        sched.release(grant.tenant_id, grant.budget_us, now, still_wants=True)
+    assert order == ["a", "b", "a", "b"]
+
+
 def test_a_capped_tenant_is_paced_at_its_share_after_a_burst() -> None:
     # "a" has the card alone for half a window and bursts to its cap; then "b" wants it all the time. A sliding
     # window gave "a" its time back when the burst's charges left the window, all at once, and so again each window:
