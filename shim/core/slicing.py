@@ -40,7 +40,8 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
   tenant is owed, so a tenant at its cap is let in only when the overrun fits; if nobody is owed more than its
   overrun, those still under their share are served anyway rather than idling the card.
 - Entitled tenants are served first: higher priority first, then by weighted fair queueing, the least device time
-  charged per unit of ``aicore_alloc`` first (a tenant back from idle is brought up to the least of the others),
+  charged per unit of ``aicore_alloc`` first (a tenant back from idle is brought up to within ``LAG_SLICES``
+  slices of the least of the others),
   so that tenants interleave by weight, slice by slice. Served by what their buckets held instead, a tenant that
   could not use its share (host gaps) sat on a full bucket and came first until the other's bucket was full too,
   which made the bursts again. A grant lasts ``slice_us``, shortened to what the tenant's bucket still holds (but
@@ -104,6 +105,7 @@ from flexnpu.priority import Priority
 
 Mode = Literal["share", "ops"]
 BURST_OF_WINDOW = 4  # a bucket holds a tenant's share of window_us / 4 (250 ms at the default 1 s)
+LAG_SLICES = 4  # how far behind the others a tenant back from idle may stay in the fair queueing, in slices
 MODES: tuple[Mode, ...] = ("share", "ops")
 
 
@@ -274,9 +276,11 @@ class CardScheduler:
         state = self._state(tenant_id)
         if not state.wants and tenant_id not in self._holders:
             # A tenant back from idle must not claim the fair-queueing time it did not use meanwhile, but one back
-            # from a host gap keeps what it was behind, up to a slice: brought up to the others each time, a bursty
-            # tenant lost its turns at every synchronise (flexnpu demo's 2:8 split 0.234 / 0.766; 0.218 with this).
-            lag_kept = self.policy.slice_us / state.weight
+            # from a host gap keeps what it was behind, up to LAG_SLICES slices: brought up to the others each time,
+            # a bursty tenant lost its turns at every synchronise (flexnpu demo's batch split, registered 2:8, was
+            # 0.234 / 0.766; 0.218 keeping one slice, 0.205 keeping four). A whole bucket kept brought back the
+            # bursts the bucket removed (2:8's 100 ms error 15-17 pp).
+            lag_kept = LAG_SLICES * self.policy.slice_us / state.weight
             state.vtime = max(state.vtime, self._min_vtime(exclude=tenant_id) - lag_kept)
         state.wants = True
 
