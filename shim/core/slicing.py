@@ -41,11 +41,10 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
   overrun, those still under their share are served anyway rather than idling the card.
 - Entitled tenants are served first: higher priority first, then by weighted fair queueing, the least device time
   charged per unit of ``aicore_alloc`` first (a tenant back from idle is brought up to within ``LAG_SLICES``
-  slices of the least of the others),
-  so that tenants interleave by weight, slice by slice. Served by what their buckets held instead, a tenant that
-  could not use its share (host gaps) sat on a full bucket and came first until the other's bucket was full too,
-  which made the bursts again. A grant lasts ``slice_us``, shortened to what the tenant's bucket still holds (but
-  not below a quarter slice) so that a cap is not overshot.
+  slices of the least of the others), so that tenants interleave by weight, slice by slice. Served by what their
+  buckets held instead, a tenant that could not use its share (host gaps) sat on a full bucket and came first
+  until the other's bucket was full too, which made the bursts again. A grant lasts ``slice_us``, shortened to what
+  the tenant's bucket still holds (but not below a quarter slice) so that a cap is not overshot.
 - ``share_in_idle=false``: nobody else is served, the card idles (hard cap): over any interval of ``T`` a tenant
   uses at most ``rate * T`` plus its bucket's depth, one slice and the in-flight work it drains. ``wake_at_us``
   says when the first waiting tenant becomes entitled again. A tenant whose rate is the whole card (alone in the
@@ -509,11 +508,11 @@ class CardScheduler:
         elapsed = now - self._now
         if elapsed:
             # Each bucket fills at its tenant's rate under the busy set of the interval (which changes only at the
-            # events, after this), to at most its depth; a debt is kept down to one depth too.
+            # events, after this).
             busy = self._busy_weight()
             for state in self._states.values():
                 rate = self._rate(state, busy)
-                state.credit = max(-rate * self.policy.window_us, min(self._depth(rate), state.credit + rate * elapsed))
+                self._add_credit(state, rate, rate * elapsed)
         self._now = now
         current_round = now // self.policy.ticker_interval_us
         if current_round != self._round:
@@ -548,8 +547,7 @@ class CardScheduler:
         used = max(0, used_us)
         state.budget_used += used
         if not state.bonus and used:
-            rate = self._rate(state)
-            state.credit = max(-rate * self.policy.window_us, min(self._depth(rate), state.credit) - used)
+            self._add_credit(state, self._rate(state), -used)
         state.vtime += used / state.weight
 
     def _owed(self, state: _State, busy: int | None = None) -> float:
@@ -563,6 +561,12 @@ class CardScheduler:
             # its bucket would run dry and idle the card that nobody else wants.
             return float(self.policy.window_us)
         return min(state.credit, self._depth(rate)) - state.overrun_us
+
+    def _add_credit(self, state: _State, rate: float, change: float) -> None:
+        """Fill (or, with a negative ``change``, charge) the tenant's bucket: it holds at most its depth, and a debt
+        of at most its share of a window."""
+        full = self._depth(rate)
+        state.credit = max(-rate * self.policy.window_us, min(full, min(full, state.credit) + change))
 
     def _depth(self, rate: float) -> float:
         """A bucket's depth: the tenant's share of a quarter window (see Shares in the module docstring)."""
