@@ -51,8 +51,11 @@ class DaemonClient:
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def register(self, base: str, registration: Registration) -> None:
-        await self._call("POST", base, "/device/register", dict(registration.to_body()))
+    async def register(self, base: str, registration: Registration) -> str:
+        """What the daemon did: ``created``, ``updated`` or ``unchanged`` (empty when its answer says none)."""
+        reply = await self._call("POST", base, "/device/register", dict(registration.to_body()))
+        result = reply.get("result") if isinstance(reply, dict) else None
+        return result if isinstance(result, str) else ""
 
     async def unregister(self, base: str, flexnpu_id: str) -> bool:
         """False when the daemon did not hold the id (already gone counts as done)."""

@@ -27,6 +27,7 @@ from flexnpu.settings import describe, load_settings
 
 log = logging.getLogger("flexnpu.operator")
 PEERING_NAME = "flexnpu"
+KOPF_STATUS_FIELD = "kopf"  # status.kopf.progress, status.kopf.last-handled-configuration
 _RANDOM = random.SystemRandom()
 
 
@@ -133,13 +134,17 @@ def replica_priority(
 
 
 def kopf_settings(*, peering: str | None = None) -> kopf.OperatorSettings:
-    """kopf's settings for this operator: our finalizer, state kept in flexnpu.io annotations, quiet Events."""
+    """kopf's settings for this operator: our finalizer, kopf's state in the claim's status, quiet Events.
+
+    kopf's state (each handler's progress and the last handled spec) lives in ``status.kopf``, beside what the
+    handlers write there, so that handling a claim is one PATCH of its status subresource: in annotations it
+    was a second PATCH of the object, one more write and watch event per claim on the API server. Claims
+    handled by an operator that kept it in ``flexnpu.io/`` annotations are reconciled once more after an
+    upgrade (no state in their status yet), which registers nothing twice."""
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = names.CLAIM_FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.DOMAIN)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=names.DOMAIN, key="last-handled-configuration"
-    )
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(name=KOPF_STATUS_FIELD)
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name=KOPF_STATUS_FIELD)
     settings.peering.name = peering or PEERING_NAME
     settings.posting.reporting_component = "flexnpu-operator"
     settings.posting.reporting_instance = os.environ.get("HOSTNAME", "flexnpu-operator")

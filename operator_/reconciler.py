@@ -60,10 +60,13 @@ class Reconciler:
             return Result(self._no_daemon(spec.node_name, flexnpu_id), retry=True)
         desired = claim_registration(spec, flexnpu_id)
         try:
-            held = await self._retrying(lambda: self._client.registrations(endpoint.url))
-            await self._converge(endpoint, desired, held.get(flexnpu_id))
-            if known_ids is not None and self._settings.collect_orphans:
-                await self._collect(endpoint, held, known_ids)
+            if known_ids is None:
+                await self._register(endpoint, desired)
+            else:
+                held = await self._retrying(lambda: self._client.registrations(endpoint.url))
+                await self._converge(endpoint, desired, held.get(flexnpu_id))
+                if self._settings.collect_orphans:
+                    await self._collect(endpoint, held, known_ids)
         except DaemonRefused as exc:
             return Result(self._refused(spec, flexnpu_id, exc))
         except DaemonUnreachable as exc:
@@ -95,6 +98,24 @@ class Reconciler:
             ClaimPhase.RELEASING, reason, f"released: {what} on node {endpoint.node}", flexnpu_id, daemon_reachable=True
         )
 
+    async def _register(self, endpoint: DaemonEndpoint, desired: Registration) -> None:
+        """One call for a claim's event: flexnpud's register creates, updates in place (keeping the old body on a
+        refusal) or leaves alone, and says which; nothing else of the node is read. A daemon that refuses a
+        re-used id (409, not about quota or memory) gets the replacement by deregistering first."""
+        try:
+            result = await self._retrying(lambda: self._client.register(endpoint.url, desired))
+        except DaemonRefused as exc:
+            if not _id_conflict(exc):
+                raise
+            held = await self._retrying(lambda: self._client.registrations(endpoint.url))
+            actual = held.get(desired.flexnpu_id)
+            if actual is None:
+                raise
+            await self._reregister(endpoint, desired, actual)
+            result = Action.REPLACE.value
+        if result != "unchanged":
+            self._log_change(endpoint, desired, result)
+
     async def _converge(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration | None) -> None:
         action = plan(desired, actual)
         if action == Action.REGISTER:
@@ -102,13 +123,16 @@ class Reconciler:
         elif action == Action.REPLACE and actual is not None:
             await self._replace(endpoint, desired, actual)
         if action != Action.NOTHING:
-            log.info(
-                "claim %s on node %s: %s",
-                desired.flexnpu_id,
-                endpoint.node,
-                action.value,
-                extra={"flexnpu_id": desired.flexnpu_id, "node": endpoint.node, "action": action.value},
-            )
+            self._log_change(endpoint, desired, action.value)
+
+    def _log_change(self, endpoint: DaemonEndpoint, desired: Registration, what: str) -> None:
+        log.info(
+            "claim %s on node %s: %s",
+            desired.flexnpu_id,
+            endpoint.node,
+            what,
+            extra={"flexnpu_id": desired.flexnpu_id, "node": endpoint.node, "action": what},
+        )
 
     async def _replace(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration) -> None:
         """Re-register under the held id; flexnpud treats that as an atomic update that keeps the old body on a
@@ -118,8 +142,11 @@ class Reconciler:
             await self._retrying(lambda: self._client.register(endpoint.url, desired))
             return
         except DaemonRefused as exc:
-            if exc.status != 409 or refusal_reason(exc.status, exc.message) != Reason.ID_CONFLICT:
+            if not _id_conflict(exc):
                 raise
+        await self._reregister(endpoint, desired, actual)
+
+    async def _reregister(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration) -> None:
         await self._unregister(endpoint, actual.flexnpu_id)
         try:
             await self._retrying(lambda: self._client.register(endpoint.url, desired))
@@ -175,3 +202,7 @@ class Reconciler:
     def _count_error(self, node: str, exc: Exception) -> None:
         kind = "refused" if isinstance(exc, DaemonRefused) else "unreachable"
         self._metrics.daemon_errors.labels(node=node, kind=kind).inc()
+
+
+def _id_conflict(exc: DaemonRefused) -> bool:
+    return exc.status == 409 and refusal_reason(exc.status, exc.message) == Reason.ID_CONFLICT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 from flexnpu import names
@@ -179,3 +181,55 @@ async def test_a_claim_naming_a_pod_of_another_namespace_is_released_as_its_pod_
         await eventually(lambda: gone_from(node, posing), "the posing claim's registration gone from flexnpud")
         own = status_of(kube, "own")["flexnpuId"]
         assert [(i, r["pod_uid"]) for i, r in (await node.registrations()).items()] == [(own, pod["metadata"]["uid"])]
+
+
+def extender_made(body: dict[str, Any]) -> dict[str, Any]:
+    """A claim as the extender creates it at bind: the operator's deregister finalizer already set."""
+    body["metadata"]["finalizers"] = [names.CLAIM_FINALIZER]
+    return body
+
+
+async def test_handling_a_claim_is_one_write_of_its_status(
+    kube: Any, node: DaemonProcess, settings: OperatorSettings
+) -> None:
+    """kopf's own state goes into the status the handler writes anyway: with it in annotations, each claim
+    cost a second PATCH (of the object), one more write and watch event on the API server."""
+    import kmock
+
+    writes: list[tuple[str, str | None]] = []
+
+    def observe(request: Any) -> None:
+        if request.name == "counted" and request.action != kmock.action.CREATE:
+            writes.append((str(request.action), request.subresource))
+
+    async with running_operator(replace(settings, resync_interval=3600), str(kube.url)):
+        await create(kube, extender_made(claim("probe", "node-a", npu=0)))  # the operator's watch runs
+        await eventually(lambda: registered(kube, "probe", node), "the probe registered")
+        kube.observer = observe
+        await create(kube, extender_made(claim("counted", "node-a", npu=1, aicore=3)))
+        await eventually(lambda: registered(kube, "counted", node, aicore_alloc=3), "registered")
+        assert writes == [(str(kmock.action.UPDATE), "status")]
+        counted = read_claim(kube, "default", "counted") or {}
+        assert "last-handled-configuration" in counted["status"]["kopf"]
+        assert not [a for a in counted["metadata"].get("annotations", {}) if a.startswith(names.DOMAIN)]
+
+        await patch_claim(kube, "default", "counted", {"spec": {"aicoreAlloc": 4}})
+        await eventually(lambda: registered(kube, "counted", node, aicore_alloc=4), "the update re-registered")
+
+
+async def test_a_claim_whose_kopf_state_is_in_annotations_is_reconciled_again(
+    kube: Any, node: DaemonProcess, settings: OperatorSettings
+) -> None:
+    """A claim handled by an operator that kept kopf's state in flexnpu.io annotations (before its move into
+    the status): the new operator finds no state in the status, reconciles the claim once more (flexnpud's
+    register leaves an equal registration alone) and keeps its state in the status from then on."""
+    body = extender_made(claim("older", "node-a", npu=2, aicore=2))
+    spec_seen = {"spec": body["spec"], "metadata": {}}
+    body["metadata"]["annotations"] = {f"{names.DOMAIN}/last-handled-configuration": json.dumps(spec_seen)}
+    await create(kube, body)
+    async with running_operator(settings, str(kube.url)):
+        await eventually(lambda: registered(kube, "older", node, aicore_alloc=2), "registered")
+        await eventually(
+            lambda: "last-handled-configuration" in (status_of(kube, "older").get("kopf") or {}), "kopf's state moved"
+        )
+        assert len(await node.registrations()) == 1
