@@ -75,6 +75,14 @@ def parser() -> argparse.ArgumentParser:
         default="user",
         help="claims as a user writes them (no finalizer) or as the extender does (finalizer set); default user",
     )
+    p.add_argument(
+        "--at-rest",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="then, with every claim registered, measure each process's CPU for this long (the operator's re-checks "
+        "of every claim, every resync interval: 30 s in the chart); default 0: not measured",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
     p.add_argument("--quick", action="store_true", help="100 claims on 2 nodes")
     p.add_argument("--workdir", type=Path, default=None, help="work directory (kept; default: a temporary one)")
@@ -87,8 +95,11 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.quick:
         args.claims, args.nodes = 100, 2
-    if args.claims < 1 or args.nodes < 1 or args.threads < 1 or args.rate < 0:
-        print(f"flexnpu bench {NAME}: --claims, --nodes and --threads must be >= 1, --rate >= 0", file=sys.stderr)
+    if args.claims < 1 or args.nodes < 1 or args.threads < 1 or args.rate < 0 or not 0 <= args.at_rest <= 3600:
+        print(
+            f"flexnpu bench {NAME}: --claims, --nodes and --threads must be >= 1, --rate >= 0, --at-rest in 0..3600",
+            file=sys.stderr,
+        )
         return 2
     h = harness(NAME)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-operator-real-"))
@@ -144,6 +155,7 @@ def run(h: Harness, plane: Any, args: argparse.Namespace) -> dict[str, Any]:
             created_s = time.monotonic() - first
             meter.wait(args.claims, args.timeout)
             cpu_after = cpu_seconds(groups)
+            at_rest = cpu_at_rest(groups, args.at_rest) if args.at_rest else {}
         held = sum(len(daemon_registrations(stack, node)) for node in nodes)
     # CPU milliseconds per claim, by process (the flexnpud processes summed), from the first create to the last
     # Registered
@@ -155,7 +167,20 @@ def run(h: Harness, plane: Any, args: argparse.Namespace) -> dict[str, Any]:
         **figures(args, meter, first, held, setup_s),
         "creation_seconds": round(created_s, 3),
         "cpu_ms_per_claim": {k: round(v, 2) for k, v in sorted(cpu.items())},
+        **({"at_rest_seconds": args.at_rest, "at_rest_cpu_percent": at_rest} if args.at_rest else {}),
     }
+
+
+def cpu_at_rest(groups: dict[str, int], seconds: float) -> dict[str, float]:
+    """Percent of a core each process used over ``seconds`` with nothing created (the flexnpud processes summed)."""
+    before = cpu_seconds(groups)
+    time.sleep(seconds)
+    after = cpu_seconds(groups)
+    percent: dict[str, float] = {}
+    for name in after:
+        key = "flexnpud (all)" if name.startswith("flexnpud") else name
+        percent[key] = percent.get(key, 0.0) + (after[name] - before[name]) * 100 / seconds
+    return {k: round(v, 2) for k, v in sorted(percent.items())}
 
 
 RUNNING_STATUS = {
@@ -364,6 +389,8 @@ def table(result: dict[str, Any]) -> str:
         ["create-to-Registered max (s)", result["latency_max_s"]],
     ]
     rows += [[f"CPU ms per claim: {name}", ms] for name, ms in result.get("cpu_ms_per_claim", {}).items()]
+    rest = result.get("at_rest_cpu_percent", {})
+    rows += [[f"at rest {result.get('at_rest_seconds', 0):g} s, % of a core: {name}", v] for name, v in rest.items()]
     text = format_table(["operator on the real API server", "value"], rows)
     text += "\n(upstream kube-apiserver v1.37.2; metered by the bench's watch, not by the operator)"
     if "logs" in result:

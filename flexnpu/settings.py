@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -126,9 +127,12 @@ def _scalar(raw: object, hint: Any, key: str) -> Any:
         if isinstance(raw, bool):
             raise ConfigError(key, raw, f"must be {'an integer' if hint is int else 'a number'}")
         try:
-            return hint(raw)
-        except (TypeError, ValueError):
+            value = hint(raw)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(key, raw, f"must be {'an integer' if hint is int else 'a number'}") from None
+        if hint is float and not math.isfinite(value):  # "nan" and "inf" parse, and pass every bound check
+            raise ConfigError(key, raw, "must be a finite number")
+        return value
     if hint is Path:
         return Path(str(raw))
     if hint is str:

@@ -8,7 +8,9 @@ write the status and hand the rest of the retrying to kopf.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,11 +37,61 @@ class Result:
     retry: bool = False
 
 
+@dataclass
+class _Listed:
+    at: float
+    held: dict[str, Registration]
+
+
+class NodeLists:
+    """Each node's registrations as one claim's re-check listed them, lent to the re-checks of the node's other
+    claims for up to ``max_age`` seconds: one list per node and ``max_age`` instead of one per claim and resync
+    interval (100 claims on a node made that 100 lists of 100 registrations every interval). What the operator
+    registers or deregisters itself goes into the list it lends; a daemon that changed behind its back (a restart
+    that lost its state, a hand-made change) is seen when the list is taken again, at most ``max_age`` later.
+    With ``max_age`` 0 every re-check lists the node."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age = max_age
+        self._clock = clock
+        self._listed: dict[str, _Listed] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def held(
+        self, url: str, fetch: Callable[[], Awaitable[dict[str, Registration]]]
+    ) -> Mapping[str, Registration]:
+        if self._max_age <= 0:
+            return await fetch()
+        async with self._locks.setdefault(url, asyncio.Lock()):  # the re-checks that come meanwhile wait for it
+            listed = self._listed.get(url)
+            if listed is not None and self._clock() - listed.at <= self._max_age:
+                return listed.held
+            started = self._clock()
+            held = await fetch()
+            self._listed[url] = _Listed(started, held)
+            return held
+
+    def registered(self, url: str, registration: Registration) -> None:
+        listed = self._listed.get(url)
+        if listed is not None:
+            listed.held[registration.flexnpu_id] = registration
+
+    def unregistered(self, url: str, flexnpu_id: str) -> None:
+        listed = self._listed.get(url)
+        if listed is not None:
+            listed.held.pop(flexnpu_id, None)
+
+    def forget(self, url: str) -> None:
+        self._listed.pop(url, None)
+
+
 class Reconciler:
     def __init__(self, settings: OperatorSettings, client: DaemonClient, metrics: OperatorMetrics) -> None:
         self._settings = settings
         self._client = client
         self._metrics = metrics
+        self.node_list_max_age = min(settings.node_list_max_age, settings.resync_interval / 2)
+        self._lists = NodeLists(self.node_list_max_age)
 
     async def apply(
         self,
@@ -63,13 +115,16 @@ class Reconciler:
             if known_ids is None:
                 await self._register(endpoint, desired)
             else:
-                held = await self._retrying(lambda: self._client.registrations(endpoint.url))
+                held = await self._lists.held(
+                    endpoint.url, lambda: self._retrying(lambda: self._client.registrations(endpoint.url))
+                )
                 await self._converge(endpoint, desired, held.get(flexnpu_id))
                 if self._settings.collect_orphans:
                     await self._collect(endpoint, held, known_ids)
         except DaemonRefused as exc:
             return Result(self._refused(spec, flexnpu_id, exc))
         except DaemonUnreachable as exc:
+            self._lists.forget(endpoint.url)
             return Result(self._unreachable(spec.node_name, flexnpu_id, exc), retry=True)
         message = (
             f"registered on node {spec.node_name} card {spec.npu}: {spec.aicore_alloc} units, "
@@ -113,6 +168,7 @@ class Reconciler:
                 raise
             await self._reregister(endpoint, desired, actual)
             result = Action.REPLACE.value
+        self._lists.registered(endpoint.url, desired)
         if result != "unchanged":
             self._log_change(endpoint, desired, result)
 
@@ -123,6 +179,7 @@ class Reconciler:
         elif action == Action.REPLACE and actual is not None:
             await self._replace(endpoint, desired, actual)
         if action != Action.NOTHING:
+            self._lists.registered(endpoint.url, desired)
             self._log_change(endpoint, desired, action.value)
 
     def _log_change(self, endpoint: DaemonEndpoint, desired: Registration, what: str) -> None:
@@ -173,7 +230,9 @@ class Reconciler:
             )
 
     async def _unregister(self, endpoint: DaemonEndpoint, flexnpu_id: str) -> bool:
-        return await self._retrying(lambda: self._client.unregister(endpoint.url, flexnpu_id))
+        held = await self._retrying(lambda: self._client.unregister(endpoint.url, flexnpu_id))
+        self._lists.unregistered(endpoint.url, flexnpu_id)
+        return held
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         s = self._settings

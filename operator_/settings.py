@@ -37,6 +37,11 @@ class OperatorSettings:
     retry_cap: float = setting(5.0, "longest backoff delay in seconds")
     handler_retry_delay: float = setting(5.0, "seconds before kopf retries a claim whose daemon was unreachable")
     resync_interval: float = setting(30.0, "seconds between re-checks of every claim (repairs drift)")
+    node_list_max_age: float = setting(
+        5.0,
+        "seconds a node's registrations, listed by one claim's re-check, serve the re-checks of its other claims "
+        "(at most half of resync_interval; 0: every re-check lists the node)",
+    )
     release_gone_pods: bool = setting(True, "deregister claims whose podRef pod no longer exists")
     collect_orphans: bool = setting(True, "deregister vnc.* registrations no claim owns any more")
     metrics_port: int = setting(9108, "port of the Prometheus /metrics endpoint (0: off)")
@@ -54,6 +59,8 @@ class OperatorSettings:
         for name in ("daemon_timeout", "retry_base", "retry_cap", "handler_retry_delay", "resync_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, getattr(self, name), "must be > 0")
+        if not 0 <= self.node_list_max_age <= 3600:
+            raise ConfigError("node_list_max_age", self.node_list_max_age, "must be in 0..3600 seconds")
         if self.retry_attempts < 1:
             raise ConfigError("retry_attempts", self.retry_attempts, "must be >= 1")
 

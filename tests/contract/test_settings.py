@@ -58,6 +58,9 @@ def test_lists_and_optionals_from_text() -> None:
         ({"FLEXNPU_VERBOSE": "maybe"}, "FLEXNPU_VERBOSE"),
         ({"FLEXNPU_MODE": "turbo"}, "FLEXNPU_MODE"),
         ({"FLEXNPU_PORT": "70000"}, "port"),
+        ({"FLEXNPU_RATIO": "nan"}, "FLEXNPU_RATIO"),
+        ({"FLEXNPU_RATIO": "-inf"}, "FLEXNPU_RATIO"),
+        ({"FLEXNPU_RATIO": "1e400"}, "FLEXNPU_RATIO"),
     ],
 )
 def test_errors_name_key_and_value(env: dict[str, str], key: str) -> None:

@@ -3,6 +3,7 @@ its API: register says created/updated/unchanged, another daemon may refuse a re
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from flexnpu.claims import ClaimPhase
@@ -10,7 +11,7 @@ from flexnpu.operator.core.claims import ClaimRef, derive_flexnpu_id
 from flexnpu.operator.core.daemons import DaemonEndpoint
 from flexnpu.operator.daemon_client import DaemonClient, DaemonRefused
 from flexnpu.operator.metrics import OperatorMetrics
-from flexnpu.operator.reconciler import Reconciler
+from flexnpu.operator.reconciler import NodeLists, Reconciler
 from flexnpu.operator.settings import OperatorSettings
 from flexnpu.registration import Registration
 
@@ -108,3 +109,93 @@ async def test_the_resync_lists_the_node_to_collect_orphans() -> None:
     assert result.outcome.phase == ClaimPhase.REGISTERED
     assert daemon.calls == ["registrations", "unregister"]
     assert daemon.held == {FLEXNPU_ID: desired()}
+
+
+OTHER = ClaimRef(namespace="default", name="train", uid="fedcba9876543210")
+OTHER_SPEC: dict[str, Any] = {**SPEC, "npu": 2, "entity": "train"}
+
+
+async def test_the_resyncs_of_a_nodes_claims_share_one_list_of_its_registrations() -> None:
+    """One list per node for its claims' re-checks, not one per claim: 100 claims on a node made each resync
+    interval 100 lists of 100 registrations."""
+    daemon = RecordingDaemon()
+    rec = reconciler(daemon)
+    known = [FLEXNPU_ID, derive_flexnpu_id(OTHER)]
+    await rec.apply(REF, SPEC, "", lambda node: ENDPOINT)
+    for ref, spec in ((REF, SPEC), (OTHER, OTHER_SPEC), (REF, SPEC)):
+        result = await rec.apply(ref, spec, "", lambda node: ENDPOINT, known_ids=known)
+        assert result.outcome.phase == ClaimPhase.REGISTERED
+    # the handler's register, one list, the other claim registered by its re-check; the first claim's own
+    # register was put into the lent list, so no re-check registered it again
+    assert daemon.calls == ["register", "registrations", "register"]
+    assert set(daemon.held) == set(known)
+
+
+async def test_concurrent_resyncs_of_a_node_wait_for_the_one_list() -> None:
+    release = asyncio.Event()
+
+    class Slow(RecordingDaemon):
+        async def registrations(self, base: str) -> dict[str, Registration]:
+            await release.wait()
+            return await super().registrations(base)
+
+    daemon = Slow({FLEXNPU_ID: desired()})
+    rec = reconciler(daemon)
+    checks = [
+        asyncio.create_task(rec.apply(REF, SPEC, FLEXNPU_ID, lambda node: ENDPOINT, known_ids=[FLEXNPU_ID]))
+        for _ in range(5)
+    ]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*checks)
+    assert all(r.outcome.phase == ClaimPhase.REGISTERED for r in results)
+    assert daemon.calls == ["registrations"]
+
+
+def test_a_lent_list_is_taken_again_once_it_is_max_age_old_and_with_max_age_0_every_time() -> None:
+    now = [0.0]
+    daemon = RecordingDaemon({FLEXNPU_ID: desired()})
+
+    async def fetch() -> dict[str, Registration]:
+        return await daemon.registrations(ENDPOINT.url)
+
+    async def scenario() -> None:
+        lists = NodeLists(5.0, clock=lambda: now[0])
+        await lists.held(ENDPOINT.url, fetch)
+        now[0] = 5.0
+        await lists.held(ENDPOINT.url, fetch)
+        assert daemon.calls == ["registrations"]
+        now[0] = 5.1
+        assert FLEXNPU_ID in await lists.held(ENDPOINT.url, fetch)
+        assert daemon.calls == ["registrations"] * 2
+        lists.unregistered(ENDPOINT.url, FLEXNPU_ID)  # what the operator deregisters leaves the lent list
+        assert FLEXNPU_ID not in await lists.held(ENDPOINT.url, fetch)
+        lists.forget(ENDPOINT.url)
+        await lists.held(ENDPOINT.url, fetch)
+        assert daemon.calls == ["registrations"] * 3
+
+        never = NodeLists(0.0, clock=lambda: now[0])
+        await never.held(ENDPOINT.url, fetch)
+        await never.held(ENDPOINT.url, fetch)
+        assert daemon.calls == ["registrations"] * 5
+
+    asyncio.run(scenario())
+
+
+async def test_a_daemon_that_lost_its_registrations_is_repaired_once_the_lent_list_is_taken_again() -> None:
+    daemon = RecordingDaemon()
+    settings = OperatorSettings(metrics_port=0, node_list_max_age=0.05, resync_interval=30)
+    rec = Reconciler(settings, daemon, OperatorMetrics())
+    await rec.apply(REF, SPEC, FLEXNPU_ID, lambda node: ENDPOINT, known_ids=[FLEXNPU_ID])
+    daemon.held.clear()  # flexnpud restarted from an empty state directory
+    await asyncio.sleep(0.06)
+    await rec.apply(REF, SPEC, FLEXNPU_ID, lambda node: ENDPOINT, known_ids=[FLEXNPU_ID])
+    assert daemon.held == {FLEXNPU_ID: desired()}
+    assert daemon.calls == ["registrations", "register", "registrations", "register"]
+
+
+def test_the_lent_list_is_at_most_half_a_resync_interval_old() -> None:
+    rec = Reconciler(OperatorSettings(metrics_port=0, resync_interval=2.0), RecordingDaemon(), OperatorMetrics())
+    assert rec.node_list_max_age == 1.0
+    rec = Reconciler(OperatorSettings(metrics_port=0), RecordingDaemon(), OperatorMetrics())
+    assert rec.node_list_max_age == 5.0
