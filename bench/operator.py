@@ -8,7 +8,7 @@ all at once (``--rate 0``, a burst) or paced at ``--rate`` claims per second. Th
 status write that says Registered, so the latency is create-to-Registered as the API server sees it.
 
 Figures: claims registered per second (claims / time from the first create to the last Registered) and the
-create-to-Registered p50 / p99 / max (target p99 <= 2 s).
+create-to-Registered p50 / p99 / max (target p99 <= 1 s, DESIGN.md section 13).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from flexnpu_testsupport.operatorkit import (
 
 NAME = "operator"
 CARDS_PER_NODE = 8
+TARGET_P99_S = 1.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,7 +162,7 @@ def _figures(
         "latency_p99_s": round(_quantile(latencies, 0.99), 3),
         "latency_max_s": round(latencies[-1] if latencies else 0.0, 3),
         "latency_mean_s": round(statistics.fmean(latencies) if latencies else 0.0, 3),
-        "target_p99_s": 2.0,
+        "target_p99_s": TARGET_P99_S,
     }
 
 
@@ -181,7 +182,7 @@ def table(result: dict[str, Any]) -> str:
         ["registered (held by daemons)", f"{result['registered']} ({result['held_by_daemons']})"],
         ["claims registered per second", result["claims_per_second"]],
         ["create-to-Registered p50 (s)", result["latency_p50_s"]],
-        ["create-to-Registered p99 (s) [target <= 2]", result["latency_p99_s"]],
+        [f"create-to-Registered p99 (s) [target <= {TARGET_P99_S:g}]", result["latency_p99_s"]],
         ["create-to-Registered max (s)", result["latency_max_s"]],
     ]
     return format_table(["operator benchmark", "value"], rows)
