@@ -209,6 +209,7 @@ class Reconciler:
             await self._retrying(lambda: self._client.register(endpoint.url, desired))
         except DaemonRefused as exc:
             await self._retrying(lambda: self._client.register(endpoint.url, actual))
+            self._lists.registered(endpoint.url, actual)
             raise DaemonRefused(
                 exc.url,
                 exc.status,

@@ -199,3 +199,21 @@ def test_the_lent_list_is_at_most_half_a_resync_interval_old() -> None:
     assert rec.node_list_max_age == 1.0
     rec = Reconciler(OperatorSettings(metrics_port=0), RecordingDaemon(), OperatorMetrics())
     assert rec.node_list_max_age == 5.0
+
+
+async def test_a_change_refused_after_a_deregister_keeps_the_old_body_on_the_daemon_and_in_the_lent_list() -> None:
+    class Full(RecordingDaemon):
+        async def register(self, base: str, registration: Registration) -> str:
+            if registration.aicore_alloc > 4 and registration.flexnpu_id not in self.held:
+                self.calls.append("register")
+                raise DaemonRefused(base, 409, "aicore_alloc 5 does not fit on npu 1 chip 0")
+            return await super().register(base, registration)
+
+    daemon = Full({FLEXNPU_ID: desired()}, refuses_reused_ids=True)
+    rec = reconciler(daemon)
+    bigger = {**SPEC, "aicoreAlloc": 5}
+    for _ in range(2):  # the second re-check takes the lent list: it must still hold the restored body
+        result = await rec.apply(REF, bigger, FLEXNPU_ID, lambda node: ENDPOINT, known_ids=[FLEXNPU_ID])
+        assert result.outcome.phase == ClaimPhase.FAILED
+        assert "does not fit" in result.outcome.message and "previous registration" in result.outcome.message
+        assert daemon.held == {FLEXNPU_ID: desired()}
