@@ -157,30 +157,29 @@ def run(h: Harness, plane: Any, args: argparse.Namespace) -> dict[str, Any]:
             cpu_after = cpu_seconds(groups)
             at_rest = cpu_at_rest(groups, args.at_rest) if args.at_rest else {}
         held = sum(len(daemon_registrations(stack, node)) for node in nodes)
-    # CPU milliseconds per claim, by process (the flexnpud processes summed), from the first create to the last
-    # Registered
-    cpu: dict[str, float] = {}
-    for name in cpu_after:
-        key = "flexnpud (all)" if name.startswith("flexnpud") else name
-        cpu[key] = cpu.get(key, 0.0) + (cpu_after[name] - cpu_before[name]) * 1000 / args.claims
     return {
         **figures(args, meter, first, held, setup_s),
         "creation_seconds": round(created_s, 3),
-        "cpu_ms_per_claim": {k: round(v, 2) for k, v in sorted(cpu.items())},
+        # from the first create to the last Registered
+        "cpu_ms_per_claim": cpu_by_component(cpu_before, cpu_after, 1000 / args.claims),
         **({"at_rest_seconds": args.at_rest, "at_rest_cpu_percent": at_rest} if args.at_rest else {}),
     }
 
 
 def cpu_at_rest(groups: dict[str, int], seconds: float) -> dict[str, float]:
-    """Percent of a core each process used over ``seconds`` with nothing created (the flexnpud processes summed)."""
+    """Percent of a core each process used over ``seconds`` with nothing created."""
     before = cpu_seconds(groups)
     time.sleep(seconds)
-    after = cpu_seconds(groups)
-    percent: dict[str, float] = {}
+    return cpu_by_component(before, cpu_seconds(groups), 100 / seconds)
+
+
+def cpu_by_component(before: dict[str, float], after: dict[str, float], scale: float) -> dict[str, float]:
+    """CPU seconds used between two readings, times ``scale``, by process, the flexnpud processes summed."""
+    used: dict[str, float] = {}
     for name in after:
         key = "flexnpud (all)" if name.startswith("flexnpud") else name
-        percent[key] = percent.get(key, 0.0) + (after[name] - before[name]) * 100 / seconds
-    return {k: round(v, 2) for k, v in sorted(percent.items())}
+        used[key] = used.get(key, 0.0) + (after[name] - before[name]) * scale
+    return {k: round(v, 2) for k, v in sorted(used.items())}
 
 
 RUNNING_STATUS = {

@@ -153,34 +153,32 @@ class Reconciler:
             ClaimPhase.RELEASING, reason, f"released: {what} on node {endpoint.node}", flexnpu_id, daemon_reachable=True
         )
 
-    async def _register(self, endpoint: DaemonEndpoint, desired: Registration) -> None:
-        """One call for a claim's event: flexnpud's register creates, updates in place (keeping the old body on a
-        refusal) or leaves alone, and says which; nothing else of the node is read. A daemon that refuses a
-        re-used id (409, not about quota or memory) gets the replacement by deregistering first."""
+    async def _register(
+        self, endpoint: DaemonEndpoint, desired: Registration, held: Registration | None = None
+    ) -> None:
+        """One call: flexnpud's register creates, updates in place (keeping the old body on a refusal) or leaves
+        alone, and says which. A daemon that refuses a re-used id instead (409, not about quota or memory) gets
+        deregister, register, and the old body restored if the new one is refused: the old body is ``held``, else
+        the node is listed for it."""
         try:
             result = await self._retrying(lambda: self._client.register(endpoint.url, desired))
         except DaemonRefused as exc:
             if not _id_conflict(exc):
                 raise
-            held = await self._retrying(lambda: self._client.registrations(endpoint.url))
-            actual = held.get(desired.flexnpu_id)
-            if actual is None:
+            if held is None:
+                listed = await self._retrying(lambda: self._client.registrations(endpoint.url))
+                held = listed.get(desired.flexnpu_id)
+            if held is None:
                 raise
-            await self._reregister(endpoint, desired, actual)
-            result = Action.REPLACE.value
+            await self._reregister(endpoint, desired, held)
+            result = "replaced"
         self._lists.registered(endpoint.url, desired)
         if result != "unchanged":
-            self._log_change(endpoint, desired, result)
+            self._log_change(endpoint, desired, result or "registered")
 
     async def _converge(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration | None) -> None:
-        action = plan(desired, actual)
-        if action == Action.REGISTER:
-            await self._retrying(lambda: self._client.register(endpoint.url, desired))
-        elif action == Action.REPLACE and actual is not None:
-            await self._replace(endpoint, desired, actual)
-        if action != Action.NOTHING:
-            self._lists.registered(endpoint.url, desired)
-            self._log_change(endpoint, desired, action.value)
+        if plan(desired, actual) != Action.NOTHING:
+            await self._register(endpoint, desired, actual)
 
     def _log_change(self, endpoint: DaemonEndpoint, desired: Registration, what: str) -> None:
         log.info(
@@ -190,18 +188,6 @@ class Reconciler:
             what,
             extra={"flexnpu_id": desired.flexnpu_id, "node": endpoint.node, "action": what},
         )
-
-    async def _replace(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration) -> None:
-        """Re-register under the held id; flexnpud treats that as an atomic update that keeps the old body on a
-        refusal. A daemon that refuses a re-used id instead (409, not about quota or memory) gets deregister,
-        register, and the old body restored if the new one is refused."""
-        try:
-            await self._retrying(lambda: self._client.register(endpoint.url, desired))
-            return
-        except DaemonRefused as exc:
-            if not _id_conflict(exc):
-                raise
-        await self._reregister(endpoint, desired, actual)
 
     async def _reregister(self, endpoint: DaemonEndpoint, desired: Registration, actual: Registration) -> None:
         await self._unregister(endpoint, actual.flexnpu_id)
