@@ -122,6 +122,14 @@ def share_errors_pp(busy: Mapping[str, Sequence[float]], targets: Mapping[str, f
     return errors
 
 
+def _hist_figures(counts: Sequence[int]) -> dict[str, Any]:
+    return {
+        "count": sum(counts),
+        "p50_us": shm.hist_percentile(list(counts), 50),
+        "p99_us": shm.hist_percentile(list(counts), 99),
+    }
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN for no values."""
     if not values:
@@ -220,31 +228,23 @@ class Daemon:
 
     def latencies(self, names: Sequence[str]) -> dict[str, Any]:
         """The tenants' hand-off, successor and acquire histograms (their slots), summed, as p50/p99 µs and
-        counts."""
-        sums = {name: [0] * shm.HIST_BUCKETS for name in ("handoff_hist", "successor_hist", "acquire_hist")}
+        counts; ``by_tenant``: the same for each tenant alone."""
+        kinds = (("handoff", "handoff_hist"), ("successor", "successor_hist"), ("acquire", "acquire_hist"))
+        sums = {hist: [0] * shm.HIST_BUCKETS for _, hist in kinds}
+        by_tenant: dict[str, dict[str, Any]] = {}
         for flexnpu_id in names:
             try:
                 slot = shm.Slot.open(str(self.shim_dir / shm.slot_name(flexnpu_id)))
             except (OSError, shm.ShmError):
                 continue
             try:
-                for name, total in sums.items():
-                    for i, count in enumerate(slot.histogram(name)):
-                        total[i] += count
+                own = {hist: slot.histogram(hist) for _, hist in kinds}
             finally:
                 slot.close()
-        return {
-            kind: {
-                "count": sum(counts),
-                "p50_us": shm.hist_percentile(counts, 50),
-                "p99_us": shm.hist_percentile(counts, 99),
-            }
-            for kind, counts in (
-                ("handoff", sums["handoff_hist"]),
-                ("successor", sums["successor_hist"]),
-                ("acquire", sums["acquire_hist"]),
-            )
-        }
+            for hist, counts in own.items():
+                sums[hist] = [a + b for a, b in zip(sums[hist], counts, strict=True)]
+            by_tenant[flexnpu_id] = {kind: _hist_figures(own[hist]) for kind, hist in kinds}
+        return {**{kind: _hist_figures(sums[hist]) for kind, hist in kinds}, "by_tenant": by_tenant}
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -62,7 +62,9 @@ Semantics (DESIGN.md sections 3 and 6), ``share`` mode:
   runs out, and drains and releases only when it returns None. This is what keeps one busy tenant at native
   throughput. While others want the card, a renewal may last ``quantum_slices`` slices: the holder's weight over
   the others' together (2:8: the 8 renews for four slices, the 2 for one), still no more than it is owed; a round
-  then gives each busy tenant about its share in one piece, with a fifth of the decisions for the larger one.
+  then gives each busy tenant about its share in one piece, with a fifth of the decisions for the larger one. A
+  holder of higher priority than every waiter renews for the caller's bound: the waiters would not be served before
+  it anyway, and each slice boundary was a renewal that a latency-critical step waited for with its queue drained.
 
 Charging: usage is reported by the tenant, so it is hostile. Each ``extend`` and ``release`` of a holder is charged
 ``max(reported, held)`` where ``held`` is the time since the grant (or since the last extension), and at most
@@ -344,12 +346,26 @@ class CardScheduler:
 
     def quantum_slices(self, tenant_id: str, most: int) -> int:
         """How many slices a renewal of ``tenant_id`` may last while others want the card: its weight over theirs
-        (rounded down, 1 to ``most``), so that a round gives each busy tenant about its share in one piece."""
+        (rounded down, 1 to ``most``), so that a round gives each busy tenant about its share in one piece; ``most``
+        for a tenant of higher priority than every other that wants the card (``outranks_waiters``)."""
         state = self._states.get(tenant_id)
         if state is None:
             return 1
+        if self.outranks_waiters(tenant_id):
+            return max(1, most)
         others = sum(s.weight for s in self._states.values() if s.wants and s is not state)
         return max(1, min(most, state.weight // others if others else most))
+
+    def outranks_waiters(self, tenant_id: str) -> bool:
+        """Whether ``tenant_id`` is of higher priority than every other tenant that wants the card (True when none
+        does). Such a holder's grant needs no cutting into slices for the others: it would be picked again at every
+        boundary (it is entitled as long as its bucket lasts, and the budget stops at what it is owed), and each
+        boundary is a renewal it may wait for with its queue drained. Its idle moments give the card back (a yield)
+        all the same."""
+        state = self._states.get(tenant_id)
+        if state is None:
+            return False
+        return all(s.rank < state.rank for s in self._states.values() if s.wants and s is not state)
 
     def yield_serves_other(self, now_us: int, holder_wants: bool = False) -> bool:
         """Whether a holder that gave its grant back now, at an idle moment, would see another tenant served: what

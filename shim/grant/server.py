@@ -537,8 +537,8 @@ class GrantServer:
             return
         for _ in range(64):  # ops mode may grant several tenants; a vanished session makes us ask again
             decision: Decision = card.scheduler.decide(now)
-            if decision.revoke is not None:
-                self._revoke(card, decision.revoke, now)
+            if decision.revoke is not None and self._revoke(card, decision.revoke, now):
+                continue  # the holding ended at the revoke: the card is free now, whom does it go to
             card.wake_at_us = decision.wake_at_us
             if decision.grant is None:
                 break
@@ -564,6 +564,8 @@ class GrantServer:
         slice_us = self.policy.slice_us
         if session.conn is not None or not session.holding or session.deadline_us - now <= slice_us:
             return
+        if self._cards[session.card].scheduler.outranks_waiters(session.flexnpu_id):
+            return  # the waiters would not be served before it: its slices are not theirs (``quantum_slices``)
         end = session.granted_at_us + slice_us * ((now - session.granted_at_us) // slice_us + 1)
         ahead = renew_ahead_us(slice_us)
         if end - now < ahead:
@@ -654,14 +656,24 @@ class GrantServer:
         )
         return RUN_AHEAD_CONTENDED_US if above else RUN_AHEAD_US
 
-    def _revoke(self, card: _Card, tenant_id: str, now: int) -> None:
+    def _revoke(self, card: _Card, tenant_id: str, now: int) -> bool:
+        """Ask the holder to stop at its next launch; True when its holding ended here (a slot holder: the card is
+        free for the next grant at once)."""
         session = card.holders.get(tenant_id)
         if session is None:
-            return
+            return False
         if session.revoked_seq == session.seq:
-            return  # asked already; the scheduler repeats its wish at every decision until the holder releases
+            return False  # asked already; the scheduler repeats its wish at every decision until the holder releases
         session.revoked_seq = session.seq
         session.send({"op": wire.OP_REVOKE, "seq": session.seq})
+        if session.conn is None and card.ahead is None and session.granted_at_us <= now:
+            # A slot holder's grant ends now, as at a deadline: charged max(reported, held until now), undrained,
+            # its last kernels the next holder's tail credit. The grant published next replaces its grant word, so
+            # its gate stops at its next launch: the waiter that caused the revoke launches without waiting for a
+            # second reaction of this daemon (the revoke and the grant are one write).
+            session.deadline_us = now
+            self._end_slot_holding(session, now)
+            return True
         if session.conn is None:
             self._publish(session.card, tenant_id, session.seq, now)  # the deadline is now: stop at the next launch
             session.deadline_us = now  # and its holding ends now (charged at the timer, the next one waits its tail)
@@ -669,6 +681,7 @@ class GrantServer:
         if session.deadline_us > now + self._revoke_grace_us:
             session.deadline_us = now + self._revoke_grace_us
             self._poke_timer(session.deadline_us)
+        return False
 
     # ----- timer ----------------------------------------------------------------------------------------------
 

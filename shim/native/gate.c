@@ -14,7 +14,10 @@
  *                        it (default 50; 0: sleeps to the moment itself)
  *   FLEXNPU_RENEW_US     a launch this close to the grant's deadline sets want=1 already (default 1000; 0 off):
  *                        flexnpud decides at the deadline whether the holder still wants the card, and a busy
- *                        holder is then usually in the middle of its work, not yet asking
+ *                        holder is then usually in the middle of its work, not yet asking. A holder that waits for
+ *                        its own work at the in-flight cap sets it too (its next launch is ready), whatever this is
+ * An early want rings no doorbell (flexnpud reads it when it decides at the renewal or the deadline); a process
+ * that then waits for the card rings once.
  * Yield: at an application sync (fx_harvest) a holder process with nothing in flight that launched in the current
  * grant gives it back while the card region says another tenant waits (contended): yield_ns, yield_epoch, then a
  * ring of the slot's doorbell; no process of the pod launches on that epoch again (granted_at() reads yield_epoch).
@@ -548,15 +551,24 @@ static uint64_t inflight_est_ns(void)
            atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed);
 }
 
+static void want_early(void);
+
 /* Wait for this thread's oldest work until the process's in-flight estimate plus one more launch fits in
- * budget_ns (or it has nothing left). 1 when it waited (time passed: the caller checks the grant again). */
-static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t budget_ns)
+ * budget_ns (or it has nothing left). 1 when it waited (time passed: the caller checks the grant again). A holder
+ * that waits here has its next launch ready: it wants the card after this grant too (want_early), or flexnpud,
+ * finding it neither wanting nor reporting at the renewal (its first interval is still open behind the former
+ * holder's last kernels), took it for idle and handed the card on in the middle of its work. */
+static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t budget_ns, uint64_t free_launches)
 {
     int waited = 0;
-    while (inflight_est_ns() + atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed) > budget_ns) {
+    while (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) >= free_launches &&
+           inflight_est_ns() + atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed) > budget_ns) {
         if (!t->count)
             close_open(ops, t);
-        if (!t->count || !collect_oldest(ops, t, 1))
+        if (!t->count)
+            return waited;
+        want_early();
+        if (!collect_oldest(ops, t, 1))
             return waited;
         waited = 1;
     }
@@ -678,6 +690,17 @@ static void withdraw_early_want(void)
     atomic_store(&g_slot->want, 0);
 }
 
+/* A holder that will launch again after this grant: want=1 ahead, with no ring (flexnpud reads it at the renewal
+ * and at the deadline; a wake-up now would find nothing to do). Withdrawn at the next application sync. */
+static void want_early(void)
+{
+    if (atomic_load_explicit(&g_mode, memory_order_relaxed) != FX_GRANTED ||
+        atomic_load_explicit(&g_slot->want, memory_order_relaxed))
+        return;
+    atomic_store(&g_early_want, 1);
+    atomic_store(&g_slot->want, 1);
+}
+
 static void ring(void)
 {
     atomic_fetch_add(&g_slot->doorbell, 1);
@@ -725,10 +748,15 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
 {
     struct fx_card_region *card = atomic_load(&g_card);
     drain_and_report(ops, t);
-    atomic_store(&g_early_want, 0);
+    int early = atomic_exchange(&g_early_want, 0);
     uint64_t asked = fx_now_ns();
     int was_free = fx_grant_holder(atomic_load_explicit(&card->grant, memory_order_acquire)) == FX_NO_HOLDER;
-    ring_doorbell();
+    if (early) { /* want is 1 already, set with no ring while it held the card: ring now, it waits */
+        atomic_store(&g_slot->want, 1);
+        ring();
+    } else {
+        ring_doorbell();
+    }
     uint32_t seq = atomic_load_explicit(&card->seq, memory_order_acquire);
     uint64_t since = asked;
     for (;;) {
@@ -862,18 +890,19 @@ static struct fx_timing *gate(const struct fx_ops *ops)
             slow_path(ops, t, now);
         else {
             t_epoch = fx_grant_epoch(g) + 1u;
-            if (deadline - now < g_renew_ns && atomic_load_explicit(&g_slot->want, memory_order_relaxed) == 0) {
-                /* launching in the grant's last moments: it will want the card after it too. No ring: the daemon
-                 * reads the flag at the deadline, and a wake-up of it now would find nothing to do. */
-                atomic_store(&g_early_want, 1);
-                atomic_store(&g_slot->want, 1);
-            }
+            if (deadline - now < g_renew_ns)
+                want_early(); /* launching in the grant's last moments: it will want the card after it too */
         }
-        if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) == 0)
-            return t;
         /* In-flight cap, and while granted no more queued than fits before the grant's deadline: work the device
          * runs after it is the next holder's time, which the daemon does not charge to us. With nothing in flight
-         * one launch always goes (a kernel longer than the slice still runs, once per grant). */
+         * one launch always goes (a kernel longer than the slice still runs, once per grant); for a registration
+         * of priority high, one more behind it: its kernels as long as half the cap or more were each launched
+         * when the one before had finished, the device idle for the host's wake-up in between (1.6-2.5 ms of a
+         * 32-launch step of 0.5-1.5 ms kernels), and its tail only delays tenants of lower priority. */
+        uint64_t free_launches =
+            g_slot && atomic_load_explicit(&g_slot->priority, memory_order_relaxed) >= 2 ? 2 : 1;
+        if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) < free_launches)
+            return t;
         uint64_t budget = g_inflight_cap_ns;
         mode = atomic_load_explicit(&g_mode, memory_order_relaxed);
         card = atomic_load_explicit(&g_card, memory_order_relaxed);
@@ -886,7 +915,7 @@ static struct fx_timing *gate(const struct fx_ops *ops)
             if (left < budget)
                 budget = left;
         }
-        if (!cap_inflight(ops, t, budget))
+        if (!cap_inflight(ops, t, budget, free_launches))
             return t;
     }
 }
@@ -929,7 +958,11 @@ void fx_launch_exit(const struct fx_ops *ops, void *stream, int launched)
         t->open.split = t->open.launches == 0 && ops->event_record(t->open.mid, stream) == 0 ? 2 : 0;
     t->open.launches++;
     atomic_fetch_add_explicit(&g_inflight_launches, 1, memory_order_relaxed);
-    if (t->open.launches >= g_event_every) {
+    /* Every FLEXNPU_EVENT_EVERY launches an interval ends; and at the in-flight cap after each launch: the next
+     * launch waits at the cap for the oldest interval, and one holding everything in flight drained the queue
+     * (the device idle for the host's wake-up and launch at each wait: 2-3 ms of a 32-launch step) */
+    if (t->open.launches >= g_event_every ||
+        inflight_est_ns() + atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed) > g_inflight_cap_ns) {
         close_open(ops, t);
         if (t->count)
             collect_oldest(ops, t, 0);

@@ -7,6 +7,7 @@ timing. Device time is metered by events and checked against the device's own bu
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -327,6 +328,125 @@ def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_wi
         assert (a.get("want"), a.get("doorbell")) == (0, 0)  # idle now: nothing to renew, and it did not ask again
         proc.stdin.write("\n")
         proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0
+
+
+AT_THE_CAP = """
+import ctypes, sys
+acl = ctypes.CDLL("libascendcl.so")
+stream = ctypes.c_void_p()
+acl.aclrtCreateStream(ctypes.byref(stream))
+us = ctypes.c_uint64(100_000)
+ok = sum(acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0 for _ in range(3))
+print("launched=%d" % ok, flush=True)
+sys.stdin.readline()
+print("synced=%d" % (acl.aclrtSynchronizeStream(stream) == 0), flush=True)
+"""
+
+
+def test_a_holder_waiting_for_its_own_work_at_the_in_flight_cap_wants_the_next_grant(pod: Pod) -> None:
+    """At the renewal flexnpud reads whether its holder wants the card after this grant; a holder blocked at the
+    in-flight cap was neither wanting nor reporting then (its first interval still open) and lost the card in the
+    middle of its work. The third 100 ms kernel waits at a 1 ms cap: want=1 before that wait, with no ring (the
+    near-deadline rule is off here: FLEXNPU_RENEW_US=0, the grant far from its end); the sync withdraws it."""
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    pod.grant(1, epoch=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AT_THE_CAP],
+        env=pod.env("pod-a", {"FLEXNPU_INFLIGHT_US": "1000", "FLEXNPU_RENEW_US": "0"}),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "launched=3"
+        assert (a.get("want"), a.get("doorbell")) == (1, 0)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "synced=1"
+        assert (a.get("want"), a.get("doorbell")) == (0, 0)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(("priority", "back_to_back"), [(2, True), (1, False)], ids=["high", "normal"])
+def test_a_high_priority_holder_keeps_one_launch_queued_behind_the_running_one(
+    pod: Pod, priority: int, back_to_back: bool
+) -> None:
+    """Kernels of 60 ms under a 1 ms in-flight cap. At priority high one launch may wait behind the one running,
+    and the wait at the cap is for the oldest launch only: every kernel starts on the device the moment the one
+    before it ends (the host had 60 ms to queue it). At normal priority each launch waits until nothing is in
+    flight: the device idles for the host's wake-up between kernels (the fake device starts a launch at the later of
+    now and the engine's end, so a launch made after the end starts strictly after it)."""
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    a.set("priority", priority)
+    pod.grant(1, epoch=1)
+    out = subprocess.run(
+        [pod.program("acl_prog"), "launch", "6", "60000"],
+        env=pod.env("pod-a", {"FLEXNPU_INFLIGHT_US": "1000"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert parse(out)["launched"] == "6"
+    kernels = sorted(read_kernels(pod.device), key=lambda k: k.start_ns)
+    assert len(kernels) == 6
+    # from the third on: by then the per-launch estimate is learned (the first two go on the initial guess)
+    gaps = [b.start_ns - a_.end_ns for a_, b in itertools.pairwise(kernels[2:])]
+    assert all(gap == 0 for gap in gaps) if back_to_back else all(gap > 0 for gap in gaps), gaps
+
+
+EARLY_THEN_WAIT = """
+import ctypes, sys
+acl = ctypes.CDLL("libascendcl.so")
+stream = ctypes.c_void_p()
+acl.aclrtCreateStream(ctypes.byref(stream))
+us = ctypes.c_uint64(100)
+print("launched=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+sys.stdin.readline()
+print("again=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+acl.aclrtSynchronizeStream(stream)
+"""
+
+
+def test_a_process_that_waits_after_an_early_want_rings_its_doorbell(pod: Pod) -> None:
+    """An early want is set with no ring (flexnpud reads it when it decides at the holder's renewal or deadline). If
+    the card went to another slot meanwhile, the want is already 1 when the process comes to wait: it rings all the
+    same, or flexnpud learned of the waiter only at its next poll of the slots."""
+    a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
+    pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
+    pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() + 50_000_000_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EARLY_THEN_WAIT],
+        env=pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"}),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "launched=1"
+        assert (a.get("want"), a.get("doorbell")) == (1, 0)
+        pod.grant(2, epoch=2)  # the card went to pod-b
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        wait_for(lambda: a.get("doorbell") == 1 or proc.poll() is not None, "pod-a to ring as it waits")
+        assert (a.get("want"), a.get("doorbell")) == (1, 1)
+        pod.grant(1, epoch=3)
+        assert proc.stdout.readline().strip() == "again=1"
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:

@@ -418,6 +418,20 @@ def test_a_renewal_while_others_wait_lasts_the_holders_weight_over_theirs(
     assert sched.quantum_slices("unknown", 8) == 1
 
 
+def test_a_holder_above_every_waiter_renews_for_the_bound() -> None:
+    # 3 units at high beside 7 at normal: by weight it would renew one slice at a time, and each boundary is a
+    # renewal a latency-critical step waits for; the 7 would not be served before it anyway.
+    sched = card(
+        policy(), ("critical", 3, HIGH), ("batch", 7, NORMAL), ("other", 2, HIGH), wanting=("critical", "batch")
+    )
+    assert sched.outranks_waiters("critical") and not sched.outranks_waiters("batch")
+    assert sched.quantum_slices("critical", 8) == 8
+    assert sched.quantum_slices("batch", 8) == 2
+    sched.want("other", 0)  # a waiter of the same priority: slices by weight again
+    assert not sched.outranks_waiters("critical") and sched.quantum_slices("critical", 8) == 1
+    assert not sched.outranks_waiters("unknown")
+
+
 def test_extend_is_refused_to_a_non_holder() -> None:
     sched = card(policy(), ("a", 5, NORMAL))
     assert sched.extend("a", 0, 0) is None

@@ -30,7 +30,6 @@ from flexnpu.shim.grant.bells import Doorbells, RingBudget, available
 from flexnpu.shim.grant.server import (
     LONE_SLICES,
     MAX_TAIL_US,
-    REVOKE_GRACE_US,
     RING_BURST,
     RINGS_PER_SLICE,
     SLOT_CHARGE_GRACE_US,
@@ -310,6 +309,35 @@ def test_a_lone_holder_renewed_for_several_slices_is_cut_back_to_its_slice_when_
     assert server.stats()["a"]["device_time_us"] == cut.deadline_ns // 1000 - first.deadline_ns // 1000 + SLICE_US
 
 
+def test_a_holder_above_the_waiter_keeps_its_slices_and_renews_for_them(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("critical", units=3, priority=Priority.HIGH), registration("batch", units=7)])
+    critical, batch = tenants("critical"), tenants("batch")
+    critical.want()
+    server.run_timers()
+    first = critical.region.state()
+    clock.now_us = first.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
+    critical.use(1000)
+    server.run_timers()
+    long = critical.region.state()
+    renewed_at = clock.now_us
+    assert long.deadline_ns == (renewed_at + LONE_SLICES * SLICE_US) * 1000
+    # the batch tenant comes: it would not be served before the critical one, so nothing is cut back
+    clock.now_us = renewed_at + 2 * SLICE_US + 700
+    batch.want()
+    batch.ring()
+    wait_for(lambda: server.doorbell_counts("batch")[0] > 0, "the daemon to read the batch tenant's ring")
+    server.run_timers()
+    assert critical.region.state().epoch == long.epoch and critical.region.state().deadline_ns == long.deadline_ns
+    # and, still busy at its next renewal, it renews for the bound again, the batch tenant waiting
+    clock.now_us = long.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
+    critical.use(LONE_SLICES * SLICE_US - 500)
+    server.run_timers()
+    again = critical.region.state()
+    assert again.holder == critical.index and again.deadline_ns == (clock.now_us + LONE_SLICES * SLICE_US) * 1000
+
+
 def _successor_published_ahead(
     make_server: Callable[[list[Registration]], GrantServer],
     clock: ManualClock,
@@ -581,27 +609,52 @@ def test_a_higher_priority_socket_tenant_revokes_a_slot_holder(
     batch.want()
     server.run_timers()
     assert batch.holds()
+    clock.now_us += 700
+    batch.use(300)  # what its events measured so far: less than it held
     urgent = wire.connect_unix(grant_socket, timeout=20)
     try:
         urgent.send({"op": wire.OP_HELLO, "id": "urgent"})
         assert urgent.receive(timeout=20)["op"] == wire.OP_WELCOME
         urgent.send({"op": wire.OP_WANT})
-        urgent.send({"op": wire.OP_PING})
-        assert urgent.receive(timeout=20)["op"] == wire.OP_PONG
-        state = batch.region.state()
-        assert batch.holds() and state.deadline_ns == clock.now_us * 1000  # told to stop at its next launch
-        clock.now_us += REVOKE_GRACE_US  # time to drain what it has in flight
-        server.run_timers()
+        # The revoke and the grant are one write: the slot's holding ends at the revoke, as at a deadline
+        # (undrained; its last kernels are the next holder's tail), and the waiter is granted with no timer between.
         grant = urgent.receive(timeout=20)
         assert grant["op"] == wire.OP_GRANT
-        assert batch.region.state().holder == tenants("urgent").index
+        assert batch.region.state().holder == tenants("urgent").index  # the batch's gate stops at its next launch
         assert server.holders()[KEY] == {"urgent"}
+        assert server.stats()["batch"]["device_time_us"] == 700  # max(reported, held until the revoke)
+        batch.want()  # its next launch found the card taken: it asks again (libflexnpu rings as it sets want)
+        batch.ring()
         urgent.send({"op": wire.OP_RELEASE, "seq": grant["seq"], "used_us": 0})
         urgent.send({"op": wire.OP_PING})
         assert urgent.receive(timeout=20)["op"] == wire.OP_PONG
-        assert batch.holds()  # it still wanted: queued again at once, not at the next reading of its slot
+        wait_for(batch.holds, what="the batch tenant holding the card again")
     finally:
         urgent.close()
+
+
+def test_a_high_priority_slot_takes_the_card_from_a_slot_holder_at_once(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("batch", units=7), registration("critical", units=3, priority=Priority.HIGH)])
+    batch, critical = tenants("batch"), tenants("critical")
+    batch.want()
+    server.run_timers()
+    assert batch.holds()
+    first = batch.region.state().epoch
+    clock.now_us += 400
+    critical.want()
+    critical.ring()
+    wait_for(critical.holds, what="the critical tenant granted at the revoke")
+    state = critical.region.state()
+    assert state.epoch != first and critical.region.get("ended_ns") == clock.now_us * 1000  # timed from the revoke
+    assert critical.holds_at(clock.now_us) is not None and batch.holds_at(clock.now_us) is None
+    assert server.stats()["batch"]["device_time_us"] == 400
+    # The batch's kernels still running at the revoke, reported after it, are the critical's tail credit.
+    batch.use(250)
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert server.stats()["critical"]["device_time_us"] == SLICE_US - 250
 
 
 def test_a_socket_grant_is_published_for_the_pods_other_processes(
