@@ -356,6 +356,21 @@ class CardScheduler:
         others = sum(s.weight for s in self._states.values() if s.wants and s is not state)
         return max(1, min(most, state.weight // others if others else most))
 
+    def preemptor(self, now_us: int) -> str | None:
+        """The tenant that may start launching before its grant when it wants the card (the shared-memory path's
+        preemptor): the only one of the highest priority on the card, above every other tenant, while it is owed
+        device time. A want of it would revoke any holder and be granted next anyway (``share`` mode); naming it
+        ahead takes the daemon's reaction out of its step's start. None in ``ops`` mode, for a tie at the top, or
+        once its bucket ran dry (it then waits its turn as any tenant)."""
+        self._advance(now_us)
+        if self.policy.mode != "share" or len(self._states) < 2:
+            return None
+        ordered = sorted(self._states.values(), key=lambda s: -s.rank)
+        top = ordered[0]
+        if ordered[1].rank >= top.rank or self._owed(top) <= 0:
+            return None
+        return top.tenant.tenant_id
+
     def outranks_waiters(self, tenant_id: str) -> bool:
         """Whether ``tenant_id`` is of higher priority than every other tenant that wants the card (True when none
         does). Such a holder's grant needs no cutting into slices for the others: it would be picked again at every

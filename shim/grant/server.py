@@ -553,6 +553,8 @@ class GrantServer:
         if self._shm is not None:
             waiter = any(q and f not in card.holders for f, q in card.waiting.items())
             self._shm.set_contended(key, waiter and card.scheduler.yield_serves_other(now))
+            preemptor = card.scheduler.preemptor(now)
+            self._shm.set_preemptor(key, preemptor if preemptor in self._slot_sessions else None)
             if waiter and card.ahead is None:
                 for session in list(card.holders.values()):
                     self._cut_back(session, now)
@@ -585,6 +587,16 @@ class GrantServer:
         given); the session, or None when none queues (the scheduler is told)."""
         queue = card.waiting.get(grant.tenant_id)
         session = queue.popleft() if queue else None
+        if (
+            session is not None
+            and session.conn is None
+            and self._shm is not None
+            and not self._shm.wants(session.flexnpu_id)
+        ):
+            # its want is gone (the card's preemptor ran its step before this daemon reacted, and synchronised):
+            # a grant now would be held idle until its deadline, and charged
+            session.wants = False
+            session = None
         if session is None:
             card.scheduler.release(grant.tenant_id, 0, now if at_us is None else at_us, still_wants=False)
             return None

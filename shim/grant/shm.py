@@ -74,6 +74,7 @@ CARD_FIELDS: dict[str, tuple[int, int]] = {
     "ended_ns": (40, 8),
     "next_grant": (48, 8),
     "next_deadline_ns": (56, 8),
+    "preempt": (64, 4),  # the preemptor's slot index + 1, 0: none (flexnpu_shm.h)
 }
 SLOT_FIELDS: dict[str, tuple[int, int]] = {
     "magic": (0, 4),

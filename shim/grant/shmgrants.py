@@ -251,6 +251,15 @@ class ShmGrants:
         if region is not None and holder is not None:
             region.publish_next(holder, epoch & 0xFFFFFFFF, deadline_ns, wake=self._waiting(key))
 
+    def set_preemptor(self, key: CardKey, flexnpu_id: str | None) -> None:
+        """Name the card's preemptor (None: nobody): its slot may launch while its want is 1, whoever holds the
+        card, and the other slots' gates stop meanwhile (flexnpu_shm.h). One write, only when it changes."""
+        region = self._regions.get(key)
+        index = None if flexnpu_id is None else self._indexes.get(flexnpu_id)
+        value = 0 if index is None else index + 1
+        if region is not None and region.get("preempt") != value:
+            region.set("preempt", value)
+
     def promote(self, key: CardKey) -> None:
         """The successor published ahead becomes the card's grant (its tenant, running since the deadline, goes on)."""
         region = self._regions.get(key)

@@ -51,7 +51,16 @@
  * A reader takes a consistent view by reading grant, deadline_ns, next_deadline_ns, next_grant, next_deadline_ns and
  * grant again, and retrying while the two grant words (or the two next_deadline_ns) differ or the holder is
  * FX_PUBLISHING: a grant word never comes back to a value once left (the epoch grows), so equal words mean that no
- * write of the grant happened in between. */
+ * write of the grant happened in between.
+ *
+ * The preemptor (preempt, written alone, no seq change): a registration of higher priority than every other on the
+ * card, while it is owed device time, that flexnpud names ahead. While its slot's want is 1 it may launch whoever
+ * holds the card, and every other slot's gate treats its own grant as revoked: a latency-critical step starts
+ * without waiting for the daemon's reaction to its want, which then revokes the holder and grants it as usual.
+ * Its slot (slot-*.shm whose slot_index is preempt - 1 and card_index this card) is read, never written, by the
+ * others. A holding of the preemptor's pod is bounded as any other (its charges empty its bucket, and flexnpud
+ * then names nobody); a want it sets without launching stops the holder until flexnpud's next reading of its
+ * slot grants it the card, which it is then charged for. */
 struct fx_card_region {
     _Atomic uint32_t magic;
     _Atomic uint32_t version;
@@ -65,6 +74,7 @@ struct fx_card_region {
                                           the card was free before it (or it renews the same holder) */
     _Atomic uint64_t next_grant;       /* (epoch << 32) | holder_slot of the grant that follows at deadline_ns */
     _Atomic uint64_t next_deadline_ns; /* its deadline; 0: no successor published */
+    _Atomic uint32_t preempt;          /* the preemptor's holder_slot + 1; 0: none (see below) */
 };
 
 /* One process's device memory in the pod's account (tenant-written; see the ledger above). */
@@ -119,6 +129,7 @@ _Static_assert(offsetof(struct fx_card_region, daemon_pid_start) == 32, "card.da
 _Static_assert(offsetof(struct fx_card_region, ended_ns) == 40, "card.ended_ns");
 _Static_assert(offsetof(struct fx_card_region, next_grant) == 48, "card.next_grant");
 _Static_assert(offsetof(struct fx_card_region, next_deadline_ns) == 56, "card.next_deadline_ns");
+_Static_assert(offsetof(struct fx_card_region, preempt) == 64, "card.preempt");
 _Static_assert(offsetof(struct fx_slot, slot_index) == 8, "slot.slot_index");
 _Static_assert(offsetof(struct fx_slot, mem_cap_bytes) == 16, "slot.mem_cap_bytes");
 _Static_assert(offsetof(struct fx_slot, mem_used_bytes) == 24, "slot.mem_used_bytes");

@@ -23,6 +23,9 @@
  * ring of the slot's doorbell; no process of the pod launches on that epoch again (granted_at() reads yield_epoch).
  * Figures: each wait that ends in a grant adds its hand-off (card.ended_ns -> gate open) or, on a free card, its
  * acquire time (want -> gate open) to the slot's histograms.
+ * Preemptor: the registration flexnpud names in card.preempt launches while its want is 1, whoever holds the card,
+ * and every other slot's gate then treats its own grant as revoked (flexnpu_shm.h); its wait ends at its own want,
+ * timed as an acquire. The others read its slot's want on each launch (mapped read-only, found by slot_index).
  * Successor: flexnpud may publish the grant that follows the current one ahead of its deadline (card.next_grant);
  * the slot it names waits on seq until that deadline only (FUTEX_WAIT_BITSET, absolute time, 1 ns of timer slack)
  * and launches from there, the daemon's reaction out of the hand-off.
@@ -92,8 +95,14 @@ static _Atomic int g_dead;
 static _Atomic int g_early_want; /* want=1 was set by a launch near the deadline, not by a waiting thread */
 /* The epoch of this thread's last launch through the gate, plus 1 (0: none). */
 static __thread uint32_t t_epoch __attribute__((tls_model("initial-exec")));
+/* 1 when this thread's last launch went through as the card's preemptor, before a grant of its own: its work is
+ * then that of the grant flexnpud hands it for that want, which its next synchronise may give back. */
+static __thread int t_preempt __attribute__((tls_model("initial-exec")));
 static pthread_key_t g_thread_key;
 static int g_log_ungated, g_log_local, g_log_dead;
+/* The preemptor's slot (flexnpu_shm.h), mapped read-only once its index is named: index + 1 (0: none looked up). */
+static _Atomic uint32_t g_pre_key;
+static const struct fx_slot *_Atomic g_pre_slot;
 
 struct fx_interval {
     void *start, *end, *stream;
@@ -297,6 +306,34 @@ static struct fx_card_region *map_card(void)
         return NULL;
     }
     return c;
+}
+
+/* The slot of this card whose slot_index is `index`, mapped read-only (NULL: none in the directory). Kept for the
+ * next lookup of the same index; a new index maps again (the old mapping stays: 4 KiB per preemptor named). */
+static __attribute__((noinline)) const struct fx_slot *preemptor_slot(uint32_t index)
+{
+    const struct fx_slot *found = NULL;
+    DIR *d = opendir(g_dir);
+    struct dirent *e;
+    uint32_t card = atomic_load_explicit(&g_slot->card_index, memory_order_relaxed);
+    while (d && !found && (e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n <= 9 || strncmp(e->d_name, "slot-", 5) != 0 || strcmp(e->d_name + n - 4, ".shm") != 0)
+            continue;
+        char path[900];
+        snprintf(path, sizeof path, "%s/%s", g_dir, e->d_name);
+        struct fx_slot *s = map_file(path, 0, NULL);
+        if (s && atomic_load(&s->magic) == FX_SLOT_MAGIC && atomic_load(&s->version) == FX_SHM_VERSION &&
+            atomic_load(&s->slot_index) == index && atomic_load(&s->card_index) == card)
+            found = s;
+        else if (s)
+            munmap(s, FX_SHM_SIZE);
+    }
+    if (d)
+        closedir(d);
+    atomic_store(&g_pre_slot, found);
+    atomic_store(&g_pre_key, index + 1u);
+    return found;
 }
 
 /* ---- threads and fork ----------------------------------------------------------------------------------- */
@@ -608,6 +645,27 @@ static inline int read_card(const struct fx_card_region *card, struct fx_view *v
     }
 }
 
+/* Whether the card's preemptor (another registration) wants the card now: this slot's own grant then does not
+ * count (flexnpu_shm.h). One load on the fast path while nobody is named. */
+static inline __attribute__((always_inline)) int preempted(const struct fx_card_region *card, uint32_t me)
+{
+    uint32_t key = atomic_load_explicit(&card->preempt, memory_order_acquire);
+    if (!key || key == me + 1u)
+        return 0;
+    const struct fx_slot *s = key == atomic_load_explicit(&g_pre_key, memory_order_relaxed)
+                                  ? atomic_load_explicit(&g_pre_slot, memory_order_relaxed)
+                                  : preemptor_slot(key - 1u);
+    return s && atomic_load_explicit(&s->want, memory_order_acquire) == 1;
+}
+
+/* Whether this registration is the card's preemptor and wants the card: it may launch, whoever holds it. */
+static inline int preempting(const struct fx_card_region *card)
+{
+    return atomic_load_explicit(&card->preempt, memory_order_acquire) ==
+               atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) + 1u &&
+           atomic_load_explicit(&g_slot->want, memory_order_acquire) == 1;
+}
+
 static uint64_t granted_view(const struct fx_card_region *card, uint64_t now, uint64_t *deadline, uint64_t *began);
 
 /* The grant word when this registration holds the card now (and the pod has not given that epoch back), else 0:
@@ -623,7 +681,7 @@ static inline __attribute__((always_inline)) uint64_t granted_at(const struct fx
     if (fx_grant_holder(g) == me) {
         uint64_t d = atomic_load_explicit(&card->deadline_ns, memory_order_acquire);
         if (atomic_load_explicit(&card->grant, memory_order_acquire) == g && now < d &&
-            fx_grant_epoch(g) != given_back) {
+            fx_grant_epoch(g) != given_back && !preempted(card, me)) {
             *deadline = d;
             *began = 0;
             return g | 1u << 31 | 1u; /* never 0, even for epoch 0 holder 0 (callers read the epoch only) */
@@ -639,7 +697,7 @@ static __attribute__((noinline)) uint64_t granted_view(const struct fx_card_regi
     uint32_t me = atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed);
     uint32_t given_back = atomic_load_explicit(&g_slot->yield_epoch, memory_order_relaxed);
     struct fx_view v;
-    if (read_card(card, &v) != 0)
+    if (read_card(card, &v) != 0 || preempted(card, me))
         return 0;
     if (fx_grant_holder(v.grant) == me && now < v.deadline && fx_grant_epoch(v.grant) != given_back) {
         *deadline = v.deadline;
@@ -688,6 +746,13 @@ static void withdraw_early_want(void)
         !atomic_exchange(&g_early_want, 0))
         return;
     atomic_store(&g_slot->want, 0);
+    /* The card's preemptor: the holder it stopped sleeps on seq, which this does not change (flexnpud may not
+     * have reacted to the want yet, and then writes nothing): wake it to look again (a wake of a read-only
+     * mapping's futex word is allowed; it changes nothing there) */
+    struct fx_card_region *card = atomic_load_explicit(&g_card, memory_order_relaxed);
+    if (card && atomic_load_explicit(&card->preempt, memory_order_relaxed) ==
+                    atomic_load_explicit(&g_slot->slot_index, memory_order_relaxed) + 1u)
+        futex_wake(&card->seq);
 }
 
 /* A holder that will launch again after this grant: want=1 ahead, with no ring (flexnpud reads it at the renewal
@@ -724,7 +789,7 @@ static void maybe_yield(void)
         atomic_load_explicit(&g_inflight_launches, memory_order_relaxed))
         return;
     uint64_t now = fx_now_ns(), deadline, began, g = granted_at(card, now, &deadline, &began);
-    if (!g || t_epoch != fx_grant_epoch(g) + 1u || deadline - now < g_yield_min_ns)
+    if (!g || (t_epoch != fx_grant_epoch(g) + 1u && !t_preempt) || deadline - now < g_yield_min_ns)
         return;
     /* a successor is published already and begins at this grant's deadline: giving the grant back now would only
      * idle the card until then */
@@ -773,6 +838,16 @@ static void wait_for_grant(const struct fx_ops *ops, struct fx_timing *t)
             }
             else if (was_free)
                 record_latency(g_slot->acquire_hist, asked, now);
+            return;
+        }
+        if (preempting(card)) {
+            /* the card's preemptor: it launches now, flexnpud revokes the holder and grants it when it reacts. Its
+             * want stays 1 as an early want does (withdrawn at the next synchronise): the holder stops meanwhile */
+            atomic_store(&g_early_want, 1);
+            atomic_store(&g_dead, 0);
+            atomic_store_explicit(&g_fresh_grant, 1, memory_order_relaxed);
+            record_latency(g_slot->acquire_hist, asked, now);
+            t_preempt = 1;
             return;
         }
         uint32_t now_seq = atomic_load_explicit(&card->seq, memory_order_acquire);
@@ -886,10 +961,13 @@ static struct fx_timing *gate(const struct fx_ops *ops)
         struct fx_card_region *card = atomic_load_explicit(&g_card, memory_order_relaxed);
         uint64_t deadline = 0, began;
         uint64_t g = mode == FX_LOCAL ? 0 : granted_at(card, now, &deadline, &began);
-        if (!g)
+        if (!g && mode == FX_GRANTED && !atomic_load_explicit(&g_dead, memory_order_relaxed) && preempting(card))
+            t_preempt = 1; /* the preemptor, its want set: it launches before its grant */
+        else if (!g)
             slow_path(ops, t, now);
         else {
             t_epoch = fx_grant_epoch(g) + 1u;
+            t_preempt = 0;
             if (deadline - now < g_renew_ns)
                 want_early(); /* launching in the grant's last moments: it will want the card after it too */
         }
@@ -907,9 +985,10 @@ static struct fx_timing *gate(const struct fx_ops *ops)
         mode = atomic_load_explicit(&g_mode, memory_order_relaxed);
         card = atomic_load_explicit(&g_card, memory_order_relaxed);
         if (mode == FX_GRANTED && !atomic_load_explicit(&g_dead, memory_order_relaxed)) {
-            if (!g) { /* it waited: the grant it got, from now */
+            if (!g) { /* it waited: the grant it got, from now (the preemptor's: one in-flight cap from now) */
                 now = fx_now_ns();
-                (void)granted_at(card, now, &deadline, &began);
+                if (!granted_at(card, now, &deadline, &began))
+                    deadline = (t_preempt = preempting(card)) ? now + g_inflight_cap_ns : 0;
             }
             uint64_t left = deadline > now ? deadline - now : 0;
             if (left < budget)

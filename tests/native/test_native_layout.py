@@ -18,6 +18,7 @@ int main(void) {
     F(fx_card_region, magic) F(fx_card_region, version) F(fx_card_region, seq) F(fx_card_region, contended)
     F(fx_card_region, grant) F(fx_card_region, deadline_ns) F(fx_card_region, daemon_pid_start)
     F(fx_card_region, ended_ns) F(fx_card_region, next_grant) F(fx_card_region, next_deadline_ns)
+    F(fx_card_region, preempt)
     F(fx_slot, magic) F(fx_slot, version) F(fx_slot, slot_index) F(fx_slot, card_index) F(fx_slot, mem_cap_bytes)
     F(fx_slot, mem_used_bytes) F(fx_slot, used_ns) F(fx_slot, inflight_est_ns) F(fx_slot, want) F(fx_slot, doorbell)
     F(fx_slot, share_permille) F(fx_slot, priority) F(fx_slot, mem_peak_bytes) F(fx_slot, denied_allocs)

@@ -432,6 +432,24 @@ def test_a_holder_above_every_waiter_renews_for_the_bound() -> None:
     assert not sched.outranks_waiters("unknown")
 
 
+def test_the_preemptor_is_the_one_tenant_above_all_others_while_it_is_owed() -> None:
+    sched = card(policy(), ("critical", 3, HIGH), ("batch", 7, NORMAL), wanting=("batch",))
+    assert sched.preemptor(0) == "critical"  # named ahead, before it wants the card
+    assert card(policy(), ("a", 3, HIGH), ("b", 7, HIGH)).preemptor(0) is None  # a tie at the top
+    assert card(policy(), ("a", 3, HIGH)).preemptor(0) is None  # alone: nobody to preempt
+    assert card(policy(mode="ops"), ("a", 3, HIGH), ("b", 7, NORMAL)).preemptor(0) is None
+    # its bucket run dry: it waits its turn as any tenant until the bucket fills past its overrun again
+    sched.want("critical", 0)
+    decision = sched.decide(0)
+    assert decision.grant is not None and decision.grant.tenant_id == "critical"
+    sched.release("critical", 9000, 9000, still_wants=False)  # more than its bucket (7.5 ms) holds
+    assert sched.owed_us("critical") < 0 and sched.preemptor(9000) is None
+    now = 9000
+    while sched.preemptor(now) is None and now < 3 * WINDOW:
+        now += 1000
+    assert sched.preemptor(now) == "critical" and sched.owed_us("critical") > 0
+
+
 def test_extend_is_refused_to_a_non_holder() -> None:
     sched = card(policy(), ("a", 5, NORMAL))
     assert sched.extend("a", 0, 0) is None

@@ -338,6 +338,28 @@ def test_a_holder_above_the_waiter_keeps_its_slices_and_renews_for_them(
     assert again.holder == critical.index and again.deadline_ns == (clock.now_us + LONE_SLICES * SLICE_US) * 1000
 
 
+def test_the_daemon_names_the_preemptor_in_the_card_region(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    server = make_server([registration("critical", units=3, priority=Priority.HIGH), registration("batch", units=7)])
+    critical, batch = tenants("critical"), tenants("batch")
+    batch.want()
+    server.run_timers()
+    assert batch.holds()
+    assert critical.region.get("preempt") == critical.index + 1  # named while the batch tenant holds the card
+    # a second tenant at high: no single preemptor any more
+    server.set_registrations(
+        [
+            registration("critical", units=3, priority=Priority.HIGH),
+            registration("batch", units=7),
+            registration("other", units=2, priority=Priority.HIGH),
+        ]
+    )
+    clock.now_us += SLICE_US
+    server.run_timers()
+    assert critical.region.get("preempt") == 0
+
+
 def _successor_published_ahead(
     make_server: Callable[[list[Registration]], GrantServer],
     clock: ManualClock,
@@ -363,6 +385,31 @@ def _successor_published_ahead(
     a.use(SLICE_US - renew_ahead_us(SLICE_US))
     server.run_timers()
     return server, a, b, granted
+
+
+def test_a_waiter_whose_want_is_gone_by_the_hand_over_is_not_granted(
+    make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
+) -> None:
+    """b asked for the card and was queued, then its want went back to 0 without a ring (a preemptor's step done
+    before the daemon reacted, a synchronise withdrawing it): granted anyway, it would hold the card idle until its
+    deadline and be charged for it. At a's renewal lead the daemon reads b's slot again and hands it nothing."""
+    server = make_server([registration("a", units=5), registration("b", units=5)])
+    a, b = tenants("a"), tenants("b")
+    a.want()
+    server.run_timers()
+    granted = a.region.state()
+    a.want(0)
+    clock.now_us += 100
+    b.want()
+    b.ring()
+    wait_for(lambda: a.region.get("contended") == 1, "the daemon to queue b")
+    b.want(0)
+    clock.now_us = granted.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 50
+    a.use(SLICE_US - renew_ahead_us(SLICE_US))
+    server.run_timers()
+    deadline_us = granted.deadline_ns // 1000
+    assert b.holds_at(deadline_us) is None and b.region.get("next_deadline_ns") == 0
+    assert "b" not in server.holders().get(KEY, frozenset())
 
 
 def test_the_hand_over_at_a_deadline_is_published_ahead_and_the_successor_needs_no_daemon_there(
