@@ -100,9 +100,13 @@ static __thread uint32_t t_epoch __attribute__((tls_model("initial-exec")));
 static __thread int t_preempt __attribute__((tls_model("initial-exec")));
 static pthread_key_t g_thread_key;
 static int g_log_ungated, g_log_local, g_log_dead;
-/* The preemptor's slot (flexnpu_shm.h), mapped read-only once its index is named: index + 1 (0: none looked up). */
-static _Atomic uint32_t g_pre_key;
-static const struct fx_slot *_Atomic g_pre_slot;
+/* The preemptor's slot (flexnpu_shm.h), mapped read-only once its index is named: its key (index + 1) and mapping
+ * (NULL: no such slot), published together through one pointer, so that a reader never pairs one with another's. */
+struct fx_preemptor {
+    uint32_t key;
+    const struct fx_slot *slot;
+};
+static struct fx_preemptor *_Atomic g_pre;
 
 struct fx_interval {
     void *start, *end, *stream;
@@ -309,9 +313,13 @@ static struct fx_card_region *map_card(void)
 }
 
 /* The slot of this card whose slot_index is `index`, mapped read-only (NULL: none in the directory). Kept for the
- * next lookup of the same index; a new index maps again (the old mapping stays: 4 KiB per preemptor named). */
+ * next lookup of the same index; another index maps again (the old mapping and its record stay, since another
+ * thread may be reading them: 4 KiB per preemptor named, a handful over a pod's life). */
 static __attribute__((noinline)) const struct fx_slot *preemptor_slot(uint32_t index)
 {
+    struct fx_preemptor *known = atomic_load_explicit(&g_pre, memory_order_acquire);
+    if (known && known->key == index + 1u)
+        return known->slot; /* another thread looked it up meanwhile */
     const struct fx_slot *found = NULL;
     DIR *d = opendir(g_dir);
     struct dirent *e;
@@ -331,8 +339,12 @@ static __attribute__((noinline)) const struct fx_slot *preemptor_slot(uint32_t i
     }
     if (d)
         closedir(d);
-    atomic_store(&g_pre_slot, found);
-    atomic_store(&g_pre_key, index + 1u);
+    struct fx_preemptor *record = malloc(sizeof *record);
+    if (record) {
+        record->key = index + 1u;
+        record->slot = found;
+        atomic_store_explicit(&g_pre, record, memory_order_release);
+    }
     return found;
 }
 
@@ -652,9 +664,8 @@ static inline __attribute__((always_inline)) int preempted(const struct fx_card_
     uint32_t key = atomic_load_explicit(&card->preempt, memory_order_acquire);
     if (!key || key == me + 1u)
         return 0;
-    const struct fx_slot *s = key == atomic_load_explicit(&g_pre_key, memory_order_relaxed)
-                                  ? atomic_load_explicit(&g_pre_slot, memory_order_relaxed)
-                                  : preemptor_slot(key - 1u);
+    const struct fx_preemptor *known = atomic_load_explicit(&g_pre, memory_order_acquire);
+    const struct fx_slot *s = known && known->key == key ? known->slot : preemptor_slot(key - 1u);
     return s && atomic_load_explicit(&s->want, memory_order_acquire) == 1;
 }
 
