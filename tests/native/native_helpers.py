@@ -11,7 +11,9 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,3 +152,54 @@ def run(cmd: list[str], env: Mapping[str, str], timeout_s: float = 60.0) -> dict
     result = subprocess.run(cmd, env=dict(env), capture_output=True, text=True, timeout=timeout_s, check=False)
     assert result.returncode == 0, f"{cmd} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return parse(result.stdout)
+
+
+# A Python program on the fake AscendCL, for `stepped`: its stream made, then the body.
+ACL_PRELUDE = """
+import ctypes, sys
+acl = ctypes.CDLL("libascendcl.so")
+stream = ctypes.c_void_p()
+acl.aclrtCreateStream(ctypes.byref(stream))
+us = ctypes.c_uint64(100)
+def launch():
+    return acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0
+"""
+
+
+class Stepped:
+    """A program the test drives line by line: it prints a line, then waits for one on its stdin."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def go(self) -> None:
+        """Let it go on past its next ``sys.stdin.readline()``."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+
+@contextmanager
+def stepped(body: str, env: Mapping[str, str]) -> Iterator[Stepped]:
+    """Run ``ACL_PRELUDE`` + ``body`` under ``env``; on leaving, wait for it (killed if the test failed first) and
+    check that it exited 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ACL_PRELUDE + body],
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield Stepped(proc)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 0, err

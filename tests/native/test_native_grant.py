@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from native_helpers import FOREVER_NS, MIB, Pod, fake_device, parse, wait_for
+from native_helpers import FOREVER_NS, MIB, Pod, fake_device, parse, run, stepped, wait_for
 
 from flexnpu.bench.native_share import read_kernels
 
@@ -98,15 +98,7 @@ def test_the_preemptor_launches_before_its_grant_and_the_holder_stops_while_it_w
     pod.grant(1, epoch=1)  # pod-a holds the card, with no end
     assert pod.card is not None
     pod.card.set("preempt", 3)
-    out = subprocess.run(
-        [pod.program("acl_prog"), "launch", "5", "100"],
-        env=pod.env("pod-p"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert parse(out)["launched"] == "5"
+    assert run([pod.program("acl_prog"), "launch", "5", "100"], pod.env("pod-p"))["launched"] == "5"
     assert p.get("want") == 0  # its synchronise withdrew the want: pod-a is not held back after the step
     assert sum(p.histogram("acquire_hist")) == 1  # one wait for the card, ended by its own want
     p.set("want", 1)  # pod-p wants the card (its next step)
@@ -133,12 +125,7 @@ def test_the_preemptor_launches_before_its_grant_and_the_holder_stops_while_it_w
 
 
 PREEMPT_THEN_SYNC = """
-import ctypes, sys
-acl = ctypes.CDLL("libascendcl.so")
-stream = ctypes.c_void_p()
-acl.aclrtCreateStream(ctypes.byref(stream))
-us = ctypes.c_uint64(100)
-print("launched=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+print("launched=%d" % launch(), flush=True)
 sys.stdin.readline()
 print("synced=%d" % (acl.aclrtSynchronizeStream(stream) == 0), flush=True)
 """
@@ -153,30 +140,14 @@ def test_a_preemptor_gives_back_the_grant_it_got_for_a_step_it_launched_before_i
     pod.grant(1, epoch=1)
     assert pod.card is not None
     pod.card.set("preempt", 3)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PREEMPT_THEN_SYNC],
-        env=pod.env("pod-p"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "launched=1"
+    with stepped(PREEMPT_THEN_SYNC, pod.env("pod-p")) as prog:
+        assert prog.line() == "launched=1"
         assert p.get("want") == 1  # it launched as the preemptor, its want standing
         pod.grant(2, epoch=7, deadline_ns=time.monotonic_ns() + 50_000_000_000)  # flexnpud's grant for that want
         pod.card.set("contended", 1)  # pod-a waits now
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "synced=1"
+        prog.go()
+        assert prog.line() == "synced=1"
         assert (p.get("yield_epoch"), p.get("want")) == (7, 0)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0
 
 
 def test_a_preemptor_named_without_a_slot_stops_nobody(pod: Pod) -> None:
@@ -184,15 +155,7 @@ def test_a_preemptor_named_without_a_slot_stops_nobody(pod: Pod) -> None:
     pod.grant(1, epoch=1)
     assert pod.card is not None
     pod.card.set("preempt", 100)  # slot_index 99: no slot of this card has it
-    out = subprocess.run(
-        [pod.program("acl_prog"), "launch", "5", "100"],
-        env=pod.env("pod-a"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert parse(out)["launched"] == "5"
+    assert run([pod.program("acl_prog"), "launch", "5", "100"], pod.env("pod-a"))["launched"] == "5"
 
 
 def test_a_holder_whose_slice_ended_drains_and_asks_again(pod: Pod) -> None:
@@ -388,12 +351,7 @@ def test_a_holder_queues_no_more_than_fits_before_its_deadline(pod: Pod) -> None
 
 
 EARLY_WANT = """
-import ctypes, sys
-acl = ctypes.CDLL("libascendcl.so")
-stream = ctypes.c_void_p()
-acl.aclrtCreateStream(ctypes.byref(stream))
-us = ctypes.c_uint64(100)
-print("launched=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+print("launched=%d" % launch(), flush=True)
 sys.stdin.readline()
 print("synced=%d" % (acl.aclrtSynchronizeStream(stream) == 0), flush=True)
 sys.stdin.readline()
@@ -413,44 +371,22 @@ def test_a_launch_near_the_deadline_asks_for_the_next_grant_and_a_synchronise_wi
     region's contended word is 0 (nobody else waits), so the synchronise does not give the grant back either."""
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() + 50_000_000_000)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", EARLY_WANT],
-        env=pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"}),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "launched=1"
+    with stepped(EARLY_WANT, pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"})) as prog:
+        assert prog.line() == "launched=1"
         assert pod.card is not None and pod.card.state().holder == 1  # it still holds the card
         # and already asked for the next grant, without a ring: flexnpud reads the flag at the deadline
         assert (a.get("want"), a.get("doorbell")) == (1, 0)
         if grant_over_at_sync:
             pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() - 1)  # the same grant, now over
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "synced=1"
+        prog.go()
+        assert prog.line() == "synced=1"
         assert (a.get("want"), a.get("doorbell")) == (0, 0)  # idle now: nothing to renew, and it did not ask again
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0
+        prog.go()
 
 
 AT_THE_CAP = """
-import ctypes, sys
-acl = ctypes.CDLL("libascendcl.so")
-stream = ctypes.c_void_p()
-acl.aclrtCreateStream(ctypes.byref(stream))
-us = ctypes.c_uint64(100_000)
-ok = sum(acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0 for _ in range(3))
-print("launched=%d" % ok, flush=True)
+us.value = 100_000
+print("launched=%d" % sum(launch() for _ in range(3)), flush=True)
 sys.stdin.readline()
 print("synced=%d" % (acl.aclrtSynchronizeStream(stream) == 0), flush=True)
 """
@@ -463,28 +399,12 @@ def test_a_holder_waiting_for_its_own_work_at_the_in_flight_cap_wants_the_next_g
     near-deadline rule is off here: FLEXNPU_RENEW_US=0, the grant far from its end); the sync withdraws it."""
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", AT_THE_CAP],
-        env=pod.env("pod-a", {"FLEXNPU_INFLIGHT_US": "1000", "FLEXNPU_RENEW_US": "0"}),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "launched=3"
+    with stepped(AT_THE_CAP, pod.env("pod-a", {"FLEXNPU_INFLIGHT_US": "1000", "FLEXNPU_RENEW_US": "0"})) as prog:
+        assert prog.line() == "launched=3"
         assert (a.get("want"), a.get("doorbell")) == (1, 0)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "synced=1"
+        prog.go()
+        assert prog.line() == "synced=1"
         assert (a.get("want"), a.get("doorbell")) == (0, 0)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0
 
 
 @pytest.mark.parametrize(("priority", "back_to_back"), [(2, True), (1, False)], ids=["high", "normal"])
@@ -516,14 +436,9 @@ def test_a_high_priority_holder_keeps_one_launch_queued_behind_the_running_one(
 
 
 EARLY_THEN_WAIT = """
-import ctypes, sys
-acl = ctypes.CDLL("libascendcl.so")
-stream = ctypes.c_void_p()
-acl.aclrtCreateStream(ctypes.byref(stream))
-us = ctypes.c_uint64(100)
-print("launched=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+print("launched=%d" % launch(), flush=True)
 sys.stdin.readline()
-print("again=%d" % (acl.aclrtLaunchKernel(None, 1, ctypes.byref(us), ctypes.c_size_t(8), stream) == 0), flush=True)
+print("again=%d" % launch(), flush=True)
 acl.aclrtSynchronizeStream(stream)
 """
 
@@ -535,31 +450,15 @@ def test_a_process_that_waits_after_an_early_want_rings_its_doorbell(pod: Pod) -
     a = pod.add_slot("pod-a", slot_index=1, mem_cap_bytes=64 * MIB)
     pod.add_slot("pod-b", slot_index=2, mem_cap_bytes=64 * MIB)
     pod.grant(1, epoch=1, deadline_ns=time.monotonic_ns() + 50_000_000_000)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", EARLY_THEN_WAIT],
-        env=pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"}),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "launched=1"
+    with stepped(EARLY_THEN_WAIT, pod.env("pod-a", {"FLEXNPU_RENEW_US": "100000000"})) as prog:
+        assert prog.line() == "launched=1"
         assert (a.get("want"), a.get("doorbell")) == (1, 0)
         pod.grant(2, epoch=2)  # the card went to pod-b
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        wait_for(lambda: a.get("doorbell") == 1 or proc.poll() is not None, "pod-a to ring as it waits")
+        prog.go()
+        wait_for(lambda: a.get("doorbell") == 1 or prog.proc.poll() is not None, "pod-a to ring as it waits")
         assert (a.get("want"), a.get("doorbell")) == (1, 1)
         pod.grant(1, epoch=3)
-        assert proc.stdout.readline().strip() == "again=1"
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == 0
+        assert prog.line() == "again=1"
 
 
 def test_no_early_want_far_from_the_deadline(pod: Pod) -> None:

@@ -280,20 +280,28 @@ def test_a_renewal_ahead_refused_for_a_waiter_leaves_the_holder_its_deadline(
     assert b.holds()
 
 
+def _renewed_alone(
+    server: GrantServer, holder: Tenant, clock: ManualClock
+) -> tuple[shm.GrantState, shm.GrantState, int]:
+    """``holder`` is granted the free card, then renewed in its renewal lead while nobody else waits: for
+    LONE_SLICES slices. (its first grant, the renewed one, when it was renewed)"""
+    holder.want()
+    server.run_timers()
+    first = holder.region.state()
+    clock.now_us = first.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
+    holder.use(1000)
+    server.run_timers()
+    long = holder.region.state()
+    assert long.holder == holder.index and long.deadline_ns == (clock.now_us + LONE_SLICES * SLICE_US) * 1000
+    return first, long, clock.now_us
+
+
 def test_a_lone_holder_renewed_for_several_slices_is_cut_back_to_its_slice_when_another_wants(
     make_server: Callable[[list[Registration]], GrantServer], clock: ManualClock, tenants: Callable[[str], Tenant]
 ) -> None:
     server = make_server([registration("a", units=5), registration("b", units=5)])
     a, b = tenants("a"), tenants("b")
-    a.want()
-    server.run_timers()
-    first = a.region.state()
-    clock.now_us = first.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
-    a.use(1000)
-    server.run_timers()
-    long = a.region.state()
-    renewed_at = clock.now_us
-    assert long.holder == a.index and long.deadline_ns == (renewed_at + LONE_SLICES * SLICE_US) * 1000  # alone
+    first, long, renewed_at = _renewed_alone(server, a, clock)
     # b comes in the renewal's third slice: a's grant now ends with that slice, a new epoch for the same holder
     clock.now_us = renewed_at + 2 * SLICE_US + 700
     b.want()
@@ -314,15 +322,7 @@ def test_a_holder_above_the_waiter_keeps_its_slices_and_renews_for_them(
 ) -> None:
     server = make_server([registration("critical", units=3, priority=Priority.HIGH), registration("batch", units=7)])
     critical, batch = tenants("critical"), tenants("batch")
-    critical.want()
-    server.run_timers()
-    first = critical.region.state()
-    clock.now_us = first.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 100
-    critical.use(1000)
-    server.run_timers()
-    long = critical.region.state()
-    renewed_at = clock.now_us
-    assert long.deadline_ns == (renewed_at + LONE_SLICES * SLICE_US) * 1000
+    _, long, renewed_at = _renewed_alone(server, critical, clock)
     # the batch tenant comes: it would not be served before the critical one, so nothing is cut back
     clock.now_us = renewed_at + 2 * SLICE_US + 700
     batch.want()
@@ -366,10 +366,11 @@ def _successor_published_ahead(
     tenants: Callable[[str], Tenant],
     extra: tuple[Registration, ...] = (),
     a_wants: bool = False,
+    b_withdraws: bool = False,
 ) -> tuple[GrantServer, Tenant, Tenant, shm.GrantState]:
     """a holds the card, b waits for it; in a's renewal lead a is not renewed (b is owed more): the hand-over at a's
     deadline is decided and published as the card region's next grant. ``a_wants``: a still asks for the card then
-    (a launch in its grant's last moments)."""
+    (a launch in its grant's last moments). ``b_withdraws``: b's want goes back to 0, with no ring, once queued."""
     server = make_server([registration("a", units=5), registration("b", units=5), *extra])
     a, b = tenants("a"), tenants("b")
     a.want()
@@ -380,6 +381,8 @@ def _successor_published_ahead(
     b.want()
     b.ring()
     wait_for(lambda: a.region.get("contended") == 1, "the daemon to tell the holder that b waits")
+    if b_withdraws:
+        b.want(0)
     clock.now_us = granted.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 50
     a.want(int(a_wants))
     a.use(SLICE_US - renew_ahead_us(SLICE_US))
@@ -393,20 +396,7 @@ def test_a_waiter_whose_want_is_gone_by_the_hand_over_is_not_granted(
     """b asked for the card and was queued, then its want went back to 0 without a ring (a preemptor's step done
     before the daemon reacted, a synchronise withdrawing it): granted anyway, it would hold the card idle until its
     deadline and be charged for it. At a's renewal lead the daemon reads b's slot again and hands it nothing."""
-    server = make_server([registration("a", units=5), registration("b", units=5)])
-    a, b = tenants("a"), tenants("b")
-    a.want()
-    server.run_timers()
-    granted = a.region.state()
-    a.want(0)
-    clock.now_us += 100
-    b.want()
-    b.ring()
-    wait_for(lambda: a.region.get("contended") == 1, "the daemon to queue b")
-    b.want(0)
-    clock.now_us = granted.deadline_ns // 1000 - renew_ahead_us(SLICE_US) + 50
-    a.use(SLICE_US - renew_ahead_us(SLICE_US))
-    server.run_timers()
+    server, _, b, granted = _successor_published_ahead(make_server, clock, tenants, b_withdraws=True)
     deadline_us = granted.deadline_ns // 1000
     assert b.holds_at(deadline_us) is None and b.region.get("next_deadline_ns") == 0
     assert "b" not in server.holders().get(KEY, frozenset())
