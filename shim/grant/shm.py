@@ -37,8 +37,8 @@ The preemptor (``preempt``, the slot index + 1, 0: none): flexnpud names the one
 than every other on the card while it is owed device time. Its libflexnpu launches as soon as its ``want`` is 1,
 before the daemon reacts, and every other slot's libflexnpu treats its own grant as revoked while that want
 stands (reading the preemptor's slot, read-only); flexnpud then revokes the holder and grants the preemptor as
-usual, and the preemptor's wait is timed as an acquire. This module's tenant side (``shim/runtime/shm_client.py``)
-does not read it: a Python-runtime holder stops at the daemon's revoke.
+usual, and the preemptor's wait is timed as an acquire. The Python runtime's tenant side
+(``shim/runtime/shm_client.py``) gives way as a holder, and as a preemptor waits for its grant.
 
 Stores and loads of a field are single naturally aligned 4- or 8-byte accesses through ctypes (atomic on x86-64
 and aarch64); the daemon is the only writer of the card region and of the slot's daemon fields, so it needs no

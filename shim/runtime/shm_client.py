@@ -15,6 +15,9 @@ flexnpud writes one card region per card and one slot per registration in the sh
   so a report lost to a race between two processes of the pod gains the pod nothing);
 - gives the grant back at the end of its work (``release`` without want, after the drain) while the card region
   says another tenant waits (``contended``): ``yield_ns``, ``yield_epoch``, a ring of the doorbell;
+- treats its grant as revoked while the card's preemptor (``preempt``: another registration, of higher priority
+  than every other) wants the card, reading that registration's slot read-only; it does not itself launch as a
+  preemptor before its grant (libflexnpu does);
 - paces itself locally at its share when there is no card region, or when ``seq`` did not move for
   ``DEAD_DAEMON_S`` while it waited (flexnpud gone), as the socket client does.
 
@@ -56,10 +59,14 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class _CardView:
-    """The card region mapped PROT_READ, MAP_SHARED through libc: field loads and futex waits at its address."""
+    """The card region mapped PROT_READ, MAP_SHARED through libc: field loads and futex waits at its address (with
+    ``fields`` and ``magic`` of a slot: another registration's slot, read-only)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self, path: str, fields: dict[str, tuple[int, int]] = shm.CARD_FIELDS, magic: int = shm.CARD_MAGIC
+    ) -> None:
         self.path = path
+        self._fields = fields
         libc = ctypes.CDLL(None, use_errno=True)
         libc.mmap.restype = ctypes.c_void_p
         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -76,18 +83,18 @@ class _CardView:
             code = ctypes.get_errno() or errno_module.ENOMEM
             raise OSError(code, f"mmap {path}: {os.strerror(code)}")
         self._address: int = address
-        if self.get("magic") != shm.CARD_MAGIC or self.get("version") != shm.VERSION:
+        if self.get("magic") != magic or self.get("version") != shm.VERSION:
             self.close()
-            raise shm.ShmError(f"{path}: not a version-{shm.VERSION} card grant region")
+            raise shm.ShmError(f"{path}: not a version-{shm.VERSION} region of its kind")
 
     def get(self, name: str) -> int:
-        offset, size = shm.CARD_FIELDS[name]
+        offset, size = self._fields[name]
         ctype = ctypes.c_uint32 if size == 4 else ctypes.c_uint64
         return int(ctype.from_address(self._address + offset).value)
 
     def wait(self, name: str, expected: int, timeout_s: float) -> None:
         """FUTEX_WAIT on the 4-byte field while it equals ``expected``, for at most timeout_s."""
-        offset, size = shm.CARD_FIELDS[name]
+        offset, size = self._fields[name]
         assert size == 4
         seconds = max(0.0, timeout_s)
         ts = (ctypes.c_long * 2)(int(seconds), int((seconds % 1) * 1e9))
@@ -123,6 +130,8 @@ class ShmGrantClient:
         self.hello = GrantClient(socket_path, flexnpu_id, fallback_share)
         self._clock_ns = clock_ns
         self._card: Optional[_CardView] = None
+        # (card.preempt it was looked up for, the preemptor's slot read-only or None): found again when it changes
+        self._preemptor: Optional[tuple[int, Optional[_CardView]]] = None
         self._next_probe_ns = 0
         self._dead_seq: Optional[int] = None
         self._said_hello = False
@@ -213,6 +222,9 @@ class ShmGrantClient:
         if self._card is not None:
             self._card.close()
             self._card = None
+        if self._preemptor is not None and self._preemptor[1] is not None:
+            self._preemptor[1].close()
+        self._preemptor = None
         self.slot.close()
 
     # ----- internals -------------------------------------------------------------------------------------------
@@ -247,7 +259,35 @@ class ShmGrantClient:
             if view is None
             else shm.holding(view, self.slot.get("slot_index"), self.slot.get("yield_epoch"), now_ns)
         )
-        return None if held is None else (held[0], held[1])
+        return None if held is None or self._preempted(card) else (held[0], held[1])
+
+    def _preempted(self, card: _CardView) -> bool:
+        """Whether the card's preemptor, another registration, wants the card now (its slot's ``want``)."""
+        key = card.get("preempt")
+        if not key or key == self.slot.get("slot_index") + 1:
+            return False
+        if self._preemptor is None or self._preemptor[0] != key:
+            if self._preemptor is not None and self._preemptor[1] is not None:
+                self._preemptor[1].close()
+            self._preemptor = (key, self._find_slot(key - 1, self.slot.get("card_index")))
+        view = self._preemptor[1]
+        return view is not None and view.get("want") == 1
+
+    def _find_slot(self, index: int, card_index: int) -> Optional[_CardView]:
+        """The slot of this card whose ``slot_index`` is ``index``, mapped read-only; None when there is none."""
+        try:
+            names = sorted(n for n in os.listdir(self.shim_dir) if n.startswith("slot-") and n.endswith(".shm"))
+        except OSError:
+            return None
+        for name in names:
+            try:
+                view = _CardView(os.path.join(self.shim_dir, name), shm.SLOT_FIELDS, shm.SLOT_MAGIC)
+            except (OSError, shm.ShmError):
+                continue
+            if view.get("slot_index") == index and view.get("card_index") == card_index:
+                return view
+            view.close()
+        return None
 
     def _successor_starts(self, card: _CardView, now_ns: int) -> int:
         """When this registration's published successor grant begins, if it has not yet; else 0."""

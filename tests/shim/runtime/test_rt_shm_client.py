@@ -88,6 +88,33 @@ def test_acquire_wants_the_card_and_blocks_until_the_grant_word_names_the_slot(
     assert client.revoked()  # the next launch boundary sees it: no syscall, the grant word alone
 
 
+def test_a_holder_treats_its_grant_as_revoked_while_the_cards_preemptor_wants(
+    shim: Path, card: shm.CardRegion, slot: shm.Slot, client: ShmGrantClient
+) -> None:
+    preemptor = shm.Slot.create(
+        str(shim / shm.slot_name("critical")),
+        slot_index=SLOT + 1,
+        card_index=0,
+        mem_cap_bytes=1 << 30,
+        share_permille=300,
+        priority=2,
+    )
+    try:
+        card.publish(SLOT, 2, FOREVER_NS)
+        client.acquire()
+        card.set("preempt", SLOT + 2)  # flexnpud names the critical registration
+        assert not client.revoked()  # it does not want the card: the holder goes on
+        preemptor.set("want", 1)
+        assert client.revoked()  # its grant word is the holder's still, but the preemptor comes first
+        preemptor.set("want", 0)
+        assert not client.revoked()
+        card.set("preempt", SLOT + 1)  # itself named: nobody to give way to
+        preemptor.set("want", 1)
+        assert not client.revoked()
+    finally:
+        preemptor.close()
+
+
 def test_a_launch_near_the_deadline_wants_the_card_already(
     card: shm.CardRegion, slot: shm.Slot, client: ShmGrantClient
 ) -> None:
