@@ -607,11 +607,19 @@ static void want_early(void);
  * that waits here has its next launch ready: it wants the card after this grant too (want_early), or flexnpud,
  * finding it neither wanting nor reporting at the renewal (its first interval is still open behind the former
  * holder's last kernels), took it for idle and handed the card on in the middle of its work. */
-static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t budget_ns, uint64_t free_launches)
+static int cap_inflight(const struct fx_ops *ops, struct fx_timing *t, uint64_t left_ns, int high)
 {
     int waited = 0;
-    while (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) >= free_launches &&
-           inflight_est_ns() + atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed) > budget_ns) {
+    for (;;) {
+        /* the cap, at least two and a half launches at priority high (see gate()), then the deadline: computed
+         * again after each wait, since each collected interval moves the estimate */
+        uint64_t est = atomic_load_explicit(&g_est_launch_ns, memory_order_relaxed), budget = g_inflight_cap_ns;
+        if (high && 2 * est + est / 2 > budget)
+            budget = 2 * est + est / 2;
+        if (left_ns < budget)
+            budget = left_ns;
+        if (inflight_est_ns() + est <= budget)
+            break;
         if (!t->count)
             close_open(ops, t);
         if (!t->count)
@@ -984,15 +992,15 @@ static struct fx_timing *gate(const struct fx_ops *ops)
         }
         /* In-flight cap, and while granted no more queued than fits before the grant's deadline: work the device
          * runs after it is the next holder's time, which the daemon does not charge to us. With nothing in flight
-         * one launch always goes (a kernel longer than the slice still runs, once per grant); for a registration
-         * of priority high, one more behind it: its kernels as long as half the cap or more were each launched
-         * when the one before had finished, the device idle for the host's wake-up in between (1.6-2.5 ms of a
-         * 32-launch step of 0.5-1.5 ms kernels), and its tail only delays tenants of lower priority. */
-        uint64_t free_launches =
-            g_slot && atomic_load_explicit(&g_slot->priority, memory_order_relaxed) >= 2 ? 2 : 1;
-        if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) < free_launches)
+         * one launch always goes (a kernel longer than the slice still runs, once per grant). For a registration
+         * of priority high the cap is at least two and a half launches (one queued behind the one running, not two):
+         * its kernels as long as half the cap or more were each launched when the one before had finished, the
+         * device idle for the host's wake-up in between (1.6-2.5 ms of a 32-launch step of 0.5-1.5 ms kernels). The
+         * deadline still bounds it: past it, its tail would be the next holder's time (a saturating high tenant
+         * with the second launch free of the deadline took 40% of the card for its 30%). */
+        if (atomic_load_explicit(&g_inflight_launches, memory_order_relaxed) == 0)
             return t;
-        uint64_t budget = g_inflight_cap_ns;
+        uint64_t left = UINT64_MAX;
         mode = atomic_load_explicit(&g_mode, memory_order_relaxed);
         card = atomic_load_explicit(&g_card, memory_order_relaxed);
         if (mode == FX_GRANTED && !atomic_load_explicit(&g_dead, memory_order_relaxed)) {
@@ -1001,11 +1009,9 @@ static struct fx_timing *gate(const struct fx_ops *ops)
                 if (!granted_at(card, now, &deadline, &began))
                     deadline = (t_preempt = preempting(card)) ? now + g_inflight_cap_ns : 0;
             }
-            uint64_t left = deadline > now ? deadline - now : 0;
-            if (left < budget)
-                budget = left;
+            left = deadline > now ? deadline - now : 0;
         }
-        if (!cap_inflight(ops, t, budget, free_launches))
+        if (!cap_inflight(ops, t, left, g_slot && atomic_load_explicit(&g_slot->priority, memory_order_relaxed) >= 2))
             return t;
     }
 }
