@@ -255,6 +255,13 @@ static void *map_file(const char *path, int writable, int *keep_fd)
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* A registration slot's file name: slot-<something>.shm. */
+static int is_slot_name(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 9 && strncmp(name, "slot-", 5) == 0 && strcmp(name + n - 4, ".shm") == 0;
+}
+
 static int find_only_slot(char *out, size_t size)
 {
     DIR *d = opendir(g_dir);
@@ -263,8 +270,7 @@ static int find_only_slot(char *out, size_t size)
     int found = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        size_t n = strlen(e->d_name);
-        if (n > 9 && strncmp(e->d_name, "slot-", 5) == 0 && strcmp(e->d_name + n - 4, ".shm") == 0) {
+        if (is_slot_name(e->d_name)) {
             if (found++ == 0)
                 snprintf(out, size, "%s", e->d_name);
         }
@@ -325,8 +331,7 @@ static __attribute__((noinline)) const struct fx_slot *preemptor_slot(uint32_t i
     struct dirent *e;
     uint32_t card = atomic_load_explicit(&g_slot->card_index, memory_order_relaxed);
     while (d && !found && (e = readdir(d)) != NULL) {
-        size_t n = strlen(e->d_name);
-        if (n <= 9 || strncmp(e->d_name, "slot-", 5) != 0 || strcmp(e->d_name + n - 4, ".shm") != 0)
+        if (!is_slot_name(e->d_name))
             continue;
         char path[900];
         snprintf(path, sizeof path, "%s/%s", g_dir, e->d_name);
